@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from desktops import services
+from desktops.models import Desktop, DesktopEvent
+from isard.exceptions import ApplicationError
+
+
+class DesktopEventInline(admin.TabularInline):
+    model = DesktopEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = ("created_at", "from_status", "to_status", "reason", "actor")
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+def _run(action: str) -> Any:
+    service = getattr(services, f"desktop_{action}")
+
+    def run(
+        modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
+    ) -> None:
+        done = 0
+        for desktop in queryset:
+            try:
+                service(actor=request.user, desktop=desktop)
+                done += 1
+            except ApplicationError as error:
+                modeladmin.message_user(request, f"{desktop}: {error.message}", messages.ERROR)
+        if done:
+            modeladmin.message_user(request, f"{action}: {done} desktop(s).", messages.SUCCESS)
+
+    run.__name__ = f"action_{action}"
+    run.short_description = f"{action.capitalize()} selected desktops"  # type: ignore[attr-defined]
+    return run
+
+
+@admin.register(Desktop)
+class DesktopAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "owner",
+        "course",
+        "template",
+        "status",
+        "hypervisor",
+        "status_changed_at",
+    )
+    list_filter = ("status", "hypervisor", "course")
+    search_fields = ("name", "owner__username")
+    readonly_fields = (
+        "uuid",
+        "status",
+        "status_reason",
+        "status_changed_at",
+        "disk",
+        "hypervisor",
+        "deleted_at",
+        "graphics_password",
+    )
+    inlines = [DesktopEventInline]
+    actions = [_run(a) for a in ("start", "shutdown", "stop", "delete", "restore")]

@@ -1,0 +1,92 @@
+"""Desktops and their audit trail."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from desktops.choices import DesktopStatus
+
+
+class Desktop(models.Model):
+    """A user's virtual machine: its disk is an overlay on a template's (or a fresh disk).
+
+    `status` is changed only by `desktops.services.desktop_transition`.
+    """
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="desktops"
+    )
+    course = models.ForeignKey(
+        "accounts.Course", null=True, blank=True, on_delete=models.SET_NULL, related_name="desktops"
+    )
+    template = models.ForeignKey(
+        "templates_app.Template",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="desktops",
+    )
+    hardware = models.ForeignKey(
+        "templates_app.HardwareProfile", on_delete=models.PROTECT, related_name="desktops"
+    )
+    media = models.ManyToManyField("templates_app.Media", blank=True, related_name="desktops")
+    disk = models.ForeignKey(
+        "hypervisors.Disk", null=True, blank=True, on_delete=models.PROTECT, related_name="desktops"
+    )
+    hypervisor = models.ForeignKey(
+        "hypervisors.Hypervisor",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="desktops",
+        help_text="Where the domain is defined (and runs when started).",
+    )
+    status = models.CharField(
+        max_length=24, choices=DesktopStatus.choices, default=DesktopStatus.CREATING, db_index=True
+    )
+    status_reason = models.TextField(blank=True)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    #: Random per start; handed only to the owner's viewer.
+    graphics_password = models.CharField(max_length=64, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "pk"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def domain_name(self) -> str:
+        """The libvirt domain name: stable, unique, and recognisable as ours on a shared host."""
+        return f"isard-{self.uuid}"
+
+
+class DesktopEvent(models.Model):
+    """One row per status change (and per notable action), oldest first."""
+
+    desktop = models.ForeignKey(Desktop, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=24, choices=DesktopStatus.choices, blank=True)
+    to_status = models.CharField(max_length=24, choices=DesktopStatus.choices)
+    reason = models.TextField(blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.desktop}: {self.from_status or '-'} -> {self.to_status}"

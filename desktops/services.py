@@ -1,0 +1,621 @@
+"""Every write to a desktop, as typed functions.
+
+Pattern: a user-facing service (`desktop_start`) checks permissions and state, moves the
+desktop to a busy status with one conditional update, and schedules a Celery task after
+commit. The task calls the matching engine service (`desktop_boot`), which does the
+libvirt/qemu-img I/O outside any transaction and records the outcome with another
+transition. Failures always end in FAILED with the reason a person can read.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import ProtectedError
+from django.utils import timezone
+
+from accounts.models import Course, User
+from desktops.choices import TRANSITIONS, DesktopStatus
+from desktops.models import Desktop, DesktopEvent
+from hypervisors import qemu_img
+from hypervisors.choices import DiskStatus, HypervisorMode, HypervisorState
+from hypervisors.drivers import libvirt_driver
+from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml
+from hypervisors.models import Disk, Hypervisor
+from hypervisors.services import disk_create_overlay
+from isard.exceptions import (
+    ApplicationError,
+    ConflictError,
+    InfrastructureError,
+    NoCapacityError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from templates_app.choices import TemplateStatus
+from templates_app.models import Template
+from templates_app.selectors import template_is_visible_to
+
+logger = logging.getLogger(__name__)
+
+S = DesktopStatus
+
+
+# --- the one place a status changes ------------------------------------------------------
+
+
+def desktop_transition(
+    *,
+    desktop: Desktop,
+    to: DesktopStatus,
+    reason: str = "",
+    actor: User | None = None,
+    **fields: Any,
+) -> Desktop:
+    """Move `desktop` from its current status (as loaded) to `to`.
+
+    Checks the declared table, then updates with `WHERE status = <as loaded>`: if another
+    worker changed the desktop meanwhile, nothing is written and `ConflictError` says so.
+    Writes the audit row and broadcasts the change to the owner's websocket after commit.
+    """
+    current = DesktopStatus(desktop.status)
+    if to not in TRANSITIONS[current]:
+        raise ConflictError(
+            f"The desktop “{desktop.name}” is {current.label.lower()}; "
+            f"it cannot become {to.label.lower()}.",
+            extra={"status": current.value, "requested": to.value},
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Desktop.objects.filter(pk=desktop.pk, status=current).update(
+            status=to, status_reason=reason, status_changed_at=now, **fields
+        )
+        if updated == 0:
+            fresh = Desktop.objects.filter(pk=desktop.pk).values_list("status", flat=True).first()
+            raise ConflictError(
+                f"The desktop “{desktop.name}” changed meanwhile; try again.",
+                extra={"status": fresh, "expected": current.value},
+            )
+        DesktopEvent.objects.create(
+            desktop=desktop, from_status=current, to_status=to, reason=reason, actor=actor
+        )
+        transaction.on_commit(partial(broadcast_desktop_status, desktop.pk))
+    desktop.status = to
+    desktop.status_reason = reason
+    desktop.status_changed_at = now
+    for name, value in fields.items():
+        setattr(desktop, name, value)
+    return desktop
+
+
+def broadcast_desktop_status(desktop_id: int) -> None:
+    """Send the desktop's current status to its owner's websocket group."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    desktop = Desktop.objects.filter(pk=desktop_id).first()
+    layer = get_channel_layer()
+    if desktop is None or layer is None:
+        return
+    message = {"type": "desktop.status", "desktop": desktop_status_payload(desktop)}
+    try:
+        async_to_sync(layer.group_send)(owner_group(desktop.owner_id), message)
+    except Exception:  # a broken Redis must not undo a committed change
+        logger.exception("could not broadcast the status of desktop %s", desktop_id)
+
+
+def owner_group(user_id: int) -> str:
+    return f"desktops.user.{user_id}"
+
+
+def desktop_status_payload(desktop: Desktop) -> dict[str, Any]:
+    return {
+        "id": desktop.pk,
+        "uuid": str(desktop.uuid),
+        "name": desktop.name,
+        "status": desktop.status,
+        "status_label": DesktopStatus(desktop.status).label,
+        "status_reason": desktop.status_reason,
+        "status_changed_at": desktop.status_changed_at.isoformat(),
+    }
+
+
+def _record_event(desktop: Desktop, reason: str, actor: User | None = None) -> None:
+    DesktopEvent.objects.create(
+        desktop=desktop,
+        from_status=desktop.status,
+        to_status=desktop.status,
+        reason=reason,
+        actor=actor,
+    )
+
+
+def _fail(desktop: Desktop, reason: str) -> Desktop:
+    """Record a failure; if someone else moved the desktop meanwhile, their status stands."""
+    desktop.refresh_from_db()
+    if S.FAILED not in TRANSITIONS[DesktopStatus(desktop.status)]:
+        logger.warning("desktop %s: %s (left %s)", desktop.pk, reason, desktop.status)
+        return desktop
+    try:
+        return desktop_transition(desktop=desktop, to=S.FAILED, reason=reason)
+    except ConflictError:
+        desktop.refresh_from_db()
+        return desktop
+
+
+def _check_can_act(actor: User, desktop: Desktop) -> None:
+    if desktop.owner_id != actor.pk and not actor.is_admin:
+        raise PermissionDeniedError("This desktop is not yours.")
+
+
+def send_task(task_name: str, args: list[Any], options: dict[str, Any]) -> None:
+    from isard.celery import app
+
+    app.send_task(task_name, args=args, **options)
+
+
+def _schedule(task_name: str, *args: Any, **options: Any) -> None:
+    """Send a Celery task once the current transaction has committed.
+
+    A `partial` of `send_task` (not a lambda) so tests can see what was scheduled.
+    """
+    transaction.on_commit(partial(send_task, task_name, list(args), options))
+
+
+# --- placement (until the balancer lands, the host with most free memory) ---------------
+
+
+def choose_hypervisor(*, memory_mib: int) -> Hypervisor:
+    candidates = list(
+        Hypervisor.objects.filter(
+            mode=HypervisorMode.ENABLED, state=HypervisorState.ONLINE
+        ).exclude(accelerator="")
+    )
+    if not candidates:
+        raise NoCapacityError(
+            "No hypervisor is online: ask an administrator to check the hypervisors page."
+        )
+    fitting = [h for h in candidates if h.free_memory_mib * h.memory_overcommit >= memory_mib]
+    if not fitting:
+        raise NoCapacityError(f"No hypervisor has {memory_mib} MiB of memory free.")
+    return max(fitting, key=lambda h: (h.free_memory_mib, -h.pk))
+
+
+# --- domain description -------------------------------------------------------------------
+
+
+def serial_log_path(desktop: Desktop) -> Path:
+    directory = Path(settings.ISARD_STORAGE_ROOT) / "logs"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{desktop.domain_name}.serial.log"
+
+
+def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
+    hardware = desktop.hardware
+    if desktop.disk is None:
+        raise ConflictError(f"The desktop “{desktop.name}” has no disk yet.")
+    disks = [DiskSpec(path=desktop.disk.path, format=desktop.disk.format, bus=hardware.disk_bus)]
+    disks += [
+        DiskSpec(path=media.path, format="raw", bus=hardware.disk_bus, device="cdrom")
+        for media in desktop.media.all()
+    ]
+    return DomainSpec(
+        name=desktop.domain_name,
+        uuid=str(desktop.uuid),
+        title=desktop.name,
+        domain_type=hypervisor.accelerator or "qemu",
+        vcpus=hardware.vcpus,
+        memory_mib=hardware.memory_mib,
+        disks=tuple(disks),
+        boot_order=tuple(hardware.boot_order),
+        firmware=hardware.firmware,
+        nic_model=hardware.nic_model,
+        networks=tuple(hardware.networks),
+        video_model=hardware.video_model,
+        spice=hardware.graphics_spice,
+        vnc=hardware.graphics_vnc,
+        graphics_password=desktop.graphics_password,
+        usb_redirect_devices=hardware.usb_redirect_devices if hardware.graphics_spice else 0,
+        serial_log_path=str(serial_log_path(desktop)),
+        metadata={"desktop": str(desktop.uuid), "owner": desktop.owner.get_username()},
+    )
+
+
+def _define(desktop: Desktop, hypervisor: Hypervisor) -> None:
+    libvirt_driver.define_domain(
+        hypervisor.uri, build_domain_xml(desktop_domain_spec(desktop, hypervisor))
+    )
+
+
+def _new_graphics_password() -> str:
+    # VNC uses at most 8 characters; 8 URL-safe characters are 48 random bits.
+    return secrets.token_urlsafe(6)
+
+
+# --- create -------------------------------------------------------------------------------
+
+
+def desktop_create(
+    *,
+    actor: User,
+    template: Template,
+    name: str,
+    owner: User | None = None,
+    course: Course | None = None,
+    description: str = "",
+) -> Desktop:
+    """Create a desktop from a template; the disk and domain are made by a task."""
+    owner = owner or actor
+    if owner.pk != actor.pk and not actor.is_admin:
+        raise PermissionDeniedError("You may only create desktops for yourself.")
+    name = name.strip()
+    if not name:
+        raise ApplicationError("A desktop needs a name.")
+    if len(name) > 200:
+        raise ApplicationError("A desktop name is at most 200 characters.")
+    if template.status != TemplateStatus.READY or template.disk is None:
+        raise ConflictError(f"The template “{template.name}” is not ready.")
+    if not template_is_visible_to(template, owner):
+        raise PermissionDeniedError(f"The template “{template.name}” is not shared with you.")
+    with transaction.atomic():
+        desktop = Desktop.objects.create(
+            name=name,
+            description=description,
+            owner=owner,
+            course=course,
+            template=template,
+            hardware=template.hardware,
+            status=S.CREATING,
+        )
+        DesktopEvent.objects.create(desktop=desktop, to_status=S.CREATING, actor=actor)
+        _schedule("desktops.tasks.provision_desktop", desktop.pk)
+    return desktop
+
+
+def desktop_provision(*, desktop_id: int) -> Desktop:
+    """Make the overlay disk and define the domain; a bad profile fails here, not in class."""
+    desktop = Desktop.objects.select_related("template__disk", "hardware").get(pk=desktop_id)
+    if desktop.status != S.CREATING:
+        return desktop  # already done (the task ran twice)
+    template = desktop.template
+    if template is None or template.disk is None:
+        return _fail(desktop, "The desktop has no template disk to start from.")
+    disk: Disk | None = None
+    hypervisor: Hypervisor | None = None
+    try:
+        hypervisor = choose_hypervisor(memory_mib=desktop.hardware.memory_mib)
+        disk = disk_create_overlay(parent=template.disk)
+        desktop.disk = disk
+        _define(desktop, hypervisor)
+    except (ApplicationError, libvirt_driver.DriverError) as error:
+        if hypervisor is not None:
+            try:
+                libvirt_driver.undefine_domain(hypervisor.uri, desktop.domain_name)
+            except libvirt_driver.DriverError:
+                pass
+        if disk is not None:
+            Path(disk.path).unlink(missing_ok=True)
+            disk.delete()
+        message = error.message if isinstance(error, ApplicationError) else str(error)
+        return _fail(desktop, f"Could not create the desktop: {message}")
+    return desktop_transition(desktop=desktop, to=S.STOPPED, disk=disk, hypervisor=hypervisor)
+
+
+# --- start / stop -------------------------------------------------------------------------
+
+
+def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
+    """Ask for the desktop to start. Starting one that is already starting is a no-op."""
+    _check_can_act(actor, desktop)
+    if desktop.status in (S.STARTING, S.STARTED):
+        return desktop
+    if desktop.status not in (S.STOPPED, S.FAILED):
+        raise ConflictError(
+            f"The desktop “{desktop.name}” is {DesktopStatus(desktop.status).label.lower()}; "
+            "it cannot start now.",
+            extra={"status": desktop.status},
+        )
+    try:
+        with transaction.atomic():
+            desktop_transition(
+                desktop=desktop,
+                to=S.STARTING,
+                actor=actor,
+                graphics_password=_new_graphics_password(),
+            )
+            _schedule("desktops.tasks.boot_desktop", desktop.pk)
+    except ConflictError:
+        desktop.refresh_from_db()
+        if desktop.status in (S.STARTING, S.STARTED):
+            return desktop  # a concurrent request won: the desktop starts once
+        raise
+    return desktop
+
+
+def desktop_boot(*, desktop_id: int) -> Desktop:
+    """Place, (re)define and start the domain of a desktop that is STARTING."""
+    desktop = Desktop.objects.select_related("disk", "hardware", "hypervisor", "owner").get(
+        pk=desktop_id
+    )
+    if desktop.status != S.STARTING:
+        return desktop
+    if desktop.disk is None:
+        return _fail(desktop, "The desktop has no disk.")
+    try:
+        qemu_img.backing_chain(Path(desktop.disk.path))
+    except qemu_img.QemuImgError as error:
+        return _fail(desktop, f"The desktop's disk or its template is missing: {error}")
+    try:
+        hypervisor = choose_hypervisor(memory_mib=desktop.hardware.memory_mib)
+    except NoCapacityError as error:
+        return _fail(desktop, error.message)
+    previous = desktop.hypervisor
+    try:
+        if previous is not None and previous.pk != hypervisor.pk:
+            try:
+                libvirt_driver.undefine_domain(previous.uri, desktop.domain_name)
+            except libvirt_driver.DriverError as error:
+                logger.warning(
+                    "could not undefine %s on %s: %s", desktop.domain_name, previous, error
+                )
+        # Redefine at every start: a fresh graphics password and the current hardware.
+        _define(desktop, hypervisor)
+        Desktop.objects.filter(pk=desktop.pk).update(hypervisor=hypervisor)
+        libvirt_driver.start_domain(hypervisor.uri, desktop.domain_name)
+    except libvirt_driver.DriverError as error:
+        return _fail(desktop, f"Could not start on {hypervisor.name}: {error}")
+    desktop.refresh_from_db()
+    if desktop.status == S.STARTING:
+        try:
+            desktop_transition(desktop=desktop, to=S.STARTED, hypervisor=hypervisor)
+        except ConflictError:
+            desktop.refresh_from_db()  # the lifecycle listener was faster
+    return desktop
+
+
+def desktop_shutdown(*, actor: User, desktop: Desktop) -> Desktop:
+    """Ask the guest to power off; it is forced off after the configured timeout."""
+    _check_can_act(actor, desktop)
+    with transaction.atomic():
+        desktop_transition(desktop=desktop, to=S.SHUTTING_DOWN, actor=actor)
+        _schedule("desktops.tasks.shutdown_desktop", desktop.pk)
+        _schedule(
+            "desktops.tasks.shutdown_timeout",
+            desktop.pk,
+            countdown=settings.ISARD_SHUTDOWN_TIMEOUT_SECONDS,
+        )
+    return desktop
+
+
+def desktop_send_shutdown(*, desktop_id: int) -> Desktop:
+    desktop = Desktop.objects.select_related("hypervisor").get(pk=desktop_id)
+    if desktop.status != S.SHUTTING_DOWN or desktop.hypervisor is None:
+        return desktop
+    try:
+        libvirt_driver.shutdown_domain(desktop.hypervisor.uri, desktop.domain_name)
+    except libvirt_driver.DriverError as error:
+        return _fail(desktop, f"Could not shut down: {error}")
+    return desktop
+
+
+def desktop_shutdown_timeout(*, desktop_id: int) -> Desktop:
+    """The guest ignored the ACPI request for too long: force it off."""
+    desktop = Desktop.objects.select_related("hypervisor").get(pk=desktop_id)
+    if desktop.status != S.SHUTTING_DOWN:
+        return desktop
+    if desktop.hypervisor is not None:
+        try:
+            state = libvirt_driver.domain_state(desktop.hypervisor.uri, desktop.domain_name)
+        except libvirt_driver.DriverError:
+            state = libvirt_driver.DomainState.OTHER
+        if state in (libvirt_driver.DomainState.SHUTOFF, libvirt_driver.DomainState.MISSING):
+            # It did power off; the lifecycle event has not been applied yet.
+            return desktop_sync_state(desktop=desktop, state=state, source="shutdown check")
+    desktop_transition(
+        desktop=desktop,
+        to=S.STOPPING,
+        reason="The guest did not shut down in time; forcing it off.",
+    )
+    return desktop_force_off(desktop_id=desktop.pk)
+
+
+def desktop_stop(*, actor: User, desktop: Desktop) -> Desktop:
+    """Force the desktop off at once (pulling the plug)."""
+    _check_can_act(actor, desktop)
+    with transaction.atomic():
+        desktop_transition(desktop=desktop, to=S.STOPPING, actor=actor)
+        _schedule("desktops.tasks.force_off_desktop", desktop.pk)
+    return desktop
+
+
+def desktop_force_off(*, desktop_id: int) -> Desktop:
+    desktop = Desktop.objects.select_related("hypervisor").get(pk=desktop_id)
+    if desktop.status != S.STOPPING:
+        return desktop
+    if desktop.hypervisor is not None:
+        try:
+            libvirt_driver.destroy_domain(desktop.hypervisor.uri, desktop.domain_name)
+        except libvirt_driver.DriverError as error:
+            return _fail(desktop, f"Could not force off: {error}")
+    desktop.refresh_from_db()
+    if desktop.status == S.STOPPING:
+        try:
+            desktop_transition(desktop=desktop, to=S.STOPPED)
+        except ConflictError:
+            desktop.refresh_from_db()
+    return desktop
+
+
+def desktop_reset(*, actor: User, desktop: Desktop) -> Desktop:
+    """Hard-reset a running guest (the reset button); its status does not change."""
+    _check_can_act(actor, desktop)
+    if desktop.status != S.STARTED or desktop.hypervisor is None:
+        raise ConflictError(f"The desktop “{desktop.name}” is not running.")
+    try:
+        libvirt_driver.reset_domain(desktop.hypervisor.uri, desktop.domain_name)
+    except libvirt_driver.DriverError as error:
+        raise InfrastructureError(f"Could not reset: {error}") from error
+    _record_event(desktop, "reset", actor)
+    return desktop
+
+
+# --- delete, recycle bin, restore, purge --------------------------------------------------
+
+
+def desktop_delete(*, actor: User, desktop: Desktop) -> Desktop:
+    """Move the desktop to the recycle bin: the domain goes, the disk is kept."""
+    _check_can_act(actor, desktop)
+    if desktop.status in (S.STARTED, S.SHUTTING_DOWN, S.STARTING, S.STOPPING):
+        raise ConflictError(f"Stop the desktop “{desktop.name}” before deleting it.")
+    with transaction.atomic():
+        desktop_transition(desktop=desktop, to=S.DELETING, actor=actor)
+        _schedule("desktops.tasks.delete_desktop", desktop.pk)
+    return desktop
+
+
+def desktop_recycle(*, desktop_id: int) -> Desktop:
+    desktop = Desktop.objects.select_related("hypervisor", "disk").get(pk=desktop_id)
+    if desktop.status != S.DELETING:
+        return desktop
+    if desktop.hypervisor is not None:
+        try:
+            libvirt_driver.undefine_domain(desktop.hypervisor.uri, desktop.domain_name)
+        except libvirt_driver.DriverError as error:
+            return _fail(
+                desktop, f"Could not remove the desktop from {desktop.hypervisor}: {error}"
+            )
+    with transaction.atomic():
+        if desktop.disk is not None:
+            Disk.objects.filter(pk=desktop.disk.pk).update(status=DiskStatus.RECYCLED)
+        return desktop_transition(
+            desktop=desktop, to=S.DELETED, deleted_at=timezone.now(), hypervisor=None
+        )
+
+
+def desktop_restore(*, actor: User, desktop: Desktop) -> Desktop:
+    """Take the desktop out of the recycle bin; its disk is exactly as it was."""
+    _check_can_act(actor, desktop)
+    if desktop.status != S.DELETED:
+        raise ConflictError(f"The desktop “{desktop.name}” is not in the recycle bin.")
+    with transaction.atomic():
+        if desktop.disk_id is not None:
+            Disk.objects.filter(pk=desktop.disk_id).update(status=DiskStatus.READY)
+        return desktop_transition(desktop=desktop, to=S.STOPPED, actor=actor, deleted_at=None)
+
+
+def desktop_purge(*, desktop: Desktop) -> None:
+    """Remove a recycled desktop for good: its disk file and its rows."""
+    if desktop.status != S.DELETED:
+        raise ConflictError(f"The desktop “{desktop.name}” is not in the recycle bin.")
+    disk = desktop.disk
+    with transaction.atomic():
+        desktop.delete()
+        if disk is not None:
+            try:
+                disk.delete()
+            except ProtectedError as error:
+                raise ConflictError("Its disk is still used by another disk.") from error
+    if disk is not None:
+        Path(disk.path).unlink(missing_ok=True)
+
+
+def desktops_purge_expired(*, now: Any = None) -> int:
+    """Purge every desktop that has waited in the recycle bin longer than the retention."""
+    now = now or timezone.now()
+    limit = now - timedelta(days=settings.ISARD_RECYCLE_RETENTION_DAYS)
+    purged = 0
+    for desktop in Desktop.objects.filter(status=S.DELETED, deleted_at__lt=limit).select_related(
+        "disk"
+    ):
+        try:
+            desktop_purge(desktop=desktop)
+            purged += 1
+        except ConflictError as error:
+            logger.warning("cannot purge desktop %s: %s", desktop.pk, error.message)
+    return purged
+
+
+# --- keeping the database equal to what the hypervisors run -------------------------------
+
+
+def desktop_sync_state(
+    *, desktop: Desktop, state: libvirt_driver.DomainState, source: str
+) -> Desktop:
+    """Apply what a hypervisor reports about a desktop's domain."""
+    DomainState = libvirt_driver.DomainState
+    status = DesktopStatus(desktop.status)
+    target: DesktopStatus | None = None
+    reason = ""
+    if state == DomainState.RUNNING and status in (S.STARTING, S.STOPPED, S.FAILED, S.UNKNOWN):
+        target, reason = S.STARTED, f"running ({source})"
+    elif state == DomainState.SHUTOFF and status in (
+        S.STARTED,
+        S.SHUTTING_DOWN,
+        S.STOPPING,
+        S.UNKNOWN,
+    ):
+        target = S.STOPPED
+        reason = (
+            "" if status in (S.SHUTTING_DOWN, S.STOPPING) else f"the guest powered off ({source})"
+        )
+    elif state == DomainState.CRASHED and status in (S.STARTED, S.SHUTTING_DOWN, S.UNKNOWN):
+        target, reason = S.FAILED, f"the guest crashed ({source})"
+    elif state == DomainState.MISSING and status in (
+        S.STARTED,
+        S.SHUTTING_DOWN,
+        S.STOPPING,
+        S.UNKNOWN,
+    ):
+        target, reason = S.FAILED, f"its domain vanished from the hypervisor ({source})"
+    if target is None or target not in TRANSITIONS[status]:
+        return desktop
+    try:
+        return desktop_transition(desktop=desktop, to=target, reason=reason)
+    except ConflictError:
+        desktop.refresh_from_db()
+        return desktop
+
+
+def desktop_for_domain(domain_name: str) -> Desktop | None:
+    prefix = libvirt_driver.DOMAIN_PREFIX
+    if not domain_name.startswith(prefix):
+        return None
+    try:
+        return Desktop.objects.filter(uuid=domain_name[len(prefix) :]).first()
+    except (ValueError, Exception):
+        return None
+
+
+def desktops_reconcile(*, hypervisor: Hypervisor) -> int:
+    """Compare every desktop placed on `hypervisor` with what it really runs."""
+    try:
+        states = libvirt_driver.list_domain_states(hypervisor.uri)
+    except libvirt_driver.DriverError as error:
+        raise InfrastructureError(str(error)) from error
+    changed = 0
+    watched: Iterable[Desktop] = Desktop.objects.filter(
+        hypervisor=hypervisor,
+        status__in=[S.STARTED, S.SHUTTING_DOWN, S.STOPPING, S.UNKNOWN, S.STOPPED, S.FAILED],
+    )
+    for desktop in watched:
+        state = states.get(desktop.domain_name, libvirt_driver.DomainState.MISSING)
+        if state == libvirt_driver.DomainState.MISSING and desktop.status in (S.STOPPED, S.FAILED):
+            continue  # a stopped desktop is redefined at its next start
+        before = desktop.status
+        after = desktop_sync_state(desktop=desktop, state=state, source="reconciliation").status
+        changed += before != after
+    return changed
+
+
+def desktop_get(*, actor: User, desktop_id: int) -> Desktop:
+    desktop = Desktop.objects.filter(pk=desktop_id).first()
+    if desktop is None or (desktop.owner_id != actor.pk and not actor.is_admin):
+        raise NotFoundError("No such desktop.")
+    return desktop

@@ -1,0 +1,248 @@
+"""Desktop engine services on libvirt's test driver with real qemu-img disks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accounts.choices import Role
+from accounts.tests.factories import UserFactory
+from desktops import services
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop, DesktopEvent
+from hypervisors import qemu_img
+from hypervisors.choices import DiskStatus
+from hypervisors.drivers import libvirt_driver
+from hypervisors.models import Disk
+from isard.exceptions import ConflictError, NoCapacityError, PermissionDeniedError
+
+pytestmark = pytest.mark.django_db
+
+S = DesktopStatus
+
+
+@pytest.fixture
+def student() -> Any:
+    return UserFactory(role=Role.STUDENT)
+
+
+@pytest.fixture
+def desktop(run: Any, test_hypervisor: Any, base_template: Any, student: Any) -> Desktop:
+    created = run(services.desktop_create, actor=student, template=base_template, name="Mine")
+    created.refresh_from_db()
+    return created
+
+
+def state(desktop: Desktop) -> libvirt_driver.DomainState:
+    return libvirt_driver.domain_state("test:///default", desktop.domain_name)
+
+
+def test_created_desktop_is_an_overlay_on_the_template_disk_and_a_defined_domain(
+    desktop: Desktop, base_template: Any
+) -> None:
+    assert desktop.status == S.STOPPED
+    assert desktop.disk is not None
+    image = qemu_img.info(Path(desktop.disk.path))
+    assert image.backing_file == base_template.disk.path
+    assert desktop.disk.parent == base_template.disk
+    # An overlay costs a few hundred KiB, not a copy of the template.
+    assert desktop.disk.actual_size_bytes < 1024 * 1024
+    assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
+    assert [e.to_status for e in desktop.events.all()] == [S.CREATING, S.STOPPED]
+
+
+def test_create_is_refused_for_a_template_not_shared_with_the_user(
+    run: Any, test_hypervisor: Any, base_template: Any
+) -> None:
+    base_template.shared_with_everyone = False
+    base_template.save()
+    with pytest.raises(PermissionDeniedError):
+        services.desktop_create(
+            actor=UserFactory(), template=base_template, name="x"
+        )
+
+
+def test_start_runs_the_domain_and_a_second_start_does_nothing_more(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    run(services.desktop_start, actor=student, desktop=desktop)
+    again = Desktop.objects.get(pk=desktop.pk)
+    run(services.desktop_start, actor=student, desktop=again)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED
+    assert state(desktop) == libvirt_driver.DomainState.RUNNING
+    assert run.sent.count("desktops.tasks.boot_desktop") == 1
+    assert len(desktop.graphics_password) == 8
+
+
+def test_two_racing_start_requests_start_the_desktop_once(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    first = Desktop.objects.get(pk=desktop.pk)
+    second = Desktop.objects.get(pk=desktop.pk)  # loaded before the first one wins
+    run(services.desktop_start, actor=student, desktop=first)
+    run(services.desktop_start, actor=student, desktop=second)
+    assert run.sent.count("desktops.tasks.boot_desktop") == 1
+    assert DesktopEvent.objects.filter(desktop=desktop, to_status=S.STARTING).count() == 1
+
+
+def test_student_cannot_start_another_students_desktop(desktop: Desktop) -> None:
+    other = UserFactory(role=Role.STUDENT)
+    with pytest.raises(PermissionDeniedError):
+        services.desktop_start(actor=other, desktop=desktop)
+
+
+def test_start_on_a_deleting_desktop_is_refused_with_a_clear_error(
+    desktop: Desktop, student: Any
+) -> None:
+    services.desktop_transition(desktop=desktop, to=S.DELETING)
+    with pytest.raises(ConflictError, match="deleting"):
+        services.desktop_start(actor=student, desktop=desktop)
+
+
+def test_missing_template_file_is_detected_before_start(
+    run: Any, desktop: Desktop, student: Any, base_template: Any
+) -> None:
+    Path(base_template.disk.path).unlink()
+    run(services.desktop_start, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.FAILED
+    assert "missing" in desktop.status_reason
+    assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
+
+
+def test_no_online_hypervisor_fails_the_start_with_a_reason(
+    run: Any, desktop: Desktop, student: Any, test_hypervisor: Any
+) -> None:
+    test_hypervisor.state = "offline"
+    test_hypervisor.save()
+    run(services.desktop_start, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.FAILED
+    assert "No hypervisor is online" in desktop.status_reason
+
+
+def test_placement_refuses_a_desktop_bigger_than_any_host(test_hypervisor: Any) -> None:
+    with pytest.raises(NoCapacityError, match="1048576 MiB"):
+        services.choose_hypervisor(memory_mib=1024 * 1024)
+
+
+def test_failed_definition_leaves_no_orphan_disk(
+    run: Any, test_hypervisor: Any, base_template: Any, student: Any, storage_root: Path
+) -> None:
+    # A typo in the profile's boot order: libvirt's schema has no boot device "usb".
+    hardware = base_template.hardware
+    hardware.boot_order = ["usb"]
+    hardware.save()
+    desktop = run(services.desktop_create, actor=student, template=base_template, name="Bad")
+    desktop.refresh_from_db()
+    if desktop.status == S.STOPPED:
+        pytest.fail("the test driver accepted the domain; this test needs a failing definition")
+    assert desktop.status == S.FAILED
+    assert desktop.status_reason.startswith("Could not create the desktop")
+    assert desktop.disk is None
+    assert list((storage_root / "desktops").iterdir()) == []
+    assert state(desktop) == libvirt_driver.DomainState.MISSING
+
+
+def test_graceful_shutdown_ends_stopped_without_forcing(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    run(services.desktop_start, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    run(services.desktop_shutdown, actor=student, desktop=desktop)
+    assert run.delayed == [("desktops.tasks.shutdown_timeout", [desktop.pk])]
+    # The test driver powers off at once; the timeout check sees it and does not force.
+    assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
+    run.run_delayed()
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    reasons = list(desktop.events.values_list("reason", flat=True))
+    assert not any("did not shut down in time" in r for r in reasons)
+
+
+def test_a_guest_ignoring_shutdown_is_forced_off_after_the_timeout(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    run(services.desktop_start, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    # As if the ACPI request had been sent and ignored: the guest keeps running.
+    services.desktop_transition(desktop=desktop, to=S.SHUTTING_DOWN)
+    run(services.desktop_shutdown_timeout, desktop_id=desktop.pk)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
+    reasons = list(desktop.events.values_list("reason", flat=True))
+    assert any("did not shut down in time" in r for r in reasons)
+
+
+def test_force_stop(run: Any, desktop: Desktop, student: Any) -> None:
+    run(services.desktop_start, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    run(services.desktop_stop, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
+
+
+def test_delete_undefines_the_domain_and_keeps_the_disk_until_purge(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    disk_path = Path(desktop.disk.path)  # type: ignore[union-attr]
+    run(services.desktop_delete, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.DELETED
+    assert desktop.deleted_at is not None
+    assert state(desktop) == libvirt_driver.DomainState.MISSING
+    assert disk_path.exists()
+    assert Disk.objects.get(path=str(disk_path)).status == DiskStatus.RECYCLED
+
+    run(services.desktop_restore, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    run(services.desktop_start, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED  # redefined on start, same disk
+    assert desktop.disk is not None and desktop.disk.path == str(disk_path)
+
+
+def test_purge_removes_only_expired_desktops(run: Any, desktop: Desktop, student: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    disk_path = Path(desktop.disk.path)  # type: ignore[union-attr]
+    run(services.desktop_delete, actor=student, desktop=desktop)
+    assert services.desktops_purge_expired() == 0
+    assert disk_path.exists()
+    later = timezone.now() + timedelta(days=30)
+    assert services.desktops_purge_expired(now=later) == 1
+    assert not disk_path.exists()
+    assert not Desktop.objects.filter(pk=desktop.pk).exists()
+
+
+def test_running_desktop_cannot_be_deleted(run: Any, desktop: Desktop, student: Any) -> None:
+    run(services.desktop_start, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    with pytest.raises(ConflictError, match="Stop the desktop"):
+        services.desktop_delete(actor=student, desktop=desktop)
+
+
+def test_reconcile_notices_a_guest_that_powered_off_and_a_domain_that_vanished(
+    run: Any, desktop: Desktop, student: Any, test_hypervisor: Any
+) -> None:
+    run(services.desktop_start, actor=student, desktop=desktop)
+    libvirt_driver.destroy_domain("test:///default", desktop.domain_name)
+    assert services.desktops_reconcile(hypervisor=test_hypervisor) == 1
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert "powered off" in desktop.status_reason
+
+    run(services.desktop_start, actor=student, desktop=Desktop.objects.get(pk=desktop.pk))
+    libvirt_driver.undefine_domain("test:///default", desktop.domain_name)
+    services.desktops_reconcile(hypervisor=test_hypervisor)
+    desktop.refresh_from_db()
+    assert desktop.status == S.FAILED
+    assert "vanished" in desktop.status_reason

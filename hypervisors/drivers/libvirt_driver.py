@@ -1,0 +1,413 @@
+"""The only module that imports `libvirt`.
+
+Every call takes a libvirt URI, so the same functions serve the local host, remote hosts
+and libvirt's `test:///` driver. Failures surface as `DriverError` with libvirt's own
+message, so services can record a reason a person can read.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import libvirt
+
+logger = logging.getLogger(__name__)
+
+# libvirt prints every error to stderr by default; ours are raised as DriverError instead.
+libvirt.registerErrorHandler(lambda _context, _error: None, None)
+
+DOMAIN_PREFIX = "isard-"
+
+T = TypeVar("T")
+
+
+class DriverError(Exception):
+    """A libvirt operation failed; the message is libvirt's."""
+
+
+class DomainNotFoundError(DriverError):
+    pass
+
+
+class DomainState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    MISSING = "missing"
+    OTHER = "other"
+
+
+_STATE_MAP = {
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.RUNNING,  # shutting down: still running
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+}
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    hostname: str
+    cpus: int
+    memory_mib: int
+    free_memory_mib: int
+    running_domains: int
+    libvirt_version: str
+    hypervisor_version: str
+
+
+@dataclass(frozen=True)
+class GraphicsPorts:
+    spice_port: int | None
+    spice_tls_port: int | None
+    vnc_port: int | None
+    listen: str | None
+
+
+# libvirt connections are thread-safe; one per URI per process is enough. Guarded by a
+# lock because Celery threads and the Channels event loop's executors share this module.
+_connections: dict[str, libvirt.virConnect] = {}
+_connections_lock = threading.Lock()
+
+
+def _libvirt_error_message(error: libvirt.libvirtError) -> str:
+    return error.get_error_message() or str(error)
+
+
+def connect(uri: str) -> libvirt.virConnect:
+    """Return a live connection to `uri`, reopening it if the daemon went away."""
+    with _connections_lock:
+        connection = _connections.get(uri)
+        if connection is not None:
+            try:
+                if connection.isAlive():
+                    return connection
+            except libvirt.libvirtError:
+                pass
+            _connections.pop(uri, None)
+        try:
+            connection = libvirt.open(uri)
+        except libvirt.libvirtError as error:
+            raise DriverError(
+                f"cannot connect to {uri}: {_libvirt_error_message(error)}"
+            ) from error
+        _connections[uri] = connection
+        return connection
+
+
+def forget_connection(uri: str) -> None:
+    """Drop the cached connection (after a host was found dead, so the next call reopens)."""
+    with _connections_lock:
+        connection = _connections.pop(uri, None)
+    if connection is not None:
+        try:
+            connection.close()
+        except libvirt.libvirtError:
+            pass
+
+
+def _call(uri: str, what: str, operation: Callable[[libvirt.virConnect], T]) -> T:
+    connection = connect(uri)
+    try:
+        return operation(connection)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise DomainNotFoundError(f"{what}: {_libvirt_error_message(error)}") from error
+        if error.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE):
+            forget_connection(uri)
+        raise DriverError(f"{what}: {_libvirt_error_message(error)}") from error
+
+
+def ping(uri: str) -> str:
+    """Return the host name if the daemon answers, else raise `DriverError`."""
+    return _call(uri, "ping", lambda c: c.getHostname())
+
+
+def _version_string(number: int) -> str:
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def host_info(uri: str) -> HostInfo:
+    def read(connection: libvirt.virConnect) -> HostInfo:
+        _model, memory_mib, cpus, *_rest = connection.getInfo()
+        try:
+            free_mib = connection.getFreeMemory() // (1024 * 1024)
+        except libvirt.libvirtError:
+            free_mib = memory_mib
+        running = len(connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+        return HostInfo(
+            hostname=connection.getHostname(),
+            cpus=cpus,
+            memory_mib=memory_mib,
+            free_memory_mib=int(free_mib),
+            running_domains=running,
+            libvirt_version=_version_string(connection.getLibVersion()),
+            hypervisor_version=_version_string(connection.getVersion()),
+        )
+
+    return _call(uri, "host info", read)
+
+
+def define_domain(uri: str, xml: str) -> None:
+    """Define (or redefine) a persistent domain, validating the XML against libvirt's schema."""
+
+    def define(connection: libvirt.virConnect) -> None:
+        connection.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+
+    _call(uri, "define domain", define)
+
+
+def _lookup(connection: libvirt.virConnect, name: str) -> libvirt.virDomain:
+    return connection.lookupByName(name)
+
+
+def start_domain(uri: str, name: str, *, paused: bool = False) -> None:
+    flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+    _call(uri, f"start {name}", lambda c: _lookup(c, name).createWithFlags(flags))
+
+
+def shutdown_domain(uri: str, name: str) -> None:
+    """Ask the guest to power off (ACPI power button); it may take a while or ignore it."""
+
+    def shutdown(connection: libvirt.virConnect) -> None:
+        domain = _lookup(connection, name)
+        try:
+            domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        except libvirt.libvirtError as error:
+            # Drivers that cannot choose the method (test:///) take the default one.
+            if error.get_error_code() not in (
+                libvirt.VIR_ERR_INVALID_ARG,
+                libvirt.VIR_ERR_NO_SUPPORT,
+            ):
+                raise
+            domain.shutdown()
+
+    _call(uri, f"shut down {name}", shutdown)
+
+
+def destroy_domain(uri: str, name: str) -> None:
+    """Power the guest off at once. Not an error if it is already off or gone."""
+
+    def destroy(connection: libvirt.virConnect) -> None:
+        try:
+            domain = _lookup(connection, name)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            raise
+        if domain.isActive():
+            try:
+                domain.destroy()
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+
+    _call(uri, f"force off {name}", destroy)
+
+
+def reset_domain(uri: str, name: str) -> None:
+    _call(uri, f"reset {name}", lambda c: _lookup(c, name).reset(0))
+
+
+def undefine_domain(uri: str, name: str) -> None:
+    """Power off and remove the domain definition; disks are left alone. Idempotent."""
+
+    def undefine(connection: libvirt.virConnect) -> None:
+        try:
+            domain = _lookup(connection, name)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            raise
+        if domain.isActive():
+            domain.destroy()
+        flags = libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        try:
+            domain.undefineFlags(flags)
+        except libvirt.libvirtError:
+            # Drivers without NVRAM support (test:///) reject the flags.
+            domain.undefine()
+
+    _call(uri, f"undefine {name}", undefine)
+
+
+def _state_of(domain: libvirt.virDomain) -> DomainState:
+    state, _reason = domain.state()
+    return _STATE_MAP.get(state, DomainState.OTHER)
+
+
+def domain_state(uri: str, name: str) -> DomainState:
+    def read(connection: libvirt.virConnect) -> DomainState:
+        try:
+            return _state_of(_lookup(connection, name))
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return DomainState.MISSING
+            raise
+
+    return _call(uri, f"state of {name}", read)
+
+
+def list_domain_states(uri: str, prefix: str = DOMAIN_PREFIX) -> dict[str, DomainState]:
+    """States of every domain (defined or running) whose name starts with `prefix`."""
+
+    def read(connection: libvirt.virConnect) -> dict[str, DomainState]:
+        return {
+            domain.name(): _state_of(domain)
+            for domain in connection.listAllDomains(0)
+            if domain.name().startswith(prefix)
+        }
+
+    return _call(uri, "list domains", read)
+
+
+def domain_xml(uri: str, name: str) -> str:
+    return _call(uri, f"read XML of {name}", lambda c: _lookup(c, name).XMLDesc(0))
+
+
+def graphics_ports(uri: str, name: str) -> GraphicsPorts:
+    """The ports libvirt assigned to the running guest's SPICE and VNC servers."""
+    root = ET.fromstring(domain_xml(uri, name))
+
+    def port(element: ET.Element | None, attribute: str) -> int | None:
+        if element is None:
+            return None
+        value = element.get(attribute)
+        return int(value) if value and int(value) > 0 else None
+
+    spice = root.find("./devices/graphics[@type='spice']")
+    vnc = root.find("./devices/graphics[@type='vnc']")
+    listen = spice if spice is not None else vnc
+    return GraphicsPorts(
+        spice_port=port(spice, "port"),
+        spice_tls_port=port(spice, "tlsPort"),
+        vnc_port=port(vnc, "port"),
+        listen=listen.get("listen") if listen is not None else None,
+    )
+
+
+def boot_probe(
+    uri: str, xml: str, serial_log: str, marker: str, timeout: float
+) -> tuple[bool, str]:
+    """Start a transient domain and wait for `marker` on its serial log.
+
+    Returns (booted, detail). This is how the accelerator is found: libvirt's capabilities
+    list KVM on hosts where nested KVM crashes or hangs every real guest, so only a real
+    boot tells.
+    """
+    try:
+        os.unlink(serial_log)
+    except FileNotFoundError:
+        pass
+    connection = connect(uri)
+    started = time.monotonic()
+    try:
+        domain = connection.createXML(xml, 0)
+    except libvirt.libvirtError as error:
+        return False, f"could not start: {_libvirt_error_message(error)}"
+    try:
+        while time.monotonic() - started < timeout:
+            try:
+                with open(serial_log, "rb") as log:
+                    if marker.encode() in log.read():
+                        return True, f"booted in {time.monotonic() - started:.1f} s"
+            except FileNotFoundError:
+                pass
+            try:
+                state = _state_of(domain)
+            except libvirt.libvirtError:
+                return False, "the guest vanished during boot"
+            if state in (DomainState.CRASHED, DomainState.SHUTOFF):
+                return False, f"the guest stopped during boot ({state.value})"
+            if state == DomainState.PAUSED:
+                # KVM pauses a guest on an internal error ("emulation failure").
+                return False, "the guest was paused by an emulation error during boot"
+            time.sleep(0.1)
+        return False, f"no boot marker after {timeout:.0f} s"
+    finally:
+        try:
+            domain.destroy()
+        except libvirt.libvirtError:
+            pass
+
+
+LifecycleCallback = Callable[[str, str, DomainState], None]
+
+
+def run_event_loop(
+    uris: Iterable[str], on_change: LifecycleCallback, stop: threading.Event
+) -> None:
+    """Call `on_change(uri, domain_name, state)` for every lifecycle event on our domains.
+
+    Runs libvirt's default event loop in this thread until `stop` is set. Connections that
+    drop are reopened every few seconds.
+    """
+    libvirt.virEventRegisterDefaultImpl()
+    registered: dict[str, tuple[libvirt.virConnect, int]] = {}
+
+    def callback(
+        connection: libvirt.virConnect, domain: libvirt.virDomain, event: int, detail: int, uri: str
+    ) -> None:
+        name = domain.name()
+        if not name.startswith(DOMAIN_PREFIX):
+            return
+        try:
+            state = _state_of(domain)
+        except libvirt.libvirtError:
+            state = DomainState.MISSING
+        if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
+            state = DomainState.MISSING
+        try:
+            on_change(uri, name, state)
+        except Exception:  # the loop must survive a failing handler
+            logger.exception("lifecycle handler failed for %s on %s", name, uri)
+
+    def register_all() -> None:
+        for uri in uris_list:
+            existing = registered.get(uri)
+            if existing is not None:
+                try:
+                    if existing[0].isAlive():
+                        continue
+                except libvirt.libvirtError:
+                    pass
+                registered.pop(uri, None)
+            try:
+                connection = libvirt.open(uri)
+                connection.setKeepAlive(5, 3)
+                callback_id = connection.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, uri
+                )
+                registered[uri] = (connection, callback_id)
+                logger.info("listening to lifecycle events of %s", uri)
+            except libvirt.libvirtError as error:
+                logger.warning("cannot listen to %s: %s", uri, _libvirt_error_message(error))
+
+    uris_list = list(uris)
+    # virEventRunDefaultImpl blocks until something happens; a 1 s timer makes sure the
+    # loop notices `stop` and retries dead connections even on a quiet host.
+    libvirt.virEventAddTimeout(1000, lambda timer, opaque: None, None)
+    last_register = 0.0
+    while not stop.is_set():
+        if time.monotonic() - last_register > 5:
+            register_all()
+            last_register = time.monotonic()
+        libvirt.virEventRunDefaultImpl()
+    for connection, callback_id in registered.values():
+        try:
+            connection.domainEventDeregisterAny(callback_id)
+            connection.close()
+        except libvirt.libvirtError:
+            pass

@@ -1,0 +1,7 @@
+"""The isard project package: settings, URLs, ASGI and Celery wiring."""
+
+from __future__ import annotations
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,84 @@
+"""Configuration checks run before the platform starts (`manage.py isard_preflight`).
+
+Each problem becomes one line that names the setting and what to do, instead of a
+traceback from deep inside Celery or libvirt minutes later. They are registered as
+deployment checks with their own tag so that ordinary commands (migrate, tests) stay
+fast and do not need libvirt or Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+TAG = "isard_runtime"
+
+
+@register(TAG, deploy=True)
+def check_storage_root(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    root = Path(settings.ISARD_STORAGE_ROOT)
+    if not root.is_dir():
+        return [
+            Error(
+                f"ISARD_STORAGE_ROOT={root} does not exist: create the directory or point the "
+                "setting at an existing one.",
+                id="isard.E001",
+            )
+        ]
+    if not os.access(root, os.W_OK | os.X_OK):
+        return [Error(f"ISARD_STORAGE_ROOT={root} is not writable by this user.", id="isard.E002")]
+    return []
+
+
+@register(TAG, deploy=True)
+def check_redis(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2
+        )
+        client.ping()
+        client.close()
+    except (redis.RedisError, ValueError) as error:
+        return [
+            Error(
+                f"REDIS_URL={settings.REDIS_URL} does not answer ({error}): start Redis or fix "
+                "the setting.",
+                id="isard.E003",
+            )
+        ]
+    return []
+
+
+@register(TAG, deploy=True)
+def check_libvirt(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    from hypervisors.drivers import libvirt_driver
+
+    try:
+        libvirt_driver.ping(settings.ISARD_LIBVIRT_URI)
+    except libvirt_driver.DriverError as error:
+        return [
+            Error(
+                f"ISARD_LIBVIRT_URI={settings.ISARD_LIBVIRT_URI} does not answer ({error}): "
+                "start libvirtd (and virtlogd) or fix the setting.",
+                id="isard.E004",
+            )
+        ]
+    return []
+
+
+@register(TAG, deploy=True)
+def check_accelerator_setting(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    if settings.ISARD_ACCELERATOR not in ("auto", "kvm", "qemu"):
+        return [
+            Error(
+                f"ISARD_ACCELERATOR={settings.ISARD_ACCELERATOR!r} is not one of auto, kvm, qemu.",
+                id="isard.E005",
+            )
+        ]
+    return []

@@ -1,0 +1,71 @@
+"""The one error type of the application and its rendering for the API.
+
+Services raise `ApplicationError` (or a subclass). Views never build error bodies by hand:
+the API exception handler turns any of them into `{"message": ..., "extra": ...}` with the
+status code that the subclass declares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+class ApplicationError(Exception):
+    """A failure the user can understand and act on."""
+
+    status_code = 400
+
+    def __init__(self, message: str, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra or {}
+
+
+class PermissionDeniedError(ApplicationError):
+    status_code = 403
+
+
+class NotFoundError(ApplicationError):
+    status_code = 404
+
+
+class ConflictError(ApplicationError):
+    """The object is not in a state that allows the operation (or someone else won a race)."""
+
+    status_code = 409
+
+
+class QuotaExceededError(ApplicationError):
+    status_code = 422
+
+
+class NoCapacityError(ApplicationError):
+    """No hypervisor can take the desktop right now."""
+
+    status_code = 503
+
+
+class InfrastructureError(ApplicationError):
+    """libvirt, qemu-img or the storage failed; the message says which and why."""
+
+    status_code = 502
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApplicationError):
+        return Response({"message": exc.message, "extra": exc.extra}, status=exc.status_code)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, drf_exceptions.ValidationError):
+        return Response(
+            {"message": "Invalid input.", "extra": {"fields": response.data}},
+            status=response.status_code,
+        )
+    detail = response.data.get("detail") if isinstance(response.data, dict) else None
+    response.data = {"message": str(detail or exc), "extra": {}}
+    return response

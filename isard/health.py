@@ -1,0 +1,101 @@
+"""Health of every part the platform needs: database, Redis, Celery worker, hypervisors."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+
+CHECK_TIMEOUT_SECONDS = 3.0
+
+
+def check_database() -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return {"ok": True, "vendor": connection.vendor}
+
+
+def check_redis() -> dict[str, Any]:
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return {"ok": True}
+
+
+def check_celery() -> dict[str, Any]:
+    from isard.celery import app
+
+    replies = app.control.ping(timeout=1.5) or []
+    workers = sorted(name for reply in replies for name in reply)
+    return {"ok": bool(workers), "workers": workers}
+
+
+def check_hypervisors() -> dict[str, Any]:
+    from hypervisors.drivers import libvirt_driver
+    from hypervisors.models import Hypervisor
+
+    hosts: dict[str, Any] = {}
+    for hypervisor in Hypervisor.objects.order_by("name"):
+        entry: dict[str, Any] = {
+            "uri": hypervisor.uri,
+            "mode": hypervisor.mode,
+            "accelerator": hypervisor.accelerator or None,
+        }
+        try:
+            libvirt_driver.ping(hypervisor.uri)
+            entry["ok"] = bool(hypervisor.accelerator)
+            if not hypervisor.accelerator:
+                entry["error"] = (
+                    "no accelerator could boot a guest: " + hypervisor.accelerator_detail
+                )
+        except libvirt_driver.DriverError as error:
+            entry.update(ok=False, error=str(error))
+        hosts[hypervisor.name] = entry
+    return {"ok": bool(hosts) and all(h["ok"] for h in hosts.values()), "hosts": hosts}
+
+
+CHECKS = {
+    "database": check_database,
+    "redis": check_redis,
+    "celery": check_celery,
+    "hypervisors": check_hypervisors,
+}
+
+
+def _run_check(name: str, check: Any) -> dict[str, Any]:
+    try:
+        return check()
+    except Exception as error:  # any failure is reported, not raised
+        return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+    finally:
+        if name in ("database", "hypervisors"):
+            connection.close()
+
+
+def collect_health() -> dict[str, Any]:
+    # Each check runs in its own thread with a timeout, so one hung part cannot hide the others.
+    results: dict[str, Any] = {}
+    with ThreadPoolExecutor(max_workers=len(CHECKS)) as pool:
+        futures = {name: pool.submit(_run_check, name, check) for name, check in CHECKS.items()}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result(timeout=CHECK_TIMEOUT_SECONDS)
+            except FutureTimeout:
+                results[name] = {
+                    "ok": False,
+                    "error": f"no answer in {CHECK_TIMEOUT_SECONDS:.0f} s",
+                }
+    healthy = all(result["ok"] for result in results.values())
+    return {"status": "ok" if healthy else "unhealthy", "checks": results}
+
+
+def health_view(request: HttpRequest) -> JsonResponse:
+    report = collect_health()
+    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)

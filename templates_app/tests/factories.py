@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+import factory
+
+from templates_app.models import HardwareProfile
+
+
+class HardwareProfileFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = HardwareProfile
+
+    name = factory.Sequence(lambda n: f"profile {n}")
+    vcpus = 1
+    memory_mib = 256
