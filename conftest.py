@@ -45,7 +45,7 @@ def test_hypervisor(pools: dict[str, Any]) -> Any:
     """A hypervisor on libvirt's test driver, online, with room for many desktops."""
     from hypervisors.tests.factories import HypervisorFactory
 
-    return HypervisorFactory(
+    return HypervisorFactory.create(
         uri="test:///default",
         accelerator=Accelerator.QEMU,
         state=HypervisorState.ONLINE,
@@ -68,7 +68,7 @@ def base_template(pools: dict[str, Any], tmp_path: Path) -> Any:
 
     image = make_qcow2(tmp_path / "base.qcow2")
     return template_register_base(
-        name="Base", image=image, hardware=HardwareProfileFactory(networks=[])
+        name="Base", image=image, hardware=HardwareProfileFactory.create(networks=[])
     )
 
 

@@ -20,7 +20,10 @@ and prints ``ISARD-GUEST-READY boots=<N>`` on the serial console, so callers
 can tell "booted" from "hung" and "persistent overlay" from "fresh base".  An
 ACPI power-button press (``virsh shutdown``) makes it sync, print
 ``ISARD-GUEST-POWEROFF`` and power off by itself, so graceful shutdown paths
-are testable too.
+are testable too.  The marker is printed only once the power button is being
+watched: a shutdown sent after it is never lost, while one sent earlier (in
+the BIOS or kernel boot) is lost, as with many real OSes, so callers should
+fall back to a hard power off after a timeout.
 
 Only the standard library is used (no Django) so it can run in a worker, a
 management command or a test fixture alike.
@@ -88,8 +91,8 @@ _COMMAND_PACKAGES: Mapping[str, str] = {
 # /dev/input/eventN, so `virsh shutdown` works).  The real order is taken from
 # modules.dep when available; this one is the fallback.
 _GUEST_MODULES: tuple[str, ...] = (
-    "virtio",
     "virtio_ring",
+    "virtio",
     "virtio_pci_legacy_dev",
     "virtio_pci_modern_dev",
     "virtio_pci",
@@ -174,10 +177,15 @@ watch_power_button() {
     done
     if [ -z "$btn" ]; then
         say "ISARD-GUEST-WARN no ACPI power button; shutdown needs a hard power off"
+        : > /tmp/power-button.none
         return
     fi
+    # evdev only queues events for readers that have the device open, so open
+    # it before telling the main flow we are listening.
+    exec 3< "$btn"
+    : > /tmp/power-button.ready
     # One input_event (24 bytes on 64-bit) = the button was pressed.
-    head -c 24 "$btn" > /dev/null
+    head -c 24 <&3 > /dev/null
     say "ISARD-GUEST-POWEROFF"
     sync
     umount /mnt 2>/dev/null || mount -o remount,ro /mnt 2>/dev/null
@@ -206,6 +214,14 @@ else
     n=$((n + 1))
     echo "$n" > /mnt/boots.txt
     sync
+    # Announce READY only once the power button is watched, so an ACPI
+    # shutdown sent after the marker is never lost.
+    i=0
+    while [ ! -e /tmp/power-button.ready ] && [ ! -e /tmp/power-button.none ] \
+        && [ "$i" -lt 120 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
     echo "ISARD-GUEST-READY boots=$n" > /dev/ttyS0
     printf '\033[2J\033[H' > /dev/tty0
     cat > /dev/tty0 <<EOF

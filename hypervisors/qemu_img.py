@@ -108,17 +108,14 @@ def convert(
         )
     except FileNotFoundError as error:
         raise QemuImgError("qemu-img is not installed (Debian package qemu-utils)") from error
-    assert process.stdout is not None
-    buffer = ""
-    while True:
-        chunk = process.stdout.read(64)
-        if not chunk:
-            break
-        buffer += chunk
-        matches = _PROGRESS.findall(buffer)
-        if matches and on_progress is not None:
-            on_progress(float(matches[-1]))
-        buffer = buffer[-64:]
-    stderr = process.stderr.read() if process.stderr else ""
-    if process.wait() != 0:
+    with process:
+        assert process.stdout is not None and process.stderr is not None
+        buffer = ""
+        while chunk := process.stdout.read(64):
+            buffer = (buffer + chunk)[-128:]
+            matches = _PROGRESS.findall(buffer)
+            if matches and on_progress is not None:
+                on_progress(float(matches[-1]))
+        stderr = process.stderr.read()
+    if process.returncode != 0:
         raise QemuImgError(stderr.strip().replace("qemu-img: ", "") or "qemu-img convert failed")

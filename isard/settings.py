@@ -148,3 +148,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("ISARD_LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# LDAP login and group sync (django-auth-ldap); off unless ISARD_LDAP_SERVER_URI is set.
+from isard.settings_ldap import *  # noqa: E402, F403

@@ -6,7 +6,7 @@ from accounts.choices import CourseRole, Role
 from accounts.models import Course, CourseMembership, School, User
 
 
-class SchoolFactory(factory.django.DjangoModelFactory):
+class SchoolFactory(factory.django.DjangoModelFactory[School]):
     class Meta:
         model = School
         django_get_or_create = ("slug",)
@@ -15,7 +15,7 @@ class SchoolFactory(factory.django.DjangoModelFactory):
     slug = factory.Sequence(lambda n: f"school-{n}")
 
 
-class UserFactory(factory.django.DjangoModelFactory):
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = User
         skip_postgeneration_save = True
@@ -31,7 +31,7 @@ class UserFactory(factory.django.DjangoModelFactory):
             obj.save()
 
 
-class CourseFactory(factory.django.DjangoModelFactory):
+class CourseFactory(factory.django.DjangoModelFactory[Course]):
     class Meta:
         model = Course
 
@@ -39,7 +39,7 @@ class CourseFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Course {n}")
 
 
-class MembershipFactory(factory.django.DjangoModelFactory):
+class MembershipFactory(factory.django.DjangoModelFactory[CourseMembership]):
     class Meta:
         model = CourseMembership
 

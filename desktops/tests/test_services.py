@@ -25,7 +25,7 @@ S = DesktopStatus
 
 @pytest.fixture
 def student() -> Any:
-    return UserFactory(role=Role.STUDENT)
+    return UserFactory.create(role=Role.STUDENT)
 
 
 @pytest.fixture
@@ -59,9 +59,7 @@ def test_create_is_refused_for_a_template_not_shared_with_the_user(
     base_template.shared_with_everyone = False
     base_template.save()
     with pytest.raises(PermissionDeniedError):
-        services.desktop_create(
-            actor=UserFactory(), template=base_template, name="x"
-        )
+        services.desktop_create(actor=UserFactory.create(), template=base_template, name="x")
 
 
 def test_start_runs_the_domain_and_a_second_start_does_nothing_more(
@@ -89,7 +87,7 @@ def test_two_racing_start_requests_start_the_desktop_once(
 
 
 def test_student_cannot_start_another_students_desktop(desktop: Desktop) -> None:
-    other = UserFactory(role=Role.STUDENT)
+    other = UserFactory.create(role=Role.STUDENT)
     with pytest.raises(PermissionDeniedError):
         services.desktop_start(actor=other, desktop=desktop)
 

@@ -21,7 +21,10 @@ S = DesktopStatus
 
 def make_desktop(status: DesktopStatus = S.STOPPED) -> Desktop:
     return Desktop.objects.create(
-        name="d", owner=UserFactory(), hardware=HardwareProfileFactory(), status=status
+        name="d",
+        owner=UserFactory.create(),
+        hardware=HardwareProfileFactory.create(),
+        status=status,
     )
 
 

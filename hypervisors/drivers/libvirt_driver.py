@@ -173,9 +173,8 @@ def _lookup(connection: libvirt.virConnect, name: str) -> libvirt.virDomain:
     return connection.lookupByName(name)
 
 
-def start_domain(uri: str, name: str, *, paused: bool = False) -> None:
-    flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
-    _call(uri, f"start {name}", lambda c: _lookup(c, name).createWithFlags(flags))
+def start_domain(uri: str, name: str) -> None:
+    _call(uri, f"start {name}", lambda c: _lookup(c, name).create())
 
 
 def shutdown_domain(uri: str, name: str) -> None:

@@ -5,7 +5,7 @@ import factory
 from hypervisors.models import Hypervisor
 
 
-class HypervisorFactory(factory.django.DjangoModelFactory):
+class HypervisorFactory(factory.django.DjangoModelFactory[Hypervisor]):
     class Meta:
         model = Hypervisor
 

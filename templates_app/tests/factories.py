@@ -5,7 +5,7 @@ import factory
 from templates_app.models import HardwareProfile
 
 
-class HardwareProfileFactory(factory.django.DjangoModelFactory):
+class HardwareProfileFactory(factory.django.DjangoModelFactory[HardwareProfile]):
     class Meta:
         model = HardwareProfile
 

@@ -1,0 +1,76 @@
+"""Generated domain XML passes libvirt's own schema (virt-xml-validate)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml
+
+
+def spec(**overrides: object) -> DomainSpec:
+    values: dict[str, object] = {
+        "name": f"isard-{uuid.uuid4()}",
+        "uuid": str(uuid.uuid4()),
+        "domain_type": "qemu",
+        "vcpus": 2,
+        "memory_mib": 512,
+        "disks": (DiskSpec(path="/srv/isard/desktops/a.qcow2"),),
+    }
+    values.update(overrides)
+    return DomainSpec(**values)  # type: ignore[arg-type]
+
+
+PROFILES = {
+    "default": spec(),
+    "everything": spec(
+        title="Maths <lab> & co",
+        disks=(
+            DiskSpec(path="/srv/a.qcow2", bus="sata"),
+            DiskSpec(path="/srv/install.iso", format="raw", device="cdrom"),
+        ),
+        boot_order=("cdrom", "hd"),
+        networks=("default", "lab"),
+        nic_model="e1000",
+        video_model="virtio",
+        graphics_password="abcdefgh",
+        usb_redirect_devices=4,
+        serial_log_path="/srv/logs/a.log",
+        metadata={"desktop": "x", "owner": "ana"},
+    ),
+    "uefi_kvm": spec(domain_type="kvm", firmware="uefi"),
+    "ide_legacy": spec(disks=(DiskSpec(path="/srv/a.qcow2", bus="ide"),), video_model="vga"),
+    "vnc_only": spec(spice=False, usb_redirect_devices=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_generated_xml_passes_libvirts_schema(name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.xml"
+    path.write_text(build_domain_xml(PROFILES[name]))
+    result = subprocess.run(
+        ["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_ide_devices_get_the_i440fx_machine_and_others_q35() -> None:
+    assert 'machine="pc"' in build_domain_xml(PROFILES["ide_legacy"])
+    assert 'machine="q35"' in build_domain_xml(PROFILES["default"])
+
+
+def test_usb_redirection_channels_follow_the_profile() -> None:
+    xml = build_domain_xml(PROFILES["everything"])
+    assert xml.count('<redirdev bus="usb" type="spicevmc"') == 4
+
+
+def test_a_vnc_password_longer_than_eight_characters_is_refused() -> None:
+    with pytest.raises(ValueError, match="8 characters"):
+        spec(graphics_password="123456789")
+
+
+def test_no_password_attribute_without_a_password() -> None:
+    assert "passwd" not in build_domain_xml(PROFILES["default"])
