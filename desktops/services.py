@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
-from datetime import timedelta
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ from accounts.models import Course, User
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from hypervisors import qemu_img
-from hypervisors.choices import DiskStatus, HypervisorMode, HypervisorState
+from hypervisors.choices import DiskStatus, HypervisorMode, HypervisorState, PoolPurpose
 from hypervisors.drivers import libvirt_driver
-from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml
+from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml, shape_key
 from hypervisors.models import Disk, Hypervisor
-from hypervisors.services import disk_create_overlay
+from hypervisors.services import disk_create_overlay, disk_path, pool_for
+from isard.broadcast import group_send_many
 from isard.exceptions import (
     ApplicationError,
     ConflictError,
@@ -59,71 +61,117 @@ def desktop_transition(
     actor: User | None = None,
     **fields: Any,
 ) -> Desktop:
-    """Move `desktop` from its current status (as loaded) to `to`.
-
-    Checks the declared table, then updates with `WHERE status = <as loaded>`: if another
-    worker changed the desktop meanwhile, nothing is written and `ConflictError` says so.
-    Writes the audit row and broadcasts the change to the owner's websocket after commit.
-    """
-    current = DesktopStatus(desktop.status)
-    if to not in TRANSITIONS[current]:
-        raise ConflictError(
-            f"The desktop “{desktop.name}” is {current.label.lower()}; "
-            f"it cannot become {to.label.lower()}.",
-            extra={"status": current.value, "requested": to.value},
-        )
-    now = timezone.now()
-    with transaction.atomic():
-        updated = Desktop.objects.filter(pk=desktop.pk, status=current).update(
-            status=to, status_reason=reason, status_changed_at=now, **fields
-        )
-        if updated == 0:
-            fresh = Desktop.objects.filter(pk=desktop.pk).values_list("status", flat=True).first()
-            raise ConflictError(
-                f"The desktop “{desktop.name}” changed meanwhile; try again.",
-                extra={"status": fresh, "expected": current.value},
-            )
-        DesktopEvent.objects.create(
-            desktop=desktop, from_status=current, to_status=to, reason=reason, actor=actor
-        )
-        transaction.on_commit(partial(broadcast_desktop_status, desktop.pk))
-    desktop.status = to
-    desktop.status_reason = reason
-    desktop.status_changed_at = now
-    for name, value in fields.items():
-        setattr(desktop, name, value)
+    """Move `desktop` from its current status (as loaded) to `to`, or raise ConflictError."""
+    _changed, conflicts = desktops_transition(
+        changes=[(desktop, fields)], to=to, reason=reason, actor=actor
+    )
+    if conflicts:
+        raise conflicts[0]
     return desktop
 
 
-def broadcast_desktop_status(desktop_id: int) -> None:
-    """Send the desktop's current status to its owner's websocket group."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
+def desktops_transition(
+    *,
+    changes: Sequence[tuple[Desktop, dict[str, Any]]],
+    to: DesktopStatus,
+    reason: str = "",
+    actor: User | None = None,
+) -> tuple[list[Desktop], list[ConflictError]]:
+    """The one place a status changes; for one desktop or a whole class in one transaction.
 
+    For each (desktop, extra fields): checks the declared table, then updates with
+    `WHERE status = <as loaded>`, so a desktop another worker changed meanwhile is left
+    alone and reported as a conflict. Writes the audit rows and, after commit, sends each
+    owner's websocket the new status. Returns the desktops changed and the conflicts.
+    """
+    now = timezone.now()
+    changed: list[Desktop] = []
+    conflicts: list[ConflictError] = []
+    events: list[DesktopEvent] = []
+    payloads: list[tuple[int, dict[str, Any]]] = []
+    with transaction.atomic():
+        for desktop, fields in changes:
+            current = DesktopStatus(desktop.status)
+            if to not in TRANSITIONS[current]:
+                conflicts.append(
+                    ConflictError(
+                        f"The desktop “{desktop.name}” is {current.label.lower()}; "
+                        f"it cannot become {to.label.lower()}.",
+                        extra={"status": current.value, "requested": to.value},
+                    )
+                )
+                continue
+            updated = Desktop.objects.filter(pk=desktop.pk, status=current).update(
+                status=to, status_reason=reason, status_changed_at=now, **fields
+            )
+            if updated == 0:
+                fresh = Desktop.objects.filter(pk=desktop.pk).values_list("status", flat=True)
+                conflicts.append(
+                    ConflictError(
+                        f"The desktop “{desktop.name}” changed meanwhile; try again.",
+                        extra={"status": fresh.first(), "expected": current.value},
+                    )
+                )
+                continue
+            events.append(
+                DesktopEvent(
+                    desktop=desktop, from_status=current, to_status=to, reason=reason, actor=actor
+                )
+            )
+            payloads.append(
+                (
+                    desktop.owner_id,
+                    desktop_status_payload(desktop, status=to, reason=reason, changed_at=now),
+                )
+            )
+            changed.append(desktop)
+            desktop.status, desktop.status_reason, desktop.status_changed_at = to, reason, now
+            for name, value in fields.items():
+                setattr(desktop, name, value)
+        DesktopEvent.objects.bulk_create(events)
+        if payloads:
+            transaction.on_commit(partial(broadcast_status_payloads, payloads))
+    return changed, conflicts
+
+
+def broadcast_status_payloads(payloads: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    """Send desktops' statuses (as committed) to their owners' websocket groups."""
+    group_send_many(
+        [
+            (owner_group(owner_id), {"type": "desktop.status", "desktop": payload})
+            for owner_id, payload in payloads
+        ]
+    )
+
+
+def broadcast_desktop_status(desktop_id: int) -> None:
+    """Send the desktop's current status, read from the database, to its owner."""
     desktop = Desktop.objects.filter(pk=desktop_id).first()
-    layer = get_channel_layer()
-    if desktop is None or layer is None:
-        return
-    message = {"type": "desktop.status", "desktop": desktop_status_payload(desktop)}
-    try:
-        async_to_sync(layer.group_send)(owner_group(desktop.owner_id), message)
-    except Exception:  # a broken Redis must not undo a committed change
-        logger.exception("could not broadcast the status of desktop %s", desktop_id)
+    if desktop is not None:
+        broadcast_status_payloads([(desktop.owner_id, desktop_status_payload(desktop))])
 
 
 def owner_group(user_id: int) -> str:
     return f"desktops.user.{user_id}"
 
 
-def desktop_status_payload(desktop: Desktop) -> dict[str, Any]:
+def desktop_status_payload(
+    desktop: Desktop,
+    *,
+    status: DesktopStatus | None = None,
+    reason: str | None = None,
+    changed_at: datetime | None = None,
+) -> dict[str, Any]:
+    """What the websocket sends about a desktop (overrides: the values being written)."""
+    status = status or DesktopStatus(desktop.status)
     return {
         "id": desktop.pk,
         "uuid": str(desktop.uuid),
         "name": desktop.name,
-        "status": desktop.status,
-        "status_label": DesktopStatus(desktop.status).label,
-        "status_reason": desktop.status_reason,
-        "status_changed_at": desktop.status_changed_at.isoformat(),
+        "status": status.value,
+        "status_label": status.label,
+        "status_reason": desktop.status_reason if reason is None else reason,
+        "status_changed_at": (changed_at or desktop.status_changed_at).isoformat(),
     }
 
 
@@ -229,9 +277,8 @@ def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
 
 
 def _define(desktop: Desktop, hypervisor: Hypervisor) -> None:
-    libvirt_driver.define_domain(
-        hypervisor.uri, build_domain_xml(desktop_domain_spec(desktop, hypervisor))
-    )
+    spec = desktop_domain_spec(desktop, hypervisor)
+    libvirt_driver.define_domain(hypervisor.uri, build_domain_xml(spec), shape=shape_key(spec))
 
 
 def _new_graphics_password() -> str:
@@ -262,7 +309,8 @@ def desktop_create(
         raise ApplicationError("A desktop name is at most 200 characters.")
     if template.status != TemplateStatus.READY or template.disk is None:
         raise ConflictError(f"The template “{template.name}” is not ready.")
-    if not template_is_visible_to(template, owner):
+    shared = template.shared_with_everyone or template.owner_id == owner.pk or owner.is_admin
+    if not shared and not template_is_visible_to(template, owner):
         raise PermissionDeniedError(f"The template “{template.name}” is not shared with you.")
     with transaction.atomic():
         desktop = Desktop.objects.create(
@@ -281,7 +329,9 @@ def desktop_create(
 
 def desktop_provision(*, desktop_id: int) -> Desktop:
     """Make the overlay disk and define the domain; a bad profile fails here, not in class."""
-    desktop = Desktop.objects.select_related("template__disk", "hardware").get(pk=desktop_id)
+    desktop = Desktop.objects.select_related("template__disk", "hardware", "owner").get(
+        pk=desktop_id
+    )
     if desktop.status != S.CREATING:
         return desktop  # already done (the task ran twice)
     template = desktop.template
@@ -306,6 +356,150 @@ def desktop_provision(*, desktop_id: int) -> Desktop:
         message = error.message if isinstance(error, ApplicationError) else str(error)
         return _fail(desktop, f"Could not create the desktop: {message}")
     return desktop_transition(desktop=desktop, to=S.STOPPED, disk=disk, hypervisor=hypervisor)
+
+
+def desktops_create_bulk(
+    *,
+    actor: User,
+    template: Template,
+    owners: Sequence[User],
+    name: str,
+    course: Course | None = None,
+) -> list[Desktop]:
+    """Create one desktop from `template` for each owner: one transaction, one task.
+
+    This is how a teacher gives a whole class its desktops: the rows appear at once (as
+    "creating"), and `desktops_provision_bulk` makes the disks and domains concurrently.
+    """
+    if not actor.is_teacher:
+        raise PermissionDeniedError("Only teachers can create desktops for others.")
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ApplicationError("A desktop needs a name of at most 200 characters.")
+    if template.status != TemplateStatus.READY or template.disk is None:
+        raise ConflictError(f"The template “{template.name}” is not ready.")
+    if not template_is_visible_to(template, actor):
+        raise PermissionDeniedError(f"The template “{template.name}” is not shared with you.")
+    if not actor.is_admin:
+        teaching = (
+            course is not None and course.memberships.filter(user=actor, role="teacher").exists()
+        )
+        if not teaching:
+            raise PermissionDeniedError("You can only create desktops for a course you teach.")
+        assert course is not None
+        members = set(course.memberships.values_list("user_id", flat=True))
+        strangers = [owner.get_username() for owner in owners if owner.pk not in members]
+        if strangers:
+            raise PermissionDeniedError(
+                f"Not in the course “{course.name}”: {', '.join(strangers)}.",
+                extra={"users": strangers},
+            )
+    with transaction.atomic():
+        desktops = Desktop.objects.bulk_create(
+            [
+                Desktop(
+                    name=name,
+                    owner=owner,
+                    course=course,
+                    template=template,
+                    hardware=template.hardware,
+                    status=S.CREATING,
+                )
+                for owner in owners
+            ]
+        )
+        DesktopEvent.objects.bulk_create(
+            [DesktopEvent(desktop=d, to_status=S.CREATING, actor=actor) for d in desktops]
+        )
+        _schedule("desktops.tasks.provision_desktops", [d.pk for d in desktops])
+    return desktops
+
+
+def _provision_io(
+    uri: str, overlay: Path, backing: Path, backing_format: str, xml: str, shape: str
+) -> str | None:
+    """Make one overlay and define one domain; the error message, or None. No database."""
+    try:
+        qemu_img.create_overlay(overlay, backing, backing_format=backing_format)
+    except qemu_img.QemuImgError as error:
+        overlay.unlink(missing_ok=True)
+        return f"Could not create the desktop: could not create the disk: {error}"
+    try:
+        libvirt_driver.define_domain(uri, xml, shape=shape)
+    except libvirt_driver.DriverError as error:
+        overlay.unlink(missing_ok=True)
+        return f"Could not create the desktop: {error}"
+    return None
+
+
+def desktops_provision_bulk(*, desktop_ids: Sequence[int]) -> list[Desktop]:
+    """Make the overlays and domains of many new desktops, several at a time.
+
+    Everything that needs the database happens in this thread, before and after; the
+    worker threads only run qemu-img and libvirt, which are I/O and other processes.
+    """
+    desktops = list(
+        Desktop.objects.filter(pk__in=desktop_ids, status=S.CREATING).select_related(
+            "template__disk", "hardware", "owner"
+        )
+    )
+    if not desktops:
+        return []
+    pool = pool_for(PoolPurpose.DESKTOPS)
+    failures: dict[int, str] = {}
+    jobs: list[tuple[int, Path, Path, str, str, str]] = []
+    try:
+        hypervisor: Hypervisor | None = choose_hypervisor(
+            memory_mib=desktops[0].hardware.memory_mib
+        )
+    except NoCapacityError as error:
+        hypervisor = None
+        failures = {d.pk: f"Could not create the desktop: {error.message}" for d in desktops}
+    for desktop in desktops:
+        parent = desktop.template.disk if desktop.template else None
+        if hypervisor is None or parent is None:
+            failures.setdefault(desktop.pk, "The desktop has no template disk to start from.")
+            continue
+        desktop.disk = Disk(
+            pool=pool,
+            path=str(disk_path(pool)),
+            format="qcow2",
+            parent=parent,
+            virtual_size_bytes=parent.virtual_size_bytes,
+        )
+        spec = desktop_domain_spec(desktop, hypervisor)
+        jobs.append(
+            (
+                desktop.pk,
+                Path(desktop.disk.path),
+                Path(parent.path),
+                parent.format,
+                build_domain_xml(spec),
+                shape_key(spec),
+            )
+        )
+    if hypervisor is not None and jobs:
+        uri = hypervisor.uri
+        with ThreadPoolExecutor(max_workers=settings.ISARD_PROVISION_CONCURRENCY) as executor:
+            outcomes = list(executor.map(lambda job: (job[0], _provision_io(uri, *job[1:])), jobs))
+        failures.update({desktop_id: message for desktop_id, message in outcomes if message})
+    made_ids = {job[0] for job in jobs}
+    made = [d for d in desktops if d.pk in made_ids and d.pk not in failures]
+    for desktop in made:
+        assert desktop.disk is not None
+        desktop.disk.actual_size_bytes = Path(desktop.disk.path).stat().st_blocks * 512
+    with transaction.atomic():
+        Disk.objects.bulk_create([d.disk for d in made if d.disk is not None])
+        desktops_transition(
+            changes=[(d, {"disk": d.disk, "hypervisor": hypervisor}) for d in made], to=S.STOPPED
+        )
+        for desktop in desktops:
+            if desktop.pk in failures:
+                desktop.disk = None
+                desktops_transition(
+                    changes=[(desktop, {})], to=S.FAILED, reason=failures[desktop.pk]
+                )
+    return desktops
 
 
 # --- start / stop -------------------------------------------------------------------------

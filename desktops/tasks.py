@@ -13,6 +13,11 @@ def provision_desktop(desktop_id: int) -> str:
 
 
 @shared_task
+def provision_desktops(desktop_ids: list[int]) -> int:
+    return len(services.desktops_provision_bulk(desktop_ids=desktop_ids))
+
+
+@shared_task
 def boot_desktop(desktop_id: int) -> str:
     return services.desktop_boot(desktop_id=desktop_id).status
 

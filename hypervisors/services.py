@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from hypervisors import qemu_img
@@ -207,8 +206,17 @@ def disk_create_overlay(*, parent: Disk, pool: StoragePool | None = None) -> Dis
     path = disk_path(pool)
     try:
         qemu_img.create_overlay(path, Path(parent.path), backing_format=parent.format)
-        with transaction.atomic():
-            return disk_record(pool=pool, path=path, parent=parent)
+        # No `qemu-img info` here: an overlay has its parent's virtual size, and its real
+        # size is what the file system says. A second subprocess per desktop would
+        # double the cost of creating a class.
+        return Disk.objects.create(
+            pool=pool,
+            path=str(path),
+            format=DiskFormat.QCOW2,
+            parent=parent,
+            virtual_size_bytes=parent.virtual_size_bytes,
+            actual_size_bytes=path.stat().st_blocks * 512,
+        )
     except Exception as error:
         path.unlink(missing_ok=True)
         if isinstance(error, qemu_img.QemuImgError):

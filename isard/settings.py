@@ -129,6 +129,8 @@ ISARD_ACCELERATOR = env.str("ISARD_ACCELERATOR", default="auto")
 ISARD_STORAGE_ROOT = Path(env.str("ISARD_STORAGE_ROOT", default=str(VAR_DIR / "storage")))
 # Deleted desktops and templates wait this many days in the recycle bin before purge.
 ISARD_RECYCLE_RETENTION_DAYS = env.int("ISARD_RECYCLE_RETENTION_DAYS", default=7)
+# How many disks and domains a worker makes at once when a class gets its desktops.
+ISARD_PROVISION_CONCURRENCY = env.int("ISARD_PROVISION_CONCURRENCY", default=4)
 # How long a graceful (ACPI) shutdown may take before the desktop is forced off.
 ISARD_SHUTDOWN_TIMEOUT_SECONDS = env.int("ISARD_SHUTDOWN_TIMEOUT_SECONDS", default=90)
 

@@ -7,8 +7,9 @@ strings together. The output is checked against libvirt's own schema in the test
 
 from __future__ import annotations
 
+import hashlib
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ISARD_XML_NAMESPACE = "https://isard.invalid/xmlns/libvirt/1"
 
@@ -64,6 +65,25 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 def _target_dev(bus: str, index: int) -> str:
     prefix = {"virtio": "vd", "sata": "sd", "ide": "hd", "scsi": "sd", "usb": "sd"}[bus]
     return prefix + "abcdefghijklmnopqrstuvwxyz"[index]
+
+
+def shape_key(spec: DomainSpec) -> str:
+    """What decides whether the XML is valid: the spec without names, paths and secrets.
+
+    Every desktop of a hardware profile has the same shape, so libvirt's (slow) schema
+    validation needs to run once per shape, not once per desktop.
+    """
+    neutral = replace(
+        spec,
+        name="n",
+        uuid="00000000-0000-0000-0000-000000000000",
+        title="t" if spec.title else "",
+        disks=tuple(replace(disk, path="/p") for disk in spec.disks),
+        graphics_password="p" if spec.graphics_password else "",
+        serial_log_path="/p" if spec.serial_log_path else None,
+        metadata=dict.fromkeys(spec.metadata, "v"),
+    )
+    return hashlib.sha256(repr(neutral).encode()).hexdigest()
 
 
 def _password(spec: DomainSpec) -> dict[str, str]:
