@@ -226,16 +226,14 @@ def main() -> None:
         }
         result["disk_ratio"] = round(result["ours_overlay_bytes"] / result["bare_overlay_bytes"], 3)
         rounds = options.rounds
-        print(
-            f"| {options.desktops} desktops ({result['database']}) | bare baseline | isard | ratio |"
-        )
+        title = f"{options.desktops} desktops ({result['database']})"
+        print(f"| {title} | bare baseline | isard | ratio |")
         print("| --- | --- | --- | --- |")
-        print(
-            f"| one by one (median of {rounds}) | {bare:.3f} s | {ours:.3f} s | {ours / bare:.2f}x |"
-        )
-        print(
-            f"| a class at once (median of {rounds}) | {bare:.3f} s | {bulk:.3f} s | {bulk / bare:.2f}x |"
-        )
+        for label, value in (("one by one", ours), ("a class at once", bulk)):
+            print(
+                f"| {label} (median of {rounds}) | {bare:.3f} s | {value:.3f} s"
+                f" | {value / bare:.2f}x |"
+            )
         print(
             f"| per desktop (one by one / class) | {result['bare_ms_per_desktop']} ms"
             f" | {result['ours_ms_per_desktop']} / {result['class_ms_per_desktop']} ms | |"
