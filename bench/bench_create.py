@@ -106,7 +106,7 @@ def ours_round(template: Any, owner: Any, count: int) -> tuple[float, list[int]]
     assert all(d.status == DesktopStatus.STOPPED for d in desktops), [
         d.status_reason for d in desktops
     ]
-    sizes = [Path(d.disk.path).stat().st_blocks * 512 for d in desktops]
+    sizes = [Path(d.disk.path).stat().st_blocks * 512 for d in desktops if d.disk is not None]
     from hypervisors.drivers import libvirt_driver
 
     for desktop in desktops:
