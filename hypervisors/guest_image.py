@@ -444,23 +444,25 @@ def _resolve_modules(modules_dir: Path) -> list[tuple[str, Path]]:
     return ordered
 
 
-def _modules_dir_for(version: str) -> Path | None:
-    for root in _MODULE_ROOTS:
-        candidate = root / version
+def _modules_dir_for(version: str, root: Path) -> Path | None:
+    for modules_root in _MODULE_ROOTS:
+        candidate = root / modules_root.relative_to("/") / version
         if candidate.is_dir():
             return candidate
     return None
 
 
-def find_kernel() -> tuple[Path, Path]:
+def find_kernel(root: Path = Path("/")) -> tuple[Path, Path]:
     """Return (vmlinuz, modules dir) of the kernel to put in the guest.
 
     The newest readable ``*-cloud-amd64`` kernel is preferred: it is small and
     has virtio as modules.  Any other installed kernel whose modules directory
-    provides the needed modules is the fallback.
+    provides the needed modules is the fallback.  `root` is where the kernel
+    package's files are: "/" for an installed kernel, or a directory where the
+    .deb was unpacked (`dpkg-deb -x`), so the host's own boot setup is untouched.
     """
     candidates: list[tuple[Path, str]] = []
-    for vmlinuz in _BOOT_DIR.glob("vmlinuz-*"):
+    for vmlinuz in (root / _BOOT_DIR.relative_to("/")).glob("vmlinuz-*"):
         version = vmlinuz.name.removeprefix("vmlinuz-")
         if vmlinuz.is_file():
             candidates.append((vmlinuz, version))
@@ -473,7 +475,7 @@ def find_kernel() -> tuple[Path, Path]:
         if not os.access(vmlinuz, os.R_OK):
             problems.append(f"{vmlinuz} is not readable by this user")
             continue
-        modules_dir = _modules_dir_for(version)
+        modules_dir = _modules_dir_for(version, root)
         if modules_dir is None:
             problems.append(f"no modules directory for {version}")
             continue
@@ -486,7 +488,8 @@ def find_kernel() -> tuple[Path, Path]:
 
     detail = f" ({'; '.join(problems)})" if problems else ""
     raise GuestImageError(
-        f"no usable kernel in /boot: install the Debian package 'linux-image-cloud-amd64'{detail}"
+        f"no usable kernel in {root / 'boot'}: install or unpack the Debian package "
+        f"'linux-image-cloud-amd64'{detail}"
     )
 
 
@@ -568,7 +571,7 @@ def _syslinux_cfg() -> str:
     )
 
 
-def build_tiny_linux(dest: Path, *, size_mib: int = 64) -> Path:
+def build_tiny_linux(dest: Path, *, size_mib: int = 64, kernel_root: Path = Path("/")) -> Path:
     """Write the tiny guest as a qcow2 at ``dest`` and return ``dest``.
 
     The image is an unpartitioned FAT disk with syslinux, the kernel and a
@@ -582,7 +585,7 @@ def build_tiny_linux(dest: Path, *, size_mib: int = 64) -> Path:
         raise GuestImageError(f"size_mib must be positive, got {size_mib}")
     tools = {name: _which(name) for name in _COMMAND_PACKAGES}
     busybox = _find_busybox()
-    vmlinuz, modules_dir = find_kernel()
+    vmlinuz, modules_dir = find_kernel(kernel_root)
     modules = _resolve_modules(modules_dir)
 
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -12,10 +12,16 @@ app = Celery("isard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+from django.conf import settings  # noqa: E402  (after DJANGO_SETTINGS_MODULE is set)
+
 app.conf.beat_schedule = {
     "reconcile-hypervisors": {
         "task": "hypervisors.tasks.reconcile_all_hypervisors",
         "schedule": 15.0,
+    },
+    "ldap-sync": {
+        "task": "accounts.tasks.ldap_sync_task",
+        "schedule": float(settings.ISARD_LDAP_SYNC_INTERVAL_SECONDS),
     },
     "purge-recycle-bin": {
         "task": "desktops.tasks.purge_recycle_bin",

@@ -127,6 +127,10 @@ ISARD_LIBVIRT_URI = env.str("ISARD_LIBVIRT_URI", default="qemu:///system")
 # "auto" boots a real guest under KVM and falls back to TCG ("qemu") if it does not come up.
 ISARD_ACCELERATOR = env.str("ISARD_ACCELERATOR", default="auto")
 ISARD_STORAGE_ROOT = Path(env.str("ISARD_STORAGE_ROOT", default=str(VAR_DIR / "storage")))
+# Where `isardctl` unpacks the Debian kernel package for the demo guest ("/" if installed).
+ISARD_GUEST_KERNEL_ROOT = Path(
+    env.str("ISARD_GUEST_KERNEL_ROOT", default=str(VAR_DIR / "guest-kernel"))
+)
 # Deleted desktops and templates wait this many days in the recycle bin before purge.
 ISARD_RECYCLE_RETENTION_DAYS = env.int("ISARD_RECYCLE_RETENTION_DAYS", default=7)
 # How many disks and domains a worker makes at once when a class gets its desktops.

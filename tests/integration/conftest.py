@@ -26,7 +26,9 @@ def tiny_image() -> Path:
     image = IMAGE_CACHE / f"tiny-linux-{digest}.qcow2"
     if not image.exists():
         IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
-        build_tiny_linux(image)
+        from hypervisors.demo import guest_kernel_root
+
+        build_tiny_linux(image, kernel_root=guest_kernel_root())
     return image
 
 

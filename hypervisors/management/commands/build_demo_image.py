@@ -7,7 +7,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hypervisors.demo import DEMO_TEMPLATE_NAME, demo_image_cache_path, demo_template_ensure
+from hypervisors.demo import (
+    DEMO_TEMPLATE_NAME,
+    demo_image_cache_path,
+    demo_template_ensure,
+    guest_kernel_root,
+)
 from hypervisors.guest_image import GuestImageError, build_tiny_linux
 
 
@@ -21,13 +26,13 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             if options["output"]:
-                build_tiny_linux(options["output"])
+                build_tiny_linux(options["output"], kernel_root=guest_kernel_root())
                 self.stdout.write(f"built {options['output']}")
                 return
             image = demo_image_cache_path()
             if options["rebuild"] or not image.exists():
                 image.parent.mkdir(parents=True, exist_ok=True)
-                build_tiny_linux(image)
+                build_tiny_linux(image, kernel_root=guest_kernel_root())
                 self.stdout.write(f"built {image}")
         except GuestImageError as error:
             raise CommandError(str(error)) from error

@@ -1,0 +1,452 @@
+"""Writes to people and courses, as typed functions.
+
+For now the directory side: linking a person to their LDAP entry at login, and the group
+sync, which makes isard's people, courses and memberships follow the LDAP groups mapped
+to courses (`LdapGroupMapping`) and the role groups (`ISARD_LDAP_ROLE_GROUPS`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import CharField, Model
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from accounts.choices import CourseRole, Role
+from accounts.ldap_directory import (
+    BrokenEntry,
+    DirectoryError,
+    DirectorySnapshot,
+    LdapConfig,
+    highest_role,
+    read_directory,
+)
+from accounts.models import (
+    Course,
+    CourseMembership,
+    LdapAccount,
+    LdapGroupMapping,
+    LdapSyncRun,
+    School,
+    User,
+)
+from isard.exceptions import ApplicationError, PermissionDeniedError
+
+#: How many names `str(SyncReport)` lists per kind of change before "and N more".
+NAMES_SHOWN = 20
+
+
+def ldap_account_link(*, user: User, dn: str) -> LdapAccount:
+    """Record that `user` is the directory entry `dn` (at each directory login)."""
+    account, created = LdapAccount.objects.get_or_create(user=user, defaults={"dn": dn})
+    if not created and account.dn != dn:
+        account.dn = dn
+        account.save(update_fields=["dn"])
+    return account
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    username: str
+    course: str
+    role: str
+
+    def __str__(self) -> str:
+        return f"{self.username} in {self.course} as {self.role}"
+
+
+@dataclass
+class SyncReport:
+    """What one group sync changed, and what it had to skip."""
+
+    created_users: list[str] = field(default_factory=list)
+    updated_users: list[str] = field(default_factory=list)
+    role_changes: list[str] = field(default_factory=list)
+    reactivated_users: list[str] = field(default_factory=list)
+    disabled_users: list[str] = field(default_factory=list)
+    created_courses: list[str] = field(default_factory=list)
+    added_memberships: list[MembershipChange] = field(default_factory=list)
+    changed_memberships: list[MembershipChange] = field(default_factory=list)
+    removed_memberships: list[MembershipChange] = field(default_factory=list)
+    skipped: list[BrokenEntry] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    #: (attribute, singular, plural) of every kind of change, in the summary's order.
+    CHANGES = (
+        ("created_users", "person created", "people created"),
+        ("updated_users", "person updated", "people updated"),
+        ("role_changes", "role changed", "roles changed"),
+        ("reactivated_users", "person enabled again", "people enabled again"),
+        ("disabled_users", "person disabled", "people disabled"),
+        ("created_courses", "course created", "courses created"),
+        ("added_memberships", "membership added", "memberships added"),
+        ("changed_memberships", "membership changed", "memberships changed"),
+        ("removed_memberships", "membership removed", "memberships removed"),
+    )
+
+    def counts(self) -> dict[str, int]:
+        counts = {name: len(getattr(self, name)) for name, *_labels in self.CHANGES}
+        return counts | {"skipped": len(self.skipped), "warnings": len(self.warnings)}
+
+    @property
+    def change_count(self) -> int:
+        return sum(len(getattr(self, name)) for name, *_labels in self.CHANGES)
+
+    @property
+    def has_changes(self) -> bool:
+        return self.change_count > 0
+
+    def __str__(self) -> str:
+        title = "LDAP group sync (dry run, nothing saved)" if self.dry_run else "LDAP group sync"
+        done = [
+            f"{len(items)} {singular if len(items) == 1 else plural}"
+            for name, singular, plural in self.CHANGES
+            if (items := getattr(self, name))
+        ]
+        line = f"{title}: {', '.join(done) if done else 'no changes'}"
+        if self.skipped:
+            line += f"; {len(self.skipped)} {'entry' if len(self.skipped) == 1 else 'entries'}"
+            line += " skipped"
+        lines = [f"{line} ({self.seconds:.2f} s)."]
+        if self.disabled_users:
+            lines.append(
+                "Disabled, not deleted (they left every synced group; desktops kept): "
+                + shorten(self.disabled_users)
+            )
+        for name, _singular, plural in self.CHANGES:
+            if name != "disabled_users" and (items := getattr(self, name)):
+                lines.append(f"{plural.capitalize()}: {shorten(items)}")
+        lines.extend(f"Skipped {entry}" for entry in self.skipped)
+        lines.extend(f"Warning: {warning}" for warning in self.warnings)
+        return "\n".join(lines)
+
+
+def shorten(items: Sequence[object]) -> str:
+    shown = ", ".join(str(item) for item in items[:NAMES_SHOWN])
+    hidden = len(items) - NAMES_SHOWN
+    return f"{shown} and {hidden} more" if hidden > 0 else shown
+
+
+def ldap_sync(*, actor: User | None = None, dry_run: bool = False) -> SyncReport:
+    """Make people, courses and memberships follow the directory's groups.
+
+    Reads the directory first (no transaction is open during network I/O), then in one
+    transaction: creates missing people and courses, updates names, e-mails and roles,
+    adds, changes and removes the course memberships of directory people in synced
+    courses, and disables (never deletes) people who left every synced group. Local
+    accounts are never touched. A second run with an unchanged directory changes nothing.
+
+    Broken entries are skipped and reported. If a mapped group cannot be read, its
+    courses are left alone and nobody is disabled, so that one missing group cannot empty
+    courses; if a role group cannot be read, roles are left alone.
+    """
+    if actor is not None and not actor.is_admin:
+        raise PermissionDeniedError("Only administrators may run the LDAP group sync.")
+    config = LdapConfig.from_settings()
+    if not config.enabled:
+        raise ApplicationError("LDAP is not configured: set ISARD_LDAP_SERVER_URI.")
+    started_at = timezone.now()
+    clock = time.monotonic()
+    report = SyncReport(dry_run=dry_run)
+    mappings = list(
+        LdapGroupMapping.objects.filter(enabled=True)
+        .select_related("school", "course")
+        .order_by("pk")
+    )
+    if not mappings and not config.role_groups:
+        report.warnings.append(
+            "No LDAP group is mapped to a course and ISARD_LDAP_ROLE_GROUPS is empty: "
+            "nothing to sync."
+        )
+        report.seconds = time.monotonic() - clock
+        return report
+
+    snapshot = read_directory(
+        config=config,
+        group_dns=[*(mapping.group_dn for mapping in mappings), *config.role_groups.values()],
+    )
+    report.skipped.extend(snapshot.broken)
+    if not snapshot.people and any(group.listed for group in snapshot.groups.values()):
+        raise DirectoryError(
+            f"The groups list members but no person was found under "
+            f"ISARD_LDAP_USER_SEARCH_BASE “{config.user_search_base}” with "
+            f"{config.people_filter}: check those settings. Nothing was changed.",
+            extra={"server": config.server_uri},
+        )
+
+    with transaction.atomic():
+        # A second sync running at the same time waits here (PostgreSQL; SQLite serialises
+        # writers anyway), then compares against what the first one wrote.
+        list(LdapGroupMapping.objects.select_for_update().filter(pk__in=[m.pk for m in mappings]))
+        apply_snapshot(snapshot=snapshot, mappings=mappings, config=config, report=report)
+        report.seconds = time.monotonic() - clock
+        if dry_run:
+            transaction.set_rollback(True)
+        else:
+            LdapSyncRun.objects.create(
+                started_at=started_at,
+                finished_at=timezone.now(),
+                actor=actor,
+                changes=report.change_count,
+                skipped=len(report.skipped),
+                summary=str(report),
+            )
+    return report
+
+
+def apply_snapshot(
+    *,
+    snapshot: DirectorySnapshot,
+    mappings: Sequence[LdapGroupMapping],
+    config: LdapConfig,
+    report: SyncReport,
+) -> None:
+    readable = [mapping for mapping in mappings if snapshot.group(mapping.group_dn) is not None]
+    unreadable = [mapping for mapping in mappings if snapshot.group(mapping.group_dn) is None]
+    role_groups = {role: snapshot.group(dn) for role, dn in config.role_groups.items()}
+    missing_role_groups = [config.role_groups[role] for role, g in role_groups.items() if g is None]
+    if unreadable or missing_role_groups:
+        missing = [mapping.group_dn for mapping in unreadable] + missing_role_groups
+        report.warnings.append(
+            f"Nobody was disabled because {', '.join(missing)} could not be read."
+        )
+    if missing_role_groups:
+        report.warnings.append("Roles were left as they were: a role group could not be read.")
+
+    # Who should be where, from the groups that could be read.
+    courses = courses_for_mappings(readable, report)
+    desired: dict[int, dict[str, CourseRole]] = {course.pk: {} for course in courses.values()}
+    school_of: dict[str, School] = {}
+    present: set[str] = set()
+    for mapping in readable:
+        group = snapshot.group(mapping.group_dn)
+        assert group is not None
+        course = courses[mapping.pk]
+        for username in group.members:
+            present.add(username)
+            school_of.setdefault(username, mapping.school)
+            if desired[course.pk].get(username) != CourseRole.TEACHER:
+                desired[course.pk][username] = CourseRole(mapping.role)
+    # A course also fed by an unreadable group is left alone: its list would be partial.
+    for mapping in unreadable:
+        partial_course = (
+            mapping.course
+            or Course.objects.filter(school=mapping.school, name=mapping.course_name).first()
+        )
+        if partial_course is not None:
+            desired.pop(partial_course.pk, None)
+    for group in role_groups.values():
+        if group is not None:
+            present |= group.members
+    roles: dict[str, Role] | None = None
+    if config.role_groups and not missing_role_groups:
+        roles = {
+            username: highest_role(
+                [g.dn for g in role_groups.values() if g is not None and username in g.members],
+                config.role_groups,
+            )
+            for username in present
+        }
+
+    users = sync_people(
+        snapshot=snapshot,
+        present=present,
+        roles=roles,
+        school_of=school_of,
+        default_school=School.objects.filter(slug=config.school_slug).first()
+        if config.school_slug
+        else None,
+        report=report,
+    )
+    sync_memberships(desired=desired, courses=courses.values(), users=users, report=report)
+    if not unreadable and not missing_role_groups:
+        disable_departed(present_ids={user.pk for user in users.values()}, report=report)
+
+
+def courses_for_mappings(
+    mappings: Iterable[LdapGroupMapping], report: SyncReport
+) -> dict[int, Course]:
+    """Mapping id -> its course, creating missing courses and linking them to the mapping."""
+    courses: dict[int, Course] = {}
+    for mapping in mappings:
+        course = mapping.course
+        if course is None:
+            course, created = Course.objects.get_or_create(
+                school=mapping.school, name=mapping.course_name
+            )
+            if created:
+                report.created_courses.append(f"{course.name} ({mapping.school.name})")
+            mapping.course = course
+            mapping.save(update_fields=["course"])
+        courses[mapping.pk] = course
+    return courses
+
+
+def max_length(model: type[Model], field_name: str) -> int:
+    model_field = model._meta.get_field(field_name)
+    assert isinstance(model_field, CharField) and model_field.max_length is not None
+    return model_field.max_length
+
+
+def sync_people(
+    *,
+    snapshot: DirectorySnapshot,
+    present: set[str],
+    roles: dict[str, Role] | None,
+    school_of: dict[str, School],
+    default_school: School | None,
+    report: SyncReport,
+) -> dict[str, User]:
+    """Create, update and enable the people in synced groups; return them by username."""
+    existing: dict[str, User] = {
+        user.username.lower(): user
+        for user in User.objects.annotate(username_lower=Lower("username")).filter(
+            username_lower__in=present
+        )
+    }
+    accounts = {
+        account.user_id: account
+        for account in LdapAccount.objects.filter(user__in=list(existing.values()))
+    }
+    lengths = {name: max_length(User, name) for name in ("first_name", "last_name", "email")}
+    to_create: list[User] = []
+    to_update: list[User] = []
+    for username in sorted(present):
+        person = snapshot.people[username]
+        values = {
+            "first_name": person.first_name[: lengths["first_name"]],
+            "last_name": person.last_name[: lengths["last_name"]],
+            "email": person.email[: lengths["email"]],
+        }
+        user = existing.get(username)
+        if user is None:
+            user = User(
+                username=username,
+                role=(roles or {}).get(username, Role.STUDENT),
+                school=school_of.get(username, default_school),
+                **values,
+            )
+            user.set_unusable_password()
+            to_create.append(user)
+            report.created_users.append(username)
+            continue
+        changed = [name for name, value in values.items() if getattr(user, name) != value]
+        for name in changed:
+            setattr(user, name, values[name])
+        if changed:
+            report.updated_users.append(username)
+        if roles is not None and user.role != roles[username]:
+            report.role_changes.append(f"{username}: {user.role} → {roles[username]}")
+            user.role = roles[username]
+            changed.append("role")
+        account = accounts.get(user.pk)
+        if not user.is_active and account is not None and account.disabled_by_sync:
+            user.is_active = True
+            changed.append("is_active")
+            report.reactivated_users.append(username)
+        if changed:
+            to_update.append(user)
+    User.objects.bulk_create(to_create)
+    User.objects.bulk_update(
+        to_update, ["first_name", "last_name", "email", "role", "is_active"], batch_size=500
+    )
+
+    users = {**existing, **{user.username: user for user in to_create}}
+    new_accounts: list[LdapAccount] = []
+    changed_accounts: list[LdapAccount] = []
+    for username, user in users.items():
+        dn = snapshot.people[username].dn
+        account = accounts.get(user.pk)
+        if account is None:
+            new_accounts.append(LdapAccount(user=user, dn=dn, managed_by_sync=True))
+            continue
+        # Cleared once the person is active again, whoever enabled them.
+        disabled_by_sync = account.disabled_by_sync and not user.is_active
+        if (account.dn, account.managed_by_sync, account.disabled_by_sync) != (
+            dn,
+            True,
+            disabled_by_sync,
+        ):
+            account.dn = dn
+            account.managed_by_sync = True
+            account.disabled_by_sync = disabled_by_sync
+            changed_accounts.append(account)
+    LdapAccount.objects.bulk_create(new_accounts)
+    LdapAccount.objects.bulk_update(
+        changed_accounts, ["dn", "managed_by_sync", "disabled_by_sync"], batch_size=500
+    )
+    return users
+
+
+def sync_memberships(
+    *,
+    desired: dict[int, dict[str, CourseRole]],
+    courses: Iterable[Course],
+    users: dict[str, User],
+    report: SyncReport,
+) -> None:
+    """In the synced courses, make the memberships of directory people match the groups.
+
+    Memberships of local accounts (no `LdapAccount`) are the teachers' business and stay.
+    """
+    course_names = {course.pk: course.name for course in courses}
+    current = CourseMembership.objects.filter(
+        course_id__in=list(desired), user__ldap_account__isnull=False
+    ).select_related("user")
+    seen: set[tuple[int, str]] = set()
+    to_remove: list[int] = []
+    to_change: list[CourseMembership] = []
+    for membership in current:
+        username = membership.user.username.lower()
+        wanted = desired[membership.course_id].get(username)
+        change = MembershipChange(username, course_names[membership.course_id], membership.role)
+        if wanted is None:
+            to_remove.append(membership.pk)
+            report.removed_memberships.append(change)
+            continue
+        seen.add((membership.course_id, username))
+        if membership.role != wanted:
+            membership.role = wanted
+            to_change.append(membership)
+            report.changed_memberships.append(
+                MembershipChange(username, change.course, str(wanted))
+            )
+    to_add: list[CourseMembership] = []
+    for course_id, members in desired.items():
+        for username, role in sorted(members.items()):
+            if (course_id, username) not in seen:
+                to_add.append(
+                    CourseMembership(course_id=course_id, user=users[username], role=role)
+                )
+                report.added_memberships.append(
+                    MembershipChange(username, course_names[course_id], str(role))
+                )
+    CourseMembership.objects.filter(pk__in=to_remove).delete()
+    CourseMembership.objects.bulk_update(to_change, ["role"], batch_size=500)
+    CourseMembership.objects.bulk_create(to_add, batch_size=500)
+
+
+def disable_departed(*, present_ids: set[int], report: SyncReport) -> None:
+    """Disable directory people who left every synced group; their desktops stay."""
+    departed = (
+        LdapAccount.objects.filter(managed_by_sync=True, user__is_active=True)
+        .exclude(user_id__in=present_ids)
+        .select_related("user")
+        .order_by("user__username")
+    )
+    users: list[User] = []
+    accounts: list[LdapAccount] = []
+    for account in departed:
+        account.user.is_active = False
+        account.disabled_by_sync = True
+        users.append(account.user)
+        accounts.append(account)
+        report.disabled_users.append(account.user.username)
+    User.objects.bulk_update(users, ["is_active"], batch_size=500)
+    LdapAccount.objects.bulk_update(accounts, ["disabled_by_sync"], batch_size=500)

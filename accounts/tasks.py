@@ -1,0 +1,33 @@
+"""Celery tasks of people and courses: take ids, call one service."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from accounts import services
+from accounts.ldap_directory import DirectoryUnreachableError, LdapConfig
+from accounts.models import User
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    autoretry_for=(DirectoryUnreachableError,),
+    retry_backoff=60,
+    retry_jitter=True,
+    max_retries=3,
+)
+def ldap_sync_task(actor_id: int | None = None) -> dict[str, int]:
+    """Run the LDAP group sync (periodically, or for an administrator) and return counts.
+
+    Safe to run twice: the sync compares against the database each time. Only an
+    unreachable directory is retried; a refused service account or a broken mapping
+    will not fix itself. Without LDAP configured the periodic run does nothing.
+    """
+    if not LdapConfig.from_settings().enabled:
+        logger.info("LDAP group sync skipped: ISARD_LDAP_SERVER_URI is empty")
+        return {}
+    actor = User.objects.get(pk=actor_id) if actor_id is not None else None
+    return services.ldap_sync(actor=actor).counts()

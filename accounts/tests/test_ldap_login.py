@@ -1,0 +1,216 @@
+"""Directory login through django-auth-ldap against a real slapd."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth import authenticate
+
+from accounts.choices import Role
+from accounts.models import LdapAccount, User
+from accounts.tests.factories import SchoolFactory, UserFactory
+from accounts.tests.slapd import (  # noqa: F401  (fixtures)
+    LdapTree,
+    SlapdServer,
+    directory_fixture,
+    free_port,
+    slapd_fixture,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def role_groups(directory: LdapTree, settings: Any) -> dict[str, str]:
+    """Teachers, managers and admins groups (groupOfNames), configured as role groups."""
+    for uid in ("alice", "bob", "carol", "dave"):
+        directory.add_person(uid, password=f"{uid}-password")
+    groups = {
+        "teacher": directory.add_group_of_names("teachers", ["alice", "bob"]),
+        "manager": directory.add_group_of_names("managers", ["bob"]),
+        "admin": directory.add_group_of_names("admins", ["carol"]),
+    }
+    settings.ISARD_LDAP_ROLE_GROUPS = groups
+    return groups
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers, like a hung directory."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"ldap://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_directory_login_copies_attributes_and_links_the_entry(
+    directory: LdapTree, role_groups: dict[str, str]
+) -> None:
+    user = authenticate(None, username="alice", password="alice-password")
+
+    assert isinstance(user, User)
+    user.refresh_from_db()
+    assert (user.username, user.first_name, user.last_name, user.email) == (
+        "alice",
+        "Alice",
+        "Tester",
+        "alice@school.test",
+    )
+    assert not user.has_usable_password()
+    assert LdapAccount.objects.get(user=user).dn == directory.people["alice"]
+
+
+@pytest.mark.parametrize(
+    ("username", "role"),
+    [("alice", Role.TEACHER), ("bob", Role.MANAGER), ("carol", Role.ADMIN), ("dave", Role.STUDENT)],
+)
+def test_directory_login_gives_the_highest_role_of_the_role_groups(
+    role_groups: dict[str, str], username: str, role: Role
+) -> None:
+    user = authenticate(None, username=username, password=f"{username}-password")
+
+    assert isinstance(user, User)
+    assert User.objects.get(pk=user.pk).role == role
+
+
+def test_role_follows_the_directory_at_the_next_login(
+    directory: LdapTree, role_groups: dict[str, str]
+) -> None:
+    authenticate(None, username="alice", password="alice-password")
+    directory.remove_member(role_groups["teacher"], "alice")
+
+    user = authenticate(None, username="alice", password="alice-password")
+
+    assert isinstance(user, User)
+    assert User.objects.get(pk=user.pk).role == Role.STUDENT
+
+
+def test_posix_role_groups_work_at_login(directory: LdapTree, settings: Any) -> None:
+    directory.add_person("erin", password="erin-password")
+    directory.add_person("frank", password="frank-password", gid_number=5000)
+    teachers = directory.add_posix_group("teachers", ["erin"])
+    admins = directory.add_posix_group("admins", [], gid_number=5000)  # frank's primary group
+    settings.ISARD_LDAP_GROUP_TYPE = "posixGroup"
+    settings.ISARD_LDAP_ROLE_GROUPS = {"teacher": teachers, "admin": admins}
+
+    erin = authenticate(None, username="erin", password="erin-password")
+    frank = authenticate(None, username="frank", password="frank-password")
+
+    assert isinstance(erin, User) and isinstance(frank, User)
+    assert (erin.role, frank.role) == (Role.TEACHER, Role.ADMIN)
+
+
+def test_wrong_password_is_refused_and_creates_nobody(
+    directory: LdapTree, role_groups: dict[str, str]
+) -> None:
+    assert authenticate(None, username="alice", password="not-her-password") is None
+    assert authenticate(None, username="nobody", password="whatever") is None
+    assert not User.objects.filter(username__in=["alice", "nobody"]).exists()
+
+
+def test_disabled_account_cannot_log_in_with_the_right_directory_password(
+    directory: LdapTree, role_groups: dict[str, str]
+) -> None:
+    user = authenticate(None, username="alice", password="alice-password")
+    assert isinstance(user, User)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+
+    assert authenticate(None, username="alice", password="alice-password") is None
+
+
+def test_first_login_puts_people_in_the_configured_school(
+    directory: LdapTree, role_groups: dict[str, str], settings: Any
+) -> None:
+    school = SchoolFactory.create(slug="north")
+    settings.ISARD_LDAP_SCHOOL = "north"
+
+    user = authenticate(None, username="dave", password="dave-password")
+
+    assert isinstance(user, User)
+    assert User.objects.get(pk=user.pk).school == school
+
+
+def test_start_tls_login_checks_the_directory_certificate(
+    directory: LdapTree, slapd: SlapdServer, settings: Any
+) -> None:
+    directory.add_person("grace", password="grace-password")
+    settings.ISARD_LDAP_START_TLS = True
+    settings.ISARD_LDAP_CA_CERT_FILE = str(slapd.ca_cert_file)
+
+    assert isinstance(authenticate(None, username="grace", password="grace-password"), User)
+
+
+def test_ldaps_login(directory: LdapTree, slapd: SlapdServer, settings: Any) -> None:
+    directory.add_person("heidi", password="heidi-password")
+    settings.ISARD_LDAP_SERVER_URI = slapd.ldaps_uri
+    settings.ISARD_LDAP_CA_CERT_FILE = str(slapd.ca_cert_file)
+
+    assert isinstance(authenticate(None, username="heidi", password="heidi-password"), User)
+
+
+def test_untrusted_certificate_refuses_login_with_a_logged_error(
+    directory: LdapTree, slapd: SlapdServer, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory.add_person("ivan", password="ivan-password")
+    settings.ISARD_LDAP_SERVER_URI = slapd.ldaps_uri  # self-signed, and no CA configured
+
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap_directory"):
+        assert authenticate(None, username="ivan", password="ivan-password") is None
+
+    assert slapd.ldaps_uri in caplog.text
+
+
+def test_unreachable_directory_is_logged_and_local_accounts_still_log_in(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = f"ldap://127.0.0.1:{free_port()}"  # nothing listens there
+    settings.ISARD_LDAP_SERVER_URI = uri
+    settings.ISARD_LDAP_USER_SEARCH_BASE = "ou=people,dc=school,dc=test"
+    settings.ISARD_LDAP_TIMEOUT = 1.0
+    settings.AUTHENTICATION_BACKENDS = [
+        "accounts.ldap_directory.IsardLDAPBackend",
+        "django.contrib.auth.backends.ModelBackend",
+    ]
+    local = UserFactory.create(username="localteacher", role=Role.TEACHER)
+
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap_directory"):
+        assert authenticate(None, username="localteacher", password="password") == local
+        assert authenticate(None, username="alice", password="alice-password") is None
+
+    errors = [record for record in caplog.records if record.name == "accounts.ldap_directory"]
+    assert errors and all(uri in record.getMessage() for record in errors)
+    assert "unreachable" in errors[0].getMessage()
+
+
+def test_hung_directory_times_out_instead_of_holding_the_login(
+    settings: Any, silent_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.ISARD_LDAP_SERVER_URI = silent_server
+    settings.ISARD_LDAP_USER_SEARCH_BASE = "ou=people,dc=school,dc=test"
+    settings.ISARD_LDAP_TIMEOUT = 1.0
+    settings.AUTHENTICATION_BACKENDS = [
+        "accounts.ldap_directory.IsardLDAPBackend",
+        "django.contrib.auth.backends.ModelBackend",
+    ]
+    local = UserFactory.create(username="localstudent")
+
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap_directory"):
+        assert authenticate(None, username="localstudent", password="password") == local
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 5
+    assert "unreachable" in caplog.text
+
+
+def test_backend_does_nothing_when_ldap_is_not_configured(
+    directory: LdapTree, role_groups: dict[str, str], settings: Any
+) -> None:
+    settings.ISARD_LDAP_SERVER_URI = ""
+
+    assert authenticate(None, username="alice", password="alice-password") is None
