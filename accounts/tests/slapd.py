@@ -159,7 +159,8 @@ class SlapdServer:
         for binary in ("slapd", "slapadd", "ldapsearch", "openssl"):
             if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists():
                 pytest.fail(
-                    f"{binary} is not installed: ./isardctl test installs slapd, ldap-utils, openssl"
+                    f"{binary} is not installed: `./isardctl test` installs slapd, ldap-utils, "
+                    "openssl"
                 )
         workdir = Path(tempfile.mkdtemp(prefix="isard-slapd-"))
         last_error: SlapdError | None = None
