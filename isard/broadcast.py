@@ -13,14 +13,15 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_SECONDS = 2.0
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -74,3 +75,12 @@ def group_send_many(messages: Sequence[tuple[str, dict[str, Any]]]) -> bool:
         logger.exception("could not send %d message(s) to the channel layer", len(messages))
         return False
     return True
+
+
+def run(coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    """Run a channel-layer coroutine on the shared loop (e.g. `receive` in a benchmark).
+
+    channels_redis buffers what it reads for a channel on the loop that read it, so every
+    call for one channel must use the same loop; `async_to_sync` would use a new one.
+    """
+    return asyncio.run_coroutine_threadsafe(coroutine, _event_loop()).result(timeout)
