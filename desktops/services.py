@@ -31,7 +31,7 @@ from hypervisors.choices import DiskStatus, HypervisorMode, HypervisorState, Poo
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml, shape_key
 from hypervisors.models import Disk, Hypervisor
-from hypervisors.services import disk_create_overlay, disk_path, pool_for
+from hypervisors.services import disk_create_empty, disk_create_overlay, disk_path, pool_for
 from isard.broadcast import group_send_many
 from isard.exceptions import (
     ApplicationError,
@@ -41,8 +41,8 @@ from isard.exceptions import (
     NotFoundError,
     PermissionDeniedError,
 )
-from templates_app.choices import TemplateStatus
-from templates_app.models import Template
+from templates_app.choices import MediaStatus, TemplateStatus
+from templates_app.models import HardwareProfile, Media, Template
 from templates_app.selectors import template_is_visible_to
 
 logger = logging.getLogger(__name__)
@@ -250,10 +250,14 @@ def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
     if desktop.disk is None:
         raise ConflictError(f"The desktop “{desktop.name}” has no disk yet.")
     disks = [DiskSpec(path=desktop.disk.path, format=desktop.disk.format, bus=hardware.disk_bus)]
-    disks += [
+    cdroms = [
         DiskSpec(path=media.path, format="raw", bus=hardware.disk_bus, device="cdrom")
         for media in desktop.media.all()
     ]
+    disks += cdroms
+    boot_order = tuple(hardware.boot_order)
+    if cdroms and "cdrom" not in boot_order:
+        boot_order = ("cdrom", *boot_order)  # an install disc in the drive is there to boot
     return DomainSpec(
         name=desktop.domain_name,
         uuid=str(desktop.uuid),
@@ -262,7 +266,7 @@ def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
         vcpus=hardware.vcpus,
         memory_mib=hardware.memory_mib,
         disks=tuple(disks),
-        boot_order=tuple(hardware.boot_order),
+        boot_order=boot_order,
         firmware=hardware.firmware,
         nic_model=hardware.nic_model,
         networks=tuple(hardware.networks),
@@ -327,21 +331,62 @@ def desktop_create(
     return desktop
 
 
+def desktop_create_from_media(
+    *,
+    actor: User,
+    media: Media,
+    hardware: HardwareProfile,
+    name: str,
+    course: Course | None = None,
+) -> Desktop:
+    """A desktop with an empty disk and an install ISO in its CD-ROM drive, booting from it.
+
+    This is how a teacher starts a template from scratch: install from the ISO, then make
+    a template of the desktop.
+    """
+    if not actor.is_teacher:
+        raise PermissionDeniedError("Only teachers can install desktops from media.")
+    if media.owner_id not in (None, actor.pk) and not actor.is_admin:
+        raise PermissionDeniedError(f"The media “{media.name}” is not yours.")
+    if media.status != MediaStatus.READY:
+        raise ConflictError(f"The media “{media.name}” is not ready yet.")
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ApplicationError("A desktop needs a name of at most 200 characters.")
+    with transaction.atomic():
+        desktop = Desktop.objects.create(
+            name=name, owner=actor, course=course, hardware=hardware, status=S.CREATING
+        )
+        desktop.media.add(media)
+        DesktopEvent.objects.create(desktop=desktop, to_status=S.CREATING, actor=actor)
+        _schedule("desktops.tasks.provision_desktop", desktop.pk)
+    return desktop
+
+
 def desktop_provision(*, desktop_id: int) -> Desktop:
-    """Make the overlay disk and define the domain; a bad profile fails here, not in class."""
+    """Make the disk and define the domain; a bad profile fails here, not in front of a class.
+
+    The disk is an overlay on the template's, or, for a desktop installed from media, an
+    empty disk of the profile's size.
+    """
     desktop = Desktop.objects.select_related("template__disk", "hardware", "owner").get(
         pk=desktop_id
     )
     if desktop.status != S.CREATING:
         return desktop  # already done (the task ran twice)
     template = desktop.template
-    if template is None or template.disk is None:
+    from_media = template is None and desktop.media.exists()
+    if not from_media and (template is None or template.disk is None):
         return _fail(desktop, "The desktop has no template disk to start from.")
     disk: Disk | None = None
     hypervisor: Hypervisor | None = None
     try:
         hypervisor = choose_hypervisor(memory_mib=desktop.hardware.memory_mib)
-        disk = disk_create_overlay(parent=template.disk)
+        if from_media:
+            disk = disk_create_empty(size_bytes=desktop.hardware.disk_size_gib * 1024**3)
+        else:
+            assert template is not None and template.disk is not None
+            disk = disk_create_overlay(parent=template.disk)
         desktop.disk = disk
         _define(desktop, hypervisor)
     except (ApplicationError, libvirt_driver.DriverError) as error:

@@ -44,4 +44,7 @@ def delete_desktop(desktop_id: int) -> str:
 
 @shared_task
 def purge_recycle_bin() -> int:
-    return services.desktops_purge_expired()
+    """Desktops first: a template can only go once nothing is built on it."""
+    from templates_app.services import templates_purge_expired
+
+    return services.desktops_purge_expired() + templates_purge_expired()

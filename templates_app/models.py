@@ -92,6 +92,8 @@ class Template(models.Model):
         max_length=16, choices=TemplateStatus.choices, default=TemplateStatus.CREATING
     )
     status_reason = models.TextField(blank=True)
+    #: For long operations (flatten): how far along, 0-100.
+    progress_percent = models.PositiveSmallIntegerField(default=0)
     shared_with_everyone = models.BooleanField(default=False)
     shared_courses = models.ManyToManyField("accounts.Course", blank=True, related_name="templates")
     shared_users = models.ManyToManyField(

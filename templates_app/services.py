@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import time
+import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
@@ -18,12 +23,13 @@ from hypervisors.services import (
     disk_create_overlay,
     disk_import,
     disk_path,
+    disk_record,
     disk_refresh_size,
     pool_for,
 )
 from isard.exceptions import ApplicationError, ConflictError, PermissionDeniedError
-from templates_app.choices import TemplateStatus
-from templates_app.models import HardwareProfile, Template
+from templates_app.choices import MediaKind, MediaStatus, TemplateStatus
+from templates_app.models import HardwareProfile, Media, Template
 from templates_app.selectors import template_dependants
 
 
@@ -197,3 +203,144 @@ def template_purge(*, template: Template) -> None:
         ) from error
     if disk is not None:
         Path(disk.path).unlink(missing_ok=True)
+
+
+def template_flatten(*, actor: User, template: Template, name: str) -> Template:
+    """Start copying a template's whole chain into one standalone disk (a long task).
+
+    The new template has no parent: it survives even if the chain it came from is purged,
+    at the cost of a full copy of the disk.
+    """
+    if not actor.is_teacher:
+        raise PermissionDeniedError("Only teachers can make templates.")
+    if template.owner_id != actor.pk and not actor.is_admin:
+        raise PermissionDeniedError("This template is not yours.")
+    if template.status != TemplateStatus.READY or template.disk is None:
+        raise ConflictError(f"The template “{template.name}” is not ready.")
+    name = name.strip()
+    if not name:
+        raise ApplicationError("A template needs a name.")
+    from desktops.services import _schedule
+
+    with transaction.atomic():
+        flat = Template.objects.create(
+            name=name,
+            description=f"A standalone copy of “{template.name}”.",
+            owner=actor,
+            hardware=template.hardware,
+            status=TemplateStatus.CREATING,
+        )
+        _schedule("templates_app.tasks.flatten_template", flat.pk, template.pk)
+    return flat
+
+
+def template_flatten_run(*, template_id: int, source_id: int) -> Template:
+    """Run `qemu-img convert` of the source chain, recording progress as it goes."""
+    template = Template.objects.get(pk=template_id)
+    source = Template.objects.select_related("disk").get(pk=source_id)
+    if template.status != TemplateStatus.CREATING or source.disk is None:
+        return template
+    pool = pool_for(PoolPurpose.TEMPLATES)
+    destination = disk_path(pool)
+    last = [-1.0, 0.0]  # percent and time of the last database write
+
+    def on_progress(percent: float) -> None:
+        # One write per whole percent at most, and never more than 4 a second.
+        now = time.monotonic()
+        if int(percent) > last[0] and now - last[1] > 0.25:
+            Template.objects.filter(pk=template.pk).update(progress_percent=int(percent))
+            last[0], last[1] = int(percent), now
+
+    try:
+        qemu_img.convert(Path(source.disk.path), destination, on_progress=on_progress)
+        os.chmod(destination, 0o444)
+        disk = disk_record(pool=pool, path=destination, read_only=True)
+    except (qemu_img.QemuImgError, OSError) as error:
+        destination.unlink(missing_ok=True)
+        Template.objects.filter(pk=template.pk).update(
+            status=TemplateStatus.FAILED, status_reason=f"Could not copy the disk: {error}"
+        )
+        template.refresh_from_db()
+        return template
+    Template.objects.filter(pk=template.pk).update(
+        disk=disk, status=TemplateStatus.READY, progress_percent=100
+    )
+    template.refresh_from_db()
+    return template
+
+
+def templates_purge_expired(*, now: datetime | None = None) -> int:
+    """Purge templates that waited in the recycle bin longer than the retention."""
+    now = now or timezone.now()
+    limit = now - timedelta(days=settings.ISARD_RECYCLE_RETENTION_DAYS)
+    purged = 0
+    for template in Template.objects.filter(status=TemplateStatus.DELETED, deleted_at__lt=limit):
+        try:
+            template_purge(template=template)
+            purged += 1
+        except ConflictError:
+            pass  # something was built on it after all: it stays
+    return purged
+
+
+def media_register(*, actor: User, name: str, source: Path, kind: str = MediaKind.ISO) -> Media:
+    """Register an ISO (or floppy image) from a path: copied into the media pool by a task."""
+    if not actor.is_teacher:
+        raise PermissionDeniedError("Only teachers can add media.")
+    if not source.is_file():
+        raise ApplicationError(f"There is no file at {source}.")
+    name = name.strip() or source.name
+    from desktops.services import _schedule
+
+    pool = pool_for(PoolPurpose.MEDIA)
+    with transaction.atomic():
+        media = Media.objects.create(
+            name=name,
+            kind=kind,
+            owner=actor,
+            path=str(Path(pool.path) / f"{uuid.uuid4()}.{kind}"),
+            size_bytes=source.stat().st_size,
+            status=MediaStatus.COPYING,
+        )
+        _schedule("templates_app.tasks.import_media", media.pk, str(source))
+    return media
+
+
+MEDIA_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def media_import(*, media_id: int, source: Path) -> Media:
+    """Copy the file in chunks, hashing as it goes, with progress a page can show."""
+    media = Media.objects.get(pk=media_id)
+    if media.status != MediaStatus.COPYING:
+        return media
+    destination = Path(media.path)
+    partial = destination.with_suffix(destination.suffix + ".part")
+    digest = hashlib.sha256()
+    total = max(1, source.stat().st_size)
+    copied = 0
+    last_percent = -1
+    try:
+        with source.open("rb") as reader, partial.open("wb") as writer:
+            while chunk := reader.read(MEDIA_CHUNK_BYTES):
+                writer.write(chunk)
+                digest.update(chunk)
+                copied += len(chunk)
+                percent = copied * 100 // total
+                if percent != last_percent:
+                    Media.objects.filter(pk=media.pk).update(progress_percent=percent)
+                    last_percent = percent
+        partial.chmod(0o444)
+        partial.replace(destination)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        Media.objects.filter(pk=media.pk).update(
+            status=MediaStatus.FAILED, status_reason=f"Could not copy {source}: {error}"
+        )
+        media.refresh_from_db()
+        return media
+    Media.objects.filter(pk=media.pk).update(
+        status=MediaStatus.READY, sha256=digest.hexdigest(), size_bytes=copied, progress_percent=100
+    )
+    media.refresh_from_db()
+    return media
