@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
+from accounts.models import User
 from desktops import services
 from desktops.models import Desktop, DesktopEvent
 from isard.exceptions import ApplicationError
@@ -30,7 +32,7 @@ def _run(action: str) -> Any:
         done = 0
         for desktop in queryset:
             try:
-                service(actor=request.user, desktop=desktop)
+                service(actor=cast(User, request.user), desktop=desktop)
                 done += 1
             except ApplicationError as error:
                 modeladmin.message_user(request, f"{desktop}: {error.message}", messages.ERROR)
@@ -40,6 +42,21 @@ def _run(action: str) -> Any:
     run.__name__ = f"action_{action}"
     run.short_description = f"{action.capitalize()} selected desktops"  # type: ignore[attr-defined]
     return run
+
+
+@admin.action(description="Make a template of each selected (stopped) desktop")
+def make_template(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
+) -> None:
+    from templates_app.services import template_from_desktop
+
+    for desktop in queryset:
+        name = f"{desktop.name} ({timezone.localtime():%Y-%m-%d %H:%M})"
+        try:
+            template_from_desktop(actor=cast(User, request.user), desktop_id=desktop.pk, name=name)
+            modeladmin.message_user(request, f"Making the template “{name}”.", messages.SUCCESS)
+        except ApplicationError as error:
+            modeladmin.message_user(request, f"{desktop}: {error.message}", messages.ERROR)
 
 
 @admin.register(Desktop)
@@ -66,4 +83,7 @@ class DesktopAdmin(admin.ModelAdmin):
         "graphics_password",
     )
     inlines = [DesktopEventInline]
-    actions = [_run(a) for a in ("start", "shutdown", "stop", "delete", "restore")]
+    actions = [
+        *(_run(a) for a in ("start", "shutdown", "stop", "delete", "restore")),
+        make_template,
+    ]

@@ -1,8 +1,15 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import cast
 
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts.models import User
+from isard.exceptions import ApplicationError
 from templates_app.models import HardwareProfile, Media, Template
+from templates_app.services import template_flatten
 
 
 @admin.register(HardwareProfile)
@@ -10,9 +17,34 @@ class HardwareProfileAdmin(admin.ModelAdmin):
     list_display = ("name", "vcpus", "memory_mib", "disk_bus", "video_model", "firmware")
 
 
+@admin.action(description="Make a standalone copy (flatten) of each selected template")
+def flatten(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Template]
+) -> None:
+    for template in queryset:
+        try:
+            template_flatten(
+                actor=cast(User, request.user),
+                template=template,
+                name=f"{template.name} (standalone)",
+            )
+            modeladmin.message_user(request, f"Copying “{template.name}”.", messages.SUCCESS)
+        except ApplicationError as error:
+            modeladmin.message_user(request, f"{template}: {error.message}", messages.ERROR)
+
+
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    list_display = ("name", "owner", "parent", "status", "shared_with_everyone", "created_at")
+    actions = [flatten]
+    list_display = (
+        "name",
+        "owner",
+        "parent",
+        "status",
+        "progress_percent",
+        "shared_with_everyone",
+        "created_at",
+    )
     list_filter = ("status", "shared_with_everyone")
     search_fields = ("name",)
     readonly_fields = ("disk", "status", "status_reason", "deleted_at")
