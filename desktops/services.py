@@ -84,6 +84,7 @@ def desktops_transition(
     alone and reported as a conflict. Writes the audit rows and, after commit, sends each
     owner's websocket the new status. Returns the desktops changed and the conflicts.
     """
+    to = DesktopStatus(to)  # a plain string from a caller is fine; a typo raises ValueError
     now = timezone.now()
     changed: list[Desktop] = []
     conflicts: list[ConflictError] = []

@@ -11,6 +11,7 @@ from django.urls import reverse
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops import services as desktop_services
+from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from templates_app.models import Template
 
@@ -91,7 +92,7 @@ def test_start_action_refuses_clearly_when_a_desktop_cannot_start(
         template=base_template,
         name="Lab",
     )
-    desktop_services.desktop_transition(desktop=desktop, to="deleting")  # type: ignore[arg-type]
+    desktop_services.desktop_transition(desktop=desktop, to=DesktopStatus.DELETING)
     response = admin_client.post(
         reverse("admin:desktops_desktop_changelist"),
         {"action": "action_start", "_selected_action": [desktop.pk]},
