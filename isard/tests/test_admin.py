@@ -92,6 +92,7 @@ def test_start_action_refuses_clearly_when_a_desktop_cannot_start(
         template=base_template,
         name="Lab",
     )
+    desktop.refresh_from_db()
     desktop_services.desktop_transition(desktop=desktop, to=DesktopStatus.DELETING)
     response = admin_client.post(
         reverse("admin:desktops_desktop_changelist"),
