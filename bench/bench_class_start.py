@@ -122,7 +122,13 @@ def ours(template: Any, teacher: Any, course: Any, students: list[Any]) -> dict[
     for desktop, student in zip(desktops, students, strict=True):
         desktop_start(actor=student, desktop=desktop)
     requests_done = time.perf_counter() - started
-    boots = wait_all_booted(logs, started)
+    try:
+        boots = wait_all_booted(logs, started)
+    except SystemExit:
+        for desktop in Desktop.objects.filter(pk__in=[d.pk for d in desktops]):
+            if desktop.status != DesktopStatus.STARTED:
+                print(f"{desktop.owner}: {desktop.status} {desktop.status_reason}", file=sys.stderr)
+        raise
     statuses = dict.fromkeys(DesktopStatus, 0)
     for desktop in Desktop.objects.filter(pk__in=[d.pk for d in desktops]):
         statuses[DesktopStatus(desktop.status)] += 1
