@@ -124,16 +124,17 @@ def ours(template: Any, teacher: Any, course: Any, students: list[Any]) -> dict[
     requests_done = time.perf_counter() - started
     try:
         boots = wait_all_booted(logs, started)
+        statuses = dict.fromkeys(DesktopStatus, 0)
+        for desktop in Desktop.objects.filter(pk__in=[d.pk for d in desktops]):
+            statuses[DesktopStatus(desktop.status)] += 1
     except SystemExit:
         for desktop in Desktop.objects.filter(pk__in=[d.pk for d in desktops]):
             if desktop.status != DesktopStatus.STARTED:
                 print(f"{desktop.owner}: {desktop.status} {desktop.status_reason}", file=sys.stderr)
         raise
-    statuses = dict.fromkeys(DesktopStatus, 0)
-    for desktop in Desktop.objects.filter(pk__in=[d.pk for d in desktops]):
-        statuses[DesktopStatus(desktop.status)] += 1
-    for desktop in desktops:
-        libvirt_driver.undefine_domain(URI, desktop.domain_name)
+    finally:
+        for desktop in desktops:
+            libvirt_driver.undefine_domain(URI, desktop.domain_name)
     return {
         "requests_seconds": requests_done,
         "boot_seconds": boots,
