@@ -859,3 +859,47 @@ def desktop_get(*, actor: User, desktop_id: int) -> Desktop:
     if desktop is None or (desktop.owner_id != actor.pk and not actor.is_admin):
         raise NotFoundError("No such desktop.")
     return desktop
+
+
+#: How long a desktop may stay in a busy status before it is considered stuck.
+STUCK_AFTER = timedelta(minutes=5)
+
+
+def desktops_recover_stuck(*, now: datetime | None = None) -> int:
+    """Settle desktops whose task died mid-way (a worker killed, a database error).
+
+    A busy status normally lasts seconds. Past `STUCK_AFTER`, what the hypervisor really
+    runs decides when it can (a start that did happen becomes STARTED); otherwise the
+    desktop fails with a reason that says what to do. Nothing is deleted.
+    """
+    limit = (now or timezone.now()) - STUCK_AFTER
+    stuck = Desktop.objects.filter(
+        status__in=[S.CREATING, S.STARTING, S.STOPPING, S.DELETING, S.CREATING_TEMPLATE],
+        status_changed_at__lt=limit,
+    ).select_related("hypervisor")
+    settled = 0
+    for desktop in stuck:
+        state = libvirt_driver.DomainState.OTHER
+        if desktop.hypervisor is not None:
+            try:
+                state = libvirt_driver.domain_state(desktop.hypervisor.uri, desktop.domain_name)
+            except libvirt_driver.DriverError:
+                pass
+        running = state == libvirt_driver.DomainState.RUNNING
+        off = state in (libvirt_driver.DomainState.SHUTOFF, libvirt_driver.DomainState.MISSING)
+        try:
+            if desktop.status == S.STARTING and running:
+                desktop_transition(desktop=desktop, to=S.STARTED, reason="recovered: it is running")
+            elif desktop.status == S.STOPPING and off:
+                desktop_transition(desktop=desktop, to=S.STOPPED, reason="recovered: it is off")
+            else:
+                action = DesktopStatus(desktop.status).label.lower()
+                desktop_transition(
+                    desktop=desktop,
+                    to=S.FAILED,
+                    reason=f"“{action}” did not finish (the worker may have stopped); try again.",
+                )
+            settled += 1
+        except ConflictError:
+            continue  # it moved on by itself meanwhile
+    return settled

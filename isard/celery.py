@@ -23,6 +23,10 @@ app.conf.beat_schedule = {
         "task": "accounts.tasks.ldap_sync_task",
         "schedule": float(settings.ISARD_LDAP_SYNC_INTERVAL_SECONDS),
     },
+    "recover-stuck-desktops": {
+        "task": "desktops.tasks.recover_stuck_desktops",
+        "schedule": 60.0,
+    },
     "purge-recycle-bin": {
         "task": "desktops.tasks.purge_recycle_bin",
         "schedule": 3600.0,

@@ -244,3 +244,35 @@ def test_reconcile_notices_a_guest_that_powered_off_and_a_domain_that_vanished(
     desktop.refresh_from_db()
     assert desktop.status == S.FAILED
     assert "vanished" in desktop.status_reason
+
+
+def test_a_desktop_stuck_starting_is_settled_by_what_the_hypervisor_runs(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    # As if the boot task had died right after starting the guest.
+    services.desktop_transition(desktop=desktop, to=S.STARTING)
+    libvirt_driver.start_domain("test:///default", desktop.domain_name)
+    assert services.desktops_recover_stuck() == 0  # not stuck yet: it may still be working
+    later = timezone.now() + timedelta(minutes=10)
+    assert services.desktops_recover_stuck(now=later) == 1
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED
+
+
+def test_a_desktop_stuck_creating_fails_with_advice(
+    test_hypervisor: Any, base_template: Any, student: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    desktop = services.desktop_create(actor=student, template=base_template, name="never")
+    later = timezone.now() + timedelta(minutes=10)
+    assert services.desktops_recover_stuck(now=later) == 1
+    desktop.refresh_from_db()
+    assert desktop.status == S.FAILED
+    assert "did not finish" in desktop.status_reason
