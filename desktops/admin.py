@@ -87,3 +87,40 @@ class DesktopAdmin(admin.ModelAdmin):
         *(_run(a) for a in ("start", "shutdown", "stop", "delete", "restore")),
         make_template,
     ]
+
+
+# Issue 5: the audit of viewer tokens.
+from desktops.models import ViewerToken  # noqa: E402
+
+
+@admin.register(ViewerToken)
+class ViewerTokenAdmin(admin.ModelAdmin):
+    """Who opened which desktop's viewer, when and from where (read-only audit)."""
+
+    list_display = (
+        "desktop",
+        "user",
+        "protocol",
+        "created_at",
+        "expires_at",
+        "used_at",
+        "used_from",
+    )
+    list_filter = ("protocol",)
+    search_fields = ("desktop__name", "user__username", "used_from")
+    readonly_fields = (
+        "key_hash",
+        "user",
+        "desktop",
+        "protocol",
+        "created_at",
+        "expires_at",
+        "used_at",
+        "used_from",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

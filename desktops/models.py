@@ -90,3 +90,42 @@ class DesktopEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.desktop}: {self.from_status or '-'} -> {self.to_status}"
+
+
+class ViewerProtocol(models.TextChoices):
+    """How a viewer reaches a desktop's screen."""
+
+    BROWSER_VNC = "browser-vnc", "Browser (noVNC over the websocket proxy)"
+    SPICE_TLS = "spice-tls", "SPICE client over TLS (.vv file)"
+
+
+class ViewerToken(models.Model):
+    """A single-use, short-lived permission for one user to open one desktop's viewer.
+
+    Only a SHA-256 of the secret is stored, so a copy of the database opens no screen.
+    `used_at` is set by one conditional update (`WHERE used_at IS NULL`): of two
+    connections racing with the same token, exactly one wins.
+    """
+
+    key_hash = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="viewer_tokens"
+    )
+    desktop = models.ForeignKey(Desktop, on_delete=models.CASCADE, related_name="viewer_tokens")
+    protocol = models.CharField(max_length=16, choices=ViewerProtocol.choices)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_from = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")),
+                name="viewertoken_expires_after_creation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_protocol_display()} for {self.desktop} ({self.user})"

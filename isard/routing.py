@@ -9,3 +9,8 @@ from desktops.consumers import DesktopStatusConsumer
 websocket_urlpatterns = [
     path("ws/desktops/", DesktopStatusConsumer.as_asgi()),
 ]
+
+# The browser viewer's proxy to one desktop's VNC port (issue 5).
+from desktops.viewer_consumers import ViewerProxyConsumer  # noqa: E402
+
+websocket_urlpatterns.append(path("ws/viewer/<str:token>/", ViewerProxyConsumer.as_asgi()))

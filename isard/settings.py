@@ -133,6 +133,13 @@ ISARD_GUEST_KERNEL_ROOT = Path(
 )
 # Deleted desktops and templates wait this many days in the recycle bin before purge.
 ISARD_RECYCLE_RETENTION_DAYS = env.int("ISARD_RECYCLE_RETENTION_DAYS", default=7)
+# Viewers: a viewer token is single-use and lives this long; a .vv file's SPICE password too.
+ISARD_VIEWER_TOKEN_SECONDS = env.int("ISARD_VIEWER_TOKEN_SECONDS", default=60)
+ISARD_SPICE_TICKET_SECONDS = env.int("ISARD_SPICE_TICKET_SECONDS", default=120)
+# The platform's own CA and host certificate (HTTPS, wss, SPICE TLS); `isard_certs` rotates.
+ISARD_PKI_DIR = Path(env.str("ISARD_PKI_DIR", default=str(VAR_DIR / "pki")))
+# Names the host certificate is valid for, besides this machine's name and localhost.
+ISARD_TLS_HOSTNAMES = env.list("ISARD_TLS_HOSTNAMES", default=[])
 # How many disks and domains a worker makes at once when a class gets its desktops.
 ISARD_PROVISION_CONCURRENCY = env.int("ISARD_PROVISION_CONCURRENCY", default=4)
 # How long a graceful (ACPI) shutdown may take before the desktop is forced off.

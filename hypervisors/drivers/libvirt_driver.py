@@ -274,11 +274,18 @@ def list_domain_states(uri: str, prefix: str = DOMAIN_PREFIX) -> dict[str, Domai
     """States of every domain (defined or running) whose name starts with `prefix`."""
 
     def read(connection: libvirt.virConnect) -> dict[str, DomainState]:
-        return {
-            domain.name(): _state_of(domain)
-            for domain in connection.listAllDomains(0)
-            if domain.name().startswith(prefix)
-        }
+        states: dict[str, DomainState] = {}
+        for domain in connection.listAllDomains(0):
+            name = domain.name()
+            if not name.startswith(prefix):
+                continue
+            try:
+                states[name] = _state_of(domain)
+            except libvirt.libvirtError as error:
+                # Undefined between the listing and this call: it is simply gone.
+                if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+        return states
 
     return _call(uri, "list domains", read)
 
@@ -421,3 +428,151 @@ def run_event_loop(
             connection.close()
         except libvirt.libvirtError:
             pass
+
+
+def set_graphics_password(
+    uri: str,
+    name: str,
+    *,
+    graphics_type: str,
+    password: str,
+    valid_until: float | None = None,
+) -> None:
+    """Change the SPICE or VNC password of a running guest, optionally until `valid_until`
+    (a POSIX timestamp).
+
+    QEMU checks the password and its expiry when a client connects; viewers already
+    connected stay connected (`connected='keep'`). The persistent definition is untouched:
+    the next start sets a fresh password anyway.
+    """
+
+    def update(connection: libvirt.virConnect) -> None:
+        domain = _lookup(connection, name)
+        root = ET.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))
+        graphics = root.find(f"./devices/graphics[@type='{graphics_type}']")
+        if graphics is None:
+            raise DriverError(f"{name} has no {graphics_type} display")
+        graphics.set("passwd", password)
+        if valid_until is not None:
+            # libvirt reads this time as UTC.
+            graphics.set(
+                "passwdValidTo", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(valid_until))
+            )
+        else:
+            graphics.attrib.pop("passwdValidTo", None)
+        graphics.set("connected", "keep")
+        domain.updateDeviceFlags(
+            ET.tostring(graphics, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE
+        )
+
+    _call(uri, f"set the {graphics_type} password of {name}", update)
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """One stats sample of a host, for the fleet monitor.
+
+    `free_memory_mib` counts what guests can have at once (free plus page cache), and is
+    None when the driver cannot tell (libvirt's test driver). The CPU counters are
+    libvirt's cumulative nanoseconds over every CPU; the load is the busy share between
+    two samples. None when the driver does not report them.
+    """
+
+    hostname: str
+    cpus: int
+    memory_mib: int
+    free_memory_mib: int | None
+    running_domains: int
+    cpu_busy_ns: int | None
+    cpu_total_ns: int | None
+
+
+def host_sample(uri: str) -> HostSample:
+    def read(connection: libvirt.virConnect) -> HostSample:
+        _model, memory_mib, cpus, *_rest = connection.getInfo()
+        free_mib: int | None = None
+        try:
+            # getInfo and getFreeMemory see NUMA node memory only, which on some machines
+            # is a fraction of the host's; the node's memory stats see all of it.
+            stats = connection.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+            memory_mib = int(stats["total"]) // 1024
+            available_kib = sum(int(stats.get(key, 0)) for key in ("free", "buffers", "cached"))
+            free_mib = available_kib // 1024
+        except (libvirt.libvirtError, KeyError):
+            try:
+                free_bytes = connection.getFreeMemory()
+                free_mib = int(free_bytes) // (1024 * 1024) if free_bytes > 0 else None
+            except libvirt.libvirtError:
+                free_mib = None
+        busy_ns: int | None = None
+        total_ns: int | None = None
+        try:
+            times = connection.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
+            busy_ns = int(times.get("kernel", 0)) + int(times.get("user", 0))
+            total_ns = busy_ns + int(times.get("idle", 0)) + int(times.get("iowait", 0))
+        except libvirt.libvirtError:
+            pass
+        running = len(connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+        return HostSample(
+            hostname=connection.getHostname(),
+            cpus=cpus,
+            memory_mib=memory_mib,
+            free_memory_mib=free_mib,
+            running_domains=running,
+            cpu_busy_ns=busy_ns,
+            cpu_total_ns=total_ns,
+        )
+
+    return _call(uri, "host stats", read)
+
+
+def migrate_domain(
+    source_uri: str,
+    target_uri: str,
+    name: str,
+    *,
+    live: bool = True,
+    target_address: str = "",
+    trust_shared_storage: bool = False,
+    timeout: float = 300.0,
+) -> None:
+    """Move a running domain to another host; with `live` the guest keeps running.
+
+    The disks stay where they are: both hosts must see them at the same paths (shared
+    storage). libvirt trusts only cluster file systems it recognises, so
+    `trust_shared_storage` (the administrator marked the pool shared) skips that check.
+    The definition moves with the guest: persistent on the target, gone from the source.
+    `target_address` is where the source sends the memory (the target listens there);
+    blank lets libvirt use the target's host name. A migration that does not finish
+    within `timeout` is aborted and the guest goes on running on the source.
+    """
+    target = connect(target_uri)
+    flags = libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    if live:
+        flags |= libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if trust_shared_storage:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
+    params: dict[str, str] = {}
+    if target_address:
+        host = f"[{target_address}]" if ":" in target_address else target_address
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{host}"
+        params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = target_address
+
+    def migrate(connection: libvirt.virConnect) -> None:
+        domain = _lookup(connection, name)
+
+        def abort() -> None:
+            try:
+                domain.abortJob()
+            except libvirt.libvirtError:
+                pass  # it finished meanwhile
+
+        timer = threading.Timer(timeout, abort)
+        timer.daemon = True
+        timer.start()
+        try:
+            domain.migrate3(target, params, flags)
+        finally:
+            timer.cancel()
+
+    _call(source_uri, f"migrate {name} to {target_uri}", migrate)

@@ -1,0 +1,222 @@
+"""The platform CA and host certificate, their rotation, and libvirt's SPICE TLS setup.
+
+The certificates are checked by OpenSSL itself (Python's `ssl`) in a real TLS handshake,
+not only by reading them back with the library that wrote them.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from isard import tls
+
+NAMES = tls.HostNames(dns=("vdi.school.example", "localhost"))
+
+
+@pytest.fixture(autouse=True)
+def quick_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tls, "RSA_KEY_SIZE", 2048)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tls.PkiPaths:
+    return tls.PkiPaths(tmp_path / "pki")
+
+
+def serial(path: Path) -> int:
+    certificate = tls.load_certificate(path)
+    assert certificate is not None
+    return certificate.serial_number
+
+
+def handshake(pki: tls.PkiPaths, *, ca_pem: str, server_name: str = "localhost") -> str:
+    """Serve the host certificate on a loopback port and connect with OpenSSL verifying it."""
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(pki.host_cert, pki.host_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        try:
+            with server_context.wrap_socket(connection, server_side=True) as tls_connection:
+                tls_connection.recv(1)
+        except (ssl.SSLError, OSError):
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client_context = ssl.create_default_context(cadata=ca_pem)
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            client_context.wrap_socket(raw, server_hostname=server_name) as connection,
+        ):
+            der = connection.getpeercert(binary_form=True)
+            assert der is not None
+            peer = x509.load_der_x509_certificate(der)
+            connection.sendall(b"x")
+            return str(peer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_a_new_ca_and_host_certificate_pass_a_real_tls_handshake(pki: tls.PkiPaths) -> None:
+    host = tls.host_certificate_ensure(paths=pki, names=NAMES)
+    assert handshake(pki, ca_pem=tls.ca_bundle_pem(paths=pki)) == "vdi.school.example"
+    assert tls.host_subject(host) == "O=isard,CN=vdi.school.example"
+    assert pki.ca_key.stat().st_mode & 0o777 == 0o600
+    assert pki.host_key.stat().st_mode & 0o777 == 0o600
+    san = host.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"vdi.school.example", "localhost"} <= set(san.get_values_for_type(x509.DNSName))
+    assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+
+
+def test_ensure_changes_nothing_when_all_is_in_order(pki: tls.PkiPaths) -> None:
+    tls.host_certificate_ensure(paths=pki, names=NAMES)
+    before = (serial(pki.ca_cert), serial(pki.host_cert))
+    tls.host_certificate_ensure(paths=pki, names=NAMES)
+    assert (serial(pki.ca_cert), serial(pki.host_cert)) == before
+
+
+def test_a_new_host_name_gets_a_new_host_certificate_from_the_same_ca(pki: tls.PkiPaths) -> None:
+    tls.host_certificate_ensure(paths=pki, names=NAMES)
+    ca, host = serial(pki.ca_cert), serial(pki.host_cert)
+    more = tls.HostNames(dns=(*NAMES.dns, "vdi2.school.example"))
+    assert "does not cover" in tls.host_certificate_problem(paths=pki, names=more)
+    tls.host_certificate_ensure(paths=pki, names=more)
+    assert serial(pki.ca_cert) == ca and serial(pki.host_cert) != host
+    assert handshake(pki, ca_pem=tls.ca_bundle_pem(paths=pki), server_name="vdi2.school.example")
+
+
+def test_rotating_the_ca_keeps_trusting_the_old_one_for_guests_started_before(
+    pki: tls.PkiPaths, tmp_path: Path
+) -> None:
+    tls.host_certificate_ensure(paths=pki, names=NAMES)
+    old_ca = pki.ca_cert.read_text()
+    old_host = tls.PkiPaths(tmp_path / "old")
+    old_host.directory.mkdir()
+    old_host.host_cert.write_bytes(pki.host_cert.read_bytes())
+    old_host.host_key.write_bytes(pki.host_key.read_bytes())
+
+    tls.ca_rotate(paths=pki, names=NAMES)
+    bundle = tls.ca_bundle_pem(paths=pki)
+    assert pki.ca_cert.read_text() != old_ca and old_ca in bundle
+    assert tls.host_certificate_problem(paths=pki, names=NAMES) == ""
+    # The new host certificate and one QEMU loaded before the rotation both verify.
+    assert handshake(pki, ca_pem=bundle)
+    assert handshake(old_host, ca_pem=bundle)
+    # Without the previous CA, the old host certificate would be refused.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(old_host, ca_pem=pki.ca_cert.read_text())
+
+
+def test_a_host_certificate_from_another_ca_is_replaced(pki: tls.PkiPaths, tmp_path: Path) -> None:
+    tls.host_certificate_ensure(paths=pki, names=NAMES)
+    other = tls.PkiPaths(tmp_path / "other")
+    tls.host_certificate_ensure(paths=other, names=NAMES)
+    pki.host_cert.write_bytes(other.host_cert.read_bytes())
+    assert "not signed by the current CA" in tls.host_certificate_problem(paths=pki, names=NAMES)
+
+
+@pytest.fixture
+def libvirt_files(tmp_path: Path) -> tuple[Path, Path]:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('# comment\n#spice_tls = 1\n#spice_tls_x509_cert_dir = "/etc/pki"\n')
+    return tmp_path / "libvirt-spice", conf
+
+
+def test_libvirt_setup_installs_the_certificates_and_restarts_only_when_config_changes(
+    pki: tls.PkiPaths, libvirt_files: tuple[Path, Path]
+) -> None:
+    cert_dir, conf = libvirt_files
+    restarts: list[Any] = []
+    tls.host_certificate_ensure(paths=pki, names=NAMES)
+
+    def install() -> tls.LibvirtSpiceResult:
+        return tls.libvirt_spice_install(
+            paths=pki, cert_dir=cert_dir, qemu_conf=conf, restart=lambda: restarts.append(1)
+        )
+
+    first = install()
+    assert first.config_changed and first.restarted and len(first.files_changed) == 3
+    assert "\nspice_tls = 1\n" in conf.read_text()
+    assert conf.read_text().count("spice_tls =") == 1
+    assert tls.libvirt_spice_tls_enabled(conf)
+    assert (cert_dir / "server-cert.pem").read_bytes() == pki.host_cert.read_bytes()
+    assert (cert_dir / "ca-cert.pem").read_bytes() == pki.ca_cert.read_bytes()
+    assert (cert_dir / "server-key.pem").stat().st_mode & 0o007 == 0
+
+    second = install()
+    assert second.files_changed == [] and not second.config_changed and len(restarts) == 1
+
+    tls.host_certificate_issue(paths=pki, names=NAMES)
+    rotated = install()
+    assert sorted(Path(f).name for f in rotated.files_changed) == [
+        "server-cert.pem",
+        "server-key.pem",
+    ]
+    assert not rotated.restarted and len(restarts) == 1
+
+
+def test_libvirt_setup_appends_the_setting_when_qemu_conf_lacks_it(
+    pki: tls.PkiPaths, tmp_path: Path
+) -> None:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('user = "libvirt-qemu"\n')
+    tls.host_certificate_ensure(paths=pki, names=NAMES)
+    tls.libvirt_spice_install(paths=pki, cert_dir=tmp_path / "spice", qemu_conf=conf)
+    assert conf.read_text().startswith('user = "libvirt-qemu"\n')
+    assert tls.libvirt_spice_tls_enabled(conf)
+
+
+def test_libvirt_setup_refuses_without_certificates(pki: tls.PkiPaths, tmp_path: Path) -> None:
+    with pytest.raises(tls.TlsSetupError, match="no CA or host certificate"):
+        tls.libvirt_spice_install(
+            paths=pki, cert_dir=tmp_path / "spice", qemu_conf=tmp_path / "qemu.conf"
+        )
+
+
+def test_the_management_command_creates_then_rotates(
+    tmp_path: Path, settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from django.core.management import call_command
+
+    settings.ISARD_PKI_DIR = tmp_path / "pki"
+    call_command("isard_certs", "--hostname", "vdi.school.example")
+    paths = tls.pki_paths()
+    host = serial(paths.host_cert)
+    call_command("isard_certs", "--hostname", "vdi.school.example")
+    assert serial(paths.host_cert) == host
+    call_command("isard_certs", "--rotate-host", "--hostname", "vdi.school.example")
+    assert serial(paths.host_cert) != host
+    output = capsys.readouterr().out
+    assert "host: O=isard,CN=vdi.school.example" in output
+
+
+@pytest.fixture
+def no_network_names(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(socket, "getfqdn", lambda: "Host.Example")
+    monkeypatch.setattr(socket, "gethostname", lambda: "host")
+    yield
+
+
+def test_default_names_are_this_machines_and_the_configured_ones(
+    no_network_names: None, settings: Any
+) -> None:
+    settings.ISARD_TLS_HOSTNAMES = ["vdi.school.example"]
+    assert tls.default_host_names().dns == (
+        "vdi.school.example",
+        "host.example",
+        "host",
+        "localhost",
+    )

@@ -1,0 +1,152 @@
+"""The browser viewer's websocket: a byte pipe between noVNC and one desktop's VNC port.
+
+`/ws/viewer/<token>/` spends the token (`desktops.viewers.viewer_token_consume`), which
+names the only port this connection may reach. A refusal is sent as a websocket close
+code after accepting, so the page can say why (a refused handshake only shows the browser
+a failed connection). Daphne drops close reasons, so the reason comes first, as the
+connection's only text frame: `{"type": "refused", "code": ..., "message": ...}` (noVNC
+ignores text frames). The codes:
+
+- 4401 not signed in, 4403 the token is not this person's, expired or already used,
+- 4409 the desktop is not running or has no display, 4502 its screen does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from desktops.viewers import ViewerTarget, viewer_token_consume
+from isard.exceptions import (
+    ApplicationError,
+    ConflictError,
+    InfrastructureError,
+    PermissionDeniedError,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Bytes read from the VNC server per websocket message: a full 1080p raw frame is ~8 MiB,
+#: so large reads keep the per-message cost of the proxy low; `read` returns what is there.
+READ_SIZE = 1 << 20
+CONNECT_TIMEOUT = 5.0
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_REFUSED = 4403
+CLOSE_UNAVAILABLE = 4409
+CLOSE_UNREACHABLE = 4502
+
+
+def close_code_for(error: ApplicationError) -> int:
+    if error.extra.get("reason") == "anonymous":
+        return CLOSE_UNAUTHENTICATED
+    if isinstance(error, PermissionDeniedError):
+        return CLOSE_REFUSED
+    if isinstance(error, ConflictError):
+        return CLOSE_UNAVAILABLE
+    if isinstance(error, InfrastructureError):
+        return CLOSE_UNREACHABLE
+    return CLOSE_REFUSED
+
+
+class ViewerProxyConsumer(AsyncWebsocketConsumer):
+    """Relays binary frames to the desktop's VNC server and its bytes back, unchanged."""
+
+    # No channel layer: a viewer needs no group messages, so it does not wait on Redis and
+    # keeps working through a Redis outage. (`get_channel_layer` gives None for an alias
+    # that is not configured.)
+    channel_layer_alias = "viewer-proxy-uses-no-channel-layer"
+    writer: asyncio.StreamWriter | None = None
+    pump: asyncio.Task[None] | None = None
+    target: ViewerTarget | None = None
+
+    def _subprotocol(self) -> str | None:
+        # Old noVNC versions ask for "binary"; a browser drops a connection whose accepted
+        # subprotocol is not one it asked for, so echo it back only when asked.
+        offered = self.scope.get("subprotocols") or []
+        return "binary" if "binary" in offered else None
+
+    def _client(self) -> str:
+        client = self.scope.get("client")
+        return f"{client[0]}:{client[1]}" if client else ""
+
+    async def connect(self) -> None:
+        token = self.scope["url_route"]["kwargs"]["token"]
+        try:
+            self.target = await database_sync_to_async(viewer_token_consume)(
+                token=token, user=self.scope.get("user"), client=self._client()
+            )
+        except ApplicationError as error:
+            await self._refuse(close_code_for(error), error.message)
+            return
+        target = self.target
+        try:
+            reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(target.host, target.port, limit=READ_SIZE),
+                timeout=CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as error:
+            logger.warning(
+                "viewer of %s: cannot reach %s:%s: %s",
+                target.domain_name,
+                target.host,
+                target.port,
+                error,
+            )
+            await self._refuse(CLOSE_UNREACHABLE, "The desktop's screen does not answer.")
+            return
+        await self.accept(subprotocol=self._subprotocol())
+        logger.info(
+            "viewer of %s (user %s) connected to %s:%s",
+            target.domain_name,
+            target.user_id,
+            target.host,
+            target.port,
+        )
+        self.pump = asyncio.create_task(self._pump_from_desktop(reader))
+
+    async def _refuse(self, code: int, reason: str) -> None:
+        await self.accept(subprotocol=self._subprotocol())
+        await self.send(text_data=json.dumps({"type": "refused", "code": code, "message": reason}))
+        # A close reason is at most 123 bytes on the wire.
+        await self.close(code=code, reason=reason.encode()[:123].decode(errors="ignore"))
+
+    async def _pump_from_desktop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    break
+                await self.send(bytes_data=data)
+        except (OSError, asyncio.IncompleteReadError) as error:
+            logger.info("viewer: the desktop's screen closed: %s", error)
+        except asyncio.CancelledError:
+            return
+        await self._close_desktop_side()
+        await self.close(code=1000)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.writer is None:
+            return
+        self.writer.write(bytes_data if bytes_data is not None else (text_data or "").encode())
+        await self.writer.drain()
+
+    async def disconnect(self, code: Any) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.pump
+        await self._close_desktop_side()
+
+    async def _close_desktop_side(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()

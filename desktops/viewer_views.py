@@ -1,0 +1,95 @@
+"""Pages that open a desktop: the browser viewer, a fresh token to reconnect, the .vv file.
+
+Thin: each view loads the desktop and calls one service in `desktops.viewers`; refusals
+come back as the service's `ApplicationError` and are shown with its status code.
+Responses that carry a password or token are never cached.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.models import User
+from desktops.models import Desktop
+from desktops.viewers import BrowserViewerAccess, viewer_token_issue, viewer_vv_build
+from isard.exceptions import ApplicationError, NotFoundError
+
+
+def _desktop(desktop_id: int) -> Desktop:
+    desktop = Desktop.objects.select_related("hypervisor", "hardware").filter(pk=desktop_id).first()
+    if desktop is None:
+        raise NotFoundError("No such desktop.")
+    return desktop
+
+
+def _user(request: HttpRequest) -> User:
+    assert isinstance(request.user, User)  # login_required let only signed-in users in
+    return request.user
+
+
+def _access_payload(access: BrowserViewerAccess) -> dict[str, object]:
+    return {
+        "desktop": access.desktop_id,
+        "name": access.desktop_name,
+        "path": access.websocket_path,
+        "password": access.password,
+        "expires_at": access.expires_at.isoformat(),
+    }
+
+
+@never_cache
+@login_required
+@require_GET
+def viewer_page(request: HttpRequest, desktop_id: int) -> HttpResponse:
+    """The noVNC page for the owner's running desktop."""
+    try:
+        access = viewer_token_issue(actor=_user(request), desktop=_desktop(desktop_id))
+    except ApplicationError as error:
+        return render(
+            request,
+            "desktops/viewer.html",
+            {"refusal": error.message, "reason": error.extra.get("reason", "")},
+            status=error.status_code,
+        )
+    context = {
+        "access": _access_payload(access),
+        "desktop_name": access.desktop_name,
+        "token_url": reverse("desktop-viewer-token", args=[access.desktop_id]),
+        "vv_url": reverse("desktop-viewer-vv", args=[access.desktop_id]),
+    }
+    return render(request, "desktops/viewer.html", context)
+
+
+@never_cache
+@login_required
+@require_POST
+def viewer_token(request: HttpRequest, desktop_id: int) -> JsonResponse:
+    """A new token (and the current password) for the viewer page to reconnect with."""
+    try:
+        access = viewer_token_issue(actor=_user(request), desktop=_desktop(desktop_id))
+    except ApplicationError as error:
+        return JsonResponse(
+            {"message": error.message, "extra": error.extra}, status=error.status_code
+        )
+    return JsonResponse(_access_payload(access))
+
+
+@never_cache
+@login_required
+@require_GET
+def viewer_vv(request: HttpRequest, desktop_id: int) -> HttpResponse:
+    """Download a `.vv` file that opens the desktop in remote-viewer over TLS."""
+    try:
+        vv = viewer_vv_build(actor=_user(request), desktop=_desktop(desktop_id))
+    except ApplicationError as error:
+        return HttpResponse(
+            error.message, status=error.status_code, content_type="text/plain; charset=utf-8"
+        )
+    response = HttpResponse(vv.content, content_type="application/x-virt-viewer")
+    response["Content-Disposition"] = f'attachment; filename="{vv.filename}"'
+    return response

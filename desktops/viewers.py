@@ -1,0 +1,411 @@
+"""Opening a desktop's screen: viewer tokens for the browser, `.vv` files for remote-viewer.
+
+Browser: the owner's viewer page gets a single-use token that lives a minute
+(`ISARD_VIEWER_TOKEN_SECONDS`) and the desktop's VNC password. noVNC opens
+`/ws/viewer/<token>/`; the proxy consumes the token (`viewer_token_consume`) and connects
+only to the VNC port of the desktop the token names, on its hypervisor.
+
+Native client: `viewer_vv_build` sets a fresh SPICE password on the running guest that
+QEMU accepts for new connections only until its expiry (`ISARD_SPICE_TICKET_SECONDS`),
+and writes it with the platform CA and the host's subject into a `.vv` file.
+
+Every refusal raises an `ApplicationError` subclass with a message for the person and
+`extra["reason"]` for code, and is logged with who, which desktop and from where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.utils import timezone
+
+from accounts.models import User
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
+from hypervisors.drivers import libvirt_driver
+from hypervisors.models import Hypervisor
+from isard import tls
+from isard.exceptions import ConflictError, InfrastructureError, PermissionDeniedError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_SECONDS = 60
+DEFAULT_SPICE_TICKET_SECONDS = 120
+WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+class ViewerRefusedError(PermissionDeniedError):
+    """A viewer was refused to this person; `extra["reason"]` says why, for code and logs."""
+
+
+class ViewerUnavailableError(ConflictError):
+    """The desktop cannot be viewed now (stopped, no such display, TLS not set up)."""
+
+
+@dataclass(frozen=True)
+class BrowserViewerAccess:
+    """What the owner's viewer page needs: never give it to anyone else."""
+
+    token: str
+    expires_at: datetime
+    password: str
+    websocket_path: str
+    desktop_id: int
+    desktop_name: str
+
+
+@dataclass(frozen=True)
+class ViewerTarget:
+    """Where the proxy may connect: the graphics port of one desktop, nothing else."""
+
+    host: str
+    port: int
+    desktop_id: int
+    domain_name: str
+    user_id: int
+
+
+@dataclass(frozen=True)
+class VvFile:
+    filename: str
+    content: str
+    expires_at: datetime
+
+
+def token_lifetime() -> timedelta:
+    return timedelta(seconds=getattr(settings, "ISARD_VIEWER_TOKEN_SECONDS", DEFAULT_TOKEN_SECONDS))
+
+
+def spice_ticket_lifetime() -> timedelta:
+    seconds = getattr(settings, "ISARD_SPICE_TICKET_SECONDS", DEFAULT_SPICE_TICKET_SECONDS)
+    return timedelta(seconds=seconds)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def websocket_path(token: str) -> str:
+    return f"/ws/viewer/{token}/"
+
+
+def _refuse(
+    reason: str,
+    message: str,
+    *,
+    user: Any,
+    desktop: Desktop | None = None,
+    client: str = "",
+    error: type[ViewerRefusedError] | type[ViewerUnavailableError] = ViewerRefusedError,
+) -> ViewerRefusedError | ViewerUnavailableError:
+    """Log a refusal (never the token itself) and return the error to raise."""
+    logger.warning(
+        "viewer refused (%s): user=%s desktop=%s client=%s: %s",
+        reason,
+        getattr(user, "username", None) or "anonymous",
+        desktop.pk if desktop is not None else "-",
+        client or "-",
+        message,
+    )
+    return error(message, extra={"reason": reason})
+
+
+def _check_viewable(
+    *, actor: User, desktop: Desktop, protocol: ViewerProtocol, client: str = ""
+) -> Hypervisor:
+    """The checks every viewer path shares: the owner only, a running desktop, its display."""
+    if desktop.owner_id != actor.pk:
+        raise _refuse(
+            "not-owner",
+            f"Only the owner of the desktop “{desktop.name}” may open its viewer.",
+            user=actor,
+            desktop=desktop,
+            client=client,
+        )
+    if desktop.status != DesktopStatus.STARTED or desktop.hypervisor is None:
+        label = DesktopStatus(desktop.status).label.lower()
+        raise _refuse(
+            "not-running",
+            f"The desktop “{desktop.name}” is {label}: start it, then open its viewer.",
+            user=actor,
+            desktop=desktop,
+            client=client,
+            error=ViewerUnavailableError,
+        )
+    hardware = desktop.hardware
+    has_display = (
+        hardware.graphics_vnc if protocol == ViewerProtocol.BROWSER_VNC else hardware.graphics_spice
+    )
+    if not has_display:
+        kind = "VNC" if protocol == ViewerProtocol.BROWSER_VNC else "SPICE"
+        raise _refuse(
+            "no-display",
+            f"The desktop “{desktop.name}” has no {kind} display in its hardware profile.",
+            user=actor,
+            desktop=desktop,
+            client=client,
+            error=ViewerUnavailableError,
+        )
+    return desktop.hypervisor
+
+
+def _record(desktop: Desktop, reason: str, actor: User) -> None:
+    DesktopEvent.objects.create(
+        desktop=desktop,
+        from_status=desktop.status,
+        to_status=desktop.status,
+        reason=reason,
+        actor=actor,
+    )
+
+
+# --- browser viewer ---------------------------------------------------------------------------
+
+
+def viewer_token_issue(
+    *, actor: User, desktop: Desktop, now: datetime | None = None
+) -> BrowserViewerAccess:
+    """Give the desktop's owner a single-use token for the browser viewer, and its password."""
+    _check_viewable(actor=actor, desktop=desktop, protocol=ViewerProtocol.BROWSER_VNC)
+    now = now or timezone.now()
+    token = secrets.token_urlsafe(32)
+    expires_at = now + token_lifetime()
+    ViewerToken.objects.create(
+        key_hash=hash_token(token),
+        user=actor,
+        desktop=desktop,
+        protocol=ViewerProtocol.BROWSER_VNC,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    # Tokens are worthless once expired; dropping this user's old ones keeps the table small.
+    ViewerToken.objects.filter(user=actor, expires_at__lt=now - timedelta(days=1)).delete()
+    return BrowserViewerAccess(
+        token=token,
+        expires_at=expires_at,
+        password=desktop.graphics_password,
+        websocket_path=websocket_path(token),
+        desktop_id=desktop.pk,
+        desktop_name=desktop.name,
+    )
+
+
+def viewer_token_consume(
+    *,
+    token: str,
+    user: Any,
+    protocol: ViewerProtocol = ViewerProtocol.BROWSER_VNC,
+    client: str = "",
+    now: datetime | None = None,
+) -> ViewerTarget:
+    """Spend a viewer token and return the one graphics port it opens.
+
+    The token must have been issued to `user` (the websocket's signed-in user), for this
+    protocol, not be expired and never used. It is spent before the desktop is checked, so
+    a refused token cannot be tried again. Talks to libvirt: call it outside a transaction.
+    """
+    now = now or timezone.now()
+    if user is None or not user.is_authenticated:
+        raise _refuse("anonymous", "Sign in to open a desktop viewer.", user=None, client=client)
+    record = (
+        ViewerToken.objects.select_related("desktop__hypervisor", "desktop__hardware")
+        .filter(key_hash=hash_token(token))
+        .first()
+    )
+    if record is None:
+        raise _refuse(
+            "unknown-token",
+            "This viewer link is not valid: open the viewer again from your desktops.",
+            user=user,
+            client=client,
+        )
+    desktop = record.desktop
+    if record.user_id != user.pk:
+        raise _refuse(
+            "other-user",
+            "This viewer link was issued to someone else.",
+            user=user,
+            desktop=desktop,
+            client=client,
+        )
+    if record.protocol != protocol:
+        raise _refuse(
+            "wrong-protocol",
+            "This viewer link is for another kind of viewer.",
+            user=user,
+            desktop=desktop,
+            client=client,
+        )
+    if record.used_at is not None:
+        raise _refuse(
+            "used",
+            "This viewer link was already used: open the viewer again to get a new one.",
+            user=user,
+            desktop=desktop,
+            client=client,
+        )
+    if record.expires_at <= now:
+        raise _refuse(
+            "expired",
+            "This viewer link expired: open the viewer again to get a new one.",
+            user=user,
+            desktop=desktop,
+            client=client,
+        )
+    spent = ViewerToken.objects.filter(pk=record.pk, used_at__isnull=True).update(
+        used_at=now, used_from=client[:100]
+    )
+    if spent == 0:  # another connection spent it between our read and this update
+        raise _refuse(
+            "used",
+            "This viewer link was already used: open the viewer again to get a new one.",
+            user=user,
+            desktop=desktop,
+            client=client,
+        )
+    desktop.refresh_from_db()
+    hypervisor = _check_viewable(actor=user, desktop=desktop, protocol=protocol, client=client)
+    target = viewer_target(desktop=desktop, hypervisor=hypervisor, user=user)
+    _record(desktop, f"browser viewer opened from {client or 'an unknown address'}", user)
+    return target
+
+
+def graphics_host(*, hypervisor: Hypervisor, listen: str | None) -> str:
+    """The address to reach a guest's display: its listen address, or its host's name."""
+    if listen and listen not in WILDCARD_ADDRESSES:
+        return listen
+    return urlsplit(hypervisor.uri).hostname or "127.0.0.1"
+
+
+def viewer_target(*, desktop: Desktop, hypervisor: Hypervisor, user: User) -> ViewerTarget:
+    """Ask the desktop's hypervisor which VNC port its running guest has."""
+    try:
+        ports = libvirt_driver.graphics_ports(hypervisor.uri, desktop.domain_name)
+    except libvirt_driver.DriverError as error:
+        raise InfrastructureError(
+            f"Could not find the screen of “{desktop.name}” on {hypervisor.name}: {error}"
+        ) from error
+    if ports.vnc_port is None:
+        raise _refuse(
+            "no-display",
+            f"The desktop “{desktop.name}” has no VNC display running.",
+            user=user,
+            desktop=desktop,
+            error=ViewerUnavailableError,
+        )
+    return ViewerTarget(
+        host=graphics_host(hypervisor=hypervisor, listen=ports.listen),
+        port=ports.vnc_port,
+        desktop_id=desktop.pk,
+        domain_name=desktop.domain_name,
+        user_id=user.pk,
+    )
+
+
+# --- SPICE over TLS: the .vv file for remote-viewer ------------------------------------------
+
+
+def _keyfile_value(value: str) -> str:
+    """Escape a value for a GLib key file (what remote-viewer reads)."""
+    escaped = (
+        value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    )
+    return "\\s" + escaped[1:] if escaped.startswith(" ") else escaped
+
+
+def _vv_filename(desktop: Desktop) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in desktop.name).strip("-")
+    return f"{safe or 'desktop'}.vv"
+
+
+def viewer_vv_build(
+    *,
+    actor: User,
+    desktop: Desktop,
+    pki: tls.PkiPaths | None = None,
+    now: datetime | None = None,
+) -> VvFile:
+    """A `.vv` file that opens the owner's running desktop in remote-viewer over TLS only.
+
+    Sets a fresh SPICE password on the guest that QEMU accepts for new connections until
+    the file's expiry; a viewer already connected stays connected. USB redirection is on:
+    the guest has as many redirection channels as its hardware profile says.
+    """
+    hypervisor = _check_viewable(actor=actor, desktop=desktop, protocol=ViewerProtocol.SPICE_TLS)
+    pki = pki or tls.pki_paths()
+    try:
+        ports = libvirt_driver.graphics_ports(hypervisor.uri, desktop.domain_name)
+    except libvirt_driver.DriverError as error:
+        raise InfrastructureError(
+            f"Could not find the screen of “{desktop.name}” on {hypervisor.name}: {error}"
+        ) from error
+    if ports.spice_tls_port is None:
+        raise _refuse(
+            "no-tls",
+            f"SPICE over TLS is not enabled on the hypervisor {hypervisor.name}: an "
+            "administrator runs `manage.py isard_certs --install-libvirt` there, then the "
+            f"desktop “{desktop.name}” is started again.",
+            user=actor,
+            desktop=desktop,
+            error=ViewerUnavailableError,
+        )
+    host_certificate = tls.load_certificate(pki.host_cert)
+    if host_certificate is None:
+        raise ViewerUnavailableError(
+            "The platform has no host certificate yet: run `manage.py isard_certs`.",
+            extra={"reason": "no-tls"},
+        )
+    ca_bundle = tls.ca_bundle_pem(paths=pki)
+    now = now or timezone.now()
+    expires_at = now + spice_ticket_lifetime()
+    ticket = secrets.token_urlsafe(18)
+    try:
+        libvirt_driver.set_graphics_password(
+            hypervisor.uri,
+            desktop.domain_name,
+            graphics_type="spice",
+            password=ticket,
+            valid_until=expires_at.timestamp(),
+        )
+    except libvirt_driver.DriverError as error:
+        raise InfrastructureError(
+            f"Could not prepare the SPICE connection of “{desktop.name}”: {error}"
+        ) from error
+    # An audit row of who got a SPICE password and until when (spent as it is issued).
+    ViewerToken.objects.create(
+        key_hash=hash_token(ticket),
+        user=actor,
+        desktop=desktop,
+        protocol=ViewerProtocol.SPICE_TLS,
+        created_at=now,
+        expires_at=expires_at,
+        used_at=now,
+    )
+    _record(desktop, "SPICE viewer file (.vv) issued", actor)
+    host = graphics_host(hypervisor=hypervisor, listen=ports.listen)
+    lines = [
+        "[virt-viewer]",
+        "type=spice",
+        f"host={host}",
+        f"tls-port={ports.spice_tls_port}",
+        f"password={ticket}",
+        f"ca={_keyfile_value(ca_bundle)}",
+        f"host-subject={tls.host_subject(host_certificate)}",
+        "secure-channels=all",
+        f"title={_keyfile_value(desktop.name)} (isard)",
+        "enable-usbredir=1",
+        "delete-this-file=1",
+        "toggle-fullscreen=shift+f11",
+        "release-cursor=shift+f12",
+        "secure-attention=ctrl+alt+end",
+        f"# The password works for new connections until {expires_at:%Y-%m-%d %H:%M:%S} UTC.",
+        "",
+    ]
+    return VvFile(filename=_vv_filename(desktop), content="\n".join(lines), expires_at=expires_at)

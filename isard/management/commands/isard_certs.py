@@ -1,0 +1,77 @@
+"""The platform's CA and host certificate; SPICE over TLS for the local libvirt.
+
+    manage.py isard_certs                      create what is missing, show what there is
+    manage.py isard_certs --install-libvirt    also give them to the local libvirtd and set
+                                               spice_tls = 1 (restarts libvirtd only when
+                                               qemu.conf changed; needs root)
+    manage.py isard_certs --rotate-host        issue a new host certificate
+    manage.py isard_certs --rotate-ca          a new CA (the old one stays trusted until it
+                                               expires) and a new host certificate
+
+Safe to run at every start: with nothing to do it changes nothing and takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from isard import tls
+
+
+class Command(BaseCommand):
+    help = "Create or rotate the platform CA and host certificate; set up libvirt's SPICE TLS."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--install-libvirt",
+            action="store_true",
+            help="Copy the certificates to /etc/pki/libvirt-spice and enable spice_tls.",
+        )
+        parser.add_argument(
+            "--no-restart",
+            action="store_true",
+            help="With --install-libvirt: do not restart libvirtd even if qemu.conf changed.",
+        )
+        parser.add_argument("--rotate-host", action="store_true", help="Issue a new host cert.")
+        parser.add_argument("--rotate-ca", action="store_true", help="Make a new CA.")
+        parser.add_argument(
+            "--hostname",
+            action="append",
+            default=[],
+            help="A name clients use for this host (repeatable); added to the machine's names.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        paths = tls.pki_paths()
+        names = tls.default_host_names()
+        if options["hostname"]:
+            extra = tuple(name.strip().lower() for name in options["hostname"] if name.strip())
+            names = tls.HostNames(dns=tuple(dict.fromkeys(extra + names.dns)))
+        try:
+            if options["rotate_ca"]:
+                tls.ca_rotate(paths=paths, names=names)
+                self.stdout.write("rotated the CA; the previous one stays trusted until it expires")
+            elif options["rotate_host"]:
+                tls.host_certificate_issue(paths=paths, names=names)
+                self.stdout.write("issued a new host certificate")
+            ca = tls.ca_ensure(paths=paths)
+            host = tls.host_certificate_ensure(paths=paths, names=names)
+            self.stdout.write(f"CA:   {tls.describe(ca)}")
+            self.stdout.write(f"host: {tls.describe(host)} ({paths.host_cert})")
+            if options["install_libvirt"]:
+                result = tls.libvirt_spice_install(
+                    paths=paths, restart=None if options["no_restart"] else tls.libvirtd_restart
+                )
+                changed = ", ".join(result.files_changed) or "certificates unchanged"
+                self.stdout.write(f"libvirt SPICE TLS: {changed}")
+                if result.config_changed:
+                    self.stdout.write(
+                        "qemu.conf: spice_tls = 1"
+                        + ("; libvirtd restarted" if result.restarted else "; restart libvirtd")
+                    )
+                if result.files_changed:
+                    self.stdout.write("running desktops use the new certificate after a restart")
+        except tls.TlsSetupError as error:
+            raise CommandError(error.message) from error

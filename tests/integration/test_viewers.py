@@ -1,0 +1,478 @@
+"""Issue 5 on real guests with real clients this project did not write.
+
+- Headless Chromium (Debian's, driven by Selenium through chromedriver) signs in as the
+  owner, opens the browser viewer served by Daphne, and noVNC shows the guest's console:
+  the canvas equals, pixel for pixel, the framebuffer read straight from QEMU, and the
+  guest's VGA text memory holds the boot marker. After a network blip it reconnects.
+- `remote-viewer` (Debian's virt-viewer) under Xvfb opens the `.vv` file: SPICE over TLS
+  only, with the USB redirection channels of the hardware profile.
+- OpenSSL (Python's `ssl`) verifies the guest's SPICE TLS port against the platform CA.
+
+The server is the real ASGI application in Daphne, in a thread of the test process so it
+shares the test database; the tests are transactional so its threads see committed rows,
+and Celery tasks run directly when the services schedule them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from django.conf import settings
+from django.test import Client
+
+from accounts.choices import Role
+from accounts.tests.factories import UserFactory
+from desktops import services
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop, ViewerProtocol, ViewerToken
+from desktops.services import desktop_create, desktop_start, serial_log_path
+from desktops.viewers import viewer_token_issue, viewer_vv_build
+from hypervisors.drivers import libvirt_driver
+from hypervisors.guest_image import GUEST_READY_MARKER
+from isard import tls
+from tests.integration.conftest import SYSTEM_URI, wait_for
+from tests.integration.test_viewers_rfb import RfbClient, TcpTransport, WebsocketTransport
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+# --- the platform, served by Daphne in this process -----------------------------------------
+
+
+class AsgiServer:
+    """The real ASGI application (HTTP and websockets) in Daphne, on a loopback port."""
+
+    _instance: AsgiServer | None = None
+
+    def __init__(self) -> None:
+        from daphne.server import Server
+        from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+        from django.core.asgi import get_asgi_application
+
+        from isard.asgi import application as platform
+
+        # Static files (noVNC) straight from static/, as `runserver` serves them, so the
+        # test needs no collectstatic.
+        http = ASGIStaticFilesHandler(get_asgi_application())
+        websocket = platform.application_mapping["websocket"]
+
+        async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            handler = websocket if scope["type"] == "websocket" else http
+            await handler(scope, receive, send)
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        listener.close()
+        ready = threading.Event()
+        self.server = Server(
+            application=application,
+            endpoints=[f"tcp:port={self.port}:interface=127.0.0.1"],
+            signal_handlers=False,
+            verbosity=0,
+            ready_callable=ready.set,
+        )
+        # Twisted's reactor cannot be restarted: one server for the whole test process.
+        threading.Thread(target=self.server.run, name="daphne", daemon=True).start()
+        if not ready.wait(15):
+            raise RuntimeError("Daphne did not start")
+
+    @classmethod
+    def get(cls) -> AsgiServer:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def drop_websockets(self) -> int:
+        """Cut every websocket's TCP connection, as a network blip would."""
+        from twisted.internet import reactor
+
+        protocols = [p for p in list(self.server.connections) if hasattr(p, "sendMessage")]
+        done = threading.Event()
+
+        def abort() -> None:
+            for protocol in protocols:
+                protocol.transport.abortConnection()
+            done.set()
+
+        reactor.callFromThread(abort)
+        done.wait(5)
+        return len(protocols)
+
+
+@pytest.fixture
+def platform_server() -> AsgiServer:
+    return AsgiServer.get()
+
+
+# --- a real guest, started through the services with tasks run directly ---------------------
+
+
+@pytest.fixture
+def direct_tasks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Run each task the services schedule at once, in this process (not through Redis)."""
+    from isard.celery import app
+
+    app.loader.import_default_modules()
+    sent: list[str] = []
+
+    def send(task_name: str, args: list[Any], options: dict[str, Any]) -> None:
+        sent.append(task_name)
+        if not options.get("countdown"):
+            app.tasks[task_name](*args)
+
+    monkeypatch.setattr(services, "send_task", send)
+    return sent
+
+
+@pytest.fixture
+def spice_tls() -> tls.PkiPaths:
+    """SPICE over TLS on the local libvirtd, before any guest starts (quick when done)."""
+    paths = tls.pki_paths()
+    tls.local_spice_tls_ensure(paths=paths)
+    return paths
+
+
+@pytest.fixture
+def running_guest(
+    direct_tasks: list[str], demo_template: Any, spice_tls: tls.PkiPaths
+) -> Iterator[tuple[Any, Desktop]]:
+    owner = UserFactory.create(role=Role.STUDENT, username="ana")
+    desktop = desktop_create(actor=owner, template=demo_template, name="Ana's viewer test")
+    try:
+        desktop.refresh_from_db()
+        assert desktop.status == DesktopStatus.STOPPED, desktop.status_reason
+        desktop_start(actor=owner, desktop=desktop)
+        desktop.refresh_from_db()
+        assert desktop.status == DesktopStatus.STARTED, desktop.status_reason
+        log = serial_log_path(desktop)
+        wait_for(
+            lambda: log.exists() and GUEST_READY_MARKER in log.read_text(errors="replace"),
+            180,  # about 3 s on an idle machine; far more beside other tests' guests
+            "the guest to boot",
+        )
+        yield owner, desktop
+    finally:
+        libvirt_driver.undefine_domain(SYSTEM_URI, desktop.domain_name)
+
+
+def vga_text(desktop: Desktop) -> str:
+    """The characters on the guest's VGA text screen, read from its memory through QEMU."""
+    output = subprocess.run(
+        [
+            "virsh",
+            "-c",
+            SYSTEM_URI,
+            "qemu-monitor-command",
+            desktop.domain_name,
+            "--hmp",
+            "xp /4000bx 0xb8000",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    values = [int(token, 16) for line in output.splitlines() for token in line.split()[1:]]
+    return "".join(chr(value) if 32 <= value < 127 else " " for value in values[0::2])
+
+
+def direct_framebuffer(desktop: Desktop) -> Any:
+    """The guest's screen read straight from QEMU's VNC server (no proxy, no browser)."""
+    ports = libvirt_driver.graphics_ports(SYSTEM_URI, desktop.domain_name)
+    assert ports.vnc_port is not None
+
+    async def read() -> Any:
+        client = RfbClient(await TcpTransport.open("127.0.0.1", ports.vnc_port or 0))
+        await client.handshake(desktop.graphics_password)
+        framebuffer = await client.full_frame()
+        await client.close()
+        return framebuffer
+
+    return asyncio.run(read())
+
+
+# --- the browser -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Any]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("needs Debian's chromium and chromium-driver (`./isardctl test` installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1024,700",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def sign_in(driver: Any, server: AsgiServer, user: Any) -> None:
+    client = Client()
+    client.force_login(user)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    driver.get(f"{server.base_url}/no-such-page/")  # a cookie needs a page of its origin
+    driver.add_cookie({"name": settings.SESSION_COOKIE_NAME, "value": session, "path": "/"})
+
+
+def page_state(driver: Any) -> tuple[str, str]:
+    from selenium.webdriver.common.by import By
+
+    body = driver.find_element(By.TAG_NAME, "body")
+    return body.get_attribute("data-state"), driver.find_element(By.ID, "status").text
+
+
+def wait_for_state(driver: Any, state: str, timeout: float = 45) -> str:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+        lambda d: page_state(d)[0] == state,
+        message=f"viewer never became {state}",
+    )
+    return page_state(driver)[1]
+
+
+CANVAS_PIXELS = """
+const canvas = document.querySelector("#screen canvas");
+const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+let text = "";
+for (let i = 0; i < data.length; i += 0x8000) {
+  text += String.fromCharCode.apply(null, data.subarray(i, i + 0x8000));
+}
+return [canvas.width, canvas.height, btoa(text)];
+"""
+
+
+def same_pixels(one: bytes | bytearray, other: bytes | bytearray) -> float:
+    """Share of 4-byte pixels whose RGB bytes are equal (0 when the sizes differ)."""
+    if len(one) != len(other) or not one:
+        return 0.0
+    same = sum(
+        1
+        for offset in range(0, len(one), 4)
+        if one[offset : offset + 3] == other[offset : offset + 3]
+    )
+    return same / (len(one) // 4)
+
+
+def canvas_matches_screen(driver: Any, desktop: Desktop) -> float:
+    """Share of the canvas's pixels equal to QEMU's own framebuffer (RGB)."""
+    width, height, encoded = driver.execute_script(CANVAS_PIXELS)
+    framebuffer = direct_framebuffer(desktop)
+    if (width, height) != (framebuffer.width, framebuffer.height):
+        return 0.0
+    return same_pixels(base64.b64decode(encoded), framebuffer.pixels)
+
+
+def test_chromium_shows_the_guests_console_to_its_owner_only_and_reconnects_after_a_blip(
+    running_guest: tuple[Any, Desktop], platform_server: AsgiServer, chromium: Any
+) -> None:
+    owner, desktop = running_guest
+    assert GUEST_READY_MARKER in vga_text(desktop), "the guest's screen lacks the marker"
+    sign_in(chromium, platform_server, owner)
+    chromium.get(f"{platform_server.base_url}/desktops/{desktop.pk}/viewer/")
+
+    status = wait_for_state(chromium, "connected")
+    assert status == f"Connected to QEMU ({desktop.domain_name})"
+    # noVNC draws the screen a moment after connecting: wait until the canvas is the screen.
+    wait_for(lambda: canvas_matches_screen(chromium, desktop) > 0.99, 30, "the canvas")
+    assert direct_framebuffer(desktop).non_background_ratio() > 0.005  # text, not a blank
+    ARTIFACTS.mkdir(exist_ok=True)
+    chromium.save_screenshot(str(ARTIFACTS / "viewer-chromium.png"))
+    from selenium.webdriver.common.by import By
+
+    assert chromium.find_element(By.ID, "ctrl-alt-del").is_enabled()
+
+    # A network blip: the page gets a new single-use token and connects again by itself.
+    assert platform_server.drop_websockets() == 1
+    wait_for(lambda: page_state(chromium)[0] != "connected", 10, "the viewer to notice")
+    assert wait_for_state(chromium, "connected") == f"Connected to QEMU ({desktop.domain_name})"
+    tokens = ViewerToken.objects.filter(desktop=desktop, protocol=ViewerProtocol.BROWSER_VNC)
+    assert tokens.count() == 2 and not tokens.filter(used_at__isnull=True).exists()
+    wait_for(lambda: canvas_matches_screen(chromium, desktop) > 0.99, 30, "the canvas again")
+
+    # Another student of the same role, in the same browser, is told why and sees nothing.
+    chromium.delete_all_cookies()
+    sign_in(chromium, platform_server, UserFactory.create(role=Role.STUDENT, username="ben"))
+    chromium.get(f"{platform_server.base_url}/desktops/{desktop.pk}/viewer/")
+    state, status = page_state(chromium)
+    assert state == "refused" and "Only the owner" in status
+    assert desktop.graphics_password not in chromium.page_source
+
+
+def test_the_websocket_proxy_carries_the_real_screen_and_refuses_a_reused_token(
+    running_guest: tuple[Any, Desktop], platform_server: AsgiServer
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    owner, desktop = running_guest
+    client = Client()
+    client.force_login(owner)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    access = viewer_token_issue(actor=owner, desktop=desktop)
+    url = f"ws://127.0.0.1:{platform_server.port}{access.websocket_path}"
+    origin = platform_server.base_url
+
+    async def through_proxy() -> Any:
+        client = RfbClient(await WebsocketTransport.open(url, cookie=cookie, origin=origin))
+        framebuffer = await client.handshake(access.password)
+        await client.full_frame()
+        await client.close()
+        return framebuffer
+
+    proxied = asyncio.run(through_proxy())
+    assert proxied.name == f"QEMU ({desktop.domain_name})"
+    # The same screen as QEMU gives directly, but for the blinking cursor.
+    assert same_pixels(proxied.pixels, direct_framebuffer(desktop).pixels) > 0.99
+
+    async def reuse() -> tuple[Any, int]:
+        transport = await WebsocketTransport.open(url, cookie=cookie, origin=origin)
+        notice = json.loads(await transport.connection.recv())
+        try:
+            await transport.connection.recv()
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None
+            return notice, closed.rcvd.code
+        raise AssertionError("a reused token reached the screen")
+
+    notice, code = asyncio.run(reuse())
+    assert code == 4403 == notice["code"]
+    assert "already used" in notice["message"]
+
+
+# --- the native client -------------------------------------------------------------------------
+
+
+def run_remote_viewer(vv_path: Path, wanted: list[str], timeout: float = 60) -> str:
+    """Run remote-viewer on a virtual screen until every `wanted` text is in its log (and a
+    moment more for the channels to settle), then stop it."""
+    command = ["xvfb-run", "-a", "-s", "-screen 0 1024x768x24", "remote-viewer", "--debug"]
+    process = subprocess.Popen(
+        [*command, str(vv_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "G_MESSAGES_DEBUG": "all", "SPICE_DEBUG": "1"},
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            lines.extend(process.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if all(text in "".join(lines) for text in wanted):
+                time.sleep(2)
+                break
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+        reader.join(5)
+    return "".join(lines)
+
+
+def test_remote_viewer_opens_the_vv_file_over_tls_with_usb_redirection(
+    running_guest: tuple[Any, Desktop], spice_tls: tls.PkiPaths, tmp_path: Path
+) -> None:
+    if not (shutil.which("remote-viewer") and shutil.which("xvfb-run")):
+        pytest.fail("needs Debian's virt-viewer and xvfb (`./isardctl test` installs them)")
+    owner, desktop = running_guest
+    ports = libvirt_driver.graphics_ports(SYSTEM_URI, desktop.domain_name)
+    assert ports.spice_tls_port is not None, "libvirt gave the guest no SPICE TLS port"
+
+    # OpenSSL itself verifies the TLS port against the platform CA and the host's name.
+    context = ssl.create_default_context(cadata=tls.ca_bundle_pem(paths=spice_tls))
+    with (
+        socket.create_connection(("127.0.0.1", ports.spice_tls_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as connection,
+    ):
+        der = connection.getpeercert(binary_form=True)
+    assert der is not None
+    assert x509.load_der_x509_certificate(der) == tls.load_certificate(spice_tls.host_cert)
+
+    vv = viewer_vv_build(actor=owner, desktop=desktop)
+    # The file's password is the guest's SPICE password now, valid until the file's expiry.
+    secure_xml = subprocess.run(
+        ["virsh", "-c", SYSTEM_URI, "dumpxml", "--security-info", desktop.domain_name],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    spice = ET.fromstring(secure_xml).find("./devices/graphics[@type='spice']")
+    assert spice is not None
+    assert f"password={spice.get('passwd')}\n" in vv.content
+    assert spice.get("passwdValidTo") == f"{vv.expires_at:%Y-%m-%dT%H:%M:%S}"
+    path = tmp_path / vv.filename
+    path.write_text(vv.content)
+    usb_devices = desktop.hardware.usb_redirect_devices
+    usb_channels = [f"usbredir-9:{index}: channel up" for index in range(usb_devices)]
+    log = run_remote_viewer(path, ["main channel: opened", "SpiceDisplayChannel", *usb_channels])
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "remote-viewer.log").write_text(log)
+    tail = log[-4000:]
+    assert f"Using TLS, port {ports.spice_tls_port}" in log, tail
+    assert "verify_subject: subjects match" in log, tail
+    assert "main channel: opened" in log, tail
+    assert usb_devices == 2
+    assert all(channel in log for channel in usb_channels), tail
+    assert f"usbredir-9:{usb_devices}:" not in log
+    # Every channel (main, display, inputs, cursor, the USB ones) went over TLS.
+    for channel in ("main-1:0", "display-2:0", "usbredir-9:0", "usbredir-9:1"):
+        assert f"{channel}: Using TLS, port {ports.spice_tls_port}" in log, tail
+    assert "Using plain text" not in log
+    assert not path.exists(), "delete-this-file=1 should have removed the .vv file"
