@@ -51,10 +51,8 @@ def test_making_a_template_moves_the_disk_read_only_and_gives_the_desktop_an_ove
     desktop.refresh_from_db()
     assert template.status == TemplateStatus.READY
     assert template.parent == base_template
-    assert (
-        (template.disk.read_only
-        and not os.access(template.disk.path, os.W_OK))
-        or (os.stat(template.disk.path).st_mode & 0o777 == 0o444)
+    assert (template.disk.read_only and not os.access(template.disk.path, os.W_OK)) or (
+        os.stat(template.disk.path).st_mode & 0o777 == 0o444
     )
     assert not Path(old_disk_path).exists()
     assert desktop.status == DesktopStatus.STOPPED
