@@ -27,11 +27,18 @@ from accounts.models import Course, User
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from hypervisors import qemu_img
-from hypervisors.choices import DiskStatus, HypervisorMode, HypervisorState, PoolPurpose
+from hypervisors.choices import DiskStatus, PoolPurpose
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml, shape_key
-from hypervisors.models import Disk, Hypervisor
-from hypervisors.services import disk_create_empty, disk_create_overlay, disk_path, pool_for
+from hypervisors.models import Disk, Hypervisor, StoragePool
+from hypervisors.services import (
+    disk_create_empty,
+    disk_create_overlay,
+    disk_path,
+    hypervisor_place,
+    hypervisors_place_many,
+    pool_for,
+)
 from isard.broadcast import group_send_many
 from isard.exceptions import (
     ApplicationError,
@@ -218,23 +225,28 @@ def _schedule(task_name: str, *args: Any, **options: Any) -> None:
     transaction.on_commit(partial(send_task, task_name, list(args), options))
 
 
-# --- placement (until the balancer lands, the host with most free memory) ---------------
+# --- placement: the fleet's balancer ---------------------------------------------------
 
 
-def choose_hypervisor(*, memory_mib: int) -> Hypervisor:
-    candidates = list(
-        Hypervisor.objects.filter(
-            mode=HypervisorMode.ENABLED, state=HypervisorState.ONLINE
-        ).exclude(accelerator="")
+def choose_hypervisor(
+    *,
+    memory_mib: int,
+    vcpus: int = 1,
+    desktop: Desktop | None = None,
+    storage_pool: StoragePool | None = None,
+    charge: bool = True,
+) -> Hypervisor:
+    """Where a desktop runs: the fleet's policy and constraints, starts in flight counted.
+
+    See `hypervisors.services.hypervisor_place`; raises NoCapacityError with the reason.
+    """
+    return hypervisor_place(
+        memory_mib=memory_mib,
+        vcpus=vcpus,
+        desktop=desktop,
+        storage_pool=storage_pool,
+        charge=charge,
     )
-    if not candidates:
-        raise NoCapacityError(
-            "No hypervisor is online: ask an administrator to check the hypervisors page."
-        )
-    fitting = [h for h in candidates if h.free_memory_mib * h.memory_overcommit >= memory_mib]
-    if not fitting:
-        raise NoCapacityError(f"No hypervisor has {memory_mib} MiB of memory free.")
-    return max(fitting, key=lambda h: (h.free_memory_mib, -h.pk))
 
 
 # --- domain description -------------------------------------------------------------------
@@ -382,7 +394,13 @@ def desktop_provision(*, desktop_id: int) -> Desktop:
     disk: Disk | None = None
     hypervisor: Hypervisor | None = None
     try:
-        hypervisor = choose_hypervisor(memory_mib=desktop.hardware.memory_mib)
+        hypervisor = choose_hypervisor(
+            memory_mib=desktop.hardware.memory_mib,
+            vcpus=desktop.hardware.vcpus,
+            desktop=desktop,
+            storage_pool=pool_for(PoolPurpose.DESKTOPS),
+            charge=False,  # defined, not started: nothing runs there yet
+        )
         if from_media:
             disk = disk_create_empty(size_bytes=desktop.hardware.disk_size_gib * 1024**3)
         else:
@@ -493,18 +511,20 @@ def desktops_provision_bulk(*, desktop_ids: Sequence[int]) -> list[Desktop]:
         return []
     pool = pool_for(PoolPurpose.DESKTOPS)
     failures: dict[int, str] = {}
-    jobs: list[tuple[int, Path, Path, str, str, str]] = []
-    try:
-        hypervisor: Hypervisor | None = choose_hypervisor(
-            memory_mib=desktops[0].hardware.memory_mib
-        )
-    except NoCapacityError as error:
-        hypervisor = None
-        failures = {d.pk: f"Could not create the desktop: {error.message}" for d in desktops}
+    jobs: list[tuple[int, str, Path, Path, str, str, str]] = []
+    # Each desktop is placed in turn, seeing the ones before it: a class spreads over the
+    # fleet (or packs, per its course's policy) instead of landing on one host.
+    placements = hypervisors_place_many(desktops=desktops, storage_pool=pool)
+    hosts: dict[int, Hypervisor] = {}
     for desktop in desktops:
+        placed = placements[desktop.pk]
+        if isinstance(placed, NoCapacityError):
+            failures[desktop.pk] = f"Could not create the desktop: {placed.message}"
+            continue
+        hypervisor = hosts[desktop.pk] = placed
         parent = desktop.template.disk if desktop.template else None
-        if hypervisor is None or parent is None:
-            failures.setdefault(desktop.pk, "The desktop has no template disk to start from.")
+        if parent is None:
+            failures[desktop.pk] = "The desktop has no template disk to start from."
             continue
         desktop.disk = Disk(
             pool=pool,
@@ -517,6 +537,7 @@ def desktops_provision_bulk(*, desktop_ids: Sequence[int]) -> list[Desktop]:
         jobs.append(
             (
                 desktop.pk,
+                hypervisor.uri,
                 Path(desktop.disk.path),
                 Path(parent.path),
                 parent.format,
@@ -524,10 +545,9 @@ def desktops_provision_bulk(*, desktop_ids: Sequence[int]) -> list[Desktop]:
                 shape_key(spec),
             )
         )
-    if hypervisor is not None and jobs:
-        uri = hypervisor.uri
+    if jobs:
         with ThreadPoolExecutor(max_workers=settings.ISARD_PROVISION_CONCURRENCY) as executor:
-            outcomes = list(executor.map(lambda job: (job[0], _provision_io(uri, *job[1:])), jobs))
+            outcomes = list(executor.map(lambda job: (job[0], _provision_io(*job[1:])), jobs))
         failures.update({desktop_id: message for desktop_id, message in outcomes if message})
     made_ids = {job[0] for job in jobs}
     made = [d for d in desktops if d.pk in made_ids and d.pk not in failures]
@@ -537,7 +557,8 @@ def desktops_provision_bulk(*, desktop_ids: Sequence[int]) -> list[Desktop]:
     with transaction.atomic():
         Disk.objects.bulk_create([d.disk for d in made if d.disk is not None])
         desktops_transition(
-            changes=[(d, {"disk": d.disk, "hypervisor": hypervisor}) for d in made], to=S.STOPPED
+            changes=[(d, {"disk": d.disk, "hypervisor": hosts[d.pk]}) for d in made],
+            to=S.STOPPED,
         )
         for desktop in desktops:
             if desktop.pk in failures:
@@ -593,7 +614,9 @@ def desktop_boot(*, desktop_id: int) -> Desktop:
     except qemu_img.QemuImgError as error:
         return _fail(desktop, f"The desktop's disk or its template is missing: {error}")
     try:
-        hypervisor = choose_hypervisor(memory_mib=desktop.hardware.memory_mib)
+        hypervisor = choose_hypervisor(
+            memory_mib=desktop.hardware.memory_mib, vcpus=desktop.hardware.vcpus, desktop=desktop
+        )
     except NoCapacityError as error:
         return _fail(desktop, error.message)
     previous = desktop.hypervisor

@@ -1,8 +1,38 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
 
-from hypervisors.models import Disk, Hypervisor, StoragePool
+from django.contrib import admin, messages
+from django.db.models import Count, Q, QuerySet, Sum
+from django.http import HttpRequest
+
+from hypervisors.choices import DrainPolicy
+from hypervisors.models import (
+    DesktopMove,
+    Disk,
+    Hypervisor,
+    HypervisorEvent,
+    PlacementRule,
+    StoragePool,
+)
+from hypervisors.selectors import BOOKED_STATUSES, drain_progress
+from hypervisors.services import hypervisor_drain, hypervisor_enable, hypervisors_rebalance
+from isard.exceptions import ApplicationError
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
+
+
+class HypervisorEventInline(admin.TabularInline):
+    model = HypervisorEvent
+    extra = 0
+    can_delete = False
+    fields = ("created_at", "message", "actor")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Hypervisor)
@@ -15,8 +45,11 @@ class HypervisorAdmin(admin.ModelAdmin):
         "accelerator",
         "cpus",
         "memory_mib",
-        "free_memory_mib",
-        "running_domains",
+        "memory_in_use",
+        "memory_booked",
+        "cpu_load_percent",
+        "desktops_here",
+        "drain",
         "last_seen_at",
     )
     list_filter = ("mode", "state", "accelerator")
@@ -27,16 +60,117 @@ class HypervisorAdmin(admin.ModelAdmin):
         "accelerator_probed_at",
         "last_error",
         "last_seen_at",
+        "unreachable_since",
         "cpus",
         "memory_mib",
         "free_memory_mib",
         "running_domains",
+        "cpu_load",
+        "drain_policy",
+        "drain_started_at",
+        "drain_finished_at",
+        "drain_total",
+        "drain",
     )
+    exclude = ("cpu_busy_ns", "cpu_total_ns")
+    inlines = (HypervisorEventInline,)
+    actions = (
+        "drain_migrate_or_stop",
+        "drain_migrate",
+        "drain_stop",
+        "enable",
+        "rebalance_now",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Hypervisor]:
+        booked = Q(desktops__status__in=BOOKED_STATUSES)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                booked_memory=Sum("desktops__hardware__memory_mib", filter=booked),
+                booked_desktops=Count("desktops", filter=booked),
+            )
+        )
+
+    @admin.display(description="memory in use")
+    def memory_in_use(self, hypervisor: Hypervisor) -> str:
+        return _percent(hypervisor.memory_mib - hypervisor.free_memory_mib, hypervisor.memory_mib)
+
+    @admin.display(description="memory booked")
+    def memory_booked(self, hypervisor: Hypervisor) -> str:
+        booked = getattr(hypervisor, "booked_memory", None) or 0
+        return _percent(booked, hypervisor.memory_mib * hypervisor.memory_overcommit)
+
+    @admin.display(description="CPU load")
+    def cpu_load_percent(self, hypervisor: Hypervisor) -> str:
+        return _percent(hypervisor.cpu_load, 1.0)
+
+    @admin.display(description="desktops")
+    def desktops_here(self, hypervisor: Hypervisor) -> int:
+        return int(getattr(hypervisor, "booked_desktops", 0) or 0)
+
+    @admin.display(description="drain")
+    def drain(self, hypervisor: Hypervisor) -> str:
+        progress = drain_progress(hypervisor)
+        return str(progress) if progress is not None else "-"
+
+    def _drain(
+        self, request: HttpRequest, queryset: QuerySet[Hypervisor], policy: DrainPolicy
+    ) -> None:
+        for hypervisor in queryset:
+            try:
+                hypervisor = hypervisor_drain(
+                    actor=request.user,  # type: ignore[arg-type]
+                    hypervisor=hypervisor,
+                    policy=policy,
+                )
+            except ApplicationError as error:
+                self.message_user(request, f"{hypervisor}: {error.message}", messages.ERROR)
+                continue
+            self.message_user(
+                request,
+                f"{hypervisor}: in maintenance, draining {hypervisor.drain_total} desktops "
+                f"({policy.label.lower()}); the drain column shows the progress.",
+            )
+
+    @admin.action(description="Maintenance: drain (live-migrate, shut down the rest)")
+    def drain_migrate_or_stop(self, request: HttpRequest, queryset: QuerySet[Hypervisor]) -> None:
+        self._drain(request, queryset, DrainPolicy.MIGRATE_OR_STOP)
+
+    @admin.action(description="Maintenance: drain (live-migrate only)")
+    def drain_migrate(self, request: HttpRequest, queryset: QuerySet[Hypervisor]) -> None:
+        self._drain(request, queryset, DrainPolicy.MIGRATE)
+
+    @admin.action(description="Maintenance: drain (shut every desktop down)")
+    def drain_stop(self, request: HttpRequest, queryset: QuerySet[Hypervisor]) -> None:
+        self._drain(request, queryset, DrainPolicy.STOP)
+
+    @admin.action(description="Enable (end maintenance)")
+    def enable(self, request: HttpRequest, queryset: QuerySet[Hypervisor]) -> None:
+        for hypervisor in queryset:
+            try:
+                hypervisor_enable(actor=request.user, hypervisor=hypervisor)  # type: ignore[arg-type]
+            except ApplicationError as error:
+                self.message_user(request, f"{hypervisor}: {error.message}", messages.ERROR)
+
+    @admin.action(description="Rebalance the fleet now")
+    def rebalance_now(self, request: HttpRequest, queryset: QuerySet[Hypervisor]) -> None:
+        result = hypervisors_rebalance()
+        if result.skipped:
+            self.message_user(request, f"Not rebalanced: {result.skipped}", messages.WARNING)
+            return
+        self.message_user(
+            request,
+            f"Rebalanced: {result.migrated} live-migrated, {result.at_next_start} moved at "
+            f"their next start, {result.failed} failed; spread of memory use "
+            f"{result.spread_before:.0%} → {result.spread_after:.0%}.",
+        )
 
 
 @admin.register(StoragePool)
 class StoragePoolAdmin(admin.ModelAdmin):
-    list_display = ("name", "purpose", "path", "disk_count")
+    list_display = ("name", "purpose", "path", "shared", "disk_count")
 
     @admin.display(description="disks")
     def disk_count(self, pool: StoragePool) -> int:
@@ -56,3 +190,46 @@ class DiskAdmin(admin.ModelAdmin):
     )
     list_filter = ("pool", "status", "read_only")
     readonly_fields = [f.name for f in Disk._meta.fields]
+
+
+@admin.register(PlacementRule)
+class PlacementRuleAdmin(admin.ModelAdmin):
+    list_display = (
+        "__str__",
+        "policy",
+        "forced_hypervisor",
+        "favourite_hypervisor",
+        "required_tags",
+    )
+    list_filter = ("policy",)
+    raw_id_fields = ("course", "desktop")
+
+
+@admin.register(DesktopMove)
+class DesktopMoveAdmin(admin.ModelAdmin):
+    list_display = (
+        "desktop",
+        "source",
+        "target",
+        "kind",
+        "reason",
+        "status",
+        "detail",
+        "created_at",
+        "finished_at",
+    )
+    list_filter = ("status", "kind", "reason", "source", "target")
+    readonly_fields = [f.name for f in DesktopMove._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(HypervisorEvent)
+class HypervisorEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "hypervisor", "message", "actor")
+    list_filter = ("hypervisor",)
+    readonly_fields = [f.name for f in HypervisorEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

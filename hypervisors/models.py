@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.db import models
 
 from hypervisors.choices import (
@@ -11,8 +12,13 @@ from hypervisors.choices import (
     AcceleratorSetting,
     DiskFormat,
     DiskStatus,
+    DrainPolicy,
     HypervisorMode,
     HypervisorState,
+    MoveKind,
+    MoveReason,
+    MoveStatus,
+    PlacementPolicy,
     PoolPurpose,
 )
 
@@ -23,6 +29,11 @@ class StoragePool(models.Model):
     name = models.CharField(max_length=100, unique=True)
     purpose = models.CharField(max_length=16, choices=PoolPurpose.choices)
     path = models.CharField(max_length=500, unique=True)
+    shared = models.BooleanField(
+        default=False,
+        help_text="Every host that reaches this pool mounts the same files at the same path "
+        "(NFS, CephFS...): its desktops can be live-migrated between those hosts.",
+    )
 
     def __str__(self) -> str:
         return f"{self.name} ({self.path})"
@@ -65,9 +76,34 @@ class Hypervisor(models.Model):
     cpu_overcommit = models.FloatField(default=4.0)
     memory_overcommit = models.FloatField(default=1.0)
     tags = models.JSONField(default=list, blank=True)
-    storage_pools = models.ManyToManyField(StoragePool, blank=True, related_name="hypervisors")
+    storage_pools = models.ManyToManyField(
+        StoragePool,
+        blank=True,
+        related_name="hypervisors",
+        help_text="The pools this host reaches; none listed means every pool.",
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
+
+    #: Share of CPU time busy between the last two samples (1.0 = every CPU busy).
+    cpu_load = models.FloatField(default=0.0)
+    #: libvirt's cumulative CPU counters at the last sample, to compute the next load.
+    cpu_busy_ns = models.BigIntegerField(default=0)
+    cpu_total_ns = models.BigIntegerField(default=0)
+    #: First failed contact since the last good one; the host goes offline after the grace.
+    unreachable_since = models.DateTimeField(null=True, blank=True)
+    migration_address = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Address other hosts send live migrations to (e.g. on the storage "
+        "network); blank: libvirt's default, this host's name.",
+    )
+
+    drain_policy = models.CharField(max_length=16, choices=DrainPolicy.choices, blank=True)
+    drain_started_at = models.DateTimeField(null=True, blank=True)
+    drain_finished_at = models.DateTimeField(null=True, blank=True)
+    #: Desktops running here when the drain began: the denominator of its progress.
+    drain_total = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return self.name
@@ -94,3 +130,126 @@ class Disk(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+
+class HypervisorEvent(models.Model):
+    """What happened to a host: offline, back, drain started and finished, moves applied."""
+
+    hypervisor = models.ForeignKey(Hypervisor, on_delete=models.CASCADE, related_name="events")
+    message = models.TextField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.hypervisor}: {self.message}"
+
+
+class PlacementRule(models.Model):
+    """How the desktops of one course, or one desktop, are placed, instead of the defaults.
+
+    Blank fields fall back: a desktop's rule to its course's, a course's to the
+    installation's (`ISARD_PLACEMENT_POLICY`). A forced host is the only host the desktop
+    may start on (the start fails if it cannot take it); a favourite host is preferred
+    whenever it fits. Required tags are added up (desktop and course).
+    """
+
+    course = models.OneToOneField(
+        "accounts.Course",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="placement_rule",
+    )
+    desktop = models.OneToOneField(
+        "desktops.Desktop",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="placement_rule",
+    )
+    policy = models.CharField(
+        max_length=24,
+        choices=PlacementPolicy.choices,
+        blank=True,
+        help_text="Blank: the course's policy, else the installation's.",
+    )
+    forced_hypervisor = models.ForeignKey(
+        Hypervisor, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    favourite_hypervisor = models.ForeignKey(
+        Hypervisor, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    required_tags = models.JSONField(
+        default=list, blank=True, help_text='Host tags the desktops need, e.g. ["gpu"].'
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(course__isnull=False) & models.Q(desktop__isnull=True))
+                | (models.Q(course__isnull=True) & models.Q(desktop__isnull=False)),
+                name="placementrule_course_xor_desktop",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"placement of {self.course or self.desktop}"
+
+
+class PlacementCharge(models.Model):
+    """A start placed on a host that its stats have not shown yet ("in flight").
+
+    Counted against the host until its next stats sample or `ISARD_PLACEMENT_CHARGE_SECONDS`,
+    whichever comes first, so a class starting in the same second spreads. Kept a day
+    after that: the latest row is the round-robin cursor.
+    """
+
+    hypervisor = models.ForeignKey(Hypervisor, on_delete=models.CASCADE, related_name="+")
+    desktop = models.ForeignKey(
+        "desktops.Desktop", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    memory_mib = models.PositiveIntegerField()
+    vcpus = models.PositiveIntegerField()
+    created_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.memory_mib} MiB on {self.hypervisor} at {self.created_at:%H:%M:%S}"
+
+
+class DesktopMove(models.Model):
+    """One move of a desktop to another host, planned by a drain or the rebalancer.
+
+    A live migration runs at once (pending, running, done or failed); a move "at next
+    start" waits (pending) until the desktop starts again and is placed on `target`.
+    """
+
+    desktop = models.ForeignKey("desktops.Desktop", on_delete=models.CASCADE, related_name="moves")
+    source = models.ForeignKey(
+        Hypervisor, null=True, on_delete=models.SET_NULL, related_name="moves_out"
+    )
+    target = models.ForeignKey(
+        Hypervisor, null=True, blank=True, on_delete=models.SET_NULL, related_name="moves_in"
+    )
+    kind = models.CharField(max_length=16, choices=MoveKind.choices)
+    reason = models.CharField(max_length=16, choices=MoveReason.choices)
+    status = models.CharField(
+        max_length=16, choices=MoveStatus.choices, default=MoveStatus.PENDING, db_index=True
+    )
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.desktop}: {self.source} → {self.target} ({self.get_kind_display()})"

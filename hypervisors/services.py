@@ -8,28 +8,84 @@ and must never hold a lock on the rows other workers need).
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop, DesktopEvent
 from hypervisors import qemu_img
 from hypervisors.choices import (
     Accelerator,
     AcceleratorSetting,
     DiskFormat,
     DiskStatus,
+    DrainPolicy,
+    HypervisorMode,
     HypervisorState,
+    MoveKind,
+    MoveReason,
+    MoveStatus,
     PoolPurpose,
 )
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml
-from hypervisors.models import Disk, Hypervisor, StoragePool
-from isard.exceptions import InfrastructureError
+from hypervisors.fleet import LockUnavailableError, fleet_lock, fleet_settings
+from hypervisors.models import (
+    DesktopMove,
+    Disk,
+    Hypervisor,
+    HypervisorEvent,
+    PlacementCharge,
+    StoragePool,
+)
+from hypervisors.placement import (
+    DesktopRequest,
+    FleetState,
+    Placement,
+    Policy,
+    place,
+    plan_rebalance,
+    project_moves,
+    spread,
+)
+from hypervisors.placement import MoveKind as PlannedMoveKind
+from hypervisors.selectors import (
+    BOOKED_STATUSES,
+    FleetSnapshot,
+    RuleBook,
+    booked_desktops_on,
+    fleet_snapshot,
+    pending_next_start_targets,
+    running_desktops,
+)
+from isard.exceptions import (
+    ApplicationError,
+    ConflictError,
+    InfrastructureError,
+    NoCapacityError,
+    PermissionDeniedError,
+)
+
+if TYPE_CHECKING:
+    from accounts.models import Course, User
 
 logger = logging.getLogger(__name__)
 
@@ -72,27 +128,18 @@ def hypervisor_register(*, name: str, uri: str) -> Hypervisor:
     return hypervisor
 
 
-def hypervisor_refresh(*, hypervisor: Hypervisor) -> Hypervisor:
-    """Read the host's size and load; mark it online, or offline with libvirt's reason."""
+def hypervisor_refresh(*, hypervisor: Hypervisor, now: datetime | None = None) -> Hypervisor:
+    """Sample the host once and record what it said, or that it did not answer.
+
+    A host that stops answering stays online for `ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS`
+    (though nothing new is placed there) before it is marked offline and its running
+    desktops unknown; see `hypervisor_record_silence`.
+    """
     try:
-        info = libvirt_driver.host_info(hypervisor.uri)
+        sample = libvirt_driver.host_sample(hypervisor.uri)
     except libvirt_driver.DriverError as error:
-        Hypervisor.objects.filter(pk=hypervisor.pk).update(
-            state=HypervisorState.OFFLINE, last_error=str(error)
-        )
-        hypervisor.refresh_from_db()
-        return hypervisor
-    Hypervisor.objects.filter(pk=hypervisor.pk).update(
-        state=HypervisorState.ONLINE,
-        last_error="",
-        last_seen_at=timezone.now(),
-        cpus=info.cpus,
-        memory_mib=info.memory_mib,
-        free_memory_mib=info.free_memory_mib,
-        running_domains=info.running_domains,
-    )
-    hypervisor.refresh_from_db()
-    return hypervisor
+        return hypervisor_record_silence(hypervisor=hypervisor, error=str(error), now=now)
+    return hypervisor_record_sample(hypervisor=hypervisor, sample=sample, now=now)
 
 
 def _probe_domain_xml(*, domain_type: str, disk: Path, serial_log: Path) -> str:
@@ -246,3 +293,751 @@ def disk_import(*, source: Path, pool: StoragePool, move: bool = False) -> Disk:
         shutil.copyfile(source, destination)
     os.chmod(destination, 0o444)
     return disk_record(pool=pool, path=destination, read_only=True)
+
+
+# --- the fleet --------------------------------------------------------------------------------
+
+
+def schedule_after_commit(task_name: str, *args: Any, **options: Any) -> None:
+    """Send a Celery task once the current transaction has committed (as desktops do)."""
+    # desktops.services imports this module; its `send_task` is what the test runner sees.
+    from desktops.services import send_task
+
+    transaction.on_commit(partial(send_task, task_name, list(args), options))
+
+
+# --- the fleet: monitoring ------------------------------------------------------------------
+
+
+def _booked_memory_mib(hypervisor: Hypervisor) -> int:
+    sizes = Desktop.objects.filter(hypervisor=hypervisor, status__in=BOOKED_STATUSES).values_list(
+        "hardware__memory_mib", flat=True
+    )
+    return sum(sizes)
+
+
+def hypervisor_record_sample(
+    *, hypervisor: Hypervisor, sample: libvirt_driver.HostSample, now: datetime | None = None
+) -> Hypervisor:
+    """Record a stats sample: the host is online, and starts charged to it are now visible."""
+    now = now or timezone.now()
+    cpu_load = hypervisor.cpu_load
+    if sample.cpu_busy_ns is not None and sample.cpu_total_ns is not None:
+        busy = sample.cpu_busy_ns - hypervisor.cpu_busy_ns
+        total = sample.cpu_total_ns - hypervisor.cpu_total_ns
+        if hypervisor.cpu_total_ns and total > 0 and busy >= 0:
+            cpu_load = min(busy / total, 1.0)
+    free_memory_mib = sample.free_memory_mib
+    if free_memory_mib is None:
+        # The driver cannot tell (libvirt's test driver): assume the booked desktops use
+        # what they were given and the rest is free.
+        free_memory_mib = max(sample.memory_mib - _booked_memory_mib(hypervisor), 0)
+    came_back = hypervisor.state == HypervisorState.OFFLINE
+    Hypervisor.objects.filter(pk=hypervisor.pk).update(
+        state=HypervisorState.ONLINE,
+        last_error="",
+        last_seen_at=now,
+        unreachable_since=None,
+        cpus=sample.cpus,
+        memory_mib=sample.memory_mib,
+        free_memory_mib=free_memory_mib,
+        running_domains=sample.running_domains,
+        cpu_load=cpu_load,
+        cpu_busy_ns=sample.cpu_busy_ns or 0,
+        cpu_total_ns=sample.cpu_total_ns or 0,
+    )
+    if came_back:
+        HypervisorEvent.objects.create(
+            hypervisor=hypervisor, message="answers again; its desktops are being reconciled"
+        )
+        logger.info("hypervisor %s answers again", hypervisor.name)
+    hypervisor.refresh_from_db()
+    return hypervisor
+
+
+def hypervisor_record_silence(
+    *, hypervisor: Hypervisor, error: str, now: datetime | None = None
+) -> Hypervisor:
+    """Record that the host did not answer; past the grace, mark it and its desktops.
+
+    From the first failed contact nothing new is placed there (the snapshot treats it as
+    offline). Once it has been silent for `ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS` (at
+    once if it was never seen), it becomes offline and its running desktops unknown: the
+    guests may well still run, we just cannot tell. When it answers again, the
+    reconciliation sets each desktop from what the host really runs.
+    """
+    now = now or timezone.now()
+    libvirt_driver.forget_connection(hypervisor.uri)
+    Hypervisor.objects.filter(pk=hypervisor.pk, unreachable_since__isnull=True).update(
+        unreachable_since=now
+    )
+    Hypervisor.objects.filter(pk=hypervisor.pk).update(last_error=error)
+    hypervisor.refresh_from_db()
+    assert hypervisor.unreachable_since is not None
+    silent_seconds = (now - hypervisor.unreachable_since).total_seconds()
+    grace = fleet_settings().offline_grace_seconds
+    never_seen = hypervisor.state == HypervisorState.UNKNOWN
+    if hypervisor.state != HypervisorState.OFFLINE and (never_seen or silent_seconds >= grace):
+        # Conditional: of two monitors noticing at once, one marks the desktops.
+        went_offline = Hypervisor.objects.filter(pk=hypervisor.pk, state=hypervisor.state).update(
+            state=HypervisorState.OFFLINE
+        )
+        if went_offline:
+            _desktops_mark_unknown(hypervisor, error=error, silent_seconds=silent_seconds)
+        hypervisor.refresh_from_db()
+    return hypervisor
+
+
+def _desktops_mark_unknown(hypervisor: Hypervisor, *, error: str, silent_seconds: float) -> None:
+    from desktops.services import desktops_transition
+
+    reason = (
+        f"its hypervisor {hypervisor.name} has not answered for {silent_seconds:.0f} s: {error}"
+    )
+    desktops = list(
+        Desktop.objects.filter(
+            hypervisor=hypervisor,
+            status__in=[
+                DesktopStatus.STARTED,
+                DesktopStatus.SHUTTING_DOWN,
+                DesktopStatus.STOPPING,
+            ],
+        )
+    )
+    changed, _conflicts = desktops_transition(
+        changes=[(desktop, {}) for desktop in desktops], to=DesktopStatus.UNKNOWN, reason=reason
+    )
+    HypervisorEvent.objects.create(
+        hypervisor=hypervisor,
+        message=f"offline after {silent_seconds:.0f} s without an answer ({error}); "
+        f"{len(changed)} desktops marked unknown",
+    )
+    logger.warning("hypervisor %s is offline: %s", hypervisor.name, error)
+
+
+def hypervisors_monitor(*, now: datetime | None = None) -> dict[str, str]:
+    """Sample every host at once and record each; returns each host's state.
+
+    The libvirt calls run in threads, so one host that hangs (a remote host whose network
+    went away) costs the others nothing: past `ISARD_HYPERVISOR_SAMPLE_TIMEOUT_SECONDS` it
+    counts as silent. The database is written from this thread only.
+    """
+    hypervisors = list(Hypervisor.objects.order_by("pk"))
+    if not hypervisors:
+        return {}
+    timeout = fleet_settings().sample_timeout_seconds
+    executor = ThreadPoolExecutor(max_workers=min(len(hypervisors), 16))
+    try:
+        futures = {
+            hypervisor.pk: executor.submit(libvirt_driver.host_sample, hypervisor.uri)
+            for hypervisor in hypervisors
+        }
+        deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
+        for hypervisor in hypervisors:
+            try:
+                sample = futures[hypervisor.pk].result(
+                    timeout=max(deadline - time.monotonic(), 0.0)
+                )
+            except FutureTimeoutError:
+                hypervisor = hypervisor_record_silence(
+                    hypervisor=hypervisor, error=f"no answer within {timeout:.0f} s", now=now
+                )
+            except libvirt_driver.DriverError as error:
+                hypervisor = hypervisor_record_silence(
+                    hypervisor=hypervisor, error=str(error), now=now
+                )
+            else:
+                hypervisor = hypervisor_record_sample(hypervisor=hypervisor, sample=sample, now=now)
+            states[hypervisor.name] = hypervisor.state
+        return states
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+# --- the fleet: placement ---------------------------------------------------------------------
+
+#: Charges are kept this long after they stop counting: the latest one is the round-robin
+#: cursor, which must survive a quiet hour.
+CHARGE_RETENTION = timedelta(days=1)
+_POOL_ID = re.compile(r"\bpool (\d+)\b")
+
+
+def _placement_lock() -> ExitStack:
+    """The fleet-wide placement lock, or none if Redis cannot give it.
+
+    Placing is a read-decide-charge; two workers doing it at once could both pick the
+    host that had the most room. The lock costs a few milliseconds per start. Without
+    Redis the start still goes ahead (it must never hang on the balancer); the worst case
+    is two desktops on the same host.
+    """
+    stack = ExitStack()
+    try:
+        stack.enter_context(fleet_lock("placement", timeout=30, wait=10))
+    except LockUnavailableError as error:
+        logger.warning("placing without the fleet lock: %s", error)
+    return stack
+
+
+def _refusal(placement: Placement, snapshot: FleetSnapshot, *, forced: bool) -> str:
+    """The balancer's reason as a user reads it: pools by name, a sentence."""
+    reason = _POOL_ID.sub(
+        lambda match: f"pool “{snapshot.pool_names.get(int(match[1]), match[1])}”",
+        placement.reason,
+    )
+    if not forced and not any(host.takes_new_desktops for host in snapshot.hosts):
+        headline = (
+            "No hypervisor is online"
+            if not any(host.online for host in snapshot.hosts)
+            else "No hypervisor accepts new desktops now"
+        )
+        return f"{headline}: ask an administrator to check the hypervisors page ({reason})."
+    return f"{reason[:1].upper()}{reason[1:]}."
+
+
+def _pool_id(desktop: Desktop | None, storage_pool: StoragePool | None) -> int | None:
+    if storage_pool is not None:
+        return storage_pool.pk
+    if desktop is not None and desktop.disk_id is not None:
+        return Disk.objects.filter(pk=desktop.disk_id).values_list("pool_id", flat=True).first()
+    return None
+
+
+def hypervisor_place(
+    *,
+    memory_mib: int,
+    vcpus: int,
+    course: Course | None = None,
+    desktop: Desktop | None = None,
+    storage_pool: StoragePool | None = None,
+    charge: bool = True,
+) -> Hypervisor:
+    """Choose the host a desktop starts on, and charge the start to it until its next sample.
+
+    The policy is the desktop's or its course's placement rule, else
+    `ISARD_PLACEMENT_POLICY`; a forced host, a favourite host and required tags come from
+    the same rules, and a move the rebalancer planned for the desktop's next start counts
+    as its favourite. Hard constraints: online, enabled, the desktop's storage pool
+    (`storage_pool`, else its disk's), tags, memory and vCPUs with overcommit.
+
+    Raises NoCapacityError with the balancer's reason ("No hypervisor with 4096 MiB and 2
+    vCPUs free in pool “desktops”: ..."), at once: a start never waits for room. With
+    `charge=False` (defining a domain that does not run yet) nothing is written.
+    """
+    desktop_id = desktop.pk if desktop is not None else None
+    course_id = course.pk if course is not None else None
+    if course_id is None and desktop is not None:
+        course_id = desktop.course_id
+    rules = RuleBook(
+        desktop_ids=[desktop_id] if desktop_id else [],
+        course_ids=[course_id] if course_id else [],
+    )
+    rule = rules.effective(desktop_id=desktop_id, course_id=course_id)
+    favourite = rule.favourite_hypervisor_id
+    planned_target: int | None = None
+    if desktop_id is not None and rule.forced_hypervisor_id is None and favourite is None:
+        planned_target = pending_next_start_targets(desktop_ids=[desktop_id]).get(desktop_id)
+        favourite = planned_target
+    request = DesktopRequest(
+        memory_mib=memory_mib,
+        vcpus=vcpus,
+        required_tags=rule.required_tags,
+        storage_pool=_pool_id(desktop, storage_pool),
+        forced_host=rule.forced_hypervisor_id,
+        favourite_host=favourite,
+    )
+    # Lock, then transaction: the charge is committed before the next worker decides.
+    with _placement_lock(), transaction.atomic():
+        now = timezone.now()
+        snapshot = fleet_snapshot(now=now, exclude_desktop_ids=[desktop_id] if desktop_id else [])
+        placement = place(
+            request,
+            snapshot.hosts,
+            Policy(rule.policy),
+            round_robin_cursor=snapshot.round_robin_cursor,
+        )
+        if placement.host_id is None:
+            raise NoCapacityError(
+                _refusal(placement, snapshot, forced=rule.forced_hypervisor_id is not None),
+                extra={"memory_mib": memory_mib, "vcpus": vcpus},
+            )
+        if charge:
+            PlacementCharge.objects.create(
+                hypervisor_id=placement.host_id,
+                desktop_id=desktop_id,
+                memory_mib=memory_mib,
+                vcpus=vcpus,
+                created_at=now,
+            )
+            PlacementCharge.objects.filter(created_at__lt=now - CHARGE_RETENTION).delete()
+        if charge and planned_target is not None and desktop_id is not None:
+            _next_start_moves_settle(desktop_id, placement.host_id, now=now)
+    logger.debug("desktop %s: %s", desktop_id, placement.reason)
+    return snapshot.hypervisors[placement.host_id]
+
+
+def hypervisors_place_many(
+    *,
+    desktops: Sequence[Desktop],
+    storage_pool: StoragePool | None = None,
+    charge: bool = False,
+) -> dict[int, Hypervisor | NoCapacityError]:
+    """Place a whole class in one decision pass: each desktop sees the ones before it.
+
+    For each desktop (its `hardware` loaded), the host or the NoCapacityError saying why
+    none fits. One snapshot, one lock; each placement charges the working copy of the
+    fleet, so 30 desktops spread (or pack) as if started one after another. With `charge`
+    (the desktops are starting) the charges are also stored and planned moves settled, as
+    `hypervisor_place` does for one start; without, nothing is written.
+    """
+    desktop_ids = [desktop.pk for desktop in desktops]
+    rules = RuleBook(
+        desktop_ids=desktop_ids,
+        course_ids={desktop.course_id for desktop in desktops if desktop.course_id},
+    )
+    planned = pending_next_start_targets(desktop_ids=desktop_ids)
+    pool_ids = dict(
+        Disk.objects.filter(desktops__in=desktop_ids).values_list("desktops__pk", "pool_id")
+    )
+    results: dict[int, Hypervisor | NoCapacityError] = {}
+    with _placement_lock(), transaction.atomic():
+        now = timezone.now()
+        snapshot = fleet_snapshot(now=now, exclude_desktop_ids=desktop_ids)
+        fleet = FleetState(snapshot.hosts, round_robin_cursor=snapshot.round_robin_cursor)
+        charges: list[PlacementCharge] = []
+        for desktop in desktops:
+            rule = rules.effective(desktop_id=desktop.pk, course_id=desktop.course_id)
+            favourite = rule.favourite_hypervisor_id
+            if rule.forced_hypervisor_id is None and favourite is None:
+                favourite = planned.get(desktop.pk)
+            request = DesktopRequest(
+                memory_mib=desktop.hardware.memory_mib,
+                vcpus=desktop.hardware.vcpus,
+                required_tags=rule.required_tags,
+                storage_pool=pool_ids.get(desktop.pk, storage_pool.pk if storage_pool else None),
+                forced_host=rule.forced_hypervisor_id,
+                favourite_host=favourite,
+            )
+            placement = fleet.place(request, Policy(rule.policy))
+            if placement.host_id is None:
+                results[desktop.pk] = NoCapacityError(
+                    _refusal(placement, snapshot, forced=rule.forced_hypervisor_id is not None)
+                )
+                continue
+            results[desktop.pk] = snapshot.hypervisors[placement.host_id]
+            charges.append(
+                PlacementCharge(
+                    hypervisor_id=placement.host_id,
+                    desktop_id=desktop.pk,
+                    memory_mib=request.memory_mib,
+                    vcpus=request.vcpus,
+                    created_at=now,
+                )
+            )
+            if charge and desktop.pk in planned:
+                _next_start_moves_settle(desktop.pk, placement.host_id, now=now)
+        if charge:
+            PlacementCharge.objects.bulk_create(charges)
+    return results
+
+
+def _next_start_moves_settle(desktop_id: int, host_id: int, *, now: datetime) -> None:
+    """The desktop was placed: its planned move at next start is done, or overtaken."""
+    pending = DesktopMove.objects.filter(
+        desktop_id=desktop_id, kind=MoveKind.AT_NEXT_START, status=MoveStatus.PENDING
+    )
+    pending.filter(target_id=host_id).update(status=MoveStatus.DONE, finished_at=now)
+    pending.exclude(target_id=host_id).update(
+        status=MoveStatus.CANCELLED,
+        finished_at=now,
+        detail="its target could not take it at its start; placed by policy",
+    )
+
+
+# --- the fleet: moving desktops ------------------------------------------------------------------
+
+
+def _check_admin(actor: User) -> None:
+    if not actor.is_admin:
+        raise PermissionDeniedError("Only administrators manage hypervisors.")
+
+
+def desktop_live_migrate(
+    *,
+    desktop: Desktop,
+    target: Hypervisor,
+    reason: MoveReason,
+    actor: User | None = None,
+) -> DesktopMove:
+    """Move a started desktop's running guest to `target` without stopping it.
+
+    The move row is committed first, then libvirt migrates (seconds; no transaction is
+    open), then the desktop's host changes with a conditional update and an event row.
+    On failure the guest goes on running where it was and the move says why.
+
+    While the guest leaves, its old host reports it gone; the lifecycle listener or the
+    reconciler may act on that before the desktop's host is updated, and mark it stopped
+    or failed. So once the host is updated, the guest's real state on the target is
+    applied again.
+    """
+    from desktops.services import desktop_sync_state
+
+    desktop.refresh_from_db()
+    source = desktop.hypervisor
+    if desktop.status != DesktopStatus.STARTED or source is None:
+        raise ConflictError(f"The desktop “{desktop.name}” is not running; it cannot migrate.")
+    if source.pk == target.pk:
+        raise ConflictError(f"The desktop “{desktop.name}” already runs on {target.name}.")
+    pool = desktop.disk.pool if desktop.disk is not None else None
+    move = DesktopMove.objects.create(
+        desktop=desktop,
+        source=source,
+        target=target,
+        kind=MoveKind.LIVE_MIGRATION,
+        reason=reason,
+        status=MoveStatus.RUNNING,
+    )
+    started = time.monotonic()
+    try:
+        libvirt_driver.migrate_domain(
+            source.uri,
+            target.uri,
+            desktop.domain_name,
+            live=True,
+            target_address=target.migration_address,
+            trust_shared_storage=bool(pool is not None and pool.shared),
+            timeout=fleet_settings().migration_timeout_seconds,
+        )
+    except libvirt_driver.DriverError as error:
+        DesktopMove.objects.filter(pk=move.pk).update(
+            status=MoveStatus.FAILED, detail=str(error), finished_at=timezone.now()
+        )
+        move.refresh_from_db()
+        logger.warning("live migration of %s failed: %s", desktop.domain_name, error)
+        return move
+    seconds = time.monotonic() - started
+    with transaction.atomic():
+        Desktop.objects.filter(pk=desktop.pk, hypervisor=source).update(hypervisor=target)
+        DesktopEvent.objects.create(
+            desktop=desktop,
+            from_status=desktop.status,
+            to_status=desktop.status,
+            reason=f"live-migrated from {source.name} to {target.name} "
+            f"({MoveReason(reason).label.lower()}, {seconds:.1f} s)",
+            actor=actor,
+        )
+        DesktopMove.objects.filter(pk=move.pk).update(
+            status=MoveStatus.DONE, detail=f"{seconds:.1f} s", finished_at=timezone.now()
+        )
+    desktop.refresh_from_db()
+    if desktop.status != DesktopStatus.STARTED:
+        try:
+            state = libvirt_driver.domain_state(target.uri, desktop.domain_name)
+        except libvirt_driver.DriverError:
+            state = libvirt_driver.DomainState.OTHER
+        desktop_sync_state(desktop=desktop, state=state, source=f"live migration to {target}")
+    # Sample both hosts now: the next decision (the rest of a plan, the next start) must see
+    # the memory where it went, not where the last sample left it.
+    hypervisor_refresh(hypervisor=source)
+    hypervisor_refresh(hypervisor=target)
+    move.refresh_from_db()
+    return move
+
+
+def _move_at_next_start(
+    desktop_id: int, source_id: int, target_id: int, reason: MoveReason
+) -> DesktopMove:
+    """Leave the guest running; its next start goes to `target` (if it still fits)."""
+    with transaction.atomic():
+        DesktopMove.objects.filter(
+            desktop_id=desktop_id, kind=MoveKind.AT_NEXT_START, status=MoveStatus.PENDING
+        ).update(status=MoveStatus.CANCELLED, finished_at=timezone.now(), detail="a newer plan")
+        return DesktopMove.objects.create(
+            desktop_id=desktop_id,
+            source_id=source_id,
+            target_id=target_id,
+            kind=MoveKind.AT_NEXT_START,
+            reason=reason,
+        )
+
+
+def _shut_down_for_drain(
+    desktop_id: int, hypervisor: Hypervisor, actor: User | None
+) -> DesktopMove | None:
+    from desktops.services import desktop_shutdown
+
+    desktop = Desktop.objects.select_related("owner").get(pk=desktop_id)
+    if desktop.status != DesktopStatus.STARTED or desktop.hypervisor_id != hypervisor.pk:
+        return None
+    move = DesktopMove(
+        desktop=desktop, source=hypervisor, kind=MoveKind.STOP, reason=MoveReason.DRAIN
+    )
+    try:
+        # The owner may always shut their own desktop down; the drain acts for the admin.
+        desktop_shutdown(actor=actor or desktop.owner, desktop=desktop)
+    except ApplicationError as error:
+        move.status, move.detail = MoveStatus.FAILED, error.message
+    else:
+        move.status, move.detail = MoveStatus.DONE, "shut down (forced off after the timeout)"
+    move.finished_at = timezone.now()
+    move.save()
+    return move
+
+
+# --- the fleet: drain -------------------------------------------------------------------------
+
+
+def hypervisor_drain(
+    *, actor: User, hypervisor: Hypervisor, policy: DrainPolicy | None = None
+) -> Hypervisor:
+    """Put a host in maintenance and empty it: live-migrate or shut down its desktops.
+
+    Nothing new starts there from now on. A task does the moves (`hypervisor_drain_step`)
+    and follows them until no desktop is left; `selectors.drain_progress` says how far it
+    got. Draining a host already draining only changes the policy and runs a step again.
+    """
+    _check_admin(actor)
+    policy = DrainPolicy(policy or fleet_settings().drain_policy)
+    now = timezone.now()
+    with transaction.atomic():
+        draining = (
+            hypervisor.mode == HypervisorMode.MAINTENANCE
+            and hypervisor.drain_started_at is not None
+            and hypervisor.drain_finished_at is None
+        )
+        total = booked_desktops_on(hypervisor)
+        if draining:
+            Hypervisor.objects.filter(pk=hypervisor.pk).update(drain_policy=policy)
+            message = f"drain policy changed to “{policy.label}”"
+        else:
+            updated = Hypervisor.objects.filter(pk=hypervisor.pk, mode=hypervisor.mode).update(
+                mode=HypervisorMode.MAINTENANCE,
+                drain_policy=policy,
+                drain_started_at=now,
+                drain_finished_at=None,
+                drain_total=total,
+            )
+            if not updated:
+                raise ConflictError(f"The hypervisor {hypervisor.name} changed meanwhile.")
+            message = f"maintenance: drain started ({policy.label}), {total} desktops on it"
+        HypervisorEvent.objects.create(hypervisor=hypervisor, message=message, actor=actor)
+        schedule_after_commit("hypervisors.tasks.drain_hypervisor", hypervisor.pk, actor.pk)
+    hypervisor.refresh_from_db()
+    return hypervisor
+
+
+def hypervisor_enable(*, actor: User, hypervisor: Hypervisor) -> Hypervisor:
+    """Open the host to new desktops again; a drain in progress stops where it is."""
+    _check_admin(actor)
+    now = timezone.now()
+    with transaction.atomic():
+        Hypervisor.objects.filter(pk=hypervisor.pk).update(mode=HypervisorMode.ENABLED)
+        stopped_drain = Hypervisor.objects.filter(
+            pk=hypervisor.pk, drain_started_at__isnull=False, drain_finished_at__isnull=True
+        ).update(drain_finished_at=now)
+        message = "enabled" + (" (drain cancelled)" if stopped_drain else "")
+        HypervisorEvent.objects.create(hypervisor=hypervisor, message=message, actor=actor)
+    hypervisor.refresh_from_db()
+    return hypervisor
+
+
+@dataclass
+class MovesResult:
+    """What one drain step or rebalancing run did."""
+
+    skipped: str = ""
+    planned: int = 0
+    migrated: int = 0
+    at_next_start: int = 0
+    stopped: int = 0
+    failed: int = 0
+    spread_before: float = 0.0
+    spread_after: float = 0.0
+    details: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "planned": self.planned,
+            "migrated": self.migrated,
+            "at_next_start": self.at_next_start,
+            "stopped": self.stopped,
+            "failed": self.failed,
+            "spread_before": round(self.spread_before, 4),
+            "spread_after": round(self.spread_after, 4),
+        }
+
+
+def _moves_lock_timeout(moves: int) -> float:
+    """Long enough for `moves` migrations that each run into their timeout."""
+    return 60 + moves * (fleet_settings().migration_timeout_seconds + 30)
+
+
+NO_DRAIN = "no drain in progress"
+
+
+def hypervisor_drain_step(*, hypervisor_id: int, actor_id: int | None = None) -> MovesResult:
+    """Move what can leave the draining host now, then check whether it is empty.
+
+    Holds the moves lock (the rebalancer's), so a drain and a rebalancing never move
+    desktops at the same time. Returns `skipped` when there is nothing to do or the lock
+    is busy; the task then tries again later.
+    """
+    from accounts.models import User
+
+    hypervisor = Hypervisor.objects.get(pk=hypervisor_id)
+    if (
+        hypervisor.mode != HypervisorMode.MAINTENANCE
+        or hypervisor.drain_started_at is None
+        or hypervisor.drain_finished_at is not None
+    ):
+        return MovesResult(skipped=NO_DRAIN)
+    actor = User.objects.filter(pk=actor_id).first() if actor_id else None
+    on_host = booked_desktops_on(hypervisor)
+    try:
+        with fleet_lock("moves", timeout=_moves_lock_timeout(on_host), wait=0):
+            result = _drain_apply(hypervisor, actor)
+    except LockUnavailableError as error:
+        return MovesResult(skipped=str(error))
+    hypervisor_drain_check(hypervisor=hypervisor)
+    return result
+
+
+def _drain_apply(hypervisor: Hypervisor, actor: User | None) -> MovesResult:
+    policy = DrainPolicy(hypervisor.drain_policy or fleet_settings().drain_policy)
+    result = MovesResult()
+    leaving = [desktop.id for desktop in running_desktops(hypervisor_ids=[hypervisor.pk])]
+    to_stop: list[int] = []
+    if policy == DrainPolicy.STOP:
+        to_stop = leaving
+    else:
+        snapshot = fleet_snapshot()
+        everyone = running_desktops()
+        # An infinite threshold: only the drain half of the plan, no balancing moves.
+        plan = plan_rebalance(
+            snapshot.hosts, everyone, max_moves=max(len(everyone), 1), threshold=math.inf
+        )
+        moves = [move for move in plan if move.source_host_id == hypervisor.pk]
+        result.planned = len(moves)
+        planned = {move.desktop_id for move in moves}
+        for move in moves:
+            desktop = Desktop.objects.select_related("hypervisor", "disk__pool").get(
+                pk=move.desktop_id
+            )
+            if move.kind == PlannedMoveKind.LIVE_MIGRATION:
+                try:
+                    done = desktop_live_migrate(
+                        desktop=desktop,
+                        target=snapshot.hypervisors[move.target_host_id],
+                        reason=MoveReason.DRAIN,
+                        actor=actor,
+                    )
+                except ApplicationError as error:
+                    result.details.append(f"{desktop.name}: {error.message}")
+                    result.failed += 1
+                    continue
+                if done.status == MoveStatus.DONE:
+                    result.migrated += 1
+                    continue
+                result.failed += 1
+                result.details.append(f"{desktop.name}: {done.detail}")
+            if policy == DrainPolicy.MIGRATE_OR_STOP:
+                to_stop.append(move.desktop_id)
+        if policy == DrainPolicy.MIGRATE_OR_STOP:
+            # What no host can take now.
+            to_stop += [desktop_id for desktop_id in leaving if desktop_id not in planned]
+    for desktop_id in to_stop:
+        stop = _shut_down_for_drain(desktop_id, hypervisor, actor)
+        if stop is not None and stop.status == MoveStatus.DONE:
+            result.stopped += 1
+        elif stop is not None:
+            result.failed += 1
+    if result.migrated or result.stopped or result.failed:
+        HypervisorEvent.objects.create(
+            hypervisor=hypervisor,
+            message=f"drain: {result.migrated} migrated, {result.stopped} shutting down, "
+            f"{result.failed} failed"
+            + (f" ({'; '.join(result.details[:5])})" if result.details else ""),
+            actor=actor,
+        )
+    return result
+
+
+def hypervisor_drain_check(*, hypervisor: Hypervisor) -> bool:
+    """Finish the host's drain if no desktop is left on it; True if it is finished."""
+    hypervisor.refresh_from_db()
+    if hypervisor.drain_started_at is None or hypervisor.drain_finished_at is not None:
+        return hypervisor.drain_finished_at is not None
+    if hypervisor.mode != HypervisorMode.MAINTENANCE or booked_desktops_on(hypervisor):
+        return False
+    finished = Hypervisor.objects.filter(pk=hypervisor.pk, drain_finished_at__isnull=True).update(
+        drain_finished_at=timezone.now()
+    )
+    if finished:
+        HypervisorEvent.objects.create(
+            hypervisor=hypervisor, message="drain finished: no desktop runs here"
+        )
+    hypervisor.refresh_from_db()
+    return True
+
+
+# --- the fleet: rebalancing ----------------------------------------------------------------------
+
+
+def hypervisors_rebalance(
+    *, max_moves: int | None = None, threshold: float | None = None
+) -> MovesResult:
+    """Compute a rebalancing plan and carry it out; at most one run at a time, fleet-wide.
+
+    Drain moves first, then balancing moves while the spread of memory use is at or
+    above `threshold`, at most `max_moves` in all (`ISARD_REBALANCE_*`). A desktop on
+    shared storage is live-migrated now; any other is left running and started on its
+    target next time. If another run (or a drain) holds the lock, this one is skipped.
+    """
+    config = fleet_settings()
+    max_moves = config.rebalance_max_moves if max_moves is None else max_moves
+    threshold = config.rebalance_threshold if threshold is None else threshold
+    try:
+        with fleet_lock("moves", timeout=_moves_lock_timeout(max_moves), wait=0):
+            result = _rebalance_apply(max_moves=max_moves, threshold=threshold)
+    except LockUnavailableError as error:
+        return MovesResult(skipped=str(error))
+    for hypervisor in Hypervisor.objects.filter(
+        mode=HypervisorMode.MAINTENANCE, drain_finished_at__isnull=True
+    ):
+        hypervisor_drain_check(hypervisor=hypervisor)
+    return result
+
+
+def _rebalance_apply(*, max_moves: int, threshold: float) -> MovesResult:
+    snapshot = fleet_snapshot()
+    desktops = running_desktops()
+    plan = plan_rebalance(snapshot.hosts, desktops, max_moves=max_moves, threshold=threshold)
+    result = MovesResult(
+        planned=len(plan),
+        spread_before=spread(snapshot.hosts),
+        spread_after=spread(project_moves(snapshot.hosts, desktops, plan)),
+    )
+    for move in plan:
+        reason = MoveReason(move.reason.value)
+        if move.kind == PlannedMoveKind.AT_NEXT_START:
+            _move_at_next_start(move.desktop_id, move.source_host_id, move.target_host_id, reason)
+            result.at_next_start += 1
+            continue
+        desktop = Desktop.objects.select_related("hypervisor", "disk__pool").get(pk=move.desktop_id)
+        try:
+            done = desktop_live_migrate(
+                desktop=desktop, target=snapshot.hypervisors[move.target_host_id], reason=reason
+            )
+        except ApplicationError as error:
+            result.failed += 1
+            result.details.append(f"{desktop.name}: {error.message}")
+            continue
+        if done.status == MoveStatus.DONE:
+            result.migrated += 1
+        else:
+            result.failed += 1
+            result.details.append(f"{desktop.name}: {done.detail}")
+    if plan:
+        logger.info("rebalance: %s", result.as_dict())
+    return result

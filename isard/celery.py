@@ -27,6 +27,10 @@ app.conf.beat_schedule = {
         "task": "desktops.tasks.recover_stuck_desktops",
         "schedule": 60.0,
     },
+    "rebalance-hypervisors": {
+        "task": "hypervisors.tasks.rebalance_hypervisors",
+        "schedule": 300.0,
+    },
     "purge-recycle-bin": {
         "task": "desktops.tasks.purge_recycle_bin",
         "schedule": 3600.0,

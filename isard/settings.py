@@ -140,6 +140,22 @@ ISARD_SPICE_TICKET_SECONDS = env.int("ISARD_SPICE_TICKET_SECONDS", default=120)
 ISARD_PKI_DIR = Path(env.str("ISARD_PKI_DIR", default=str(VAR_DIR / "pki")))
 # Names the host certificate is valid for, besides this machine's name and localhost.
 ISARD_TLS_HOSTNAMES = env.list("ISARD_TLS_HOSTNAMES", default=[])
+# Fleet: where desktops run (most_free_memory, least_cpu_load, pack, round_robin; a course
+# or desktop may override it in the admin), how long a start's memory is charged to its
+# host, how long a silent host keeps its desktops, and how the rebalancer moves them.
+ISARD_PLACEMENT_POLICY = env.str("ISARD_PLACEMENT_POLICY", default="most_free_memory")
+ISARD_PLACEMENT_CHARGE_SECONDS = env.int("ISARD_PLACEMENT_CHARGE_SECONDS", default=30)
+ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = env.int(
+    "ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS", default=30
+)
+ISARD_HYPERVISOR_SAMPLE_TIMEOUT_SECONDS = env.int(
+    "ISARD_HYPERVISOR_SAMPLE_TIMEOUT_SECONDS", default=10
+)
+ISARD_DRAIN_POLICY = env.str("ISARD_DRAIN_POLICY", default="migrate_or_stop")
+ISARD_REBALANCE_ENABLED = env.bool("ISARD_REBALANCE_ENABLED", default=True)
+ISARD_REBALANCE_MAX_MOVES = env.int("ISARD_REBALANCE_MAX_MOVES", default=4)
+ISARD_REBALANCE_THRESHOLD = env.float("ISARD_REBALANCE_THRESHOLD", default=0.25)
+ISARD_MIGRATION_TIMEOUT_SECONDS = env.int("ISARD_MIGRATION_TIMEOUT_SECONDS", default=300)
 # How many disks and domains a worker makes at once when a class gets its desktops.
 ISARD_PROVISION_CONCURRENCY = env.int("ISARD_PROVISION_CONCURRENCY", default=4)
 # How long a graceful (ACPI) shutdown may take before the desktop is forced off.
