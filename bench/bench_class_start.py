@@ -22,15 +22,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-URI = "qemu:///system"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, URI, host_and_template, scratch_directory, setup_django
+
 REDIS_DB = "redis://127.0.0.1:6379/13"
 BOOT_TIMEOUT = 300.0
 
@@ -176,44 +175,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="isard-bench-", dir="/var/tmp"))
-    work.chmod(0o755)
-    os.environ["DATABASE_URL"] = os.environ.get(
-        "BENCH_DATABASE_URL", f"sqlite:///{work / 'bench.sqlite3'}"
+    work = scratch_directory()
+    setup_django(
+        work,
+        REDIS_DB,
+        database_url=os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{work / 'bench.sqlite3'}"),
     )
-    os.environ["ISARD_STORAGE_ROOT"] = str(work / "storage")
-    os.environ["REDIS_URL"] = REDIS_DB
-    os.environ["DJANGO_SETTINGS_MODULE"] = "isard.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     worker = None
     events = None
     try:
         from accounts.choices import CourseRole, Role
         from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
-        from hypervisors.choices import Accelerator, HypervisorState
-        from hypervisors.demo import demo_hardware_profile, guest_kernel_root
-        from hypervisors.guest_image import build_tiny_linux
-        from hypervisors.services import (
-            hypervisor_refresh,
-            hypervisor_register,
-            storage_pools_ensure,
-        )
-        from templates_app.services import template_register_base
 
-        storage_pools_ensure()
-        host = hypervisor_register(name="bench", uri=URI)
-        host.accelerator, host.state = Accelerator.QEMU, HypervisorState.ONLINE
-        host.save()
-        hypervisor_refresh(hypervisor=host)
-        image = build_tiny_linux(work / "tiny.qcow2", kernel_root=guest_kernel_root())
-        template = template_register_base(
-            name="bench", image=image, hardware=demo_hardware_profile()
-        )
+        template = host_and_template(work)
         course = CourseFactory.create()
         teacher = UserFactory.create(username="bench-teacher", role=Role.TEACHER)
         MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)

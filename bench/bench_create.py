@@ -25,15 +25,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-URI = "qemu:///system"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import URI, host_and_template, scratch_directory, setup_django
+
+REDIS_DB = "redis://127.0.0.1:6379/14"  # no worker listens here
 
 BARE_XML = """<domain type='qemu'>
   <name>{name}</name><uuid>{uuid}</uuid>
@@ -53,19 +53,6 @@ def settings_concurrency() -> int:
     from django.conf import settings
 
     return int(settings.ISARD_PROVISION_CONCURRENCY)
-
-
-def setup_django(work: Path) -> None:
-    os.environ.setdefault("DATABASE_URL", f"sqlite:///{work / 'bench.sqlite3'}")
-    os.environ["ISARD_STORAGE_ROOT"] = str(work / "storage")
-    os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/14"  # no worker listens here
-    os.environ["DJANGO_SETTINGS_MODULE"] = "isard.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 def bare_round(base: Path, directory: Path, count: int) -> tuple[float, list[str], list[int]]:
@@ -146,30 +133,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="isard-bench-", dir="/var/tmp"))
-    work.chmod(0o755)
+    work = scratch_directory()
     try:
-        setup_django(work)
+        setup_django(work, REDIS_DB)
         from accounts.tests.factories import UserFactory
-        from hypervisors.choices import Accelerator, HypervisorState
-        from hypervisors.demo import demo_hardware_profile
-        from hypervisors.guest_image import build_tiny_linux
-        from hypervisors.services import (
-            hypervisor_refresh,
-            hypervisor_register,
-            storage_pools_ensure,
-        )
-        from templates_app.services import template_register_base
 
-        storage_pools_ensure()
-        host = hypervisor_register(name="bench", uri=URI)
-        host.accelerator, host.state = Accelerator.QEMU, HypervisorState.ONLINE
-        host.save()
-        hypervisor_refresh(hypervisor=host)
-        image = build_tiny_linux(work / "tiny.qcow2")
-        template = template_register_base(
-            name="bench", image=image, hardware=demo_hardware_profile()
-        )
+        template = host_and_template(work)
         owner = UserFactory.create(username="bench")
         from accounts.choices import CourseRole, Role
         from accounts.tests.factories import CourseFactory, MembershipFactory
@@ -247,7 +216,7 @@ def main() -> None:
     finally:
         import redis
 
-        redis.Redis.from_url("redis://127.0.0.1:6379/14").flushdb()
+        redis.Redis.from_url(REDIS_DB).flushdb()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,0 +1,61 @@
+"""What every engine benchmark sets up: a scratch database, storage, a host and a template.
+
+Each benchmark runs against qemu:///system with its own SQLite file, storage root and Redis
+database (where no worker of a running platform listens), all removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+URI = "qemu:///system"
+
+
+def scratch_directory() -> Path:
+    """A directory qemu (running as its own user) can reach."""
+    work = Path(tempfile.mkdtemp(prefix="isard-bench-", dir="/var/tmp"))
+    work.chmod(0o755)
+    return work
+
+
+def setup_django(work: Path, redis_url: str, database_url: str | None = None) -> None:
+    """Point the settings at `work` and `redis_url`, start Django and migrate.
+
+    The database is `database_url` if given, else DATABASE_URL from the environment, else
+    a SQLite file in `work`.
+    """
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DATABASE_URL", f"sqlite:///{work / 'bench.sqlite3'}")
+    os.environ["ISARD_STORAGE_ROOT"] = str(work / "storage")
+    os.environ["REDIS_URL"] = redis_url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "isard.settings"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def host_and_template(work: Path) -> Any:
+    """This machine as an online TCG host, and the demo guest as a ready template."""
+    from hypervisors.choices import Accelerator, HypervisorState
+    from hypervisors.demo import demo_hardware_profile, guest_kernel_root
+    from hypervisors.guest_image import build_tiny_linux
+    from hypervisors.services import hypervisor_refresh, hypervisor_register, storage_pools_ensure
+    from templates_app.services import template_register_base
+
+    storage_pools_ensure()
+    host = hypervisor_register(name="bench", uri=URI)
+    host.accelerator, host.state = Accelerator.QEMU, HypervisorState.ONLINE
+    host.save()
+    hypervisor_refresh(hypervisor=host)
+    image = build_tiny_linux(work / "tiny.qcow2", kernel_root=guest_kernel_root())
+    return template_register_base(name="bench", image=image, hardware=demo_hardware_profile())
