@@ -24,6 +24,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from accounts.models import Course, User
+from accounts.permissions import can_act_on_desktop, can_manage_course
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from hypervisors import qemu_img
@@ -207,7 +208,7 @@ def _fail(desktop: Desktop, reason: str) -> Desktop:
 
 
 def _check_can_act(actor: User, desktop: Desktop) -> None:
-    if desktop.owner_id != actor.pk and not actor.is_admin:
+    if not can_act_on_desktop(actor, desktop):
         raise PermissionDeniedError("This desktop is not yours.")
 
 
@@ -445,10 +446,7 @@ def desktops_create_bulk(
     if not template_is_visible_to(template, actor):
         raise PermissionDeniedError(f"The template “{template.name}” is not shared with you.")
     if not actor.is_admin:
-        teaching = (
-            course is not None and course.memberships.filter(user=actor, role="teacher").exists()
-        )
-        if not teaching:
+        if course is None or not can_manage_course(actor, course):
             raise PermissionDeniedError("You can only create desktops for a course you teach.")
         assert course is not None
         members = set(course.memberships.values_list("user_id", flat=True))
@@ -879,7 +877,7 @@ def desktops_reconcile(*, hypervisor: Hypervisor) -> int:
 
 def desktop_get(*, actor: User, desktop_id: int) -> Desktop:
     desktop = Desktop.objects.filter(pk=desktop_id).first()
-    if desktop is None or (desktop.owner_id != actor.pk and not actor.is_admin):
+    if desktop is None or not can_act_on_desktop(actor, desktop):
         raise NotFoundError("No such desktop.")
     return desktop
 

@@ -16,6 +16,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.permissions import can_manage_template
 from hypervisors import qemu_img
 from hypervisors.choices import PoolPurpose
 from hypervisors.models import Disk
@@ -157,7 +158,7 @@ def template_finish_from_desktop(*, template_id: int, desktop_id: int) -> Templa
 
 def template_delete(*, actor: User, template: Template) -> Template:
     """Move a template to the recycle bin, unless anything depends on it."""
-    if template.owner_id != actor.pk and not actor.is_admin:
+    if not can_manage_template(actor, template):
         raise PermissionDeniedError("This template is not yours.")
     dependants = template_dependants(template)
     if dependants["desktops"] or dependants["templates"]:
@@ -175,7 +176,7 @@ def template_delete(*, actor: User, template: Template) -> Template:
 
 
 def template_restore(*, actor: User, template: Template) -> Template:
-    if template.owner_id != actor.pk and not actor.is_admin:
+    if not can_manage_template(actor, template):
         raise PermissionDeniedError("This template is not yours.")
     if template.status != TemplateStatus.DELETED:
         raise ConflictError(f"The template “{template.name}” is not in the recycle bin.")
@@ -213,7 +214,7 @@ def template_flatten(*, actor: User, template: Template, name: str) -> Template:
     """
     if not actor.is_teacher:
         raise PermissionDeniedError("Only teachers can make templates.")
-    if template.owner_id != actor.pk and not actor.is_admin:
+    if not can_manage_template(actor, template):
         raise PermissionDeniedError("This template is not yours.")
     if template.status != TemplateStatus.READY or template.disk is None:
         raise ConflictError(f"The template “{template.name}” is not ready.")

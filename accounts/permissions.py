@@ -1,0 +1,158 @@
+"""Who may see and act on what: the one policy, shared by services, the API and the admin.
+
+Roles (see `accounts.choices.Role`):
+
+- admin: everything, in every school;
+- manager: everything inside their own school (its people, courses, desktops and
+  templates) and a read-only view of the hypervisors;
+- teacher: their own desktops and templates, and the courses they teach (a course
+  membership with the teacher role), including the desktops of those courses, so that a
+  teacher can start, stop or recreate a class's desktops;
+- student: their own desktops, and templates shared with them.
+
+Each rule is written once as a `Q` over the model, so a list (`*_visible_to`) and a
+single check (`can_*`) can never disagree. Objects a user may not see are reported as
+"not found" by callers, so that ids of other people's objects leak nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.db.models import Q, QuerySet
+
+from accounts.choices import CourseRole, Role
+from accounts.models import Course, User
+
+if TYPE_CHECKING:
+    from desktops.models import Desktop
+    from templates_app.models import Template
+
+
+def is_manager(actor: User) -> bool:
+    return actor.role == Role.MANAGER and actor.school_id is not None and not actor.is_admin
+
+
+def _own_school(actor: User) -> int:
+    """The manager's school id; `is_manager` has checked that there is one."""
+    assert actor.school_id is not None
+    return actor.school_id
+
+
+def manages_school(actor: User, school_id: int | None) -> bool:
+    """A manager acts on their own school only; an admin on every school."""
+    if actor.is_admin:
+        return True
+    return is_manager(actor) and school_id is not None and actor.school_id == school_id
+
+
+# --- courses -----------------------------------------------------------------------------
+
+
+def _taught_courses_q(actor: User) -> Q:
+    return Q(memberships__user=actor, memberships__role=CourseRole.TEACHER)
+
+
+def courses_visible_to(actor: User) -> QuerySet[Course]:
+    """Courses the person may see: their own, or every course of a school they manage."""
+    courses = Course.objects.all()
+    if actor.is_admin:
+        return courses
+    if is_manager(actor):
+        return courses.filter(school_id=_own_school(actor))
+    return courses.filter(memberships__user=actor).distinct()
+
+
+def courses_taught_by(actor: User) -> QuerySet[Course]:
+    """Courses the person may manage: deploy to, enrol into, regenerate codes of."""
+    courses = Course.objects.all()
+    if actor.is_admin:
+        return courses
+    if is_manager(actor):
+        return courses.filter(school_id=_own_school(actor))
+    if actor.role == Role.STUDENT:
+        return courses.none()
+    return courses.filter(_taught_courses_q(actor)).distinct()
+
+
+def can_manage_course(actor: User, course: Course) -> bool:
+    return courses_taught_by(actor).filter(pk=course.pk).exists()
+
+
+# --- people --------------------------------------------------------------------------------
+
+
+def users_visible_to(actor: User) -> QuerySet[User]:
+    """People the person may see: themselves, their school (managers), their students."""
+    users = User.objects.all()
+    if actor.is_admin:
+        return users
+    if is_manager(actor):
+        return users.filter(school_id=_own_school(actor))
+    if actor.role == Role.STUDENT:
+        return users.filter(pk=actor.pk)
+    taught = courses_taught_by(actor)
+    return users.filter(Q(pk=actor.pk) | Q(memberships__course__in=taught)).distinct()
+
+
+def can_manage_user(actor: User, user: User) -> bool:
+    """Reset a password, change a role, disable: admins, and managers of the user's school.
+
+    A manager may not act on an admin, nor make anyone an admin (callers check the role
+    they set), so a school cannot promote itself out of its tenancy.
+    """
+    if actor.is_admin:
+        return True
+    return manages_school(actor, user.school_id) and not user.is_admin
+
+
+# --- desktops ------------------------------------------------------------------------------
+
+
+def _desktops_q(actor: User) -> Q | None:
+    """The desktops the person may see and act on; None means all of them."""
+    if actor.is_admin:
+        return None
+    if is_manager(actor):
+        return Q(owner=actor) | Q(owner__school_id=actor.school_id)
+    if actor.role == Role.STUDENT:
+        return Q(owner=actor)
+    return Q(owner=actor) | Q(course__in=courses_taught_by(actor))
+
+
+def desktops_visible_to(actor: User) -> QuerySet[Desktop]:
+    """Desktops the person may see and act on (owner, their course's teacher, manager)."""
+    from desktops.models import Desktop
+
+    desktops = Desktop.objects.all()
+    rule = _desktops_q(actor)
+    return desktops if rule is None else desktops.filter(rule).distinct()
+
+
+def can_act_on_desktop(actor: User, desktop: Desktop) -> bool:
+    if desktop.owner_id == actor.pk or actor.is_admin:
+        return True
+    return desktops_visible_to(actor).filter(pk=desktop.pk).exists()
+
+
+# --- templates -----------------------------------------------------------------------------
+
+
+def templates_managed_by(actor: User) -> QuerySet[Template]:
+    """Templates the person may edit, share, flatten and delete (not merely use)."""
+    from templates_app.models import Template
+
+    templates = Template.objects.all()
+    if actor.is_admin:
+        return templates
+    if is_manager(actor):
+        return templates.filter(Q(owner=actor) | Q(owner__school_id=actor.school_id))
+    if actor.role == Role.STUDENT:
+        return templates.none()
+    return templates.filter(owner=actor)
+
+
+def can_manage_template(actor: User, template: Template) -> bool:
+    if actor.is_admin or (template.owner_id == actor.pk and actor.role != Role.STUDENT):
+        return True
+    return templates_managed_by(actor).filter(pk=template.pk).exists()
