@@ -36,6 +36,7 @@ from hypervisors.services import (
     disk_create_empty,
     disk_create_overlay,
     disk_path,
+    disk_refresh_actual_size,
     hypervisor_place,
     hypervisors_place_many,
     pool_for,
@@ -708,9 +709,11 @@ def desktop_force_off(*, desktop_id: int) -> Desktop:
     desktop.refresh_from_db()
     if desktop.status == S.STOPPING:
         try:
-            desktop_transition(desktop=desktop, to=S.STOPPED)
+            desktop = desktop_transition(desktop=desktop, to=S.STOPPED)
         except ConflictError:
             desktop.refresh_from_db()
+        if desktop.disk_id is not None:
+            disk_refresh_actual_size(disk_id=desktop.disk_id)
     return desktop
 
 
@@ -838,10 +841,13 @@ def desktop_sync_state(
     if target is None or target not in TRANSITIONS[status]:
         return desktop
     try:
-        return desktop_transition(desktop=desktop, to=target, reason=reason)
+        desktop = desktop_transition(desktop=desktop, to=target, reason=reason)
     except ConflictError:
         desktop.refresh_from_db()
         return desktop
+    if target == S.STOPPED and desktop.disk_id is not None:
+        disk_refresh_actual_size(disk_id=desktop.disk_id)
+    return desktop
 
 
 def desktop_for_domain(domain_name: str) -> Desktop | None:

@@ -5,6 +5,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet, Sum
 from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
 
 from hypervisors.choices import DrainPolicy
 from hypervisors.models import (
@@ -15,7 +16,7 @@ from hypervisors.models import (
     PlacementRule,
     StoragePool,
 )
-from hypervisors.selectors import BOOKED_STATUSES, drain_progress
+from hypervisors.selectors import BOOKED_STATUSES, drain_progress, storage_pool_usage
 from hypervisors.services import hypervisor_drain, hypervisor_enable, hypervisors_rebalance
 from isard.exceptions import ApplicationError
 
@@ -170,11 +171,28 @@ class HypervisorAdmin(admin.ModelAdmin):
 
 @admin.register(StoragePool)
 class StoragePoolAdmin(admin.ModelAdmin):
-    list_display = ("name", "purpose", "path", "shared", "disk_count")
+    list_display = ("name", "purpose", "path", "shared", "disk_count", "used", "filesystem_free")
+    readonly_fields = ("disk_count", "used", "virtual", "filesystem_free")
 
     @admin.display(description="disks")
     def disk_count(self, pool: StoragePool) -> int:
-        return pool.disks.count()
+        return storage_pool_usage(pool).disks
+
+    @admin.display(description="used on disk")
+    def used(self, pool: StoragePool) -> str:
+        return filesizeformat(storage_pool_usage(pool).used_bytes)
+
+    @admin.display(description="virtual size of its disks")
+    def virtual(self, pool: StoragePool) -> str:
+        return filesizeformat(storage_pool_usage(pool).virtual_bytes)
+
+    @admin.display(description="file system free")
+    def filesystem_free(self, pool: StoragePool) -> str:
+        usage = storage_pool_usage(pool)
+        if usage.filesystem_total_bytes is None or usage.filesystem_free_bytes is None:
+            return "unreachable"
+        share = _percent(usage.filesystem_free_bytes, usage.filesystem_total_bytes)
+        return f"{filesizeformat(usage.filesystem_free_bytes)} ({share})"
 
 
 @admin.register(Disk)

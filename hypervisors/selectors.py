@@ -7,12 +7,13 @@ stays a pure function (`hypervisors.placement`).
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Q, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from desktops.choices import ACTIVE_STATUSES, DesktopStatus
@@ -351,3 +352,40 @@ def drain_waiting(hypervisor: Hypervisor) -> bool:
         hypervisor=hypervisor,
         status__in=[DesktopStatus.SHUTTING_DOWN, DesktopStatus.STOPPING, DesktopStatus.STARTING],
     ).exists()
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """What a storage pool holds: the disks isard recorded, and its file system's room.
+
+    `used_bytes` is the real space of the recorded disks (an overlay counts only what it
+    wrote, not its template); `virtual_bytes` is what guests believe they have. The file
+    system figures come from the directory itself, so disks that other programs put there
+    show up as less free space, not as isard's use.
+    """
+
+    disks: int
+    used_bytes: int
+    virtual_bytes: int
+    filesystem_total_bytes: int | None
+    filesystem_free_bytes: int | None
+
+
+def storage_pool_usage(pool: StoragePool) -> PoolUsage:
+    totals = pool.disks.aggregate(
+        count=Count("pk"), used=Sum("actual_size_bytes"), virtual=Sum("virtual_size_bytes")
+    )
+    total: int | None = None
+    free: int | None = None
+    try:
+        filesystem = shutil.disk_usage(pool.path)
+        total, free = filesystem.total, filesystem.free
+    except OSError:
+        pass  # an unmounted share: shown as unreachable, not as an error page
+    return PoolUsage(
+        disks=totals["count"] or 0,
+        used_bytes=totals["used"] or 0,
+        virtual_bytes=totals["virtual"] or 0,
+        filesystem_total_bytes=total,
+        filesystem_free_bytes=free,
+    )

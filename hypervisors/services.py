@@ -247,6 +247,23 @@ def disk_refresh_size(*, disk: Disk) -> Disk:
     return disk
 
 
+def disk_refresh_actual_size(*, disk_id: int) -> None:
+    """Record what a disk really takes now, from the file system (no subprocess).
+
+    Called when a desktop stops, so the pool's use follows what guests wrote. A disk
+    whose file this process cannot see (a host with local storage elsewhere) keeps its
+    last figure.
+    """
+    disk = Disk.objects.filter(pk=disk_id).only("path").first()
+    if disk is None:
+        return
+    try:
+        actual = Path(disk.path).stat().st_blocks * 512
+    except OSError:
+        return
+    Disk.objects.filter(pk=disk_id).update(actual_size_bytes=actual)
+
+
 def disk_create_overlay(*, parent: Disk, pool: StoragePool | None = None) -> Disk:
     """A new copy-on-write disk on top of `parent`. Leaves no file behind on failure."""
     pool = pool or pool_for(PoolPurpose.DESKTOPS)
