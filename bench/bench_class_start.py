@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, URI, host_and_template, scratch_directory, setup_django
 
-REDIS_DB = "redis://127.0.0.1:6379/13"
+REDIS_DB = "redis://127.0.0.1:6379/8"  # its own, as it flushes it
 BOOT_TIMEOUT = 300.0
 
 

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import URI, host_and_template, scratch_directory, setup_django
 
-REDIS_DB = "redis://127.0.0.1:6379/14"  # no worker listens here
+REDIS_DB = "redis://127.0.0.1:6379/9"  # no worker, test run or helper uses this database
 
 BARE_XML = """<domain type='qemu'>
   <name>{name}</name><uuid>{uuid}</uuid>

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, URI, host_and_template, scratch_directory, setup_django
 
-REDIS_DB = "redis://127.0.0.1:6379/12"
+REDIS_DB = "redis://127.0.0.1:6379/7"
 
 BARE_LISTENER = """
 import sys, time, libvirt

@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 URI = "qemu:///system"
-REDIS_DB = "redis://127.0.0.1:6379/13"
+REDIS_DB = "redis://127.0.0.1:6379/6"
 IMAGE_CACHE = Path("/var/tmp/isard-tests/cache")
 
 

@@ -251,6 +251,33 @@ def choose_hypervisor(
     )
 
 
+def _host_to_define_on(
+    desktop: Desktop, pool: StoragePool, refusal: NoCapacityError | None = None
+) -> Hypervisor:
+    """A host to define (not start) a desktop on: where it would start, else any that may.
+
+    A definition takes no memory, so a fleet busy running this hour's class must not
+    refuse to create next hour's desktops: when no host has room for the desktop now,
+    the same balancer is asked for a host with no size at all, keeping every hard
+    constraint (enabled, online, storage pool, tags, forced host). The start places the
+    desktop again, with its real size.
+    """
+    if refusal is None:
+        try:
+            return choose_hypervisor(
+                memory_mib=desktop.hardware.memory_mib,
+                vcpus=desktop.hardware.vcpus,
+                desktop=desktop,
+                storage_pool=pool,
+                charge=False,
+            )
+        except NoCapacityError:
+            pass
+    return choose_hypervisor(
+        memory_mib=0, vcpus=0, desktop=desktop, storage_pool=pool, charge=False
+    )
+
+
 # --- domain description -------------------------------------------------------------------
 
 
@@ -396,13 +423,7 @@ def desktop_provision(*, desktop_id: int) -> Desktop:
     disk: Disk | None = None
     hypervisor: Hypervisor | None = None
     try:
-        hypervisor = choose_hypervisor(
-            memory_mib=desktop.hardware.memory_mib,
-            vcpus=desktop.hardware.vcpus,
-            desktop=desktop,
-            storage_pool=pool_for(PoolPurpose.DESKTOPS),
-            charge=False,  # defined, not started: nothing runs there yet
-        )
+        hypervisor = _host_to_define_on(desktop, pool_for(PoolPurpose.DESKTOPS))
         if from_media:
             disk = disk_create_empty(size_bytes=desktop.hardware.disk_size_gib * 1024**3)
         else:
@@ -517,6 +538,11 @@ def desktops_provision_bulk(*, desktop_ids: Sequence[int]) -> list[Desktop]:
     hosts: dict[int, Hypervisor] = {}
     for desktop in desktops:
         placed = placements[desktop.pk]
+        if isinstance(placed, NoCapacityError):
+            try:
+                placed = _host_to_define_on(desktop, pool, placed)
+            except NoCapacityError as error:
+                placed = error
         if isinstance(placed, NoCapacityError):
             failures[desktop.pk] = f"Could not create the desktop: {placed.message}"
             continue

@@ -563,8 +563,14 @@ def hypervisor_place(
         forced_host=rule.forced_hypervisor_id,
         favourite_host=favourite,
     )
-    # Lock, then transaction: the charge is committed before the next worker decides.
-    with _placement_lock(), transaction.atomic():
+    # Lock, then transaction: the charge is committed before the next worker decides. A
+    # decision that charges nothing (defining a domain that does not run yet) writes
+    # nothing another worker could race with, so it needs neither.
+    guard = ExitStack()
+    if charge:
+        guard.enter_context(_placement_lock())
+        guard.enter_context(transaction.atomic())
+    with guard:
         now = timezone.now()
         snapshot = fleet_snapshot(now=now, exclude_desktop_ids=[desktop_id] if desktop_id else [])
         placement = place(

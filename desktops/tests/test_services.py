@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from accounts.choices import Role
-from accounts.tests.factories import UserFactory
+from accounts.choices import CourseRole, Role
+from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
 from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
@@ -125,6 +125,35 @@ def test_no_online_hypervisor_fails_the_start_with_a_reason(
 def test_placement_refuses_a_desktop_bigger_than_any_host(test_hypervisor: Any) -> None:
     with pytest.raises(NoCapacityError, match="1048576 MiB"):
         services.choose_hypervisor(memory_mib=1024 * 1024)
+
+
+def test_a_full_fleet_still_creates_desktops_and_refuses_only_their_start(
+    run: Any, test_hypervisor: Any, base_template: Any, student: Any
+) -> None:
+    # This hour's class fills the only host; next hour's desktops are created anyway.
+    test_hypervisor.memory_mib = test_hypervisor.free_memory_mib = 100
+    test_hypervisor.save()
+    one = run(services.desktop_create, actor=student, template=base_template, name="one")
+    teacher = UserFactory.create(role=Role.TEACHER)
+    course = CourseFactory.create()
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    MembershipFactory.create(course=course, user=student)
+    [class_desktop] = run(
+        services.desktops_create_bulk,
+        actor=teacher,
+        template=base_template,
+        owners=[student],
+        course=course,
+        name="class",
+    )
+    for desktop in (one, class_desktop):
+        desktop.refresh_from_db()
+        assert desktop.status == S.STOPPED, desktop.status_reason
+        assert desktop.hypervisor == test_hypervisor
+    run(services.desktop_start, actor=student, desktop=one)
+    one.refresh_from_db()
+    assert one.status == S.FAILED
+    assert "MiB" in one.status_reason
 
 
 def test_failed_definition_leaves_no_orphan_disk(
