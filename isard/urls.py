@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
-from django.views.generic import RedirectView
+from django.urls import path, re_path
 
+from desktops import views as desktop_views
 from isard.health import health_view
 
 admin.site.site_header = "isard administration"
 admin.site.site_title = "isard"
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", desktop_views.dashboard, name="dashboard"),
+    path("desktops/new/", desktop_views.desktop_new, name="desktop-new"),
+    re_path(
+        r"^desktops/(?P<desktop_id>[0-9]+)/(?P<action>start|shutdown|stop|delete|restore)/$",
+        desktop_views.desktop_action,
+        name="desktop-action",
+    ),
     path("health/", health_view, name="health"),
     path("admin/", admin.site.urls),
 ]

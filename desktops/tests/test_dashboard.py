@@ -1,0 +1,154 @@
+"""The student's dashboard: only my desktops, actions through the services, clear refusals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from accounts.choices import Role
+from accounts.tests.factories import UserFactory
+from desktops import services
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop
+
+S = DesktopStatus
+JSON = {"HTTP_ACCEPT": "application/json"}
+
+
+@pytest.fixture
+def student() -> Any:
+    return UserFactory.create(username="ana", role=Role.STUDENT)
+
+
+@pytest.fixture
+def other_student() -> Any:
+    return UserFactory.create(username="bea", role=Role.STUDENT)
+
+
+def client_for(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def shared_template(base_template: Any) -> Any:
+    base_template.shared_with_everyone = True
+    base_template.save()
+    return base_template
+
+
+@pytest.fixture
+def desktop(run: Any, test_hypervisor: Any, shared_template: Any, student: Any) -> Desktop:
+    created = run(services.desktop_create, actor=student, template=shared_template, name="Mine")
+    created.refresh_from_db()
+    return created
+
+
+@pytest.mark.django_db
+def test_signed_out_visitors_are_sent_to_sign_in() -> None:
+    response = Client().get("/")
+    assert response.status_code == 302
+    assert "login" in response["Location"]
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_my_desktops_only_with_the_actions_their_status_allows(
+    run: Any, desktop: Desktop, student: Any, other_student: Any, shared_template: Any
+) -> None:
+    theirs = run(
+        services.desktop_create, actor=other_student, template=shared_template, name="Theirs"
+    )
+    page = client_for(student).get("/").content.decode()
+    assert f'id="desktop-{desktop.pk}"' in page
+    assert f'id="desktop-{theirs.pk}"' not in page
+    assert 'data-status="stopped"' in page
+    assert ">Start</button>" in page and "noopener\">Open in the browser" not in page
+    assert shared_template.name in page  # offered in "New desktop"
+
+
+@pytest.mark.django_db
+def test_student_creates_a_desktop_from_a_shared_template(
+    django_capture_on_commit_callbacks: Any,
+    test_hypervisor: Any,
+    shared_template: Any,
+    student: Any,
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client_for(student).post(
+            "/desktops/new/", {"template": shared_template.pk, "name": "Essay"}, **JSON
+        )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["desktop"]["name"] == "Essay"
+    assert body["desktop"]["status"] == S.CREATING
+    assert Desktop.objects.get(pk=body["desktop"]["id"]).owner == student
+
+
+@pytest.mark.django_db
+def test_a_template_not_shared_with_me_is_refused_with_a_clear_message(
+    base_template: Any, student: Any
+) -> None:
+    base_template.shared_with_everyone = False
+    base_template.save()
+    response = client_for(student).post("/desktops/new/", {"template": base_template.pk}, **JSON)
+    assert response.status_code == 400
+    assert "shared with you" in response.json()["message"]
+    assert not Desktop.objects.exists()
+
+
+@pytest.mark.django_db
+def test_start_through_the_dashboard_answers_202_and_the_task_starts_it(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    response = run(client_for(student).post, f"/desktops/{desktop.pk}/start/", **JSON)
+    assert response.status_code == 202
+    assert response.json()["desktop"]["status"] == S.STARTING
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED
+
+
+@pytest.mark.django_db
+def test_student_cannot_act_on_another_students_desktop(
+    desktop: Desktop, other_student: Any
+) -> None:
+    for action in ("start", "delete", "stop", "shutdown", "restore"):
+        response = client_for(other_student).post(f"/desktops/{desktop.pk}/{action}/", **JSON)
+        assert response.status_code == 404, action
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+
+
+@pytest.mark.django_db
+def test_a_refused_action_says_why_and_changes_nothing(desktop: Desktop, student: Any) -> None:
+    response = client_for(student).post(f"/desktops/{desktop.pk}/restore/", **JSON)
+    assert response.status_code == 409
+    assert "not in the recycle bin" in response.json()["message"]
+
+
+@pytest.mark.django_db
+def test_delete_then_restore_from_the_recycle_bin_without_javascript(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    client = client_for(student)
+    response = run(client.post, f"/desktops/{desktop.pk}/delete/")
+    assert response.status_code == 302  # a plain form: back to the dashboard, with a message
+    desktop.refresh_from_db()
+    assert desktop.status == S.DELETED
+    page = client.get("/").content.decode()
+    assert "Recycle bin" in page and "went to the recycle bin" in page
+    assert ">Restore</button>" in page
+    run(client.post, f"/desktops/{desktop.pk}/restore/")
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+
+
+@pytest.mark.django_db
+def test_viewer_page_is_still_reachable_next_to_the_action_routes(
+    desktop: Desktop, student: Any
+) -> None:
+    # The action routes must not swallow /desktops/<id>/viewer/ (a GET page).
+    response = client_for(student).get(f"/desktops/{desktop.pk}/viewer/")
+    assert response.status_code != 405

@@ -1,0 +1,184 @@
+"""The student's dashboard: my desktops, live, with what I can do to each.
+
+Thin, as every view here: each action loads the desktop through `desktop_get` (so a
+desktop that is not yours is "not found") and calls one service. Forms work without
+JavaScript (POST, then a redirect with a message); `static/isard/dashboard.js` sends the
+same forms with fetch, asks for JSON, and keeps the cards live over the websocket.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.models import User
+from desktops import services
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop
+from isard.exceptions import ApplicationError, NotFoundError
+from templates_app.selectors import templates_visible_to
+
+S = DesktopStatus
+
+#: What a person may ask of a desktop in each status; the cards show these buttons (and
+#: dashboard.js swaps them live from the same table). Services still check everything.
+ACTIONS_BY_STATUS: dict[str, list[str]] = {
+    S.STOPPED: ["start", "delete"],
+    S.FAILED: ["start", "delete"],
+    S.STARTED: ["open", "vv", "shutdown", "stop"],
+    S.SHUTTING_DOWN: ["stop"],
+    S.UNKNOWN: ["delete"],
+    S.DELETED: ["restore"],
+}
+
+ACTION_LABELS = {
+    "start": "Start",
+    "open": "Open in the browser",
+    "vv": "Download .vv (SPICE)",
+    "shutdown": "Shut down",
+    "stop": "Force off",
+    "delete": "Delete",
+    "restore": "Restore",
+}
+
+#: Statuses during which a task is working on the desktop: the card shows a progress bar.
+WORKING = {S.CREATING, S.STARTING, S.STOPPING, S.DELETING, S.CREATING_TEMPLATE, S.SHUTTING_DOWN}
+
+SERVICES = {
+    "start": services.desktop_start,
+    "shutdown": services.desktop_shutdown,
+    "stop": services.desktop_stop,
+    "delete": services.desktop_delete,
+    "restore": services.desktop_restore,
+}
+
+DONE_MESSAGES = {
+    "start": "“{name}” is starting.",
+    "shutdown": "“{name}” is shutting down.",
+    "stop": "“{name}” is being forced off.",
+    "delete": "“{name}” went to the recycle bin.",
+    "restore": "“{name}” is back from the recycle bin.",
+}
+
+
+def _user(request: HttpRequest) -> User:
+    assert isinstance(request.user, User)  # login_required let only signed-in users in
+    return request.user
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def desktop_card(desktop: Desktop) -> dict[str, Any]:
+    """What a card shows; the same keys as the websocket's status payload, and more."""
+    payload = services.desktop_status_payload(desktop)
+    purge_at = None
+    if desktop.deleted_at is not None:
+        purge_at = desktop.deleted_at + timedelta(days=settings.ISARD_RECYCLE_RETENTION_DAYS)
+    payload.update(
+        template=desktop.template.name if desktop.template else "",
+        actions=ACTIONS_BY_STATUS.get(desktop.status, []),
+        buttons=[
+            {"action": action, "label": ACTION_LABELS[action]}
+            for action in ACTIONS_BY_STATUS.get(desktop.status, [])
+        ],
+        working=desktop.status in WORKING,
+        purge_at=purge_at,
+        viewer_url=reverse("desktop-viewer", args=[desktop.pk]),
+        vv_url=reverse("desktop-viewer-vv", args=[desktop.pk]),
+        # dashboard.js replaces ACTION to post any of the card's actions.
+        action_url=reverse("desktop-action", args=[desktop.pk, "start"]).replace("start", "ACTION"),
+    )
+    return payload
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    desktops = Desktop.objects.filter(owner=user).select_related("template").order_by("name", "pk")
+    cards = [desktop_card(d) for d in desktops]
+    context = {
+        "active": [c for c in cards if c["status"] != S.DELETED],
+        "recycled": [c for c in cards if c["status"] == S.DELETED],
+        "templates": templates_visible_to(user).order_by("name"),
+        "actions_by_status": ACTIONS_BY_STATUS,
+        "action_labels": ACTION_LABELS,
+        "working_statuses": sorted(WORKING),
+        "retention_days": settings.ISARD_RECYCLE_RETENTION_DAYS,
+    }
+    if request.GET.get("fragment") == "cards":
+        return render(request, "desktops/_cards.html", context)
+    return render(request, "desktops/dashboard.html", context)
+
+
+def _answer(
+    request: HttpRequest,
+    *,
+    message: str,
+    ok: bool,
+    status: int = 200,
+    desktop: Desktop | None = None,
+) -> HttpResponse:
+    if _wants_json(request):
+        body: dict[str, Any] = {"message": message}
+        if desktop is not None:
+            card = desktop_card(desktop)
+            card["purge_at"] = card["purge_at"].isoformat() if card["purge_at"] else None
+            body["desktop"] = card
+        return JsonResponse(body, status=status)
+    (messages.success if ok else messages.error)(request, message)
+    return redirect("dashboard")
+
+
+@login_required
+@require_POST
+def desktop_new(request: HttpRequest) -> HttpResponse:
+    """Create a desktop from a template shared with me."""
+    user = _user(request)
+    template = templates_visible_to(user).filter(pk=request.POST.get("template") or 0).first()
+    if template is None:
+        return _answer(
+            request, message="Choose one of the templates shared with you.", ok=False, status=400
+        )
+    name = request.POST.get("name", "").strip() or template.name
+    try:
+        desktop = services.desktop_create(actor=user, template=template, name=name)
+    except ApplicationError as error:
+        return _answer(request, message=error.message, ok=False, status=error.status_code)
+    return _answer(
+        request,
+        message=f"“{desktop.name}” is being created; it is ready in a few seconds.",
+        ok=True,
+        status=201,
+        desktop=desktop,
+    )
+
+
+@login_required
+@require_POST
+def desktop_action(request: HttpRequest, desktop_id: int, action: str) -> HttpResponse:
+    """Start, shut down, force off, delete or restore one of my desktops."""
+    service = SERVICES.get(action)
+    if service is None:
+        return _answer(request, message=f"Unknown action “{action}”.", ok=False, status=404)
+    user = _user(request)
+    try:
+        desktop = services.desktop_get(actor=user, desktop_id=desktop_id)
+        desktop = service(actor=user, desktop=desktop)
+    except NotFoundError as error:
+        return _answer(request, message=error.message, ok=False, status=404)
+    except ApplicationError as error:
+        return _answer(request, message=error.message, ok=False, status=error.status_code)
+    desktop.refresh_from_db()
+    message = DONE_MESSAGES[action].format(name=desktop.name)
+    return _answer(request, message=message, ok=True, status=202, desktop=desktop)

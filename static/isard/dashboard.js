@@ -1,0 +1,110 @@
+// The dashboard, live: forms sent with fetch, cards updated from the websocket.
+// Without this file the page still works (plain forms and redirects).
+"use strict";
+(() => {
+  const json = (id) => JSON.parse(document.getElementById(id).textContent);
+  const actionsByStatus = json("actions-by-status");
+  const labels = json("action-labels");
+  const working = new Set(json("working-statuses"));
+  const notice = document.getElementById("notice");
+  const live = document.getElementById("live");
+  const cards = document.getElementById("cards");
+  const csrf = () => document.querySelector("input[name=csrfmiddlewaretoken]").value;
+
+  function say(message, ok) {
+    notice.textContent = message;
+    notice.className = "notice " + (ok ? "ok" : "error");
+    notice.hidden = false;
+  }
+
+  function button(card, action) {
+    if (action === "open" || action === "vv") {
+      const link = document.createElement("a");
+      link.className = "button" + (action === "open" ? " primary" : "");
+      link.href = action === "open" ? card.dataset.viewerUrl : card.dataset.vvUrl;
+      if (action === "open") { link.target = "_blank"; link.rel = "noopener"; }
+      link.textContent = labels[action];
+      return link;
+    }
+    const form = document.createElement("form");
+    form.method = "post";
+    form.className = "inline";
+    form.action = card.dataset.actionUrl.replace("ACTION", action);
+    form.dataset.async = "";
+    const submit = document.createElement("button");
+    submit.type = "submit";
+    if (action === "start") submit.className = "primary";
+    submit.textContent = labels[action];
+    form.append(submit);
+    return form;
+  }
+
+  async function reloadCards() {
+    const response = await fetch("?fragment=cards", { headers: { Accept: "text/html" } });
+    if (response.ok) cards.innerHTML = await response.text();
+  }
+
+  function update(desktop) {
+    const card = document.getElementById("desktop-" + desktop.id);
+    const wasDeleted = card && card.dataset.status === "deleted";
+    if (!card || wasDeleted !== (desktop.status === "deleted")) {
+      reloadCards(); // a new desktop, or one moving in or out of the recycle bin
+      return;
+    }
+    if (card.dataset.status === desktop.status) return;
+    card.dataset.status = desktop.status;
+    card.querySelector("[data-role=status]").textContent = desktop.status_label;
+    const reason = card.querySelector("[data-role=reason]");
+    reason.textContent = desktop.status_reason || "";
+    reason.hidden = !desktop.status_reason;
+    card.querySelector("[data-role=working]").hidden = !working.has(desktop.status);
+    const actions = card.querySelector("[data-role=actions]");
+    actions.replaceChildren(...(actionsByStatus[desktop.status] || []).map((a) => button(card, a)));
+  }
+
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (!(form instanceof HTMLFormElement) || !("async" in form.dataset)) return;
+    event.preventDefault();
+    const data = new FormData(form);
+    if (!data.has("csrfmiddlewaretoken")) data.append("csrfmiddlewaretoken", csrf());
+    for (const control of form.querySelectorAll("button")) control.disabled = true;
+    try {
+      const response = await fetch(form.action, {
+        method: "POST", body: data, headers: { Accept: "application/json" },
+        credentials: "same-origin",
+      });
+      const body = await response.json().catch(() => ({ message: "The server did not answer." }));
+      say(body.message, response.ok);
+      if (body.desktop) update(body.desktop);
+      if (response.ok && form.closest(".new-desktop")) form.reset();
+    } catch (error) {
+      say("The platform cannot be reached; check your connection and try again.", false);
+    } finally {
+      for (const control of form.querySelectorAll("button")) control.disabled = false;
+    }
+  });
+
+  let delay = 500;
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws/desktops/`);
+    socket.onopen = () => {
+      delay = 500;
+      live.dataset.state = "live";
+      live.textContent = "Live: statuses update by themselves.";
+    };
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "snapshot") message.desktops.forEach(update);
+      else if (message.type === "status") update(message.desktop);
+    };
+    socket.onclose = () => {
+      live.dataset.state = "offline";
+      live.textContent = "Reconnecting for live status…";
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 10000);
+    };
+  }
+  connect();
+})();
