@@ -14,7 +14,7 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 
 S = DesktopStatus
-JSON = {"HTTP_ACCEPT": "application/json"}
+JSON = {"Accept": "application/json"}
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_dashboard_shows_my_desktops_only_with_the_actions_their_status_allows(
     assert f'id="desktop-{desktop.pk}"' in page
     assert f'id="desktop-{theirs.pk}"' not in page
     assert 'data-status="stopped"' in page
-    assert ">Start</button>" in page and "noopener\">Open in the browser" not in page
+    assert ">Start</button>" in page and 'noopener">Open in the browser' not in page
     assert shared_template.name in page  # offered in "New desktop"
 
 
@@ -78,7 +78,7 @@ def test_student_creates_a_desktop_from_a_shared_template(
 ) -> None:
     with django_capture_on_commit_callbacks(execute=False):
         response = client_for(student).post(
-            "/desktops/new/", {"template": shared_template.pk, "name": "Essay"}, **JSON
+            "/desktops/new/", {"template": shared_template.pk, "name": "Essay"}, headers=JSON
         )
     assert response.status_code == 201, response.content
     body = response.json()
@@ -93,7 +93,9 @@ def test_a_template_not_shared_with_me_is_refused_with_a_clear_message(
 ) -> None:
     base_template.shared_with_everyone = False
     base_template.save()
-    response = client_for(student).post("/desktops/new/", {"template": base_template.pk}, **JSON)
+    response = client_for(student).post(
+        "/desktops/new/", {"template": base_template.pk}, headers=JSON
+    )
     assert response.status_code == 400
     assert "shared with you" in response.json()["message"]
     assert not Desktop.objects.exists()
@@ -103,7 +105,7 @@ def test_a_template_not_shared_with_me_is_refused_with_a_clear_message(
 def test_start_through_the_dashboard_answers_202_and_the_task_starts_it(
     run: Any, desktop: Desktop, student: Any
 ) -> None:
-    response = run(client_for(student).post, f"/desktops/{desktop.pk}/start/", **JSON)
+    response = run(client_for(student).post, f"/desktops/{desktop.pk}/start/", headers=JSON)
     assert response.status_code == 202
     assert response.json()["desktop"]["status"] == S.STARTING
     desktop.refresh_from_db()
@@ -115,7 +117,7 @@ def test_student_cannot_act_on_another_students_desktop(
     desktop: Desktop, other_student: Any
 ) -> None:
     for action in ("start", "delete", "stop", "shutdown", "restore"):
-        response = client_for(other_student).post(f"/desktops/{desktop.pk}/{action}/", **JSON)
+        response = client_for(other_student).post(f"/desktops/{desktop.pk}/{action}/", headers=JSON)
         assert response.status_code == 404, action
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
@@ -123,7 +125,7 @@ def test_student_cannot_act_on_another_students_desktop(
 
 @pytest.mark.django_db
 def test_a_refused_action_says_why_and_changes_nothing(desktop: Desktop, student: Any) -> None:
-    response = client_for(student).post(f"/desktops/{desktop.pk}/restore/", **JSON)
+    response = client_for(student).post(f"/desktops/{desktop.pk}/restore/", headers=JSON)
     assert response.status_code == 409
     assert "not in the recycle bin" in response.json()["message"]
 
