@@ -145,13 +145,18 @@ def desktops_transition(
 
 
 def broadcast_status_payloads(payloads: Sequence[tuple[int, dict[str, Any]]]) -> None:
-    """Send desktops' statuses (as committed) to their owners' websocket groups."""
-    group_send_many(
-        [
-            (owner_group(owner_id), {"type": "desktop.status", "desktop": payload})
-            for owner_id, payload in payloads
-        ]
-    )
+    """Send desktops' statuses (as committed) to their owners' websocket groups.
+
+    A desktop of a course goes to the course's group too, where its teachers' pages
+    listen: a class of thirty starting shows up live on the teacher's screen.
+    """
+    messages: list[tuple[str, dict[str, Any]]] = []
+    for owner_id, payload in payloads:
+        event = {"type": "desktop.status", "desktop": payload}
+        messages.append((owner_group(owner_id), event))
+        if payload.get("course"):
+            messages.append((course_group(payload["course"]), event))
+    group_send_many(messages)
 
 
 def broadcast_desktop_status(desktop_id: int) -> None:
@@ -163,6 +168,10 @@ def broadcast_desktop_status(desktop_id: int) -> None:
 
 def owner_group(user_id: int) -> str:
     return f"desktops.user.{user_id}"
+
+
+def course_group(course_id: int) -> str:
+    return f"desktops.course.{course_id}"
 
 
 def desktop_status_payload(
@@ -177,6 +186,8 @@ def desktop_status_payload(
     return {
         "id": desktop.pk,
         "uuid": str(desktop.uuid),
+        "owner": desktop.owner_id,
+        "course": desktop.course_id,
         "name": desktop.name,
         "status": status.value,
         "status_label": status.label,

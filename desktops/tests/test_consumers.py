@@ -68,3 +68,51 @@ async def test_anonymous_users_are_refused() -> None:
     connected, code = await communicator.connect()
     assert not connected
     assert code == 4401
+
+
+@database_sync_to_async
+def course_with(teacher: Any, student: Any) -> Any:
+    from accounts.choices import CourseRole
+    from accounts.tests.factories import CourseFactory, MembershipFactory
+
+    course = CourseFactory.create()
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    MembershipFactory.create(course=course, user=student)
+    return course
+
+
+@database_sync_to_async
+def enrol_desktop(desktop: Desktop, course: Any) -> None:
+    Desktop.objects.filter(pk=desktop.pk).update(course=course)
+    desktop.course = course
+
+
+async def test_teacher_follows_their_courses_desktops_and_another_teacher_is_refused() -> None:
+    from accounts.choices import Role
+
+    student, desktop = await make()
+    teacher = await database_sync_to_async(UserFactory.create)(role=Role.TEACHER)
+    stranger = await database_sync_to_async(UserFactory.create)(role=Role.TEACHER)
+    course = await course_with(teacher, student)
+    await enrol_desktop(desktop, course)
+
+    def follow(user: Any) -> WebsocketCommunicator:
+        communicator = WebsocketCommunicator(
+            DesktopStatusConsumer.as_asgi(), f"/ws/desktops/?course={course.pk}"
+        )
+        communicator.scope["user"] = user
+        return communicator
+
+    teacher_socket, stranger_socket = follow(teacher), follow(stranger)
+    assert (await teacher_socket.connect())[0]
+    snapshot = await teacher_socket.receive_json_from()
+    assert [d["id"] for d in snapshot["desktops"]] == [desktop.pk]
+    connected, code = await stranger_socket.connect()
+    assert not connected and code == 4403
+
+    await start(desktop)
+    message = await teacher_socket.receive_json_from(timeout=2)
+    assert message["desktop"]["id"] == desktop.pk
+    assert message["desktop"]["status"] == "starting"
+    assert message["desktop"]["course"] == course.pk
+    await teacher_socket.disconnect()
