@@ -19,7 +19,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.choices import CourseRole
 from accounts.models import User
+from accounts.permissions import courses_taught_by
 from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
@@ -86,6 +88,7 @@ def desktop_card(desktop: Desktop) -> dict[str, Any]:
         purge_at = desktop.deleted_at + timedelta(days=settings.ISARD_RECYCLE_RETENTION_DAYS)
     payload.update(
         template=desktop.template.name if desktop.template else "",
+        owner_name=desktop.owner.get_full_name() or desktop.owner.get_username(),
         actions=ACTIONS_BY_STATUS.get(desktop.status, []),
         buttons=[
             {"action": action, "label": ACTION_LABELS[action]}
@@ -182,3 +185,58 @@ def desktop_action(request: HttpRequest, desktop_id: int, action: str) -> HttpRe
     desktop.refresh_from_db()
     message = DONE_MESSAGES[action].format(name=desktop.name)
     return _answer(request, message=message, ok=True, status=202, desktop=desktop)
+
+
+@login_required
+@require_GET
+def course_list(request: HttpRequest) -> HttpResponse:
+    """The courses I manage: my classes as a teacher, my school's as a manager."""
+    courses = courses_taught_by(_user(request)).select_related("school").order_by("name")
+    rows = [
+        {
+            "course": course,
+            "students": course.memberships.filter(role=CourseRole.STUDENT).count(),
+            "desktops": Desktop.objects.filter(course=course).exclude(status=S.DELETED).count(),
+            "running": Desktop.objects.filter(course=course, status=S.STARTED).count(),
+        }
+        for course in courses
+    ]
+    return render(request, "desktops/course_list.html", {"rows": rows})
+
+
+@login_required
+@require_GET
+def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
+    """A class at a glance: every student's desktops in the course, live."""
+    course = courses_taught_by(_user(request)).filter(pk=course_id).first()
+    if course is None:
+        return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
+    desktops = (
+        Desktop.objects.filter(course=course)
+        .select_related("template", "owner")
+        .order_by("owner__username", "name", "pk")
+    )
+    cards = [desktop_card(d) for d in desktops]
+    memberships = course.memberships.select_related("user").order_by("role", "user__username")
+    with_desktop = {card["owner"] for card in cards if card["status"] != S.DELETED}
+    context = {
+        "course": course,
+        "active": [c for c in cards if c["status"] != S.DELETED],
+        "recycled": [c for c in cards if c["status"] == S.DELETED],
+        "teachers": [m.user for m in memberships if m.role == CourseRole.TEACHER],
+        "students": [m.user for m in memberships if m.role == CourseRole.STUDENT],
+        "without_desktop": [
+            m.user
+            for m in memberships
+            if m.role == CourseRole.STUDENT and m.user_id not in with_desktop
+        ],
+        "show_owner": True,
+        "socket_path": f"/ws/desktops/?course={course.pk}",
+        "actions_by_status": ACTIONS_BY_STATUS,
+        "action_labels": ACTION_LABELS,
+        "working_statuses": sorted(WORKING),
+        "retention_days": settings.ISARD_RECYCLE_RETENTION_DAYS,
+    }
+    if request.GET.get("fragment") == "cards":
+        return render(request, "desktops/_cards.html", context)
+    return render(request, "desktops/course_detail.html", context)

@@ -14,6 +14,8 @@ admin.site.site_title = "isard"
 urlpatterns = [
     path("", desktop_views.dashboard, name="dashboard"),
     path("desktops/new/", desktop_views.desktop_new, name="desktop-new"),
+    path("courses/", desktop_views.course_list, name="course-list"),
+    path("courses/<int:course_id>/", desktop_views.course_detail, name="course-detail"),
     re_path(
         r"^desktops/(?P<desktop_id>[0-9]+)/(?P<action>start|shutdown|stop|delete|restore)/$",
         desktop_views.desktop_action,

@@ -154,3 +154,58 @@ def test_viewer_page_is_still_reachable_next_to_the_action_routes(
     # The action routes must not swallow /desktops/<id>/viewer/ (a GET page).
     response = client_for(student).get(f"/desktops/{desktop.pk}/viewer/")
     assert response.status_code != 405
+
+
+@pytest.fixture
+def course(student: Any) -> Any:
+    from accounts.choices import CourseRole
+    from accounts.tests.factories import CourseFactory, MembershipFactory
+
+    course = CourseFactory.create(name="1A", school=student.school)
+    teacher = UserFactory.create(username="tess", role=Role.TEACHER, school=student.school)
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    MembershipFactory.create(course=course, user=student)
+    return course
+
+
+def teacher_of(course: Any) -> Any:
+    return course.memberships.get(role="teacher").user
+
+
+@pytest.mark.django_db
+def test_teacher_sees_the_class_and_starts_a_students_desktop(
+    run: Any, desktop: Desktop, course: Any, student: Any
+) -> None:
+    Desktop.objects.filter(pk=desktop.pk).update(course=course)
+    teacher = client_for(teacher_of(course))
+    assert "1A" in teacher.get("/courses/").content.decode()
+    page = teacher.get(f"/courses/{course.pk}/").content.decode()
+    assert f'id="desktop-{desktop.pk}"' in page and "ana" in page
+    assert f"/ws/desktops/?course={course.pk}" in page
+    response = run(teacher.post, f"/desktops/{desktop.pk}/start/", headers=JSON)
+    assert response.status_code == 202
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED
+
+
+@pytest.mark.django_db
+def test_another_teacher_and_the_students_cannot_open_a_course_page(
+    desktop: Desktop, course: Any, student: Any
+) -> None:
+    stranger = UserFactory.create(username="otto", role=Role.TEACHER, school=student.school)
+    for person in (stranger, student):
+        assert client_for(person).get(f"/courses/{course.pk}/").status_code == 404
+        assert "1A" not in client_for(person).get("/courses/").content.decode()
+    response = client_for(stranger).post(f"/desktops/{desktop.pk}/stop/", headers=JSON)
+    assert response.status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_school_manager_sees_every_course_of_the_school_only(course: Any, student: Any) -> None:
+    from accounts.tests.factories import CourseFactory
+
+    manager = UserFactory.create(username="mia", role=Role.MANAGER, school=student.school)
+    elsewhere = CourseFactory.create(name="Elsewhere 2B")
+    listing = client_for(manager).get("/courses/").content.decode()
+    assert "1A" in listing and "Elsewhere 2B" not in listing
+    assert client_for(manager).get(f"/courses/{elsewhere.pk}/").status_code == 404

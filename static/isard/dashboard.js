@@ -78,6 +78,7 @@
       say(body.message, response.ok);
       if (body.desktop) update(body.desktop);
       if (response.ok && form.closest(".new-desktop")) form.reset();
+      if (response.ok && "reload" in form.dataset) reloadCards();
     } catch (error) {
       say("The platform cannot be reached; check your connection and try again.", false);
     } finally {
@@ -88,7 +89,8 @@
   let delay = 500;
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}/ws/desktops/`);
+    const path = cards.dataset.socket || "/ws/desktops/";
+    const socket = new WebSocket(`${scheme}://${location.host}${path}`);
     socket.onopen = () => {
       delay = 500;
       live.dataset.state = "live";
