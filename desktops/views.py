@@ -27,6 +27,7 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from isard.exceptions import ApplicationError, NotFoundError
 from templates_app.selectors import templates_visible_to
+from templates_app.services import template_from_desktop
 
 S = DesktopStatus
 
@@ -80,8 +81,12 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def desktop_card(desktop: Desktop) -> dict[str, Any]:
-    """What a card shows; the same keys as the websocket's status payload, and more."""
+def desktop_card(desktop: Desktop, viewer: User | None = None) -> dict[str, Any]:
+    """What a card shows; the same keys as the websocket's status payload, and more.
+
+    `viewer` is who looks at the card: a teacher's own stopped desktop also offers
+    "make a template" (a page of its own, as it asks for a name).
+    """
     payload = services.desktop_status_payload(desktop)
     purge_at = None
     if desktop.deleted_at is not None:
@@ -100,6 +105,14 @@ def desktop_card(desktop: Desktop) -> dict[str, Any]:
         vv_url=reverse("desktop-viewer-vv", args=[desktop.pk]),
         # dashboard.js replaces ACTION to post any of the card's actions.
         action_url=reverse("desktop-action", args=[desktop.pk, "start"]).replace("start", "ACTION"),
+        template_url=(
+            reverse("desktop-make-template", args=[desktop.pk])
+            if viewer is not None
+            and viewer.is_teacher
+            and desktop.owner_id == viewer.pk
+            and desktop.status == S.STOPPED
+            else ""
+        ),
     )
     return payload
 
@@ -109,7 +122,7 @@ def desktop_card(desktop: Desktop) -> dict[str, Any]:
 def dashboard(request: HttpRequest) -> HttpResponse:
     user = _user(request)
     desktops = Desktop.objects.filter(owner=user).select_related("template").order_by("name", "pk")
-    cards = [desktop_card(d) for d in desktops]
+    cards = [desktop_card(d, user) for d in desktops]
     context = {
         "active": [c for c in cards if c["status"] != S.DELETED],
         "recycled": [c for c in cards if c["status"] == S.DELETED],
@@ -240,3 +253,37 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
     if request.GET.get("fragment") == "cards":
         return render(request, "desktops/_cards.html", context)
     return render(request, "desktops/course_detail.html", context)
+
+
+@login_required
+def desktop_make_template(request: HttpRequest, desktop_id: int) -> HttpResponse:
+    """Make a template of my stopped desktop: ask for its name, then start the work."""
+    user = _user(request)
+    try:
+        desktop = services.desktop_get(actor=user, desktop_id=desktop_id)
+    except NotFoundError:
+        return render(request, "desktops/not_found.html", {"what": "desktop"}, status=404)
+    error, status = "", 200
+    if request.method == "POST":
+        try:
+            template = template_from_desktop(
+                actor=user,
+                desktop_id=desktop.pk,
+                name=request.POST.get("name", ""),
+                description=request.POST.get("description", ""),
+            )
+        except ApplicationError as refusal:
+            error, status = refusal.message, refusal.status_code
+        else:
+            messages.success(
+                request,
+                f"The template “{template.name}” is being made from “{desktop.name}”; "
+                "you keep working on the desktop as soon as it is stopped again.",
+            )
+            return redirect("dashboard")
+    return render(
+        request,
+        "desktops/make_template.html",
+        {"desktop": desktop, "error": error, "name": request.POST.get("name", "")},
+        status=status,
+    )

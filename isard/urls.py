@@ -14,6 +14,11 @@ admin.site.site_title = "isard"
 urlpatterns = [
     path("", desktop_views.dashboard, name="dashboard"),
     path("desktops/new/", desktop_views.desktop_new, name="desktop-new"),
+    path(
+        "desktops/<int:desktop_id>/template/",
+        desktop_views.desktop_make_template,
+        name="desktop-make-template",
+    ),
     path("courses/", desktop_views.course_list, name="course-list"),
     path("courses/<int:course_id>/", desktop_views.course_detail, name="course-detail"),
     re_path(

@@ -209,3 +209,35 @@ def test_the_school_manager_sees_every_course_of_the_school_only(course: Any, st
     listing = client_for(manager).get("/courses/").content.decode()
     assert "1A" in listing and "Elsewhere 2B" not in listing
     assert client_for(manager).get(f"/courses/{elsewhere.pk}/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_teacher_makes_a_template_of_their_stopped_desktop_from_the_dashboard(
+    run: Any, test_hypervisor: Any, shared_template: Any
+) -> None:
+    from templates_app.choices import TemplateStatus
+    from templates_app.models import Template
+
+    teacher = UserFactory.create(username="tom", role=Role.TEACHER)
+    desktop = run(services.desktop_create, actor=teacher, template=shared_template, name="Lab")
+    client = client_for(teacher)
+    assert f"/desktops/{desktop.pk}/template/" in client.get("/").content.decode()
+    assert client.get(f"/desktops/{desktop.pk}/template/").status_code == 200
+    refused = client.post(f"/desktops/{desktop.pk}/template/", {"name": "  "})
+    assert refused.status_code == 400 and "needs a name" in refused.content.decode()
+    response = run(client.post, f"/desktops/{desktop.pk}/template/", {"name": "Lab v2"})
+    assert response.status_code == 302
+    template = Template.objects.get(name="Lab v2")
+    assert template.status == TemplateStatus.READY and template.parent == shared_template
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED and desktop.disk.parent == template.disk
+
+
+@pytest.mark.django_db
+def test_students_are_not_offered_templates_and_cannot_make_one(
+    desktop: Desktop, student: Any
+) -> None:
+    client = client_for(student)
+    assert f"/desktops/{desktop.pk}/template/" not in client.get("/").content.decode()
+    refused = client.post(f"/desktops/{desktop.pk}/template/", {"name": "Mine"})
+    assert refused.status_code == 403 and "Only teachers" in refused.content.decode()

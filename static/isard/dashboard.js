@@ -60,6 +60,13 @@
     card.querySelector("[data-role=working]").hidden = !working.has(desktop.status);
     const actions = card.querySelector("[data-role=actions]");
     actions.replaceChildren(...(actionsByStatus[desktop.status] || []).map((a) => button(card, a)));
+    if (desktop.status === "stopped" && card.dataset.templateUrl) {
+      const link = document.createElement("a");
+      link.className = "button";
+      link.href = card.dataset.templateUrl;
+      link.textContent = "Make a template";
+      actions.append(link);
+    }
   }
 
   document.addEventListener("submit", async (event) => {
