@@ -7,6 +7,7 @@ from django.urls import path, re_path
 
 from desktops import views as desktop_views
 from isard.health import health_view
+from templates_app import views as template_views
 
 admin.site.site_header = "isard administration"
 admin.site.site_title = "isard"
@@ -19,6 +20,15 @@ urlpatterns = [
         desktop_views.desktop_make_template,
         name="desktop-make-template",
     ),
+    path("media/", template_views.media_page, name="media-page"),
+    path("media/uploads/", template_views.media_upload_begin, name="media-upload-begin"),
+    path("media/<int:media_id>/upload/", template_views.media_upload, name="media-upload"),
+    path(
+        "media/<int:media_id>/upload/finish/",
+        template_views.media_upload_finish,
+        name="media-upload-finish",
+    ),
+    path("media/install/", template_views.media_install_desktop, name="media-install"),
     path("courses/", desktop_views.course_list, name="course-list"),
     path("courses/<int:course_id>/", desktop_views.course_detail, name="course-detail"),
     re_path(

@@ -47,6 +47,8 @@ class MediaKind(models.TextChoices):
 
 
 class MediaStatus(models.TextChoices):
+    UPLOADING = "uploading", "Uploading"
+    VERIFYING = "verifying", "Checking the upload"
     COPYING = "copying", "Copying"
     READY = "ready", "Ready"
     FAILED = "failed", "Failed"

@@ -27,5 +27,10 @@ def import_media(media_id: int, source: str) -> str:
 
 
 @shared_task
+def verify_media_upload(media_id: int) -> str:
+    return services.media_upload_verify(media_id=media_id).status
+
+
+@shared_task
 def purge_template_recycle_bin() -> int:
     return services.templates_purge_expired()

@@ -1,0 +1,153 @@
+"""Teachers' media page: upload an install ISO with a progress bar, install a desktop from it.
+
+Thin: every write is a service in `templates_app.services` (uploads) or
+`desktops.services` (a desktop from media). The upload speaks small JSON so that
+`static/isard/upload.js` can send a large file in chunks and resume after a dropped
+connection; refusals come back as {"message", "extra"} with the service's status code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.models import User
+from desktops.services import desktop_create_from_media
+from isard.exceptions import ApplicationError, NotFoundError, PermissionDeniedError
+from templates_app import services
+from templates_app.choices import MediaStatus
+from templates_app.models import HardwareProfile, Media
+
+
+def _user(request: HttpRequest) -> User:
+    assert isinstance(request.user, User)  # login_required let only signed-in users in
+    return request.user
+
+
+def _refusal(error: ApplicationError) -> JsonResponse:
+    return JsonResponse({"message": error.message, "extra": error.extra}, status=error.status_code)
+
+
+def _my_media(user: User, media_id: int) -> Media:
+    media = Media.objects.filter(pk=media_id).first()
+    if media is None or (media.owner_id != user.pk and not user.is_admin):
+        raise NotFoundError("No such media.")
+    return media
+
+
+def _upload_state(media: Media) -> dict[str, Any]:
+    return {
+        "id": media.pk,
+        "name": media.name,
+        "status": media.status,
+        "status_label": media.get_status_display(),
+        "size": media.size_bytes,
+        "offset": services.media_upload_received(media)
+        if media.status == MediaStatus.UPLOADING
+        else media.size_bytes,
+        "progress_percent": media.progress_percent,
+        "chunk_url": reverse("media-upload", args=[media.pk]),
+        "finish_url": reverse("media-upload-finish", args=[media.pk]),
+    }
+
+
+@login_required
+@require_GET
+def media_page(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    if not user.is_teacher:
+        return render(request, "desktops/not_found.html", {"what": "page"}, status=404)
+    media = Media.objects.filter(owner=user).order_by("-created_at")
+    context = {
+        "media": media,
+        "ready": [m for m in media if m.status == MediaStatus.READY],
+        "profiles": HardwareProfile.objects.order_by("name"),
+    }
+    return render(request, "templates_app/media.html", context)
+
+
+@login_required
+@require_POST
+def media_upload_begin(request: HttpRequest) -> JsonResponse:
+    try:
+        size = int(request.POST.get("size", ""))
+    except ValueError:
+        return JsonResponse({"message": "The file's size is missing.", "extra": {}}, status=400)
+    try:
+        media = services.media_upload_begin(
+            actor=_user(request),
+            name=request.POST.get("name", ""),
+            size_bytes=size,
+            kind=request.POST.get("kind", "iso"),
+        )
+    except ApplicationError as error:
+        return _refusal(error)
+    return JsonResponse(_upload_state(media), status=201)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def media_upload(request: HttpRequest, media_id: int) -> JsonResponse:
+    """GET: where the upload stands (to resume). POST ?offset=N: the next chunk as the body."""
+    try:
+        media = _my_media(_user(request), media_id)
+        if request.method == "POST":
+            try:
+                offset = int(request.GET.get("offset", ""))
+            except ValueError:
+                return JsonResponse(
+                    {"message": "Say where this chunk starts (?offset=).", "extra": {}}, status=400
+                )
+            services.media_upload_chunk(
+                actor=_user(request), media=media, offset=offset, stream=request
+            )
+            media.refresh_from_db()
+    except ApplicationError as error:
+        return _refusal(error)
+    return JsonResponse(_upload_state(media))
+
+
+@login_required
+@require_POST
+def media_upload_finish(request: HttpRequest, media_id: int) -> JsonResponse:
+    try:
+        media = _my_media(_user(request), media_id)
+        media = services.media_upload_finish(actor=_user(request), media=media)
+    except ApplicationError as error:
+        return _refusal(error)
+    return JsonResponse(_upload_state(media), status=202)
+
+
+@login_required
+@require_POST
+def media_install_desktop(request: HttpRequest) -> HttpResponse:
+    """A new desktop that boots the chosen ISO on an empty disk: install, then make a template."""
+    user = _user(request)
+    try:
+        media = _my_media(user, int(request.POST.get("media") or 0))
+        hardware = HardwareProfile.objects.filter(pk=request.POST.get("hardware") or 0).first()
+        if hardware is None:
+            raise ApplicationError("Choose a hardware profile.")
+        if not user.is_teacher:
+            raise PermissionDeniedError("Only teachers can install desktops from media.")
+        desktop = desktop_create_from_media(
+            actor=user,
+            media=media,
+            hardware=hardware,
+            name=request.POST.get("name", "").strip() or media.name,
+        )
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return redirect("media-page")
+    messages.success(
+        request,
+        f"“{desktop.name}” is being created with {media.name} in its CD drive; start it "
+        "and open it to install.",
+    )
+    return redirect("dashboard")
