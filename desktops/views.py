@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -204,17 +205,19 @@ def desktop_action(request: HttpRequest, desktop_id: int, action: str) -> HttpRe
 @require_GET
 def course_list(request: HttpRequest) -> HttpResponse:
     """The courses I manage: my classes as a teacher, my school's as a manager."""
-    courses = courses_taught_by(_user(request)).select_related("school").order_by("name")
-    rows = [
-        {
-            "course": course,
-            "students": course.memberships.filter(role=CourseRole.STUDENT).count(),
-            "desktops": Desktop.objects.filter(course=course).exclude(status=S.DELETED).count(),
-            "running": Desktop.objects.filter(course=course, status=S.STARTED).count(),
-        }
-        for course in courses
-    ]
-    return render(request, "desktops/course_list.html", {"rows": rows})
+    courses = (
+        courses_taught_by(_user(request))
+        .select_related("school")
+        .annotate(
+            students=Count(
+                "memberships", filter=Q(memberships__role=CourseRole.STUDENT), distinct=True
+            ),
+            desktop_count=Count("desktops", filter=~Q(desktops__status=S.DELETED), distinct=True),
+            running=Count("desktops", filter=Q(desktops__status=S.STARTED), distinct=True),
+        )
+        .order_by("name")
+    )
+    return render(request, "desktops/course_list.html", {"courses": courses})
 
 
 @login_required
