@@ -210,7 +210,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Virtual desktops for schools. Sign in with `POST /api/v1/auth/login/` to get a "
         "token and send it as `Authorization: Bearer <token>`; the browser uses its "
-        "session. Every error is `{\"message\": ..., \"extra\": {...}}`."
+        'session. Every error is `{"message": ..., "extra": {...}}`.'
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -221,6 +221,7 @@ SPECTACULAR_SETTINGS = {
         "TemplateStatusEnum": "templates_app.choices.TemplateStatus",
         "RoleEnum": "accounts.choices.Role",
         "CourseRoleEnum": "accounts.choices.CourseRole",
+        "DrainPolicyEnum": "hypervisors.choices.DrainPolicy",
     },
     # Documentation pages served by the platform itself (drf-spectacular-sidecar): no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",

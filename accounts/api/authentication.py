@@ -42,7 +42,7 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         return f'{self.keyword} realm="api"'
 
 
-class ApiTokenAuthenticationScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+class ApiTokenAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.api.authentication.ApiTokenAuthentication"
     name = "bearerAuth"
 

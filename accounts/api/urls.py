@@ -6,7 +6,6 @@ from rest_framework.routers import SimpleRouter
 from accounts.api import views
 
 router = SimpleRouter()
-router.include_format_suffixes = False
 router.register("auth/tokens", views.ApiTokenViewSet, basename="api-token")
 router.register("courses", views.CourseViewSet, basename="course")
 

@@ -6,38 +6,82 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0010_api_token'),
-        ('desktops', '0002_viewer_token'),
-        ('templates_app', '0002_template_progress'),
+        ("accounts", "0010_api_token"),
+        ("desktops", "0002_viewer_token"),
+        ("templates_app", "0002_template_progress"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Deployment',
+            name="Deployment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('whole_course', models.BooleanField(default=True)),
-                ('visible', models.BooleanField(default=True)),
-                ('deleted_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('co_teachers', models.ManyToManyField(blank=True, related_name='co_taught_deployments', to=settings.AUTH_USER_MODEL)),
-                ('course', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='accounts.course')),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to=settings.AUTH_USER_MODEL)),
-                ('students', models.ManyToManyField(blank=True, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('template', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='templates_app.template')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("description", models.TextField(blank=True)),
+                ("whole_course", models.BooleanField(default=True)),
+                ("visible", models.BooleanField(default=True)),
+                ("deleted_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "co_teachers",
+                    models.ManyToManyField(
+                        blank=True,
+                        related_name="co_taught_deployments",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "course",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="deployments",
+                        to="accounts.course",
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="deployments",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "students",
+                    models.ManyToManyField(
+                        blank=True, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "template",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="deployments",
+                        to="templates_app.template",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-pk'],
+                "ordering": ["-created_at", "-pk"],
             },
         ),
         migrations.AddField(
-            model_name='desktop',
-            name='deployment',
-            field=models.ForeignKey(blank=True, help_text='The deployment that made it for its owner, if any.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='desktops', to='desktops.deployment'),
+            model_name="desktop",
+            name="deployment",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="The deployment that made it for its owner, if any.",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="desktops",
+                to="desktops.deployment",
+            ),
         ),
     ]

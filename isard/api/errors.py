@@ -14,7 +14,7 @@ from isard.exceptions import api_exception_handler as shared_handler
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     response = shared_handler(exc, context)
     if response is not None and isinstance(exc, drf_exceptions.Throttled):
-        response.data["extra"] = {"retry_after": exc.wait}
+        response.data["extra"] = {"retry_after": getattr(exc, "wait", None)}
     return response
 
 
