@@ -66,11 +66,7 @@ class LoginView(APIView):
         if not isinstance(user, User) or not user.is_active:
             raise exceptions.AuthenticationFailed("Wrong username or password.")
         token, key = api_token_create(user=user, name=data.get("token_name", ""))
-        body = {
-            "token": key,
-            "token_info": ApiTokenSerializer(token).data,
-            "user": MeSerializer(user).data,
-        }
+        body = {"token": key, "token_info": token, "user": user}
         return Response(LoginResponseSerializer(body).data, status=status.HTTP_201_CREATED)
 
 
