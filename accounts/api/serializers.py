@@ -28,6 +28,8 @@ class ApiTokenSerializer(serializers.ModelSerializer[ApiToken]):
 
 
 class UserSerializer(serializers.ModelSerializer[User]):
+    # Blank when unknown: a plain string, not format "email", which "" would break.
+    email = serializers.CharField(read_only=True, help_text="Empty when unknown.")
     school_name = serializers.CharField(source="school.name", read_only=True, allow_null=True)
 
     class Meta:

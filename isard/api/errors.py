@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -18,6 +19,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+@csrf_exempt  # it changes nothing; a POST must get this 404, not an HTML CSRF page
 def api_not_found(request: HttpRequest, unmatched: str = "") -> JsonResponse:
     """Any path under /api/v1/ that names no endpoint: the same error shape as the rest."""
     return JsonResponse({"message": f"No API endpoint at {request.path}.", "extra": {}}, status=404)
