@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from desktops.models import Deployment, Desktop, DesktopEvent
+from isard.api.serializers import id_field
 
 
 class DesktopSerializer(serializers.ModelSerializer[Desktop]):
@@ -37,9 +38,29 @@ class DesktopSerializer(serializers.ModelSerializer[Desktop]):
 
 
 class DesktopCreateSerializer(serializers.Serializer[Any]):
-    template = serializers.IntegerField(min_value=1, help_text="A template shared with you.")
+    """From a template, or (teachers) from install media with a hardware profile."""
+
+    template = id_field(
+        required=False, allow_null=True, default=None, help_text="A template shared with you."
+    )
+    media = id_field(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Instead of a template: an empty disk that boots from this ISO (teachers).",
+    )
+    hardware = id_field(
+        required=False, allow_null=True, default=None, help_text="The hardware, with `media`."
+    )
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if (data["template"] is None) == (data["media"] is None):
+            raise serializers.ValidationError("Give either a template or install media.")
+        if data["media"] is not None and data["hardware"] is None:
+            raise serializers.ValidationError({"hardware": "A desktop from media needs one."})
+        return data
 
 
 class DesktopEventSerializer(serializers.ModelSerializer[DesktopEvent]):
@@ -95,19 +116,17 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
 class DeploymentCreateSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="")
-    course = serializers.IntegerField(min_value=1)
-    template = serializers.IntegerField(min_value=1)
+    course = id_field()
+    template = id_field()
     students = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=id_field(),
         required=False,
         allow_null=True,
         default=None,
         help_text="Only these students of the course; leave out for all of them, "
         "including those who join later.",
     )
-    co_teachers = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, default=list
-    )
+    co_teachers = serializers.ListField(child=id_field(), required=False, default=list)
     visible = serializers.BooleanField(required=False, default=True)
 
 
@@ -117,19 +136,18 @@ class DeploymentUpdateSerializer(serializers.Serializer[Any]):
 
 
 class DeploymentCoTeachersSerializer(serializers.Serializer[Any]):
-    co_teachers = serializers.ListField(child=serializers.IntegerField(min_value=1))
+    co_teachers = serializers.ListField(child=id_field())
 
 
 class DeploymentRecreateSerializer(serializers.Serializer[Any]):
     desktops = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=id_field(),
         required=False,
         allow_null=True,
         default=None,
         help_text="Only these desktops of the deployment; leave out for all of them.",
     )
-    template = serializers.IntegerField(
-        min_value=1,
+    template = id_field(
         required=False,
         allow_null=True,
         default=None,

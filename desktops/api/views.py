@@ -44,6 +44,8 @@ from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
 from isard.api.throttling import DesktopActionThrottle
 from isard.exceptions import ApplicationError, NotFoundError
+from templates_app.api.views import media_listed_for
+from templates_app.models import HardwareProfile
 from templates_app.selectors import templates_visible_to
 
 #: Actions that make a hypervisor or a worker do something: rate-limited per person.
@@ -125,11 +127,23 @@ class DesktopViewSet(
 
     @extend_schema(request=DesktopCreateSerializer, responses={202: DesktopSerializer})
     def create(self, request: Request) -> Response:
-        """Create a desktop from a template shared with you; its disk is made by a task."""
+        """Create a desktop from a template shared with you (or from install media).
+
+        Its disk and domain are made by a task: the answer is the desktop, "creating".
+        """
         serializer = DesktopCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         actor = request_user(request)
+        if data["media"] is not None:
+            media = media_listed_for(actor).filter(pk=data["media"]).first()
+            hardware = HardwareProfile.objects.filter(pk=data["hardware"]).first()
+            if media is None or hardware is None:
+                raise NotFoundError("No such media or hardware profile.")
+            desktop = services.desktop_create_from_media(
+                actor=actor, media=media, hardware=hardware, name=data["name"]
+            )
+            return self._answer(desktop)
         template = templates_visible_to(actor).filter(pk=data["template"]).first()
         if template is None:
             raise NotFoundError("No such template.", extra={"template": data["template"]})

@@ -134,7 +134,10 @@ def test_create_from_a_template_not_shared_with_me_is_404(north: Campus) -> None
 def test_bad_input_names_the_fields(north: Campus) -> None:
     response = client_for(north.student).post("/api/v1/desktops/", {"name": ""})
     body = assert_error(response, 400)
-    assert {"template", "name"} <= set(body["extra"]["fields"])
+    assert "name" in body["extra"]["fields"]
+    response = client_for(north.student).post("/api/v1/desktops/", {"name": "x"})
+    body = assert_error(response, 400)
+    assert "either a template or install media" in str(body["extra"]["fields"])
     assert_error(client_for(north.student).get("/api/v1/desktops/?status=flying"), 400)
 
 
@@ -205,3 +208,29 @@ def test_quota_and_capacity_errors_have_their_status_and_the_shape(
     assert isinstance(response, Response)
     assert response.status_code == status_code
     assert set(response.data) == {"message", "extra"}
+
+
+def test_a_teacher_installs_a_desktop_from_media_and_a_student_cannot(north: Campus) -> None:
+    from templates_app.choices import MediaStatus
+    from templates_app.models import Media
+
+    media = Media.objects.create(name="debian.iso", path="/isos/d.iso", status=MediaStatus.READY)
+    body = {"media": media.pk, "hardware": north.hardware.pk, "name": "Install"}
+    response = client_for(north.teacher).post("/api/v1/desktops/", body, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["status"] == S.CREATING and response.json()["template"] is None
+    assert_error(client_for(north.student).post("/api/v1/desktops/", body, format="json"), 404)
+    both = {**body, "template": north.teacher_template.pk}
+    assert_error(client_for(north.teacher).post("/api/v1/desktops/", both, format="json"), 400)
+
+
+def test_ids_beyond_a_64_bit_key_are_bad_input_not_a_crash(north: Campus) -> None:
+    client = client_for(north.teacher)
+    huge = 2**70
+    body = assert_error(
+        client.post("/api/v1/desktops/", {"template": huge, "name": "x"}, format="json"), 400
+    )
+    assert "template" in body["extra"]["fields"]
+    deployment = {"name": "x", "course": north.course.pk, "template": 1, "students": [huge]}
+    assert_error(client.post("/api/v1/deployments/", deployment, format="json"), 400)
+    assert_error(client.get(f"/api/v1/desktops/{huge}/"), 404)

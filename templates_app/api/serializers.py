@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from accounts.models import Course, User
+from isard.api.serializers import id_field
 from templates_app.models import HardwareProfile, Media, Template
 
 
@@ -40,9 +41,7 @@ class TemplateSerializer(serializers.ModelSerializer[Template]):
 
 
 class TemplateFromDesktopSerializer(serializers.Serializer[Any]):
-    desktop = serializers.IntegerField(
-        min_value=1, help_text="A stopped desktop of yours; it continues on the new template."
-    )
+    desktop = id_field(help_text="A stopped desktop of yours; it continues on the new template.")
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="")
 

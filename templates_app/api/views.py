@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api.views import request_user
+from accounts.models import User
 from accounts.permissions import can_act_on_desktop, can_manage_template, templates_managed_by
 from desktops.models import Desktop
 from isard.exceptions import NotFoundError, PermissionDeniedError
@@ -34,11 +35,20 @@ from templates_app.models import HardwareProfile, Media, Template
 from templates_app.selectors import template_dependants, templates_visible_to
 
 
-def templates_listed_for(user: Any) -> QuerySet[Template]:
+def templates_listed_for(user: User) -> QuerySet[Template]:
     """Templates one may use, plus those one manages (creating, failed, in the bin)."""
     visible = templates_visible_to(user).values("pk")
     managed = templates_managed_by(user).values("pk")
     return Template.objects.filter(Q(pk__in=visible) | Q(pk__in=managed))
+
+
+def media_listed_for(user: User) -> QuerySet[Media]:
+    """Install media a teacher may use: the shared ones (no owner) and their own."""
+    if user.is_admin:
+        return Media.objects.all()
+    if not user.is_teacher:
+        return Media.objects.none()
+    return Media.objects.filter(Q(owner__isnull=True) | Q(owner=user))
 
 
 @extend_schema(tags=["templates"])
@@ -184,9 +194,4 @@ class MediaViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> QuerySet[Media]:
         if getattr(self, "swagger_fake_view", False):
             return Media.objects.none()
-        user = request_user(self.request)
-        if user.is_admin:
-            return Media.objects.all()
-        if not user.is_teacher:
-            return Media.objects.none()
-        return Media.objects.filter(Q(owner__isnull=True) | Q(owner=user))
+        return media_listed_for(request_user(self.request))
