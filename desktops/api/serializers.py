@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
 from isard.api.serializers import id_field
 
@@ -64,6 +65,10 @@ class DesktopCreateSerializer(serializers.Serializer[Any]):
 
 
 class DesktopEventSerializer(serializers.ModelSerializer[DesktopEvent]):
+    # Blank on a desktop's first event: said explicitly, or the schema forbids "".
+    from_status = serializers.ChoiceField(
+        choices=DesktopStatus.choices, allow_blank=True, read_only=True
+    )
     actor_username = serializers.CharField(source="actor.username", read_only=True, allow_null=True)
 
     class Meta:

@@ -42,6 +42,7 @@ from desktops.api.serializers import (
 )
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
+from isard.api.serializers import ErrorSerializer
 from isard.api.throttling import DesktopActionThrottle
 from isard.exceptions import ApplicationError, NotFoundError
 from templates_app.api.views import media_listed_for
@@ -224,7 +225,9 @@ class DesktopViewSet(
         responses={
             (200, "application/x-virt-viewer"): OpenApiResponse(
                 OpenApiTypes.STR, description="A .vv file for remote-viewer (SPICE over TLS)."
-            )
+            ),
+            409: OpenApiResponse(ErrorSerializer, description="Not running, or no SPICE TLS."),
+            502: OpenApiResponse(ErrorSerializer, description="Its hypervisor did not answer."),
         },
         filters=False,
     )

@@ -7,7 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from hypervisors.choices import DrainPolicy
+from hypervisors.choices import Accelerator, DrainPolicy
 from hypervisors.models import Hypervisor
 from hypervisors.selectors import drain_progress
 
@@ -22,6 +22,13 @@ class DrainProgressSerializer(serializers.Serializer[Any]):
 
 
 class HypervisorSerializer(serializers.ModelSerializer[Hypervisor]):
+    # Blank until detected / until a drain: said explicitly, or the schema forbids "".
+    accelerator = serializers.ChoiceField(
+        choices=Accelerator.choices, allow_blank=True, read_only=True
+    )
+    drain_policy = serializers.ChoiceField(
+        choices=DrainPolicy.choices, allow_blank=True, read_only=True
+    )
     drain = serializers.SerializerMethodField()
 
     class Meta:

@@ -24,6 +24,7 @@ ANY_REQUEST_ERRORS = {
 WRITE_ERRORS = {
     "409": "The object is not in a state that allows this (`extra.status` says which).",
     "422": "A quota would be exceeded.",
+    "502": "A hypervisor or the storage failed; the message says which and why.",
     "503": "No hypervisor can take the desktop right now.",
 }
 

@@ -1,10 +1,11 @@
 """The API's own OpenAPI contract, fuzzed against the running code (schemathesis).
 
 The schema is loaded from the application (WSGI, in process), then every operation gets
-generated requests, as a student and as a teacher, with a few real objects present:
-valid ones (positive) and invalid ones (negative). Half of the requests on `/{id}/`
-paths name a real object, so that the code behind the 404 is exercised too. Every
-response must be free of server errors and match the schema for its status code (the
+generated requests, as a student, a teacher, a school manager and an administrator, with
+a few real objects present: valid requests (positive) and invalid ones (negative). Half
+of the positive requests on `/{id}/` paths name a real object, so that the code behind
+the 404 is exercised too. Every response must be free of server errors, have a
+documented status code and content type, and match the schema for its status code (the
 error shape included). Deterministic: Hypothesis derandomized, no example database, no
 shrinking; a bounded number of examples per operation keeps the run short.
 """
@@ -25,7 +26,11 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from accounts.tokens import api_token_create
 from desktops.choices import DesktopStatus
@@ -39,8 +44,8 @@ from templates_app.models import Media, Template
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 
 #: Generated requests per operation, role-mixed: positive and negative.
-POSITIVE_EXAMPLES = 10
-NEGATIVE_EXAMPLES = 5
+POSITIVE_EXAMPLES = 15
+NEGATIVE_EXAMPLES = 8
 
 
 @pytest.fixture
@@ -87,7 +92,7 @@ def restore_pinned(north: Campus, pins: dict[str, int]) -> None:
 
 
 def test_the_api_keeps_its_contract_under_fuzzing(
-    north: Campus, base_template: Any, in_process_requests: None, settings: Any
+    north: Campus, admin: Any, base_template: Any, in_process_requests: None, settings: Any
 ) -> None:
     # The fuzzer is one client sending many requests: rate limits would only hide code.
     settings.ISARD_API_THROTTLE_RATES = {}
@@ -95,6 +100,8 @@ def test_the_api_keeps_its_contract_under_fuzzing(
     tokens = {
         "student": api_token_create(user=north.student)[1],
         "teacher": api_token_create(user=north.teacher)[1],
+        "manager": api_token_create(user=north.manager)[1],
+        "admin": api_token_create(user=admin)[1],
     }
     spare, _ = api_token_create(user=north.student, name="spare")
     pins = pinned_ids(north, base_template, spare.pk)
@@ -151,6 +158,14 @@ def fuzz(strategy: Any, tokens: dict[str, str], examples: int, statuses: set[int
     def run(case: Any, role: str) -> None:
         response = case.call(headers={"Authorization": f"Bearer {tokens[role]}"})
         statuses.add(response.status_code)
-        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+        case.validate_response(
+            response,
+            checks=[
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )
 
     run()
