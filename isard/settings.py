@@ -8,9 +8,11 @@ localhost, the local libvirt daemon and a storage directory inside the checkout.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -202,8 +204,17 @@ ISARD_API_THROTTLE_RATES = {
     "desktop_action": env.str("ISARD_API_DESKTOP_ACTION_RATE", default="60/minute"),
     "user": env.str("ISARD_API_USER_RATE", default="1200/minute"),
 }
+for _scope, _rate in ISARD_API_THROTTLE_RATES.items():
+    # DRF would only fail at the first request; a wrong rate stops the start instead.
+    if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)s?", _rate):
+        raise ImproperlyConfigured(
+            f"ISARD_API_{_scope.upper()}_RATE={_rate!r} is not a rate: write it as "
+            "N/second, N/minute, N/hour or N/day, e.g. 10/minute."
+        )
 # API tokens expire after this many days (0: never).
 ISARD_API_TOKEN_DAYS = env.int("ISARD_API_TOKEN_DAYS", default=90)
+if ISARD_API_TOKEN_DAYS < 0:
+    raise ImproperlyConfigured("ISARD_API_TOKEN_DAYS must be 0 (never expire) or more days.")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "isard API",

@@ -11,6 +11,7 @@ router.register("courses", views.CourseViewSet, basename="course")
 
 urlpatterns = [
     path("auth/login/", views.LoginView.as_view(), name="api-login"),
+    path("auth/logout/", views.LogoutView.as_view(), name="api-logout"),
     path("me/", views.MeView.as_view(), name="api-me"),
     *router.urls,
 ]

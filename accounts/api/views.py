@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, logout
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
@@ -68,6 +68,19 @@ class LoginView(APIView):
         token, key = api_token_create(user=user, name=data.get("token_name", ""))
         body = {"token": key, "token_info": token, "user": user}
         return Response(LoginResponseSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class LogoutView(APIView):
+    """Sign out: revoke the token this request came with (or end the browser session)."""
+
+    @extend_schema(request=None, responses={204: None}, tags=["auth"])
+    def post(self, request: Request) -> Response:
+        user = request_user(request)
+        if isinstance(request.auth, ApiToken):
+            api_token_revoke(actor=user, token_id=request.auth.pk)
+        else:
+            logout(request._request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 @extend_schema(tags=["auth"])

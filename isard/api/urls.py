@@ -28,7 +28,10 @@ urlpatterns = [
     path(
         "redoc/",
         SpectacularRedocView.as_view(
-            url_name="api-schema", permission_classes=[AllowAny], authentication_classes=[]
+            url_name="api-schema",
+            template_name="api/redoc.html",
+            permission_classes=[AllowAny],
+            authentication_classes=[],
         ),
         name="api-redoc",
     ),
