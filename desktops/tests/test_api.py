@@ -234,3 +234,21 @@ def test_ids_beyond_a_64_bit_key_are_bad_input_not_a_crash(north: Campus) -> Non
     deployment = {"name": "x", "course": north.course.pk, "template": 1, "students": [huge]}
     assert_error(client.post("/api/v1/deployments/", deployment, format="json"), 400)
     assert_error(client.get(f"/api/v1/desktops/{huge}/"), 404)
+
+
+def test_the_owner_gets_a_single_use_viewer_token_for_a_running_desktop(north: Campus) -> None:
+    from desktops.models import ViewerToken
+    from desktops.viewers import hash_token
+    from hypervisors.tests.factories import HypervisorFactory
+
+    Desktop.objects.filter(pk=north.student_desktop.pk).update(
+        status=S.STARTED, hypervisor=HypervisorFactory.create(), graphics_password="pw123456"
+    )
+    response = client_for(north.student).post(url(north.student_desktop, "viewer"))
+    assert response.status_code == 200, response.content
+    assert response["Cache-Control"] == "no-store"
+    body = response.json()
+    assert body["password"] == "pw123456" and body["desktop"] == north.student_desktop.pk
+    token = body["path"].removeprefix("/ws/viewer/").strip("/")
+    stored = ViewerToken.objects.get(key_hash=hash_token(token))
+    assert stored.user == north.student and stored.used_at is None
