@@ -42,6 +42,7 @@ from desktops.api.serializers import (
 )
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
+from isard.api.filters import FilterSet
 from isard.api.serializers import ErrorSerializer
 from isard.api.throttling import DesktopActionThrottle
 from isard.exceptions import ApplicationError, NotFoundError
@@ -55,7 +56,7 @@ THROTTLED_ACTIONS = frozenset(
 )
 
 
-class DesktopFilter(django_filters.FilterSet):
+class DesktopFilter(FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=DesktopStatus.choices)
     in_recycle_bin = django_filters.BooleanFilter(
         method="filter_in_recycle_bin", label="In the recycle bin"
@@ -267,7 +268,7 @@ def _outcome(outcome: deployments.BulkOutcome, code: int = status.HTTP_202_ACCEP
     return Response(DeploymentOutcomeSerializer(body).data, status=code)
 
 
-class DeploymentFilter(django_filters.FilterSet):
+class DeploymentFilter(FilterSet):
     deleted = django_filters.BooleanFilter(
         field_name="deleted_at", lookup_expr="isnull", exclude=True, label="In the recycle bin"
     )

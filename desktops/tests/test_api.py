@@ -164,6 +164,15 @@ def test_filtering_ordering_and_pagination(north: Campus) -> None:
     assert_error(client.get("/api/v1/desktops/?page=99"), 404)
 
 
+def test_filtering_by_someone_elses_id_tells_nothing_about_it(north: Campus, south: Campus) -> None:
+    client = client_for(north.student)
+    stranger, nobody = south.student.pk, 10**9
+    assert ids(client.get(f"/api/v1/desktops/?owner={stranger}")) == set()
+    assert ids(client.get(f"/api/v1/desktops/?owner={nobody}")) == set()
+    assert ids(client.get(f"/api/v1/desktops/?course={south.course.pk}")) == set()
+    assert_error(client.get(f"/api/v1/desktops/?owner={2**70}"), 400)
+
+
 def test_desktop_operations_are_rate_limited_per_person(north: Campus, settings: Any) -> None:
     rates = {**settings.ISARD_API_THROTTLE_RATES, "desktop_action": "2/minute"}
     settings.ISARD_API_THROTTLE_RATES = rates
