@@ -62,9 +62,7 @@ class LoginView(APIView):
         serializer = LoginSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        user = authenticate(
-            request._request, username=data["username"], password=data["password"]
-        )
+        user = authenticate(request._request, username=data["username"], password=data["password"])
         if not isinstance(user, User) or not user.is_active:
             raise exceptions.AuthenticationFailed("Wrong username or password.")
         token, key = api_token_create(user=user, name=data.get("token_name", ""))
