@@ -145,9 +145,16 @@ def test_a_manager_sees_the_courses_of_their_school_only(north: Campus, south: C
     assert_error(client.get(f"/api/v1/courses/{south.course.pk}/members/"), 404)
 
 
-def test_an_unknown_api_path_is_a_404_in_the_error_shape(north: Campus) -> None:
+def test_unknown_paths_wrong_methods_and_malformed_bodies_have_the_error_shape(
+    north: Campus,
+) -> None:
     assert_error(client_for(north.student).get("/api/v1/no-such-thing/"), 404)
     assert_error(client_for(north.student).get("/api/v1/desktops/abc/"), 404)
+    assert_error(client_for(north.student).put("/api/v1/me/", {}), 405)
+    malformed = client_for(north.student).post(
+        "/api/v1/desktops/", "{not json", content_type="application/json"
+    )
+    assert_error(malformed, 400)
 
 
 def test_schema_and_documentation_are_served_by_the_platform_itself(client: Any) -> None:
