@@ -20,6 +20,9 @@ from hypervisors.choices import Accelerator, HypervisorState
 
 TEST_STORAGE_PARENT = Path("/var/tmp/isard-tests")
 
+# The API's test fixtures (two schools with people of every role, clients, checks).
+pytest_plugins = ["isard.api.testing"]
+
 
 @pytest.fixture
 def storage_root(settings: Any) -> Iterator[Path]:

@@ -165,3 +165,27 @@ class LdapSyncRun(models.Model):
 
     def __str__(self) -> str:
         return f"LDAP sync at {self.started_at:%Y-%m-%d %H:%M} ({self.changes} changes)"
+
+
+class ApiToken(models.Model):
+    """A person's key for API clients (a phone app, a script), sent as `Bearer <key>`.
+
+    Only a SHA-256 of the key is stored, so a copy of the database signs nobody in; the
+    key itself is shown once, when it is made. `prefix` (its first characters) lets the
+    owner tell their tokens apart when listing or revoking them.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=16)
+    created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        verbose_name = "API token"
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"

@@ -109,6 +109,11 @@ def can_manage_user(actor: User, user: User) -> bool:
 # --- desktops ------------------------------------------------------------------------------
 
 
+def _own_desktops_q(actor: User) -> Q:
+    """My desktops, less those of a deployment my teacher has hidden (shown again later)."""
+    return Q(owner=actor) & ~Q(deployment__visible=False)
+
+
 def _desktops_q(actor: User) -> Q | None:
     """The desktops the person may see and act on; None means all of them."""
     if actor.is_admin:
@@ -116,8 +121,8 @@ def _desktops_q(actor: User) -> Q | None:
     if is_manager(actor):
         return Q(owner=actor) | Q(owner__school_id=actor.school_id)
     if actor.role == Role.STUDENT:
-        return Q(owner=actor)
-    return Q(owner=actor) | Q(course__in=courses_taught_by(actor))
+        return _own_desktops_q(actor)
+    return _own_desktops_q(actor) | Q(course__in=courses_taught_by(actor))
 
 
 def desktops_visible_to(actor: User) -> QuerySet[Desktop]:
@@ -130,7 +135,7 @@ def desktops_visible_to(actor: User) -> QuerySet[Desktop]:
 
 
 def can_act_on_desktop(actor: User, desktop: Desktop) -> bool:
-    if desktop.owner_id == actor.pk or actor.is_admin:
+    if actor.is_admin or (desktop.owner_id == actor.pk and desktop.deployment_id is None):
         return True
     return desktops_visible_to(actor).filter(pk=desktop.pk).exists()
 

@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.models import Course, User
-from accounts.permissions import can_manage_course
+from accounts.permissions import can_manage_course, desktops_visible_to
 from desktops.models import Desktop
 from desktops.services import course_group, desktop_status_payload, owner_group
 
@@ -40,7 +40,7 @@ class DesktopStatusConsumer(AsyncJsonWebsocketConsumer):
             desktops = {"course_id": course_id}
         else:
             self.group = owner_group(user.pk)
-            desktops = {"owner_id": user.pk}
+            desktops = {"owner_id": user.pk, "hidden_from": user.pk}
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         await self.send_json({"type": "snapshot", "desktops": await self._snapshot(desktops)})
@@ -61,4 +61,9 @@ class DesktopStatusConsumer(AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def _snapshot(self, filters: dict[str, int]) -> list[dict[str, Any]]:
-        return [desktop_status_payload(d) for d in Desktop.objects.filter(**filters)]
+        desktops = Desktop.objects.all()
+        if "hidden_from" in filters:
+            # A person's own list: what the role policy lets them see (no hidden deployment).
+            viewer = User.objects.get(pk=filters.pop("hidden_from"))
+            desktops = desktops_visible_to(viewer)
+        return [desktop_status_payload(d) for d in desktops.filter(**filters)]

@@ -56,6 +56,14 @@ class Desktop(models.Model):
     graphics_password = models.CharField(max_length=64, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    deployment = models.ForeignKey(
+        "desktops.Deployment",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="desktops",
+        help_text="The deployment that made it for its owner, if any.",
+    )
 
     class Meta:
         ordering = ["name", "pk"]
@@ -129,3 +137,40 @@ class ViewerToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_protocol_display()} for {self.desktop} ({self.user})"
+
+
+class Deployment(models.Model):
+    """A template given to the students of a course (all of them, or those chosen).
+
+    One desktop per student, made in bulk. While `visible` is off the students do not see
+    their desktops (the teacher prepares or closes the exercise). The owner and the
+    co-teachers act on it; `deleted_at` is set when it went to the recycle bin with its
+    desktops. The services are in `desktops.deployments`.
+    """
+
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    course = models.ForeignKey(
+        "accounts.Course", on_delete=models.PROTECT, related_name="deployments"
+    )
+    template = models.ForeignKey(
+        "templates_app.Template", on_delete=models.PROTECT, related_name="deployments"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="deployments"
+    )
+    co_teachers = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="co_taught_deployments"
+    )
+    #: False: only `students` get desktops (the course's students chosen at creation).
+    whole_course = models.BooleanField(default=True)
+    students = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
+    visible = models.BooleanField(default=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.course})"

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.choices import CourseRole
 from accounts.models import User
-from accounts.permissions import courses_taught_by
+from accounts.permissions import courses_taught_by, desktops_visible_to
 from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
@@ -122,7 +122,12 @@ def desktop_card(desktop: Desktop, viewer: User | None = None) -> dict[str, Any]
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     user = _user(request)
-    desktops = Desktop.objects.filter(owner=user).select_related("template").order_by("name", "pk")
+    desktops = (
+        desktops_visible_to(user)
+        .filter(owner=user)
+        .select_related("template", "owner")
+        .order_by("name", "pk")
+    )
     cards = [desktop_card(d, user) for d in desktops]
     context = {
         "active": [c for c in cards if c["status"] != S.DELETED],

@@ -8,9 +8,11 @@ localhost, the local libvirt daemon and a storage directory inside the checkout.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -34,6 +36,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "isard",
     "accounts",
@@ -161,12 +166,78 @@ ISARD_PROVISION_CONCURRENCY = env.int("ISARD_PROVISION_CONCURRENCY", default=4)
 # How long a graceful (ACPI) shutdown may take before the desktop is forced off.
 ISARD_SHUTDOWN_TIMEOUT_SECONDS = env.int("ISARD_SHUTDOWN_TIMEOUT_SECONDS", default=90)
 
+# The shared cache (Redis): the API's rate limits count here, so every Daphne process
+# and every worker sees the same counts.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "isard",
+        "TIMEOUT": 300,
+    },
+}
+
+# REST API v1 (/api/v1/): session auth for the browser, bearer tokens for other clients.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # First, so that a request without credentials gets 401 with WWW-Authenticate.
+        "accounts.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "EXCEPTION_HANDLER": "isard.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "isard.api.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "isard.api.schema.IsardAutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "isard.api.pagination.PageNumberPagination",
+    "DEFAULT_FILTER_BACKENDS": [
+        "isard.api.filters.FilterBackend",
+        "rest_framework.filters.OrderingFilter",
+        "rest_framework.filters.SearchFilter",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": ["isard.api.throttling.UserRateThrottle"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+# Requests allowed per client and period ("N/second|minute|hour|day"), by scope: `login`
+# per client address, `desktop_action` (start, stop, create...) and `user` (everything)
+# per person.
+ISARD_API_THROTTLE_RATES = {
+    "login": env.str("ISARD_API_LOGIN_RATE", default="10/minute"),
+    "desktop_action": env.str("ISARD_API_DESKTOP_ACTION_RATE", default="60/minute"),
+    "user": env.str("ISARD_API_USER_RATE", default="1200/minute"),
+}
+for _scope, _rate in ISARD_API_THROTTLE_RATES.items():
+    # DRF would only fail at the first request; a wrong rate stops the start instead.
+    if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)s?", _rate):
+        raise ImproperlyConfigured(
+            f"ISARD_API_{_scope.upper()}_RATE={_rate!r} is not a rate: write it as "
+            "N/second, N/minute, N/hour or N/day, e.g. 10/minute."
+        )
+# API tokens expire after this many days (0: never).
+ISARD_API_TOKEN_DAYS = env.int("ISARD_API_TOKEN_DAYS", default=90)
+if ISARD_API_TOKEN_DAYS < 0:
+    raise ImproperlyConfigured("ISARD_API_TOKEN_DAYS must be 0 (never expire) or more days.")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "isard API",
+    "DESCRIPTION": (
+        "Virtual desktops for schools. Sign in with `POST /api/v1/auth/login/` to get a "
+        "token and send it as `Authorization: Bearer <token>`; the browser uses its "
+        'session. Every error is `{"message": ..., "extra": {...}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "DesktopStatusEnum": "desktops.choices.DesktopStatus",
+        "TemplateStatusEnum": "templates_app.choices.TemplateStatus",
+        "RoleEnum": "accounts.choices.Role",
+        "CourseRoleEnum": "accounts.choices.CourseRole",
+        "DrainPolicyEnum": "hypervisors.choices.DrainPolicy",
+    },
+    # Documentation pages served by the platform itself (drf-spectacular-sidecar): no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from desktops import views as desktop_views
 from isard.health import health_view
@@ -38,6 +38,7 @@ urlpatterns = [
     ),
     path("health/", health_view, name="health"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("isard.api.urls")),
 ]
 
 # Opening a desktop: the browser viewer, a token to reconnect, the .vv file (issue 5).

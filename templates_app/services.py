@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +17,7 @@ from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import Course, User
 from accounts.permissions import can_manage_template
 from hypervisors import qemu_img
 from hypervisors.choices import PoolPurpose
@@ -182,6 +183,48 @@ def template_restore(*, actor: User, template: Template) -> Template:
     if template.status != TemplateStatus.DELETED:
         raise ConflictError(f"The template “{template.name}” is not in the recycle bin.")
     Template.objects.filter(pk=template.pk).update(status=TemplateStatus.READY, deleted_at=None)
+    template.refresh_from_db()
+    return template
+
+
+def template_set_sharing(
+    *,
+    actor: User,
+    template: Template,
+    everyone: bool | None = None,
+    courses: Sequence[Course] | None = None,
+    users: Sequence[User] | None = None,
+) -> Template:
+    """Choose who may create desktops from the template (None leaves a part unchanged).
+
+    A teacher shares with the courses they are in and the people they can see (their
+    students); only an administrator shares with everyone, across every school.
+    """
+    from accounts.permissions import courses_visible_to, users_visible_to
+
+    if not can_manage_template(actor, template):
+        raise PermissionDeniedError("This template is not yours.")
+    if everyone and not actor.is_admin and not template.shared_with_everyone:
+        raise PermissionDeniedError("Only administrators share a template with everyone.")
+    if courses is not None:
+        allowed = set(courses_visible_to(actor).values_list("pk", flat=True))
+        unknown = sorted(c.pk for c in courses if c.pk not in allowed)
+        if unknown:
+            raise ApplicationError(
+                "You cannot share with those courses.", extra={"courses": unknown}
+            )
+    if users is not None:
+        allowed = set(users_visible_to(actor).values_list("pk", flat=True))
+        unknown = sorted(u.pk for u in users if u.pk not in allowed)
+        if unknown:
+            raise ApplicationError("You cannot share with those people.", extra={"users": unknown})
+    with transaction.atomic():
+        if everyone is not None:
+            Template.objects.filter(pk=template.pk).update(shared_with_everyone=everyone)
+        if courses is not None:
+            template.shared_courses.set(courses)
+        if users is not None:
+            template.shared_users.set(users)
     template.refresh_from_db()
     return template
 

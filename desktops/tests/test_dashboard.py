@@ -241,3 +241,30 @@ def test_students_are_not_offered_templates_and_cannot_make_one(
     assert f"/desktops/{desktop.pk}/template/" not in client.get("/").content.decode()
     refused = client.post(f"/desktops/{desktop.pk}/template/", {"name": "Mine"})
     assert refused.status_code == 403 and "Only teachers" in refused.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_hidden_deployment_disappears_from_the_students_dashboard_and_actions(
+    run: Any, test_hypervisor: Any, shared_template: Any, course: Any, student: Any
+) -> None:
+    from desktops import deployments
+
+    teacher = teacher_of(course)
+    deployment, [desktop] = run(
+        deployments.deployment_create,
+        actor=teacher,
+        course=course,
+        template=shared_template,
+        name="Exam",
+        visible=False,
+    )
+    client = client_for(student)
+    assert f'id="desktop-{desktop.pk}"' not in client.get("/").content.decode()
+    assert client.post(f"/desktops/{desktop.pk}/start/", headers=JSON).status_code == 404
+    # The teacher still reaches it from the course page.
+    assert (
+        f'id="desktop-{desktop.pk}"'
+        in client_for(teacher).get(f"/courses/{course.pk}/").content.decode()
+    )
+    run(deployments.deployment_set_visible, actor=teacher, deployment=deployment, visible=True)
+    assert f'id="desktop-{desktop.pk}"' in client.get("/").content.decode()

@@ -1,0 +1,163 @@
+"""Sign in for a token, the caller's own tokens, who they are, and their courses.
+
+Thin: each view checks input with a serializer and calls one service or selector. What a
+person may see comes from `accounts.permissions`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import authenticate, logout
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
+from rest_framework.views import APIView
+
+from accounts.api.authentication import ApiTokenAuthentication
+from accounts.api.serializers import (
+    ApiTokenSerializer,
+    CourseSerializer,
+    LoginResponseSerializer,
+    LoginSerializer,
+    MemberSerializer,
+    MeSerializer,
+)
+from accounts.models import ApiToken, Course, CourseMembership, User
+from accounts.permissions import can_manage_course, courses_taught_by, courses_visible_to
+from accounts.tokens import api_token_create, api_token_revoke
+from isard.api.throttling import LoginRateThrottle
+from isard.exceptions import PermissionDeniedError
+
+
+def request_user(request: Request) -> User:
+    """The signed-in person (every view but login requires one)."""
+    user = request.user
+    if not isinstance(user, User):
+        raise exceptions.NotAuthenticated()
+    return user
+
+
+class LoginView(APIView):
+    """Exchange a username and password (local or LDAP) for an API token."""
+
+    # Only token authentication: a login never needs the CSRF token of a session, and a
+    # failed one answers 401 with WWW-Authenticate.
+    authentication_classes = [ApiTokenAuthentication]
+    permission_classes = [AllowAny]
+    throttle_classes = [LoginRateThrottle]
+
+    @extend_schema(
+        request=LoginSerializer,
+        responses={201: LoginResponseSerializer},
+        auth=[],
+        tags=["auth"],
+    )
+    def post(self, request: Request) -> Response:
+        serializer = LoginSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        user = authenticate(request._request, username=data["username"], password=data["password"])
+        if not isinstance(user, User) or not user.is_active:
+            raise exceptions.AuthenticationFailed("Wrong username or password.")
+        token, key = api_token_create(user=user, name=data.get("token_name", ""))
+        body = {"token": key, "token_info": token, "user": user}
+        return Response(LoginResponseSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class LogoutView(APIView):
+    """Sign out: revoke the token this request came with (or end the browser session)."""
+
+    @extend_schema(request=None, responses={204: None}, tags=["auth"])
+    def post(self, request: Request) -> Response:
+        user = request_user(request)
+        if isinstance(request.auth, ApiToken):
+            api_token_revoke(actor=user, token_id=request.auth.pk)
+        else:
+            logout(request._request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema(tags=["auth"])
+class ApiTokenViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    """Your own API tokens: list them, revoke one (a lost phone)."""
+
+    serializer_class = ApiTokenSerializer
+    lookup_value_regex = "[0-9]+"
+    ordering_fields = ["created_at", "last_used_at", "name"]
+    search_fields = ["name"]
+    filterset_fields: list[str] = []
+
+    def get_queryset(self) -> QuerySet[ApiToken]:
+        if getattr(self, "swagger_fake_view", False):
+            return ApiToken.objects.none()
+        return ApiToken.objects.filter(user=request_user(self.request))
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        token = self.get_object()
+        api_token_revoke(actor=request_user(request), token_id=token.pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeView(APIView):
+    """Who you are signed in as."""
+
+    @extend_schema(responses=MeSerializer, tags=["people"])
+    def get(self, request: Request) -> Response:
+        return Response(MeSerializer(request_user(request)).data)
+
+
+@extend_schema(tags=["people"])
+class CourseViewSet(viewsets.ReadOnlyModelViewSet):
+    """Courses you are in, teach or manage; their members for those who manage them."""
+
+    serializer_class = CourseSerializer
+    lookup_value_regex = "[0-9]+"
+    ordering_fields = ["name", "id"]
+    ordering = ["name", "id"]
+    search_fields = ["name"]
+    filterset_fields = ["school"]
+
+    def get_queryset(self) -> QuerySet[Course]:
+        if getattr(self, "swagger_fake_view", False):
+            return Course.objects.none()
+        return courses_visible_to(request_user(self.request)).select_related("school")
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context = super().get_serializer_context()
+        if getattr(self, "swagger_fake_view", False) or not self.request:
+            return context
+        user = request_user(self.request)
+        context["managed_course_ids"] = set(courses_taught_by(user).values_list("pk", flat=True))
+        context["my_roles"] = dict(
+            CourseMembership.objects.filter(user=user).values_list("course_id", "role")
+        )
+        return context
+
+    def get_serializer_class(self) -> type[BaseSerializer[Any]]:
+        if self.action == "members":
+            return MemberSerializer
+        return CourseSerializer
+
+    @extend_schema(responses=MemberSerializer(many=True), filters=False)
+    @action(detail=True, methods=["get"])
+    def members(self, request: Request, pk: str | None = None) -> Response:
+        """The course's teachers and students (for those who manage the course)."""
+        course = self.get_object()
+        if not can_manage_course(request_user(request), course):
+            raise PermissionDeniedError("Only the course's teachers and managers see its members.")
+        memberships = (
+            CourseMembership.objects.filter(course=course)
+            .select_related("user")
+            .order_by("role", "user__username", "pk")
+        )
+        page = self.paginate_queryset(memberships)
+        serializer = MemberSerializer(page if page is not None else memberships, many=True)
+        if page is not None:
+            return self.get_paginated_response(serializer.data)
+        return Response(serializer.data)

@@ -1,0 +1,179 @@
+"""What the API shows of desktops, their events and deployments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from desktops.choices import DesktopStatus
+from desktops.models import Deployment, Desktop, DesktopEvent
+from isard.api.serializers import id_field
+
+
+class DesktopSerializer(serializers.ModelSerializer[Desktop]):
+    owner_username = serializers.CharField(source="owner.username", read_only=True)
+    status_label = serializers.CharField(source="get_status_display", read_only=True)
+
+    class Meta:
+        model = Desktop
+        fields = [
+            "id",
+            "uuid",
+            "name",
+            "description",
+            "owner",
+            "owner_username",
+            "course",
+            "template",
+            "deployment",
+            "hardware",
+            "status",
+            "status_label",
+            "status_reason",
+            "status_changed_at",
+            "deleted_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class DesktopCreateSerializer(serializers.Serializer[Any]):
+    """From a template, or (teachers) from install media with a hardware profile."""
+
+    template = id_field(
+        required=False, allow_null=True, default=None, help_text="A template shared with you."
+    )
+    media = id_field(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Instead of a template: an empty disk that boots from this ISO (teachers).",
+    )
+    hardware = id_field(
+        required=False, allow_null=True, default=None, help_text="The hardware, with `media`."
+    )
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        if (data["template"] is None) == (data["media"] is None):
+            raise serializers.ValidationError("Give either a template or install media.")
+        if data["media"] is not None and data["hardware"] is None:
+            raise serializers.ValidationError({"hardware": "A desktop from media needs one."})
+        return data
+
+
+class DesktopEventSerializer(serializers.ModelSerializer[DesktopEvent]):
+    # Blank on a desktop's first event: said explicitly, or the schema forbids "".
+    from_status = serializers.ChoiceField(
+        choices=DesktopStatus.choices, allow_blank=True, read_only=True
+    )
+    actor_username = serializers.CharField(source="actor.username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = DesktopEvent
+        fields = ["id", "from_status", "to_status", "reason", "actor", "actor_username"]
+        fields += ["created_at"]
+        read_only_fields = fields
+
+
+class ViewerAccessSerializer(serializers.Serializer[Any]):
+    """Opens the browser viewer: connect noVNC to `path` with `password`, once, soon."""
+
+    desktop = serializers.IntegerField()
+    name = serializers.CharField()
+    path = serializers.CharField(help_text="The websocket path; the token in it works once.")
+    password = serializers.CharField(help_text="The desktop's VNC password.")
+    expires_at = serializers.DateTimeField()
+
+
+class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
+    owner_username = serializers.CharField(source="owner.username", read_only=True)
+    desktop_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "name",
+            "description",
+            "course",
+            "template",
+            "owner",
+            "owner_username",
+            "co_teachers",
+            "whole_course",
+            "students",
+            "visible",
+            "desktop_count",
+            "deleted_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_desktop_count(self, deployment: Deployment) -> int:
+        from desktops.deployments import deployment_desktops
+
+        return deployment_desktops(deployment).count()
+
+
+class DeploymentCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    course = id_field()
+    template = id_field()
+    students = serializers.ListField(
+        child=id_field(),
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Only these students of the course; leave out for all of them, "
+        "including those who join later.",
+    )
+    co_teachers = serializers.ListField(child=id_field(), required=False, default=list)
+    visible = serializers.BooleanField(required=False, default=True)
+
+
+class DeploymentUpdateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=200, required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
+class DeploymentCoTeachersSerializer(serializers.Serializer[Any]):
+    co_teachers = serializers.ListField(child=id_field())
+
+
+class DeploymentRecreateSerializer(serializers.Serializer[Any]):
+    desktops = serializers.ListField(
+        child=id_field(),
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Only these desktops of the deployment; leave out for all of them.",
+    )
+    template = id_field(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="A newer template to use from now on; leave out for the current one.",
+    )
+
+
+class DeploymentStopSerializer(serializers.Serializer[Any]):
+    force = serializers.BooleanField(
+        required=False, default=False, help_text="Pull the plug instead of an ACPI shutdown."
+    )
+
+
+class RefusalSerializer(serializers.Serializer[Any]):
+    desktop = serializers.IntegerField()
+    message = serializers.CharField()
+
+
+class DeploymentOutcomeSerializer(serializers.Serializer[Any]):
+    """A bulk action's result: the deployment, what changed and what was refused, and why."""
+
+    deployment = DeploymentSerializer()
+    changed = DesktopSerializer(many=True)
+    refused = RefusalSerializer(many=True)

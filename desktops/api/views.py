@@ -1,0 +1,451 @@
+"""Desktops (create, act, recycle bin, viewers, events) and deployments.
+
+Thin: each view finds the object among those the caller may see (others are 404),
+checks input with a serializer and calls one service; the service checks its `actor`
+again. Long operations answer 202 Accepted with the resource and its current status;
+the websocket (`/ws/desktops/`) or polling the resource tells the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import django_filters  # type: ignore[import-untyped]
+from django.db.models import QuerySet
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
+
+from accounts.api.views import request_user
+from accounts.models import User
+from accounts.permissions import courses_visible_to, desktops_visible_to
+from desktops import deployments, services, viewers
+from desktops.api.serializers import (
+    DeploymentCoTeachersSerializer,
+    DeploymentCreateSerializer,
+    DeploymentOutcomeSerializer,
+    DeploymentRecreateSerializer,
+    DeploymentSerializer,
+    DeploymentStopSerializer,
+    DeploymentUpdateSerializer,
+    DesktopCreateSerializer,
+    DesktopEventSerializer,
+    DesktopSerializer,
+    ViewerAccessSerializer,
+)
+from desktops.choices import DesktopStatus
+from desktops.models import Deployment, Desktop, DesktopEvent
+from isard.api.filters import FilterSet
+from isard.api.serializers import ErrorSerializer
+from isard.api.throttling import DesktopActionThrottle
+from isard.exceptions import ApplicationError, NotFoundError
+from templates_app.api.views import media_listed_for
+from templates_app.models import HardwareProfile
+from templates_app.selectors import templates_visible_to
+
+#: Actions that make a hypervisor or a worker do something: rate-limited per person.
+THROTTLED_ACTIONS = frozenset(
+    {"create", "destroy", "restore", "start", "stop", "shutdown", "reset", "viewer", "vv"}
+)
+
+
+class DesktopFilter(FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=DesktopStatus.choices)
+    in_recycle_bin = django_filters.BooleanFilter(
+        method="filter_in_recycle_bin", label="In the recycle bin"
+    )
+
+    class Meta:
+        model = Desktop
+        fields = ["status", "course", "template", "owner", "deployment"]
+
+    def filter_in_recycle_bin(
+        self, queryset: QuerySet[Desktop], name: str, value: bool | None
+    ) -> QuerySet[Desktop]:
+        if value is None:
+            return queryset
+        deleted = queryset.filter(status=DesktopStatus.DELETED)
+        return deleted if value else queryset.exclude(status=DesktopStatus.DELETED)
+
+
+class VvRenderer(BaseRenderer):
+    """Lets a client ask for the `.vv` file by its media type; errors stay JSON."""
+
+    media_type = "application/x-virt-viewer"
+    format = "vv"
+    charset = "utf-8"
+
+    def render(
+        self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
+    ) -> Any:
+        if isinstance(data, str):
+            return data.encode()
+        return json.dumps(data).encode()
+
+
+def desktops_listed_for(user: User) -> QuerySet[Desktop]:
+    """Desktops the person may see, less their own that a hidden deployment keeps away."""
+    hidden = deployments.desktops_hidden_from(user).values("pk")
+    return desktops_visible_to(user).exclude(pk__in=hidden)
+
+
+@extend_schema(tags=["desktops"])
+class DesktopViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Your desktops, and those of the courses you teach or the school you manage."""
+
+    serializer_class = DesktopSerializer
+    lookup_value_regex = "[0-9]+"
+    filterset_class = DesktopFilter
+    ordering_fields = ["name", "created_at", "status", "status_changed_at", "id"]
+    ordering = ["name", "id"]
+    search_fields = ["name", "description"]
+
+    def get_queryset(self) -> QuerySet[Desktop]:
+        if getattr(self, "swagger_fake_view", False):
+            return Desktop.objects.none()
+        return desktops_listed_for(request_user(self.request)).select_related("owner")
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        throttles = list(super().get_throttles())
+        if self.action in THROTTLED_ACTIONS:
+            throttles.append(DesktopActionThrottle())
+        return throttles
+
+    def _answer(self, desktop: Desktop, code: int = status.HTTP_202_ACCEPTED) -> Response:
+        desktop.refresh_from_db()
+        return Response(DesktopSerializer(desktop).data, status=code)
+
+    @extend_schema(request=DesktopCreateSerializer, responses={202: DesktopSerializer})
+    def create(self, request: Request) -> Response:
+        """Create a desktop from a template shared with you (or from install media).
+
+        Its disk and domain are made by a task: the answer is the desktop, "creating".
+        """
+        serializer = DesktopCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        actor = request_user(request)
+        if data["media"] is not None:
+            media = media_listed_for(actor).filter(pk=data["media"]).first()
+            hardware = HardwareProfile.objects.filter(pk=data["hardware"]).first()
+            if media is None or hardware is None:
+                raise NotFoundError("No such media or hardware profile.")
+            desktop = services.desktop_create_from_media(
+                actor=actor, media=media, hardware=hardware, name=data["name"]
+            )
+            return self._answer(desktop)
+        template = templates_visible_to(actor).filter(pk=data["template"]).first()
+        if template is None:
+            raise NotFoundError("No such template.", extra={"template": data["template"]})
+        desktop = services.desktop_create(
+            actor=actor, template=template, name=data["name"], description=data["description"]
+        )
+        return self._answer(desktop)
+
+    @extend_schema(responses={202: DesktopSerializer})
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Move the desktop to the recycle bin (stop it first); its disk is kept."""
+        desktop = services.desktop_delete(actor=request_user(request), desktop=self.get_object())
+        return self._answer(desktop)
+
+    @extend_schema(request=None, responses={200: DesktopSerializer})
+    @action(detail=True, methods=["post"])
+    def restore(self, request: Request, pk: str | None = None) -> Response:
+        """Take the desktop out of the recycle bin, its disk exactly as it was."""
+        desktop = services.desktop_restore(actor=request_user(request), desktop=self.get_object())
+        return self._answer(desktop, status.HTTP_200_OK)
+
+    @extend_schema(request=None, responses={202: DesktopSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        """Start the desktop (starting one already starting or started changes nothing)."""
+        desktop = services.desktop_start(actor=request_user(request), desktop=self.get_object())
+        return self._answer(desktop)
+
+    @extend_schema(request=None, responses={202: DesktopSerializer})
+    @action(detail=True, methods=["post"])
+    def shutdown(self, request: Request, pk: str | None = None) -> Response:
+        """Ask the guest to power off (ACPI); it is forced off after a timeout."""
+        desktop = services.desktop_shutdown(actor=request_user(request), desktop=self.get_object())
+        return self._answer(desktop)
+
+    @extend_schema(request=None, responses={202: DesktopSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str | None = None) -> Response:
+        """Force the desktop off at once (pulling the plug)."""
+        desktop = services.desktop_stop(actor=request_user(request), desktop=self.get_object())
+        return self._answer(desktop)
+
+    @extend_schema(request=None, responses={202: DesktopSerializer})
+    @action(detail=True, methods=["post"])
+    def reset(self, request: Request, pk: str | None = None) -> Response:
+        """Hard-reset the running guest (the reset button)."""
+        desktop = services.desktop_reset(actor=request_user(request), desktop=self.get_object())
+        return self._answer(desktop)
+
+    @extend_schema(responses={200: DesktopEventSerializer(many=True)}, filters=False)
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str | None = None) -> Response:
+        """What happened to the desktop, oldest first: status changes and notable actions."""
+        desktop = self.get_object()
+        events = DesktopEvent.objects.filter(desktop=desktop).select_related("actor")
+        events = events.order_by("created_at", "pk")
+        page = self.paginate_queryset(events)
+        assert page is not None  # the API always paginates
+        return self.get_paginated_response(DesktopEventSerializer(page, many=True).data)
+
+    @extend_schema(request=None, responses={200: ViewerAccessSerializer})
+    @action(detail=True, methods=["post"])
+    def viewer(self, request: Request, pk: str | None = None) -> Response:
+        """A single-use token and the password for the browser viewer (owner only)."""
+        access = viewers.viewer_token_issue(actor=request_user(request), desktop=self.get_object())
+        body = {
+            "desktop": access.desktop_id,
+            "name": access.desktop_name,
+            "path": access.websocket_path,
+            "password": access.password,
+            "expires_at": access.expires_at,
+        }
+        response = Response(ViewerAccessSerializer(body).data)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @extend_schema(
+        responses={
+            (200, "application/x-virt-viewer"): OpenApiResponse(
+                OpenApiTypes.STR, description="A .vv file for remote-viewer (SPICE over TLS)."
+            ),
+            409: OpenApiResponse(ErrorSerializer, description="Not running, or no SPICE TLS."),
+            502: OpenApiResponse(ErrorSerializer, description="Its hypervisor did not answer."),
+        },
+        filters=False,
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path="viewer.vv",
+        renderer_classes=[JSONRenderer, VvRenderer],
+    )
+    def vv(self, request: Request, pk: str | None = None) -> HttpResponse:
+        """Download a `.vv` file that opens the running desktop in remote-viewer (owner only)."""
+        vv = viewers.viewer_vv_build(actor=request_user(request), desktop=self.get_object())
+        response = HttpResponse(vv.content, content_type="application/x-virt-viewer")
+        response["Content-Disposition"] = f'attachment; filename="{vv.filename}"'
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+# --- deployments ------------------------------------------------------------------------------
+
+
+def _users(ids: list[int]) -> list[User]:
+    found = list(User.objects.filter(pk__in=ids))
+    missing = sorted(set(ids) - {user.pk for user in found})
+    if missing:
+        raise ApplicationError("No such people.", extra={"users": missing})
+    return found
+
+
+def _outcome(outcome: deployments.BulkOutcome, code: int = status.HTTP_202_ACCEPTED) -> Response:
+    outcome.deployment.refresh_from_db()
+    body = {
+        "deployment": outcome.deployment,
+        "changed": outcome.changed,
+        "refused": [{"desktop": d.pk, "message": message} for d, message in outcome.refused],
+    }
+    return Response(DeploymentOutcomeSerializer(body).data, status=code)
+
+
+class DeploymentFilter(FilterSet):
+    deleted = django_filters.BooleanFilter(
+        field_name="deleted_at", lookup_expr="isnull", exclude=True, label="In the recycle bin"
+    )
+
+    class Meta:
+        model = Deployment
+        fields = ["course", "template", "visible", "owner"]
+
+
+@extend_schema(tags=["deployments"])
+class DeploymentViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """A template given to a course's students, and what a teacher does to all of it."""
+
+    serializer_class = DeploymentSerializer
+    lookup_value_regex = "[0-9]+"
+    filterset_class = DeploymentFilter
+    ordering_fields = ["name", "created_at", "id"]
+    ordering = ["-created_at", "-id"]
+    search_fields = ["name", "description"]
+
+    def get_queryset(self) -> QuerySet[Deployment]:
+        if getattr(self, "swagger_fake_view", False):
+            return Deployment.objects.none()
+        visible = deployments.deployments_visible_to(request_user(self.request))
+        return visible.select_related("owner").prefetch_related("co_teachers", "students")
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        throttles = list(super().get_throttles())
+        if self.request.method != "GET":
+            throttles.append(DesktopActionThrottle())
+        return throttles
+
+    @extend_schema(request=DeploymentCreateSerializer, responses={202: DeploymentOutcomeSerializer})
+    def create(self, request: Request) -> Response:
+        """Give a template to every student of a course (or those chosen), in one request."""
+        serializer = DeploymentCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        actor = request_user(request)
+        course = courses_visible_to(actor).filter(pk=data["course"]).first()
+        if course is None:
+            raise NotFoundError("No such course.", extra={"course": data["course"]})
+        template = templates_visible_to(actor).filter(pk=data["template"]).first()
+        if template is None:
+            raise NotFoundError("No such template.", extra={"template": data["template"]})
+        students = None if data["students"] is None else _users(data["students"])
+        deployment, desktops = deployments.deployment_create(
+            actor=actor,
+            course=course,
+            template=template,
+            name=data["name"],
+            description=data["description"],
+            students=students,
+            co_teachers=_users(data["co_teachers"]),
+            visible=data["visible"],
+        )
+        return _outcome(deployments.BulkOutcome(deployment=deployment, changed=desktops))
+
+    @extend_schema(request=DeploymentUpdateSerializer, responses={200: DeploymentSerializer})
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        """Rename the deployment or change its description."""
+        serializer = DeploymentUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = deployments.deployment_update(
+            actor=request_user(request), deployment=self.get_object(), **serializer.validated_data
+        )
+        return Response(DeploymentSerializer(deployment).data)
+
+    @extend_schema(responses={202: DeploymentOutcomeSerializer})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        """Move the deployment and all its desktops to the recycle bin (stop them first)."""
+        outcome = deployments.deployment_delete(
+            actor=request_user(request), deployment=self.get_object()
+        )
+        return _outcome(outcome)
+
+    @extend_schema(responses={200: DesktopSerializer(many=True)}, filters=False)
+    @action(detail=True, methods=["get"])
+    def desktops(self, request: Request, pk: str | None = None) -> Response:
+        """The deployment's current desktops, one per student."""
+        desktops = deployments.deployment_desktops(self.get_object())
+        page = self.paginate_queryset(desktops)
+        assert page is not None
+        return self.get_paginated_response(DesktopSerializer(page, many=True).data)
+
+    @extend_schema(request=None, responses={202: DeploymentOutcomeSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        """Start every stopped desktop of the deployment."""
+        return _outcome(
+            deployments.deployment_start(actor=request_user(request), deployment=self.get_object())
+        )
+
+    @extend_schema(request=DeploymentStopSerializer, responses={202: DeploymentOutcomeSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str | None = None) -> Response:
+        """Shut down every running desktop (or force them off)."""
+        serializer = DeploymentStopSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return _outcome(
+            deployments.deployment_stop(
+                actor=request_user(request),
+                deployment=self.get_object(),
+                force=serializer.validated_data["force"],
+            )
+        )
+
+    @extend_schema(
+        request=DeploymentRecreateSerializer, responses={202: DeploymentOutcomeSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def recreate(self, request: Request, pk: str | None = None) -> Response:
+        """Fresh desktops from the (current or a newer) template; the old ones are recycled."""
+        serializer = DeploymentRecreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        actor = request_user(request)
+        deployment = self.get_object()
+        template = None
+        if data["template"] is not None:
+            template = templates_visible_to(actor).filter(pk=data["template"]).first()
+            if template is None:
+                raise NotFoundError("No such template.", extra={"template": data["template"]})
+        chosen = None
+        if data["desktops"] is not None:
+            chosen = list(Desktop.objects.filter(pk__in=data["desktops"], deployment=deployment))
+            if len(chosen) != len(set(data["desktops"])):
+                raise NotFoundError("Some of those desktops are not in this deployment.")
+        return _outcome(
+            deployments.deployment_recreate(
+                actor=actor, deployment=deployment, desktops=chosen, template=template
+            )
+        )
+
+    @extend_schema(request=None, responses={202: DeploymentOutcomeSerializer})
+    @action(detail=True, methods=["post"], url_path="create-missing")
+    def create_missing(self, request: Request, pk: str | None = None) -> Response:
+        """Desktops for the students who joined the course since."""
+        return _outcome(
+            deployments.deployment_create_missing(
+                actor=request_user(request), deployment=self.get_object()
+            )
+        )
+
+    @extend_schema(request=None, responses={202: DeploymentOutcomeSerializer})
+    @action(detail=True, methods=["post"])
+    def hide(self, request: Request, pk: str | None = None) -> Response:
+        """Hide the desktops from their students, and shut them down."""
+        return _outcome(
+            deployments.deployment_set_visible(
+                actor=request_user(request), deployment=self.get_object(), visible=False
+            )
+        )
+
+    @extend_schema(request=None, responses={200: DeploymentOutcomeSerializer})
+    @action(detail=True, methods=["post"])
+    def show(self, request: Request, pk: str | None = None) -> Response:
+        """Show the desktops to their students again."""
+        outcome = deployments.deployment_set_visible(
+            actor=request_user(request), deployment=self.get_object(), visible=True
+        )
+        return _outcome(outcome, status.HTTP_200_OK)
+
+    @extend_schema(request=DeploymentCoTeachersSerializer, responses={200: DeploymentSerializer})
+    @action(detail=True, methods=["put"], url_path="co-teachers")
+    def co_teachers(self, request: Request, pk: str | None = None) -> Response:
+        """Replace the co-teachers (teachers of the course who may act on it too)."""
+        serializer = DeploymentCoTeachersSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = deployments.deployment_set_co_teachers(
+            actor=request_user(request),
+            deployment=self.get_object(),
+            co_teachers=_users(serializer.validated_data["co_teachers"]),
+        )
+        deployment.refresh_from_db()
+        return Response(DeploymentSerializer(deployment).data)

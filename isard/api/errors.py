@@ -1,0 +1,25 @@
+"""The API's exception handler: the shared one, plus details for clients that retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+from isard.exceptions import api_exception_handler as shared_handler
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = shared_handler(exc, context)
+    if response is not None and isinstance(exc, drf_exceptions.Throttled):
+        response.data["extra"] = {"retry_after": getattr(exc, "wait", None)}
+    return response
+
+
+@csrf_exempt  # it changes nothing; a POST must get this 404, not an HTML CSRF page
+def api_not_found(request: HttpRequest, unmatched: str = "") -> JsonResponse:
+    """Any path under /api/v1/ that names no endpoint: the same error shape as the rest."""
+    return JsonResponse({"message": f"No API endpoint at {request.path}.", "extra": {}}, status=404)

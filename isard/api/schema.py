@@ -1,0 +1,43 @@
+"""OpenAPI schema generation: every operation documents the error shape it may answer.
+
+The contract is fuzzed (schemathesis) against the running code, so an error response
+must match a declared schema too: each operation gets the `Error` body for the status
+codes any request may meet (bad input, no credentials, not allowed, not found, too many
+requests) and writes also for the state, quota and capacity errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.openapi import AutoSchema
+
+from isard.api.serializers import ErrorSerializer
+
+ANY_REQUEST_ERRORS = {
+    "400": "Bad input: `extra.fields` names each field and what is wrong with it.",
+    "401": "No valid credentials: sign in (session) or send `Authorization: Bearer <token>`.",
+    "403": "Signed in, but not allowed to do this.",
+    "404": "No such object, or not one you may see.",
+    "429": "Too many requests: `Retry-After` says when to try again.",
+}
+WRITE_ERRORS = {
+    "409": "The object is not in a state that allows this (`extra.status` says which).",
+    "422": "A quota would be exceeded.",
+    "502": "A hypervisor or the storage failed; the message says which and why.",
+    "503": "No hypervisor can take the desktop right now.",
+}
+
+
+class IsardAutoSchema(AutoSchema):
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        responses: dict[str, Any] = super()._get_response_bodies(direction)
+        errors = dict(ANY_REQUEST_ERRORS)
+        if self.method not in ("GET", "HEAD", "OPTIONS"):
+            errors.update(WRITE_ERRORS)
+        for code, description in errors.items():
+            if code not in responses:
+                response = self._get_response_for_code(ErrorSerializer, code, direction=direction)
+                response["description"] = description
+                responses[code] = response
+        return responses

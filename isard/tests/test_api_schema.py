@@ -1,0 +1,169 @@
+"""The API's own OpenAPI contract, fuzzed against the running code (schemathesis).
+
+The schema is loaded from the application (WSGI, in process), then every operation gets
+generated requests, as a student, a teacher, a school manager and an administrator, with
+a few real objects present: valid requests (positive) and invalid ones (negative). Half
+of the positive requests on `/{id}/` paths name a real object, so that the code behind
+the 404 is exercised too. Every response must be free of server errors, have a
+documented status code and content type, and match the schema for its status code (the
+error shape included). Deterministic: Hypothesis derandomized, no example database, no
+shrinking; a bounded number of examples per operation keeps the run short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Err
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from accounts.tokens import api_token_create
+from desktops.choices import DesktopStatus
+from desktops.deployments import deployment_create
+from desktops.models import Deployment, Desktop
+from hypervisors.tests.factories import HypervisorFactory
+from isard.api.testing import Campus
+from templates_app.choices import TemplateStatus
+from templates_app.models import Media, Template
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
+
+#: Generated requests per operation, role-mixed: positive and negative.
+POSITIVE_EXAMPLES = 15
+NEGATIVE_EXAMPLES = 8
+
+
+@pytest.fixture
+def in_process_requests() -> Iterator[None]:
+    """Requests run inside the test's transaction, as Django's own test client does.
+
+    Django closes "old" connections at each request's start and end; inside a test
+    transaction that would close the test's connection (on PostgreSQL), so those signal
+    handlers are off while the fuzzer's requests run.
+    """
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+def pinned_ids(north: Campus, base_template: Any, spare_token_id: int) -> dict[str, int]:
+    """For each collection, a real object to name in `/{id}/` paths."""
+    deployment, _ = deployment_create(
+        actor=north.teacher, course=north.course, template=base_template, name="Lab"
+    )
+    media = Media.objects.create(name="install.iso", owner=None, path="/nonexistent/install.iso")
+    return {
+        "/api/v1/desktops/": north.student_desktop.pk,
+        "/api/v1/templates/": north.teacher_template.pk,
+        "/api/v1/courses/": north.course.pk,
+        "/api/v1/deployments/": deployment.pk,
+        "/api/v1/auth/tokens/": spare_token_id,
+        "/api/v1/hypervisors/": HypervisorFactory.create().pk,
+        "/api/v1/media/": media.pk,
+        "/api/v1/hardware-profiles/": north.hardware.pk,
+    }
+
+
+def restore_pinned(north: Campus, pins: dict[str, int]) -> None:
+    Desktop.objects.filter(pk=pins["/api/v1/desktops/"]).update(
+        status=DesktopStatus.STOPPED, deleted_at=None
+    )
+    Template.objects.filter(pk=pins["/api/v1/templates/"]).update(
+        status=TemplateStatus.READY, deleted_at=None
+    )
+    Deployment.objects.filter(pk=pins["/api/v1/deployments/"]).update(deleted_at=None, visible=True)
+
+
+def test_the_api_keeps_its_contract_under_fuzzing(
+    north: Campus, admin: Any, base_template: Any, in_process_requests: None, settings: Any
+) -> None:
+    # The fuzzer is one client sending many requests: rate limits would only hide code.
+    settings.ISARD_API_THROTTLE_RATES = {}
+    schema = schemathesis.openapi.from_wsgi("/api/v1/schema/", WSGIHandler())
+    people = {"student": north.student, "teacher": north.teacher, "manager": north.manager}
+    people["admin"] = admin
+    spare, _ = api_token_create(user=north.student, name="spare")
+    pins = pinned_ids(north, base_template, spare.pk)
+
+    failures: list[str] = []
+    operations = 0
+    #: Status codes seen per operation: proof that the fuzzer got past the 404s.
+    seen: dict[str, set[int]] = {}
+    for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            failures.append(f"the schema has an operation it cannot test: {result.err()}")
+            continue
+        operation = result.ok()
+        operations += 1
+        # A DELETE fuzzed before a start would leave nothing to start: each operation
+        # begins with the pinned objects as they were made.
+        restore_pinned(north, pins)
+        # Fresh tokens too: a fuzzed logout revokes the token it was sent with.
+        tokens = {role: api_token_create(user=person)[1] for role, person in people.items()}
+        pinned = next(
+            (pk for prefix, pk in pins.items() if operation.path.startswith(prefix + "{id}")),
+            None,
+        )
+        for mode, examples in (
+            (GenerationMode.POSITIVE, POSITIVE_EXAMPLES),
+            (GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES),
+        ):
+            strategies = [operation.as_strategy(generation_mode=mode)]
+            if pinned is not None and mode == GenerationMode.POSITIVE:
+                strategies.append(
+                    operation.as_strategy(generation_mode=mode, path_parameters={"id": pinned})
+                )
+            statuses = seen.setdefault(f"{operation.method.upper()} {operation.path}", set())
+            try:
+                fuzz(st.one_of(strategies), tokens, examples, statuses)
+            # Collect every operation's failures (a group of them, at times), then report.
+            except (Exception, BaseExceptionGroup) as error:
+                failures.append(f"{operation.method.upper()} {operation.path} ({mode}): {error}")
+    assert operations > 40
+    assert not failures, "\n\n".join(failures)
+    succeeded = sorted(name for name, codes in seen.items() if any(200 <= c < 300 for c in codes))
+    assert len(succeeded) >= 30, (succeeded, seen)
+    assert 202 in seen["POST /api/v1/desktops/{id}/start/"], seen
+
+
+def fuzz(strategy: Any, tokens: dict[str, str], examples: int, statuses: set[int]) -> None:
+    @hypothesis.settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy, role=st.sampled_from(sorted(tokens)))
+    def run(case: Any, role: str) -> None:
+        response = case.call(headers={"Authorization": f"Bearer {tokens[role]}"})
+        statuses.add(response.status_code)
+        case.validate_response(
+            response,
+            checks=[
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )
+
+    run()
