@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.choices import CourseRole
 from accounts.models import User
 from accounts.permissions import courses_taught_by, desktops_visible_to
-from desktops import services
+from desktops import deployments, services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from isard.exceptions import ApplicationError, NotFoundError
@@ -252,6 +252,24 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
             if m.role == CourseRole.STUDENT and m.user_id not in with_desktop
         ],
         "show_owner": True,
+        "deployments": deployments.deployments_visible_to(_user(request))
+        .filter(course=course, deleted_at__isnull=True)
+        .select_related("template", "owner")
+        .annotate(
+            desktop_count=Count("desktops", filter=~Q(desktops__status=S.DELETED), distinct=True),
+            running=Count("desktops", filter=Q(desktops__status=S.STARTED), distinct=True),
+        ),
+        "templates": templates_visible_to(_user(request)).order_by("name"),
+        "deployment_buttons": [
+            ("start", "Start all"),
+            ("shutdown", "Shut down all"),
+            ("stop", "Force off all"),
+            ("hide", "Hide"),
+            ("show", "Show"),
+            ("create-missing", "Create missing"),
+            ("recreate", "Recreate all"),
+            ("delete", "Delete all"),
+        ],
         "socket_path": f"/ws/desktops/?course={course.pk}",
         "actions_by_status": ACTIONS_BY_STATUS,
         "action_labels": ACTION_LABELS,
@@ -295,3 +313,97 @@ def desktop_make_template(request: HttpRequest, desktop_id: int) -> HttpResponse
         {"desktop": desktop, "error": error, "name": request.POST.get("name", "")},
         status=status,
     )
+
+
+#: What the course page's deployment buttons do; each is one service of `deployments`.
+DEPLOYMENT_ACTIONS: dict[str, Any] = {
+    "start": lambda actor, deployment: deployments.deployment_start(
+        actor=actor, deployment=deployment
+    ),
+    "stop": lambda actor, deployment: deployments.deployment_stop(
+        actor=actor, deployment=deployment, force=True
+    ),
+    "shutdown": lambda actor, deployment: deployments.deployment_stop(
+        actor=actor, deployment=deployment
+    ),
+    "hide": lambda actor, deployment: deployments.deployment_set_visible(
+        actor=actor, deployment=deployment, visible=False
+    ),
+    "show": lambda actor, deployment: deployments.deployment_set_visible(
+        actor=actor, deployment=deployment, visible=True
+    ),
+    "create-missing": lambda actor, deployment: deployments.deployment_create_missing(
+        actor=actor, deployment=deployment
+    ),
+    "recreate": lambda actor, deployment: deployments.deployment_recreate(
+        actor=actor, deployment=deployment
+    ),
+    "delete": lambda actor, deployment: deployments.deployment_delete(
+        actor=actor, deployment=deployment
+    ),
+}
+
+DEPLOYMENT_DONE = {
+    "start": "starting",
+    "stop": "forced off",
+    "shutdown": "shutting down",
+    "hide": "hidden from the students",
+    "show": "shown to the students",
+    "create-missing": "created",
+    "recreate": "recreated from the template",
+    "delete": "moved to the recycle bin",
+}
+
+
+def _outcome_message(name: str, action: str, outcome: deployments.BulkOutcome) -> str:
+    message = f"“{name}”: {len(outcome.changed)} desktop(s) {DEPLOYMENT_DONE[action]}."
+    if outcome.refused:
+        reasons = "; ".join(f"{d.name}: {why}" for d, why in outcome.refused[:5])
+        more = f" (and {len(outcome.refused) - 5} more)" if len(outcome.refused) > 5 else ""
+        message += f" Left alone: {reasons}{more}."
+    return message
+
+
+@login_required
+@require_POST
+def course_deploy(request: HttpRequest, course_id: int) -> HttpResponse:
+    """Give a template to every student of the course, in one step."""
+    user = _user(request)
+    course = courses_taught_by(user).filter(pk=course_id).first()
+    if course is None:
+        return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
+    template = templates_visible_to(user).filter(pk=request.POST.get("template") or 0).first()
+    try:
+        if template is None:
+            raise ApplicationError("Choose one of the templates you may use.")
+        deployment, created = deployments.deployment_create(
+            actor=user,
+            course=course,
+            template=template,
+            name=request.POST.get("name", "").strip() or template.name,
+            visible=request.POST.get("visible") == "on",
+        )
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(
+            request,
+            f"“{deployment.name}”: {len(created)} desktop(s) are being created for the class.",
+        )
+    return redirect("course-detail", course_id=course.pk)
+
+
+@login_required
+@require_POST
+def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> HttpResponse:
+    user = _user(request)
+    deployment = deployments.deployments_visible_to(user).filter(pk=deployment_id).first()
+    if deployment is None or action not in DEPLOYMENT_ACTIONS:
+        return render(request, "desktops/not_found.html", {"what": "deployment"}, status=404)
+    try:
+        outcome = DEPLOYMENT_ACTIONS[action](user, deployment)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, _outcome_message(deployment.name, action, outcome))
+    return redirect("course-detail", course_id=deployment.course_id)

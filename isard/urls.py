@@ -31,6 +31,12 @@ urlpatterns = [
     path("media/install/", template_views.media_install_desktop, name="media-install"),
     path("courses/", desktop_views.course_list, name="course-list"),
     path("courses/<int:course_id>/", desktop_views.course_detail, name="course-detail"),
+    path("courses/<int:course_id>/deploy/", desktop_views.course_deploy, name="course-deploy"),
+    path(
+        "deployments/<int:deployment_id>/<slug:action>/",
+        desktop_views.deployment_action,
+        name="deployment-action",
+    ),
     re_path(
         r"^desktops/(?P<desktop_id>[0-9]+)/(?P<action>start|shutdown|stop|delete|restore)/$",
         desktop_views.desktop_action,

@@ -268,3 +268,59 @@ def test_a_hidden_deployment_disappears_from_the_students_dashboard_and_actions(
     )
     run(deployments.deployment_set_visible, actor=teacher, deployment=deployment, visible=True)
     assert f'id="desktop-{desktop.pk}"' in client.get("/").content.decode()
+
+
+@pytest.mark.django_db
+def test_teacher_deploys_from_the_course_page_and_drives_the_whole_class(
+    run: Any, test_hypervisor: Any, shared_template: Any, course: Any, student: Any
+) -> None:
+    from accounts.tests.factories import MembershipFactory
+    from desktops.models import Deployment
+
+    MembershipFactory.create(course=course, user=UserFactory.create(username="bob"))
+    teacher = client_for(teacher_of(course))
+    response = run(
+        teacher.post,
+        f"/courses/{course.pk}/deploy/",
+        {"template": shared_template.pk, "name": "Lab 1", "visible": "on"},
+    )
+    assert response.status_code == 302
+    deployment = Deployment.objects.get(name="Lab 1")
+    desktops = Desktop.objects.filter(deployment=deployment)
+    assert sorted(d.owner.username for d in desktops) == ["ana", "bob"]
+    assert all(d.status == S.STOPPED for d in desktops)
+    page = teacher.get(f"/courses/{course.pk}/").content.decode()
+    assert "Lab 1" in page and "Start all" in page
+
+    run(teacher.post, f"/deployments/{deployment.pk}/start/")
+    assert all(d.status == S.STARTED for d in Desktop.objects.filter(deployment=deployment))
+    refused = teacher.post(f"/deployments/{deployment.pk}/delete/", follow=True)
+    assert "running" in refused.content.decode().lower()
+    run(teacher.post, f"/deployments/{deployment.pk}/stop/")
+    run(teacher.post, f"/deployments/{deployment.pk}/hide/")
+    deployment.refresh_from_db()
+    assert not deployment.visible
+    done = run(teacher.post, f"/deployments/{deployment.pk}/delete/", follow=True)
+    assert "moved to the recycle bin" in done.content.decode()
+
+
+@pytest.mark.django_db
+def test_another_teacher_cannot_drive_a_deployment_or_deploy_to_a_course_not_theirs(
+    run: Any, test_hypervisor: Any, shared_template: Any, course: Any, student: Any
+) -> None:
+    from desktops import deployments
+
+    deployment, _ = run(
+        deployments.deployment_create,
+        actor=teacher_of(course),
+        course=course,
+        template=shared_template,
+        name="Lab",
+    )
+    stranger = client_for(
+        UserFactory.create(username="otto", role=Role.TEACHER, school=student.school)
+    )
+    assert stranger.post(f"/deployments/{deployment.pk}/start/").status_code == 404
+    response = stranger.post(f"/courses/{course.pk}/deploy/", {"template": shared_template.pk})
+    assert response.status_code == 404
+    assert Desktop.objects.filter(status=S.STARTING).count() == 0

@@ -117,3 +117,11 @@
   }
   connect();
 })();
+// Destructive buttons ask first (plain forms carry data-confirm).
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+    event.stopImmediatePropagation();
+  }
+}, true);
