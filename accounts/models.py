@@ -25,6 +25,10 @@ class User(AbstractUser):
     school = models.ForeignKey(
         School, null=True, blank=True, on_delete=models.PROTECT, related_name="users"
     )
+    must_change_password = models.BooleanField(
+        default=False,
+        help_text="Set by a password reset: the person chooses a new password at sign-in.",
+    )
 
     @property
     def is_admin(self) -> bool:
@@ -165,3 +169,155 @@ class LdapSyncRun(models.Model):
 
     def __str__(self) -> str:
         return f"LDAP sync at {self.started_at:%Y-%m-%d %H:%M} ({self.changes} changes)"
+
+
+class Quota(models.Model):
+    """Limits for a scope of people; each limit left empty falls through to a wider scope.
+
+    A quota row has one scope, from the most specific to the least:
+
+    1. a person (`user`);
+    2. a course (`course`), optionally for one course role (`role` student or teacher);
+    3. a school and a role (`school` + `role`);
+    4. a whole school (`school`, no role);
+    5. a role everywhere (`role` alone): the default for students, teachers, managers.
+
+    For each limit separately, the most specific scope that sets it wins, so a course can
+    raise the running-desktop limit and leave memory to the school's default. Every limit
+    is per person (each student of the course may run 2 desktops), never pooled. Empty
+    means "not set here"; 0 means "none allowed". With no quota at all a person is
+    unlimited, and administrators are never limited. `accounts.quotas` applies them.
+    """
+
+    user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    course = models.ForeignKey(
+        Course, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    school = models.ForeignKey(
+        School, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    role = models.CharField(
+        max_length=16,
+        choices=Role.choices,
+        blank=True,
+        help_text="With a course: its students or teachers (blank: every member). With a "
+        "school: that role in the school. Alone: the default for the role everywhere.",
+    )
+    max_desktops = models.PositiveIntegerField(
+        "desktops", null=True, blank=True, help_text="Desktops a person may own."
+    )
+    max_running = models.PositiveIntegerField(
+        "running desktops", null=True, blank=True, help_text="Desktops running at once."
+    )
+    max_vcpus = models.PositiveIntegerField(
+        "vCPUs", null=True, blank=True, help_text="vCPUs of the running desktops, together."
+    )
+    max_memory_mib = models.PositiveIntegerField(
+        "memory (MiB)",
+        null=True,
+        blank=True,
+        help_text="Memory of the running desktops, together.",
+    )
+    max_disk_gib = models.PositiveIntegerField(
+        "disk (GiB)",
+        null=True,
+        blank=True,
+        help_text="Disk space of the person's desktops, templates and media, together.",
+    )
+    max_templates = models.PositiveIntegerField("templates", null=True, blank=True)
+    max_media = models.PositiveIntegerField("media", null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                name="quota_one_scope",
+                condition=(
+                    models.Q(user__isnull=False, course__isnull=True, school__isnull=True, role="")
+                    | models.Q(
+                        user__isnull=True,
+                        course__isnull=False,
+                        school__isnull=True,
+                        role__in=["", CourseRole.STUDENT, CourseRole.TEACHER],
+                    )
+                    | models.Q(user__isnull=True, course__isnull=True, school__isnull=False)
+                    | (
+                        models.Q(user__isnull=True, course__isnull=True, school__isnull=True)
+                        & ~models.Q(role="")
+                    )
+                ),
+            ),
+            models.UniqueConstraint(
+                fields=["user"], condition=models.Q(user__isnull=False), name="quota_unique_user"
+            ),
+            models.UniqueConstraint(
+                fields=["course", "role"],
+                condition=models.Q(course__isnull=False),
+                name="quota_unique_course_role",
+            ),
+            models.UniqueConstraint(
+                fields=["school", "role"],
+                condition=models.Q(school__isnull=False),
+                name="quota_unique_school_role",
+            ),
+            models.UniqueConstraint(
+                fields=["role"],
+                condition=models.Q(user__isnull=True, course__isnull=True, school__isnull=True),
+                name="quota_unique_role_default",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Quota: {self.scope_label}"
+
+    @property
+    def scope_label(self) -> str:
+        role = Role(self.role).label.lower() if self.role else ""
+        if self.user_id is not None:
+            return f"person {self.user}"
+        if self.course_id is not None:
+            return f"course {self.course}" + (f", {role}s" if role else "")
+        if self.school_id is not None:
+            return f"school {self.school}" + (f", {role}s" if role else "")
+        return f"default for {role}s"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        scopes = [self.user_id, self.course_id, self.school_id]
+        if sum(scope is not None for scope in scopes) > 1:
+            raise ValidationError("Choose one scope: a person, a course or a school.")
+        if self.user_id is not None and self.role:
+            raise ValidationError({"role": "A person's own quota has no role."})
+        if self.course_id is not None and self.role not in ("", *CourseRole.values):
+            raise ValidationError({"role": "In a course, a role is student or teacher."})
+        if not any(scopes) and not self.role:
+            raise ValidationError("Choose a person, a course, a school or a role.")
+
+
+class EnrolmentCode(models.Model):
+    """The code that puts whoever types it in a course, with one role.
+
+    Each course has at most one per role. Regenerating replaces the code (the old one stops
+    working at once); disabling keeps it but refuses it.
+    """
+
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="enrolment_codes")
+    role = models.CharField(max_length=16, choices=CourseRole.choices)
+    code = models.CharField(max_length=32, unique=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["course", "role"], name="enrolmentcode_one_per_role")
+        ]
+
+    def __str__(self) -> str:
+        state = "" if self.enabled else " (disabled)"
+        return f"{self.course} {self.get_role_display().lower()} code{state}"
