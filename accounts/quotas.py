@@ -466,9 +466,12 @@ class UsageLine:
         return self.allowed is not None and self.in_use >= self.allowed
 
 
-def quota_report(users: Sequence[User]) -> dict[int, list[UsageLine]]:
-    """Usage against limits for each person (outside any one course), for the admin."""
-    limits = limits_for(users)
+def quota_report(
+    users: Sequence[User], *, course: Course | None = None
+) -> dict[int, list[UsageLine]]:
+    """Usage against limits for each person, for the admin: the limits of `course` when
+    given (what a desktop in it may use), else those outside any one course."""
+    limits = limits_for(users, course=course)
     usage = usage_of([user.pk for user in users])
     report: dict[int, list[UsageLine]] = {}
     for user in users:

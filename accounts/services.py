@@ -1,12 +1,15 @@
 """Writes to people and courses, as typed functions.
 
-For now the directory side: linking a person to their LDAP entry at login, and the group
-sync, which makes isard's people, courses and memberships follow the LDAP groups mapped
-to courses (`LdapGroupMapping`) and the role groups (`ISARD_LDAP_ROLE_GROUPS`).
+The directory side: linking a person to their LDAP entry at login, and the group sync,
+which makes isard's people, courses and memberships follow the LDAP groups mapped to
+courses (`LdapGroupMapping`) and the role groups (`ISARD_LDAP_ROLE_GROUPS`). Then
+enrolment codes (a course's code per role, to join or sign up with) and password resets.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +31,17 @@ from accounts.ldap_directory import (
 from accounts.models import (
     Course,
     CourseMembership,
+    EnrolmentCode,
     LdapAccount,
     LdapGroupMapping,
     LdapSyncRun,
     School,
     User,
 )
-from isard.exceptions import ApplicationError, PermissionDeniedError
+from accounts.permissions import can_manage_course, can_manage_user
+from isard.exceptions import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+
+logger = logging.getLogger(__name__)
 
 #: How many names `str(SyncReport)` lists per kind of change before "and N more".
 NAMES_SHOWN = 20
@@ -450,3 +457,202 @@ def disable_departed(*, present_ids: set[int], report: SyncReport) -> None:
         report.disabled_users.append(account.user.username)
     User.objects.bulk_update(users, ["is_active"], batch_size=500)
     LdapAccount.objects.bulk_update(accounts, ["disabled_by_sync"], batch_size=500)
+
+
+# --- enrolment codes -----------------------------------------------------------------------
+
+#: Letters and digits that cannot be mistaken for one another when read aloud or copied.
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 8
+
+
+def normalize_code(code: str) -> str:
+    """What people type ("abcd-efgh ", "ABCDEFGH") to the stored form ("ABCDEFGH")."""
+    return "".join(character for character in code.upper() if character.isalnum())
+
+
+def format_code(code: str) -> str:
+    """The code as shown to people: two groups of four."""
+    return f"{code[:4]}-{code[4:]}" if len(code) == CODE_LENGTH else code
+
+
+def _new_code() -> str:
+    while True:
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        if not EnrolmentCode.objects.filter(code=code).exists():
+            return code
+
+
+def _check_course_teacher(actor: User, course: Course) -> None:
+    if not can_manage_course(actor, course):
+        raise PermissionDeniedError(f"Only the teachers of “{course.name}” can change its codes.")
+
+
+def enrolment_code_regenerate(*, actor: User, course: Course, role: CourseRole) -> EnrolmentCode:
+    """Give the course a new code for `role` (enabled); the previous one stops working."""
+    _check_course_teacher(actor, course)
+    role = CourseRole(role)
+    with transaction.atomic():
+        code, _created = EnrolmentCode.objects.update_or_create(
+            course=course,
+            role=role,
+            defaults={"code": _new_code(), "enabled": True, "updated_by": actor},
+        )
+    logger.info("%s regenerated the %s code of %s", actor, role, course)
+    return code
+
+
+def enrolment_code_disable(*, actor: User, course: Course, role: CourseRole) -> None:
+    """Refuse the course's code for `role` until it is regenerated."""
+    _check_course_teacher(actor, course)
+    EnrolmentCode.objects.filter(course=course, role=CourseRole(role)).update(
+        enabled=False, updated_by=actor, updated_at=timezone.now()
+    )
+    logger.info("%s disabled the %s code of %s", actor, role, course)
+
+
+def enrolment_code_find(code: str) -> EnrolmentCode:
+    """The enabled code people typed, or an error that tells them what to do."""
+    normalized = normalize_code(code)
+    if not normalized:
+        raise ApplicationError("Type the course code your teacher gave you.")
+    found = EnrolmentCode.objects.select_related("course__school").filter(code=normalized).first()
+    if found is None:
+        raise NotFoundError(
+            f"The code “{code.strip()}” is not valid: check it, or ask your teacher for the "
+            "current one (a regenerated code replaces the old one)."
+        )
+    if not found.enabled:
+        raise ConflictError(
+            f"The code for “{found.course.name}” has been disabled; ask your teacher for a new one."
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What joining with a code did."""
+
+    course: Course
+    role: CourseRole
+    changed: bool
+
+    def __str__(self) -> str:
+        role = self.role.label.lower()
+        if not self.changed:
+            return f"You are already in “{self.course.name}” as a {role}."
+        return f"You joined “{self.course.name}” as a {role}."
+
+
+def course_join_with_code(*, user: User, code: str) -> Enrolment:
+    """Put `user` in the code's course with the code's role.
+
+    A teacher code makes a student a teacher (of this course, and a teacher overall);
+    a student code never lowers a teacher. A person of another school is refused, so that
+    a code cannot carry anyone across schools.
+    """
+    found = enrolment_code_find(code)
+    course = found.course
+    role = CourseRole(found.role)
+    if user.school_id not in (None, course.school_id) and not user.is_admin:
+        raise PermissionDeniedError(
+            f"The code is for a course of another school (“{course.school.name}”)."
+        )
+    with transaction.atomic():
+        changed_fields = []
+        if user.school_id is None and not user.is_admin:
+            user.school = course.school
+            changed_fields.append("school")
+        if role == CourseRole.TEACHER and user.role == Role.STUDENT:
+            user.role = Role.TEACHER
+            changed_fields.append("role")
+        if changed_fields:
+            user.save(update_fields=changed_fields)
+        membership, created = CourseMembership.objects.get_or_create(
+            course=course, user=user, defaults={"role": role}
+        )
+        changed = created
+        if not created and membership.role == CourseRole.STUDENT and role == CourseRole.TEACHER:
+            membership.role = role
+            membership.save(update_fields=["role"])
+            changed = True
+    final_role = CourseRole(membership.role)
+    if changed:
+        logger.info("%s joined %s as %s with a code", user, course, final_role)
+    return Enrolment(course=course, role=final_role, changed=changed)
+
+
+def user_signup_with_code(
+    *,
+    code: str,
+    username: str,
+    password: str,
+    first_name: str = "",
+    last_name: str = "",
+    email: str = "",
+) -> tuple[User, Enrolment]:
+    """A new local account, in the code's school and course with the code's role."""
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    found = enrolment_code_find(code)
+    username = username.strip()
+    if not username:
+        raise ApplicationError("Choose a username.")
+    if User.objects.filter(username__iexact=username).exists():
+        raise ConflictError(f"The username “{username}” is taken; choose another.")
+    role = Role.TEACHER if found.role == CourseRole.TEACHER else Role.STUDENT
+    user = User(
+        username=username,
+        first_name=first_name.strip(),
+        last_name=last_name.strip(),
+        email=email.strip(),
+        role=role,
+        school=found.course.school,
+    )
+    try:
+        validate_password(password, user)
+    except ValidationError as error:
+        raise ApplicationError(" ".join(error.messages), extra={"field": "password"}) from error
+    user.set_password(password)
+    with transaction.atomic():
+        user.save()
+        enrolment = course_join_with_code(user=user, code=found.code)
+    return user, enrolment
+
+
+# --- passwords -----------------------------------------------------------------------------
+
+
+def user_password_reset(*, actor: User, user: User) -> str:
+    """Give `user` a one-time temporary password, returned once to show to them.
+
+    Only the hash is stored. At their next sign-in they must choose a new password before
+    anything else (`must_change_password`); their open sessions end at once. People who
+    sign in with the directory keep their password there.
+    """
+    if not can_manage_user(actor, user):
+        raise PermissionDeniedError(
+            f"Only an administrator or a manager of {user.get_username()}'s school can reset "
+            "their password."
+        )
+    if LdapAccount.objects.filter(user=user).exists():
+        raise ConflictError(
+            f"{user.get_username()} signs in with the school's directory (LDAP): reset the "
+            "password there."
+        )
+    temporary = "-".join(
+        "".join(secrets.choice(CODE_ALPHABET.lower()) for _ in range(4)) for _ in range(3)
+    )
+    user.set_password(temporary)
+    user.must_change_password = True
+    user.save(update_fields=["password", "must_change_password"])
+    logger.info("%s reset the password of %s", actor, user)
+    return temporary
+
+
+def user_password_change(*, user: User, password: str) -> None:
+    """The person chose a new password (after a reset, or at any time)."""
+    user.set_password(password)
+    user.must_change_password = False
+    user.save(update_fields=["password", "must_change_password"])

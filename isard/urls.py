@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 from isard.health import health_view
@@ -15,6 +15,7 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("health/", health_view, name="health"),
     path("admin/", admin.site.urls),
+    path("accounts/", include("accounts.urls")),
 ]
 
 # Opening a desktop: the browser viewer, a token to reconnect, the .vv file (issue 5).
