@@ -56,9 +56,7 @@ def campus(slug: str) -> Campus:
         desktop=Desktop.objects.create(
             name=f"{slug}-desktop", owner=student, hardware=hardware, status=DesktopStatus.STOPPED
         ),
-        template=Template.objects.create(
-            name=f"{slug}-template", owner=teacher, hardware=hardware
-        ),
+        template=Template.objects.create(name=f"{slug}-template", owner=teacher, hardware=hardware),
         media=Media.objects.create(name=f"{slug}-media", owner=teacher, path=f"/x/{slug}.iso"),
         quota=Quota.objects.create(school=school, max_running=1),
         client=client,
