@@ -9,10 +9,22 @@ from accounts.choices import CourseRole, Role
 
 
 class School(models.Model):
-    """A tenant: its own people, courses and authentication settings."""
+    """A tenant: its own people, courses and authentication settings.
+
+    How its people sign in: with a password kept by isard (`local_accounts`), with the
+    school's own LDAP directory (`SchoolDirectory`), with the platform's directory
+    (`ISARD_LDAP_*`), or several of these.
+    """
 
     name = models.CharField(max_length=200, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
+    local_accounts = models.BooleanField(
+        "local accounts",
+        default=True,
+        help_text="People of this school may have a password kept by isard (sign up with a "
+        "course code, password resets). Off: only a directory signs them in; "
+        "administrators always may.",
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -124,6 +136,72 @@ class LdapGroupMapping(models.Model):
             raise ValidationError({"course": "The course belongs to another school."})
 
 
+class SchoolDirectory(models.Model):
+    """A school's own LDAP directory: its people sign in with it, and the group sync reads
+    the school's mapped groups from it.
+
+    The same settings as the platform's `ISARD_LDAP_*` (see `.env.example`), for one
+    school. Usernames are one namespace for the whole platform: a name already taken by a
+    person of another directory or school is refused and reported, never merged.
+    """
+
+    school = models.OneToOneField(School, on_delete=models.CASCADE, related_name="directory")
+    enabled = models.BooleanField(default=True)
+    server_uri = models.CharField(
+        "server URI", max_length=500, help_text="ldap://host, ldaps://host:636."
+    )
+    bind_dn = models.CharField(
+        "bind DN", max_length=500, blank=True, help_text="The service account (empty: anonymous)."
+    )
+    bind_password = models.CharField(max_length=500, blank=True)
+    user_search_base = models.CharField(max_length=500)
+    user_filter = models.CharField(
+        max_length=500, default="(uid=%(user)s)", help_text="`%(user)s` is the login name."
+    )
+    username_attribute = models.CharField(max_length=100, default="uid")
+    group_search_base = models.CharField(max_length=500, blank=True)
+    group_type = models.CharField(
+        max_length=16,
+        choices=[("groupOfNames", "groupOfNames"), ("posixGroup", "posixGroup")],
+        default="groupOfNames",
+    )
+    start_tls = models.BooleanField("StartTLS", default=False)
+    ca_cert_file = models.CharField(
+        "CA certificate file",
+        max_length=500,
+        blank=True,
+        help_text="The CA that signed the directory's certificate (StartTLS, ldaps://).",
+    )
+    role_groups = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Role → group DN, e.g. {"teacher": "cn=teachers,ou=groups,dc=x"}; the '
+        "highest role among a person's groups wins; in none of them: student. A school's "
+        "directory cannot make administrators.",
+    )
+    timeout_seconds = models.FloatField(default=5.0)
+
+    class Meta:
+        verbose_name = "school directory (LDAP)"
+        verbose_name_plural = "school directories (LDAP)"
+
+    def __str__(self) -> str:
+        return f"{self.school}: {self.server_uri}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if "%(user)s" not in self.user_filter:
+            raise ValidationError({"user_filter": "The filter needs %(user)s."})
+        allowed = [role for role in Role.values if role != Role.ADMIN]
+        if not isinstance(self.role_groups, dict) or not all(
+            role in allowed and isinstance(dn, str) for role, dn in self.role_groups.items()
+        ):
+            raise ValidationError(
+                {"role_groups": f"A mapping of roles ({', '.join(allowed)}) to group DNs."}
+            )
+
+
 class LdapAccount(models.Model):
     """Links a person to their directory entry.
 
@@ -134,6 +212,14 @@ class LdapAccount(models.Model):
 
     user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="ldap_account")
     dn = models.CharField("DN", max_length=1024)
+    directory = models.ForeignKey(
+        SchoolDirectory,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="accounts",
+        help_text="The school directory this person signs in with; empty: the platform's.",
+    )
     managed_by_sync = models.BooleanField(
         default=False,
         help_text="The group sync has seen this person in a synced group; leaving all of "

@@ -47,12 +47,18 @@ logger = logging.getLogger(__name__)
 NAMES_SHOWN = 20
 
 
-def ldap_account_link(*, user: User, dn: str) -> LdapAccount:
-    """Record that `user` is the directory entry `dn` (at each directory login)."""
-    account, created = LdapAccount.objects.get_or_create(user=user, defaults={"dn": dn})
-    if not created and account.dn != dn:
+def ldap_account_link(*, user: User, dn: str, directory_id: int | None = None) -> LdapAccount:
+    """Record that `user` is the entry `dn` of a directory (at each directory login).
+
+    `directory_id` is the school's `SchoolDirectory`, or None for the platform's.
+    """
+    account, created = LdapAccount.objects.get_or_create(
+        user=user, defaults={"dn": dn, "directory_id": directory_id}
+    )
+    if not created and (account.dn, account.directory_id) != (dn, directory_id):
         account.dn = dn
-        account.save(update_fields=["dn"])
+        account.directory_id = directory_id
+        account.save(update_fields=["dn", "directory"])
     return account
 
 
@@ -596,6 +602,12 @@ def user_signup_with_code(
     from django.core.exceptions import ValidationError
 
     found = enrolment_code_find(code)
+    school = found.course.school
+    if not school.local_accounts:
+        raise PermissionDeniedError(
+            f"“{school.name}” signs its people in with its directory: sign in with your "
+            "school account and give the code there."
+        )
     username = username.strip()
     if not username:
         raise ApplicationError("Choose a username.")
@@ -640,6 +652,11 @@ def user_password_reset(*, actor: User, user: User) -> str:
         raise ConflictError(
             f"{user.get_username()} signs in with the school's directory (LDAP): reset the "
             "password there."
+        )
+    if user.school is not None and not user.school.local_accounts and not user.is_admin:
+        raise ConflictError(
+            f"“{user.school.name}” has no local accounts: {user.get_username()} signs in with "
+            "the school's directory."
         )
     temporary = "-".join(
         "".join(secrets.choice(CODE_ALPHABET.lower()) for _ in range(4)) for _ in range(3)

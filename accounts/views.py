@@ -131,7 +131,7 @@ def sign_up(request: HttpRequest) -> HttpResponse:
         except ApplicationError as error:
             form.add_error("password1" if error.extra.get("field") else "username", error.message)
         else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            login(request, user, backend="accounts.backends.LocalAccountBackend")
             messages.success(request, str(enrolment))
             return redirect("accounts:home")
     return render(request, "accounts/sign_up.html", {"form": form})
