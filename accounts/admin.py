@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.exceptions import PermissionDenied
@@ -36,6 +37,7 @@ from accounts.models import (
     LdapSyncRun,
     Quota,
     School,
+    SchoolDirectory,
     User,
 )
 from accounts.quotas import KINDS, UsageLine, quota_report
@@ -157,11 +159,15 @@ def usage_table(lines: list[UsageLine]) -> SafeString:
 @admin.register(School)
 class SchoolAdmin(ScopedModelAdmin):
     manager_access: ClassVar[ManagerAccess] = "read"
-    list_display = ("name", "slug")
+    list_display = ("name", "slug", "local_accounts", "own_directory")
     prepopulated_fields = {"slug": ("name",)}
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(pk=actor.school_id)
+
+    @admin.display(description="own directory", boolean=True)
+    def own_directory(self, school: School) -> bool:
+        return SchoolDirectory.objects.filter(school=school, enabled=True).exists()
 
 
 class MembershipInline(RoleScopedMixin, admin.TabularInline):
@@ -349,12 +355,56 @@ class LdapGroupMappingAdmin(ScopedModelAdmin):
         self.message_user(request, str(report).splitlines()[0], level=level)
 
 
+class SchoolDirectoryForm(forms.ModelForm):
+    """The bind password is never shown again; left empty, it stays as it was."""
+
+    bind_password = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Left empty when editing: unchanged.",
+    )
+
+    class Meta:
+        model = SchoolDirectory
+        fields = [
+            "school",
+            "enabled",
+            "server_uri",
+            "bind_dn",
+            "bind_password",
+            "user_search_base",
+            "user_filter",
+            "username_attribute",
+            "group_search_base",
+            "group_type",
+            "start_tls",
+            "ca_cert_file",
+            "role_groups",
+            "timeout_seconds",
+        ]
+
+    def clean_bind_password(self) -> str:
+        value = str(self.cleaned_data.get("bind_password") or "")
+        if not value and self.instance.pk is not None:
+            return self.instance.bind_password
+        return value
+
+
+@admin.register(SchoolDirectory)
+class SchoolDirectoryAdmin(ScopedModelAdmin):
+    """A school's own LDAP directory (administrators only: it holds a service password)."""
+
+    form = SchoolDirectoryForm
+    list_display = ("school", "server_uri", "enabled", "start_tls")
+    list_filter = ("enabled",)
+
+
 @admin.register(LdapAccount)
 class LdapAccountAdmin(ScopedModelAdmin):
-    list_display = ("user", "dn", "managed_by_sync", "disabled_by_sync")
-    list_filter = ("managed_by_sync", "disabled_by_sync")
+    list_display = ("user", "dn", "directory", "managed_by_sync", "disabled_by_sync")
+    list_filter = ("managed_by_sync", "disabled_by_sync", "directory")
     search_fields = ("user__username", "dn")
-    readonly_fields = ("user", "dn")
+    readonly_fields = ("user", "dn", "directory")
 
 
 @admin.register(LdapSyncRun)

@@ -120,6 +120,12 @@ class LdapConfig:
             return f"the LDAP directory {self.server_uri}"
         return f"the LDAP directory {self.server_uri} of the school “{self.school_slug}”"
 
+    def setting_name(self, setting: str, field: str) -> str:
+        """Where a value is set: `ISARD_LDAP_<setting>`, or the school directory's field."""
+        if self.directory_id is None:
+            return f"ISARD_LDAP_{setting}"
+        return f"the {field} of the school's directory (admin)"
+
     @classmethod
     def from_settings(cls) -> LdapConfig:
         return cls(
@@ -240,15 +246,17 @@ def open_connection(config: LdapConfig) -> Iterator[Any]:
         yield connection
     except UNREACHABLE_ERRORS as error:
         raise DirectoryUnreachableError(
-            f"The LDAP directory {config.server_uri} does not answer: "
-            f"{describe_ldap_error(error)}. Check ISARD_LDAP_SERVER_URI, the network and "
-            "the TLS settings.",
+            f"{config.label[0].upper()}{config.label[1:]} does not answer: "
+            f"{describe_ldap_error(error)}. Check "
+            f"{config.setting_name('SERVER_URI', 'server URI')}, the network and the TLS "
+            "settings.",
             extra={"server": config.server_uri},
         ) from error
     except ldap.INVALID_CREDENTIALS as error:
         raise DirectoryError(
-            f"The LDAP directory {config.server_uri} refused the service account "
-            f"“{config.bind_dn}”: check ISARD_LDAP_BIND_DN and ISARD_LDAP_BIND_PASSWORD.",
+            f"{config.label[0].upper()}{config.label[1:]} refused the service account "
+            f"“{config.bind_dn}”: check {config.setting_name('BIND_DN', 'bind DN')} and "
+            f"{config.setting_name('BIND_PASSWORD', 'bind password')}.",
             extra={"server": config.server_uri},
         ) from error
     except ldap.LDAPError as error:

@@ -36,6 +36,7 @@ from accounts.models import (
     LdapGroupMapping,
     LdapSyncRun,
     School,
+    SchoolDirectory,
     User,
 )
 from accounts.permissions import can_manage_course, can_manage_user
@@ -146,39 +147,109 @@ def shorten(items: Sequence[object]) -> str:
     return f"{shown} and {hidden} more" if hidden > 0 else shown
 
 
-def ldap_sync(*, actor: User | None = None, dry_run: bool = False) -> SyncReport:
-    """Make people, courses and memberships follow the directory's groups.
+@dataclass(frozen=True)
+class SyncTarget:
+    """One directory and the group mappings the sync reads from it."""
 
-    Reads the directory first (no transaction is open during network I/O), then in one
-    transaction: creates missing people and courses, updates names, e-mails and roles,
-    adds, changes and removes the course memberships of directory people in synced
-    courses, and disables (never deletes) people who left every synced group. Local
-    accounts are never touched. A second run with an unchanged directory changes nothing.
+    config: LdapConfig
+    mappings: list[LdapGroupMapping]
 
-    Broken entries are skipped and reported. If a mapped group cannot be read, its
-    courses are left alone and nobody is disabled, so that one missing group cannot empty
-    courses; if a role group cannot be read, roles are left alone.
-    """
-    if actor is not None and not actor.is_admin:
-        raise PermissionDeniedError("Only administrators may run the LDAP group sync.")
-    config = LdapConfig.from_settings()
-    if not config.enabled:
-        raise ApplicationError("LDAP is not configured: set ISARD_LDAP_SERVER_URI.")
-    started_at = timezone.now()
-    clock = time.monotonic()
-    report = SyncReport(dry_run=dry_run)
+
+def sync_targets() -> tuple[list[SyncTarget], list[str]]:
+    """Each directory with its mappings: a school with its own directory reads its groups
+    there, every other school's from the platform's directory. And warnings for mappings
+    no directory can read."""
+    platform = LdapConfig.from_settings()
+    directories = list(
+        SchoolDirectory.objects.filter(enabled=True).select_related("school").order_by("pk")
+    )
+    own = {directory.school_id: directory for directory in directories}
     mappings = list(
         LdapGroupMapping.objects.filter(enabled=True)
         .select_related("school", "course")
         .order_by("pk")
     )
+    targets: list[SyncTarget] = []
+    warnings: list[str] = []
+    platform_mappings = [mapping for mapping in mappings if mapping.school_id not in own]
+    if platform.enabled:
+        targets.append(SyncTarget(platform, platform_mappings))
+    elif platform_mappings:
+        schools = sorted({mapping.school.name for mapping in platform_mappings})
+        warnings.append(
+            f"Groups mapped for {', '.join(schools)} were not read: those schools have no "
+            "directory of their own and ISARD_LDAP_SERVER_URI is empty."
+        )
+    for directory in directories:
+        targets.append(
+            SyncTarget(
+                LdapConfig.from_directory(directory),
+                [mapping for mapping in mappings if mapping.school_id == directory.school_id],
+            )
+        )
+    return targets, warnings
+
+
+def ldap_sync(*, actor: User | None = None, dry_run: bool = False) -> SyncReport:
+    """Make people, courses and memberships follow the directories' groups.
+
+    The platform's directory (`ISARD_LDAP_*`) and each school's own (`SchoolDirectory`)
+    are synced in turn, each with its mappings and role groups; one report covers all.
+    For each: reads the directory first (no transaction is open during network I/O),
+    then in one transaction: creates missing people and courses, updates names, e-mails
+    and roles, adds, changes and removes the course memberships of that directory's
+    people in synced courses, and disables (never deletes) its people who left every
+    synced group. Local accounts are never touched, nor people of another directory. A
+    second run with unchanged directories changes nothing.
+
+    Broken entries are skipped and reported. If a mapped group cannot be read, its
+    courses are left alone and nobody is disabled, so that one missing group cannot empty
+    courses; if a role group cannot be read, roles are left alone. With several
+    directories, one that fails is reported and the others are synced.
+    """
+    if actor is not None and not actor.is_admin:
+        raise PermissionDeniedError("Only administrators may run the LDAP group sync.")
+    targets, warnings = sync_targets()
+    if not targets:
+        raise ApplicationError(
+            "LDAP is not configured: set ISARD_LDAP_SERVER_URI, or give a school its own directory."
+        )
+    started_at = timezone.now()
+    clock = time.monotonic()
+    report = SyncReport(dry_run=dry_run, warnings=warnings)
+    failures: list[ApplicationError] = []
+    for target in targets:
+        try:
+            sync_directory(target=target, report=report, dry_run=dry_run)
+        except DirectoryError as error:
+            if len(targets) == 1:
+                raise
+            failures.append(error)
+            report.warnings.append(f"Not synced: {error.message}")
+    if failures and len(failures) == len(targets):
+        raise failures[0]
+    report.seconds = time.monotonic() - clock
+    if not dry_run:
+        LdapSyncRun.objects.create(
+            started_at=started_at,
+            finished_at=timezone.now(),
+            actor=actor,
+            changes=report.change_count,
+            skipped=len(report.skipped),
+            summary=str(report),
+        )
+    return report
+
+
+def sync_directory(*, target: SyncTarget, report: SyncReport, dry_run: bool) -> None:
+    """Sync one directory's mappings and role groups into `report`."""
+    config, mappings = target.config, target.mappings
     if not mappings and not config.role_groups:
         report.warnings.append(
-            "No LDAP group is mapped to a course and ISARD_LDAP_ROLE_GROUPS is empty: "
-            "nothing to sync."
+            f"No LDAP group of {config.label} is mapped to a course and it has no role "
+            "groups: nothing to sync there."
         )
-        report.seconds = time.monotonic() - clock
-        return report
+        return
 
     snapshot = read_directory(
         config=config,
@@ -198,19 +269,8 @@ def ldap_sync(*, actor: User | None = None, dry_run: bool = False) -> SyncReport
         # writers anyway), then compares against what the first one wrote.
         list(LdapGroupMapping.objects.select_for_update().filter(pk__in=[m.pk for m in mappings]))
         apply_snapshot(snapshot=snapshot, mappings=mappings, config=config, report=report)
-        report.seconds = time.monotonic() - clock
         if dry_run:
             transaction.set_rollback(True)
-        else:
-            LdapSyncRun.objects.create(
-                started_at=started_at,
-                finished_at=timezone.now(),
-                actor=actor,
-                changes=report.change_count,
-                skipped=len(report.skipped),
-                summary=str(report),
-            )
-    return report
 
 
 def apply_snapshot(
@@ -276,10 +336,19 @@ def apply_snapshot(
         if config.school_slug
         else None,
         report=report,
+        directory_id=config.directory_id,
     )
+    # People skipped by `sync_people` (their name belongs to another directory) stay out.
+    for members in desired.values():
+        for username in [name for name in members if name not in users]:
+            del members[username]
     sync_memberships(desired=desired, courses=courses.values(), users=users, report=report)
     if not unreadable and not missing_role_groups:
-        disable_departed(present_ids={user.pk for user in users.values()}, report=report)
+        disable_departed(
+            present_ids={user.pk for user in users.values()},
+            report=report,
+            directory_id=config.directory_id,
+        )
 
 
 def courses_for_mappings(
@@ -315,8 +384,14 @@ def sync_people(
     school_of: dict[str, School],
     default_school: School | None,
     report: SyncReport,
+    directory_id: int | None = None,
 ) -> dict[str, User]:
-    """Create, update and enable the people in synced groups; return them by username."""
+    """Create, update and enable the people in synced groups; return them by username.
+
+    A name that already belongs to someone of another directory (or, for a school's
+    directory, to a local account of another school) is skipped and reported: one
+    platform, one namespace of usernames, never two people merged.
+    """
     existing: dict[str, User] = {
         user.username.lower(): user
         for user in User.objects.annotate(username_lower=Lower("username")).filter(
@@ -327,6 +402,26 @@ def sync_people(
         account.user_id: account
         for account in LdapAccount.objects.filter(user__in=list(existing.values()))
     }
+    for username, known in list(existing.items()):
+        account = accounts.get(known.pk)
+        other_directory = account is not None and account.directory_id != directory_id
+        other_school = (
+            account is None
+            and directory_id is not None
+            and known.school_id is not None
+            and default_school is not None
+            and known.school_id != default_school.pk
+        )
+        if other_directory or other_school:
+            report.skipped.append(
+                BrokenEntry(
+                    snapshot.people[username].dn,
+                    f"the username “{username}” belongs to a person of another "
+                    + ("directory" if other_directory else "school"),
+                )
+            )
+            present.discard(username)
+            del existing[username]
     lengths = {name: max_length(User, name) for name in ("first_name", "last_name", "email")}
     to_create: list[User] = []
     to_update: list[User] = []
@@ -377,7 +472,9 @@ def sync_people(
         dn = snapshot.people[username].dn
         account = accounts.get(user.pk)
         if account is None:
-            new_accounts.append(LdapAccount(user=user, dn=dn, managed_by_sync=True))
+            new_accounts.append(
+                LdapAccount(user=user, dn=dn, managed_by_sync=True, directory_id=directory_id)
+            )
             continue
         # Cleared once the person is active again, whoever enabled them.
         disabled_by_sync = account.disabled_by_sync and not user.is_active
@@ -445,10 +542,14 @@ def sync_memberships(
     CourseMembership.objects.bulk_create(to_add, batch_size=500)
 
 
-def disable_departed(*, present_ids: set[int], report: SyncReport) -> None:
-    """Disable directory people who left every synced group; their desktops stay."""
+def disable_departed(
+    *, present_ids: set[int], report: SyncReport, directory_id: int | None = None
+) -> None:
+    """Disable this directory's people who left every synced group; their desktops stay."""
     departed = (
-        LdapAccount.objects.filter(managed_by_sync=True, user__is_active=True)
+        LdapAccount.objects.filter(
+            managed_by_sync=True, user__is_active=True, directory_id=directory_id
+        )
         .exclude(user_id__in=present_ids)
         .select_related("user")
         .order_by("user__username")

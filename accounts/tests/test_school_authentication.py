@@ -14,14 +14,22 @@ from django.urls import reverse
 
 from accounts.choices import CourseRole, Role
 from accounts.ldap_directory import LdapConfig
-from accounts.models import LdapAccount, School, SchoolDirectory, User
-from accounts.services import enrolment_code_regenerate, user_password_reset
+from accounts.models import (
+    CourseMembership,
+    LdapAccount,
+    LdapGroupMapping,
+    School,
+    SchoolDirectory,
+    User,
+)
+from accounts.services import enrolment_code_regenerate, ldap_sync, user_password_reset
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
 from accounts.tests.slapd import (  # noqa: F401  (fixtures)
     SERVICE_DN,
     SERVICE_PASSWORD,
     LdapTree,
     SlapdServer,
+    directory_fixture,
     free_port,
     slapd_fixture,
 )
@@ -211,3 +219,152 @@ def test_no_local_sign_up_or_password_reset_in_a_directory_only_school(
         user_password_reset(actor=admin, user=teacher)
     with pytest.raises(PermissionDeniedError):
         user_password_reset(actor=teacher, user=teacher)
+
+
+# --- the group sync, directory by directory ----------------------------------------------------
+
+
+def map_group(school: School, group_dn: str, course: str, role: str = CourseRole.STUDENT) -> None:
+    LdapGroupMapping.objects.create(group_dn=group_dn, school=school, course_name=course, role=role)
+
+
+def members(school: School, course: str) -> set[str]:
+    return set(
+        CourseMembership.objects.filter(course__school=school, course__name=course).values_list(
+            "user__username", flat=True
+        )
+    )
+
+
+@pytest.fixture
+def synced(
+    north: School, south: School, north_tree: LdapTree, south_tree: LdapTree, directory: LdapTree
+) -> dict[str, Any]:
+    """North and south read their own directories; west, the platform's (`ISARD_LDAP_*`)."""
+    north_tree.add_person("nora")
+    south_tree.add_person("sol")
+    directory.add_person("wes")
+    west = SchoolFactory.create(name="West", slug="west")
+    groups = {
+        "north": north_tree.add_group_of_names("1a", ["nina", "nora", "sam"]),
+        "south": south_tree.add_group_of_names("1b", ["sol", "sam"]),
+        "west": directory.add_group_of_names("1c", ["wes"]),
+    }
+    map_group(north, groups["north"], "North 1A")
+    map_group(south, groups["south"], "South 1B")
+    map_group(west, groups["west"], "West 1C")
+    return {"west": west, "groups": groups, "report": ldap_sync()}
+
+
+def test_each_school_directory_feeds_its_own_schools_courses(
+    synced: dict[str, Any], north: School, south: School
+) -> None:
+    report = synced["report"]
+
+    assert members(north, "North 1A") == {"nina", "nora", "sam"}
+    assert members(south, "South 1B") == {"sol"}
+    assert members(synced["west"], "West 1C") == {"wes"}
+    assert User.objects.get(username="nora").school == north
+    assert User.objects.get(username="sol").school == south
+    assert LdapAccount.objects.get(user__username="sol").directory == south.directory
+    assert LdapAccount.objects.get(user__username="wes").directory is None
+    # South's sam has the name north's sam took first: skipped and reported, not merged.
+    assert any(
+        "“sam” belongs to a person of another directory" in str(entry) for entry in report.skipped
+    )
+    assert User.objects.get(username="sam").school == north
+
+
+def test_a_second_sync_of_several_directories_changes_nothing(synced: dict[str, Any]) -> None:
+    again = ldap_sync()
+
+    assert not again.has_changes, str(again)
+    assert not again.disabled_users
+
+
+def test_leaving_a_school_directorys_groups_disables_only_that_person(
+    synced: dict[str, Any], north_tree: LdapTree
+) -> None:
+    north_tree.remove_member(synced["groups"]["north"], "nora")
+
+    report = ldap_sync()
+
+    assert report.disabled_users == ["nora"]
+    assert set(User.objects.filter(is_active=False).values_list("username", flat=True)) == {"nora"}
+
+
+def test_an_unreachable_school_directory_is_reported_and_the_others_synced(
+    north: School, south: School, north_tree: LdapTree, south_tree: LdapTree
+) -> None:
+    map_group(north, north_tree.add_group_of_names("1a", ["nina"]), "North 1A")
+    map_group(south, south_tree.add_group_of_names("1b", ["sam"]), "South 1B")
+    uri = f"ldap://127.0.0.1:{free_port()}"
+    SchoolDirectory.objects.filter(school=north).update(server_uri=uri)
+
+    report = ldap_sync()
+
+    assert members(south, "South 1B") == {"sam"}
+    assert not members(north, "North 1A")
+    assert any(uri in warning and "does not answer" in warning for warning in report.warnings)
+
+
+def test_school_directories_are_set_by_administrators_and_keep_their_password(
+    north: School,
+) -> None:
+    admin = UserFactory.create(role=Role.ADMIN, is_staff=True, is_superuser=True)
+    manager = UserFactory.create(role=Role.MANAGER, school=north)
+    directory = north.directory
+    url = reverse("admin:accounts_schooldirectory_change", args=[directory.pk])
+    client = Client()
+    client.force_login(manager)
+    assert client.get(url).status_code == 403
+
+    client.force_login(admin)
+    page = client.get(url).content.decode()
+    assert SERVICE_PASSWORD not in page
+    response = client.post(
+        url,
+        {
+            "school": north.pk,
+            "enabled": "on",
+            "server_uri": directory.server_uri,
+            "bind_dn": directory.bind_dn,
+            "bind_password": "",
+            "user_search_base": directory.user_search_base,
+            "user_filter": directory.user_filter,
+            "username_attribute": "uid",
+            "group_search_base": directory.group_search_base,
+            "group_type": "groupOfNames",
+            "ca_cert_file": "",
+            "role_groups": '{"admin": "cn=admins,dc=x"}',
+            "timeout_seconds": "3",
+        },
+    )
+    assert response.status_code == 200  # refused: a school directory makes no admins
+    assert "A mapping of roles (manager, teacher, student) to group DNs." in (
+        response.content.decode()
+    )
+
+    response = client.post(
+        url,
+        {
+            "school": north.pk,
+            "enabled": "on",
+            "server_uri": directory.server_uri,
+            "bind_dn": directory.bind_dn,
+            "bind_password": "",
+            "user_search_base": directory.user_search_base,
+            "user_filter": directory.user_filter,
+            "username_attribute": "uid",
+            "group_search_base": directory.group_search_base,
+            "group_type": "groupOfNames",
+            "ca_cert_file": "",
+            "role_groups": "{}",
+            "timeout_seconds": "3",
+        },
+    )
+    assert response.status_code == 302
+    directory.refresh_from_db()
+    assert directory.bind_password == SERVICE_PASSWORD
+    assert directory.timeout_seconds == 3.0
+    assert authenticate(None, username="nina", password="nina-password") is not None
