@@ -346,3 +346,28 @@ def test_a_directory_persons_password_is_reset_in_the_directory(north: Campus) -
 
     with pytest.raises(ConflictError, match="reset the password there"):
         user_password_reset(actor=north.manager, user=north.student)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "accounts/quota",
+        "accounts/schooldirectory",
+        "accounts/ldapgroupmapping",
+        "accounts/ldapaccount",
+        "accounts/ldapsyncrun",
+        "desktops/viewertoken",
+        "hypervisors/placementrule",
+        "hypervisors/desktopmove",
+        "hypervisors/hypervisorevent",
+    ],
+)
+def test_administrators_open_every_page(north: Campus, model: str) -> None:
+    admin = UserFactory.create(role=Role.ADMIN, school=None)  # not even is_staff
+    client = Client()
+    client.force_login(admin)
+
+    assert client.get(f"/admin/{model}/").status_code == 200
+    assert client.get(f"/admin/{model}/add/").status_code in (200, 403)
+    assert client.get(change_url(north.course)).status_code == 200
+    assert client.get(change_url(north.manager)).status_code == 200
