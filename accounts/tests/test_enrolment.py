@@ -333,3 +333,24 @@ def test_a_student_cannot_change_a_courses_codes_through_the_page(
 
     assert "Only the teachers of “1A” can change its codes." in response.content.decode()
     assert EnrolmentCode.objects.get(course=course, role=CourseRole.STUDENT).code == student_code
+
+
+def test_a_teacher_neither_sees_nor_changes_another_teachers_course_codes(
+    client: Client, teacher: User, course: Course, student_code: str, school: School
+) -> None:
+    other_teacher = UserFactory.create(username="olga", role=Role.TEACHER, school=school)
+    own_course = CourseFactory.create(school=school, name="2B")
+    MembershipFactory.create(course=own_course, user=other_teacher, role=CourseRole.TEACHER)
+    client.force_login(other_teacher)
+
+    home = client.get(reverse("accounts:home")).content.decode()
+    changed = client.post(
+        reverse("accounts:course-code", args=[course.pk, CourseRole.STUDENT]),
+        {"action": "disable"},
+        follow=True,
+    )
+
+    assert "2B" in home
+    assert format_code(student_code) not in home and "1A" not in home
+    assert "Only the teachers of “1A” can change its codes." in changed.content.decode()
+    assert EnrolmentCode.objects.get(course=course, role=CourseRole.STUDENT).enabled
