@@ -22,6 +22,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from django_auth_ldap.config import GroupOfNamesType, LDAPSearch, PosixGroupType
 from ldap.controls import SimplePagedResultsControl
 
 from accounts.choices import Role
-from accounts.models import School, User
+from accounts.models import LdapAccount, School, SchoolDirectory, User
 from isard.exceptions import InfrastructureError
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,47 @@ class LdapConfig:
     email_attribute: str = "mail"
     timeout: float = 5.0
     school_slug: str = ""
+    #: The `SchoolDirectory` this is; None for the platform's (`ISARD_LDAP_*`).
+    directory_id: int | None = None
+
+    @classmethod
+    def from_directory(cls, directory: SchoolDirectory) -> LdapConfig:
+        """A school's own directory, with the platform's attribute names."""
+        return cls(
+            server_uri=directory.server_uri if directory.enabled else "",
+            bind_dn=directory.bind_dn,
+            bind_password=directory.bind_password,
+            user_search_base=directory.user_search_base,
+            user_filter=directory.user_filter,
+            username_attribute=directory.username_attribute,
+            group_search_base=directory.group_search_base,
+            group_type=directory.group_type,
+            start_tls=directory.start_tls,
+            ca_cert_file=directory.ca_cert_file,
+            # A school's directory never makes platform administrators.
+            role_groups={
+                role: dn for role, dn in dict(directory.role_groups).items() if role != Role.ADMIN
+            },
+            first_name_attribute=settings.ISARD_LDAP_ATTRIBUTE_FIRST_NAME,
+            last_name_attribute=settings.ISARD_LDAP_ATTRIBUTE_LAST_NAME,
+            email_attribute=settings.ISARD_LDAP_ATTRIBUTE_EMAIL,
+            timeout=float(directory.timeout_seconds),
+            school_slug=directory.school.slug,
+            directory_id=directory.pk,
+        )
+
+    @property
+    def label(self) -> str:
+        """Which directory, for messages."""
+        if self.directory_id is None:
+            return f"the LDAP directory {self.server_uri}"
+        return f"the LDAP directory {self.server_uri} of the school “{self.school_slug}”"
+
+    def setting_name(self, setting: str, field: str) -> str:
+        """Where a value is set: `ISARD_LDAP_<setting>`, or the school directory's field."""
+        if self.directory_id is None:
+            return f"ISARD_LDAP_{setting}"
+        return f"the {field} of the school's directory (admin)"
 
     @classmethod
     def from_settings(cls) -> LdapConfig:
@@ -204,15 +246,17 @@ def open_connection(config: LdapConfig) -> Iterator[Any]:
         yield connection
     except UNREACHABLE_ERRORS as error:
         raise DirectoryUnreachableError(
-            f"The LDAP directory {config.server_uri} does not answer: "
-            f"{describe_ldap_error(error)}. Check ISARD_LDAP_SERVER_URI, the network and "
-            "the TLS settings.",
+            f"{config.label[0].upper()}{config.label[1:]} does not answer: "
+            f"{describe_ldap_error(error)}. Check "
+            f"{config.setting_name('SERVER_URI', 'server URI')}, the network and the TLS "
+            "settings.",
             extra={"server": config.server_uri},
         ) from error
     except ldap.INVALID_CREDENTIALS as error:
         raise DirectoryError(
-            f"The LDAP directory {config.server_uri} refused the service account "
-            f"“{config.bind_dn}”: check ISARD_LDAP_BIND_DN and ISARD_LDAP_BIND_PASSWORD.",
+            f"{config.label[0].upper()}{config.label[1:]} refused the service account "
+            f"“{config.bind_dn}”: check {config.setting_name('BIND_DN', 'bind DN')} and "
+            f"{config.setting_name('BIND_PASSWORD', 'bind password')}.",
             extra={"server": config.server_uri},
         ) from error
     except ldap.LDAPError as error:
@@ -463,12 +507,56 @@ def explain_unresolved_member(connection: Any, config: LdapConfig, member_dn: st
 # --- login --------------------------------------------------------------------------------
 
 
+#: The directory a login is trying now, for the error log (django-auth-ldap's signals do
+#: not say which backend instance sent them).
+current_config: ContextVar[LdapConfig | None] = ContextVar("current_ldap_config", default=None)
+
+
+def school_directory_configs() -> list[LdapConfig]:
+    """Every enabled school directory, as configurations."""
+    return [
+        LdapConfig.from_directory(directory)
+        for directory in SchoolDirectory.objects.filter(enabled=True)
+        .select_related("school")
+        .order_by("pk")
+    ]
+
+
+def login_configs(username: str) -> list[LdapConfig]:
+    """The directories that may sign `username` in, in order.
+
+    Someone already linked to a directory signs in with that one only, and someone of a
+    school with its own directory with that one: a name in two directories never
+    reaches the wrong person. A new name tries the platform's directory, then each
+    school's; the first that knows the name and password makes the person.
+    """
+    platform = LdapConfig.from_settings()
+    user = (
+        User.objects.filter(username__iexact=username).select_related("school__directory").first()
+    )
+    if user is not None:
+        account = LdapAccount.objects.filter(user=user).select_related("directory__school")
+        linked = account.first()
+        if linked is not None:
+            if linked.directory is None:
+                return [platform] if platform.enabled else []
+            config = LdapConfig.from_directory(linked.directory)
+            return [config] if config.enabled else []
+        school_directory = getattr(user.school, "directory", None) if user.school else None
+        if school_directory is not None and school_directory.enabled:
+            return [LdapConfig.from_directory(school_directory)]
+        return [platform] if platform.enabled else []
+    return [config for config in (platform, *school_directory_configs()) if config.enabled]
+
+
 class IsardLDAPBackend(LDAPBackend):
-    """django-auth-ldap, configured from the `ISARD_LDAP_*` settings.
+    """django-auth-ldap, configured from the `ISARD_LDAP_*` settings and the schools' own
+    directories (`SchoolDirectory`).
 
     Django makes a new backend for every login, and django-auth-ldap reads its settings
     when first asked, so each login sees the current settings. `AUTH_LDAP_*` settings
-    still override single values.
+    still override single values. For each directory `login_configs` allows, the backend
+    switches its configuration and tries; the first that signs the person in wins.
     """
 
     _config: LdapConfig | None = None
@@ -490,9 +578,19 @@ class IsardLDAPBackend(LDAPBackend):
         password: str | None = None,
         **kwargs: Any,
     ) -> User | None:
-        if not self.config.enabled:
+        if not username or not password:
             return None
-        return super().authenticate(request, username=username, password=password, **kwargs)
+        for config in login_configs(username):
+            self._config = config
+            self._settings = None  # django-auth-ldap builds them again from this config
+            token = current_config.set(config)
+            try:
+                user = super().authenticate(request, username=username, password=password, **kwargs)
+            finally:
+                current_config.reset(token)
+            if user is not None:
+                return user
+        return None
 
     def authenticate_ldap_user(self, ldap_user: Any, password: str) -> User | None:
         from accounts.services import ldap_account_link
@@ -504,7 +602,7 @@ class IsardLDAPBackend(LDAPBackend):
             # django-auth-ldap does not check this itself.
             logger.info("refused the directory login of %s: the account is disabled", user)
             return None
-        ldap_account_link(user=user, dn=ldap_user.dn)
+        ldap_account_link(user=user, dn=ldap_user.dn, directory_id=self.config.directory_id)
         return user
 
 
@@ -530,7 +628,8 @@ def apply_directory_role(sender: Any, user: User, ldap_user: Any, **kwargs: Any)
 def log_directory_error(
     sender: Any, context: str, user: Any, request: Any, exception: Exception, **kwargs: Any
 ) -> None:
-    uri = LdapConfig.from_settings().server_uri
+    config = current_config.get() or LdapConfig.from_settings()
+    uri = config.server_uri
     if isinstance(exception, UNREACHABLE_ERRORS):
         logger.error(
             "The LDAP directory %s is unreachable (%s) while %s; trying local accounts.",

@@ -9,10 +9,22 @@ from accounts.choices import CourseRole, Role
 
 
 class School(models.Model):
-    """A tenant: its own people, courses and authentication settings."""
+    """A tenant: its own people, courses and authentication settings.
+
+    How its people sign in: with a password kept by isard (`local_accounts`), with the
+    school's own LDAP directory (`SchoolDirectory`), with the platform's directory
+    (`ISARD_LDAP_*`), or several of these.
+    """
 
     name = models.CharField(max_length=200, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
+    local_accounts = models.BooleanField(
+        "local accounts",
+        default=True,
+        help_text="People of this school may have a password kept by isard (sign up with a "
+        "course code, password resets). Off: only a directory signs them in; "
+        "administrators always may.",
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -24,6 +36,10 @@ class User(AbstractUser):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.STUDENT)
     school = models.ForeignKey(
         School, null=True, blank=True, on_delete=models.PROTECT, related_name="users"
+    )
+    must_change_password = models.BooleanField(
+        default=False,
+        help_text="Set by a password reset: the person chooses a new password at sign-in.",
     )
 
     @property
@@ -120,6 +136,72 @@ class LdapGroupMapping(models.Model):
             raise ValidationError({"course": "The course belongs to another school."})
 
 
+class SchoolDirectory(models.Model):
+    """A school's own LDAP directory: its people sign in with it, and the group sync reads
+    the school's mapped groups from it.
+
+    The same settings as the platform's `ISARD_LDAP_*` (see `.env.example`), for one
+    school. Usernames are one namespace for the whole platform: a name already taken by a
+    person of another directory or school is refused and reported, never merged.
+    """
+
+    school = models.OneToOneField(School, on_delete=models.CASCADE, related_name="directory")
+    enabled = models.BooleanField(default=True)
+    server_uri = models.CharField(
+        "server URI", max_length=500, help_text="ldap://host, ldaps://host:636."
+    )
+    bind_dn = models.CharField(
+        "bind DN", max_length=500, blank=True, help_text="The service account (empty: anonymous)."
+    )
+    bind_password = models.CharField(max_length=500, blank=True)
+    user_search_base = models.CharField(max_length=500)
+    user_filter = models.CharField(
+        max_length=500, default="(uid=%(user)s)", help_text="`%(user)s` is the login name."
+    )
+    username_attribute = models.CharField(max_length=100, default="uid")
+    group_search_base = models.CharField(max_length=500, blank=True)
+    group_type = models.CharField(
+        max_length=16,
+        choices=[("groupOfNames", "groupOfNames"), ("posixGroup", "posixGroup")],
+        default="groupOfNames",
+    )
+    start_tls = models.BooleanField("StartTLS", default=False)
+    ca_cert_file = models.CharField(
+        "CA certificate file",
+        max_length=500,
+        blank=True,
+        help_text="The CA that signed the directory's certificate (StartTLS, ldaps://).",
+    )
+    role_groups = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Role → group DN, e.g. {"teacher": "cn=teachers,ou=groups,dc=x"}; the '
+        "highest role among a person's groups wins; in none of them: student. A school's "
+        "directory cannot make administrators.",
+    )
+    timeout_seconds = models.FloatField(default=5.0)
+
+    class Meta:
+        verbose_name = "school directory (LDAP)"
+        verbose_name_plural = "school directories (LDAP)"
+
+    def __str__(self) -> str:
+        return f"{self.school}: {self.server_uri}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if "%(user)s" not in self.user_filter:
+            raise ValidationError({"user_filter": "The filter needs %(user)s."})
+        allowed = [role for role in Role.values if role != Role.ADMIN]
+        if not isinstance(self.role_groups, dict) or not all(
+            role in allowed and isinstance(dn, str) for role, dn in self.role_groups.items()
+        ):
+            raise ValidationError(
+                {"role_groups": f"A mapping of roles ({', '.join(allowed)}) to group DNs."}
+            )
+
+
 class LdapAccount(models.Model):
     """Links a person to their directory entry.
 
@@ -130,6 +212,14 @@ class LdapAccount(models.Model):
 
     user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="ldap_account")
     dn = models.CharField("DN", max_length=1024)
+    directory = models.ForeignKey(
+        SchoolDirectory,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="accounts",
+        help_text="The school directory this person signs in with; empty: the platform's.",
+    )
     managed_by_sync = models.BooleanField(
         default=False,
         help_text="The group sync has seen this person in a synced group; leaving all of "
@@ -189,3 +279,155 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
+
+
+class Quota(models.Model):
+    """Limits for a scope of people; each limit left empty falls through to a wider scope.
+
+    A quota row has one scope, from the most specific to the least:
+
+    1. a person (`user`);
+    2. a course (`course`), optionally for one course role (`role` student or teacher);
+    3. a school and a role (`school` + `role`);
+    4. a whole school (`school`, no role);
+    5. a role everywhere (`role` alone): the default for students, teachers, managers.
+
+    For each limit separately, the most specific scope that sets it wins, so a course can
+    raise the running-desktop limit and leave memory to the school's default. Every limit
+    is per person (each student of the course may run 2 desktops), never pooled. Empty
+    means "not set here"; 0 means "none allowed". With no quota at all a person is
+    unlimited, and administrators are never limited. `accounts.quotas` applies them.
+    """
+
+    user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    course = models.ForeignKey(
+        Course, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    school = models.ForeignKey(
+        School, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    role = models.CharField(
+        max_length=16,
+        choices=Role.choices,
+        blank=True,
+        help_text="With a course: its students or teachers (blank: every member). With a "
+        "school: that role in the school. Alone: the default for the role everywhere.",
+    )
+    max_desktops = models.PositiveIntegerField(
+        "desktops", null=True, blank=True, help_text="Desktops a person may own."
+    )
+    max_running = models.PositiveIntegerField(
+        "running desktops", null=True, blank=True, help_text="Desktops running at once."
+    )
+    max_vcpus = models.PositiveIntegerField(
+        "vCPUs", null=True, blank=True, help_text="vCPUs of the running desktops, together."
+    )
+    max_memory_mib = models.PositiveIntegerField(
+        "memory (MiB)",
+        null=True,
+        blank=True,
+        help_text="Memory of the running desktops, together.",
+    )
+    max_disk_gib = models.PositiveIntegerField(
+        "disk (GiB)",
+        null=True,
+        blank=True,
+        help_text="Disk space of the person's desktops, templates and media, together.",
+    )
+    max_templates = models.PositiveIntegerField("templates", null=True, blank=True)
+    max_media = models.PositiveIntegerField("media", null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                name="quota_one_scope",
+                condition=(
+                    models.Q(user__isnull=False, course__isnull=True, school__isnull=True, role="")
+                    | models.Q(
+                        user__isnull=True,
+                        course__isnull=False,
+                        school__isnull=True,
+                        role__in=["", CourseRole.STUDENT, CourseRole.TEACHER],
+                    )
+                    | models.Q(user__isnull=True, course__isnull=True, school__isnull=False)
+                    | (
+                        models.Q(user__isnull=True, course__isnull=True, school__isnull=True)
+                        & ~models.Q(role="")
+                    )
+                ),
+            ),
+            models.UniqueConstraint(
+                fields=["user"], condition=models.Q(user__isnull=False), name="quota_unique_user"
+            ),
+            models.UniqueConstraint(
+                fields=["course", "role"],
+                condition=models.Q(course__isnull=False),
+                name="quota_unique_course_role",
+            ),
+            models.UniqueConstraint(
+                fields=["school", "role"],
+                condition=models.Q(school__isnull=False),
+                name="quota_unique_school_role",
+            ),
+            models.UniqueConstraint(
+                fields=["role"],
+                condition=models.Q(user__isnull=True, course__isnull=True, school__isnull=True),
+                name="quota_unique_role_default",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Quota: {self.scope_label}"
+
+    @property
+    def scope_label(self) -> str:
+        role = Role(self.role).label.lower() if self.role else ""
+        if self.user_id is not None:
+            return f"person {self.user}"
+        if self.course_id is not None:
+            return f"course {self.course}" + (f", {role}s" if role else "")
+        if self.school_id is not None:
+            return f"school {self.school}" + (f", {role}s" if role else "")
+        return f"default for {role}s"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        scopes = [self.user_id, self.course_id, self.school_id]
+        if sum(scope is not None for scope in scopes) > 1:
+            raise ValidationError("Choose one scope: a person, a course or a school.")
+        if self.user_id is not None and self.role:
+            raise ValidationError({"role": "A person's own quota has no role."})
+        if self.course_id is not None and self.role not in ("", *CourseRole.values):
+            raise ValidationError({"role": "In a course, a role is student or teacher."})
+        if not any(scopes) and not self.role:
+            raise ValidationError("Choose a person, a course, a school or a role.")
+
+
+class EnrolmentCode(models.Model):
+    """The code that puts whoever types it in a course, with one role.
+
+    Each course has at most one per role. Regenerating replaces the code (the old one stops
+    working at once); disabling keeps it but refuses it.
+    """
+
+    course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="enrolment_codes")
+    role = models.CharField(max_length=16, choices=CourseRole.choices)
+    code = models.CharField(max_length=32, unique=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["course", "role"], name="enrolmentcode_one_per_role")
+        ]
+
+    def __str__(self) -> str:
+        state = "" if self.enabled else " (disabled)"
+        return f"{self.course} {self.get_role_display().lower()} code{state}"

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 from django.db.models import Q, QuerySet
 
 from accounts.choices import CourseRole, Role
-from accounts.models import Course, User
+from accounts.models import Course, Quota, School, User
 
 if TYPE_CHECKING:
     from desktops.models import Desktop
-    from templates_app.models import Template
+    from templates_app.models import Media, Template
 
 
 def is_manager(actor: User) -> bool:
@@ -161,3 +161,80 @@ def can_manage_template(actor: User, template: Template) -> bool:
     if actor.is_admin or (template.owner_id == actor.pk and actor.role != Role.STUDENT):
         return True
     return templates_managed_by(actor).filter(pk=template.pk).exists()
+
+
+# --- schools, media, quotas ----------------------------------------------------------------
+
+
+def schools_visible_to(actor: User) -> QuerySet[School]:
+    """Every school for an admin; their own school for anyone else."""
+    schools = School.objects.all()
+    if actor.is_admin:
+        return schools
+    return schools.filter(pk=actor.school_id) if actor.school_id is not None else schools.none()
+
+
+def media_managed_by(actor: User) -> QuerySet[Media]:
+    """Install media the person may edit and delete: like templates."""
+    from templates_app.models import Media
+
+    media = Media.objects.all()
+    if actor.is_admin:
+        return media
+    if is_manager(actor):
+        return media.filter(Q(owner=actor) | Q(owner__school_id=actor.school_id))
+    if actor.role == Role.STUDENT:
+        return media.none()
+    return media.filter(owner=actor)
+
+
+def _school_quota_q(school_id: int) -> Q:
+    return Q(school_id=school_id) | Q(course__school_id=school_id) | Q(user__school_id=school_id)
+
+
+def quotas_managed_by(actor: User) -> QuerySet[Quota]:
+    """Quotas the person may set: all (admins); their school's, its courses' and its
+    people's (managers). The defaults per role are the administrators' alone."""
+    quotas = Quota.objects.all()
+    if actor.is_admin:
+        return quotas
+    if is_manager(actor):
+        return quotas.filter(_school_quota_q(_own_school(actor)))
+    return quotas.none()
+
+
+def can_manage_quota(actor: User, quota: Quota) -> bool:
+    """Also for a quota not saved yet: is its scope inside what the person manages?"""
+    if actor.is_admin:
+        return True
+    if not is_manager(actor):
+        return False
+    school_id = _own_school(actor)
+    if quota.user_id is not None:
+        return User.objects.filter(
+            pk=quota.user_id,
+            school_id=school_id,
+            role__in=[Role.STUDENT, Role.TEACHER, Role.MANAGER],
+        ).exists()
+    if quota.course_id is not None:
+        return Course.objects.filter(pk=quota.course_id, school_id=school_id).exists()
+    return quota.school_id == school_id
+
+
+def can_assign_role(actor: User, *, role: str, school_id: int | None, superuser: bool) -> bool:
+    """May `actor` give someone this role, school and superuser flag? A manager keeps
+    everyone inside their school and below administrator."""
+    if actor.is_admin:
+        return True
+    return (
+        is_manager(actor)
+        and role != Role.ADMIN
+        and not superuser
+        and school_id is not None
+        and school_id == actor.school_id
+    )
+
+
+def uses_admin(actor: User) -> bool:
+    """The Django admin is for administrators and school managers."""
+    return actor.is_active and (actor.is_admin or is_manager(actor))

@@ -1,12 +1,15 @@
 """Writes to people and courses, as typed functions.
 
-For now the directory side: linking a person to their LDAP entry at login, and the group
-sync, which makes isard's people, courses and memberships follow the LDAP groups mapped
-to courses (`LdapGroupMapping`) and the role groups (`ISARD_LDAP_ROLE_GROUPS`).
+The directory side: linking a person to their LDAP entry at login, and the group sync,
+which makes isard's people, courses and memberships follow the LDAP groups mapped to
+courses (`LdapGroupMapping`) and the role groups (`ISARD_LDAP_ROLE_GROUPS`). Then
+enrolment codes (a course's code per role, to join or sign up with) and password resets.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,24 +31,35 @@ from accounts.ldap_directory import (
 from accounts.models import (
     Course,
     CourseMembership,
+    EnrolmentCode,
     LdapAccount,
     LdapGroupMapping,
     LdapSyncRun,
     School,
+    SchoolDirectory,
     User,
 )
-from isard.exceptions import ApplicationError, PermissionDeniedError
+from accounts.permissions import can_manage_course, can_manage_user
+from isard.exceptions import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+
+logger = logging.getLogger(__name__)
 
 #: How many names `str(SyncReport)` lists per kind of change before "and N more".
 NAMES_SHOWN = 20
 
 
-def ldap_account_link(*, user: User, dn: str) -> LdapAccount:
-    """Record that `user` is the directory entry `dn` (at each directory login)."""
-    account, created = LdapAccount.objects.get_or_create(user=user, defaults={"dn": dn})
-    if not created and account.dn != dn:
+def ldap_account_link(*, user: User, dn: str, directory_id: int | None = None) -> LdapAccount:
+    """Record that `user` is the entry `dn` of a directory (at each directory login).
+
+    `directory_id` is the school's `SchoolDirectory`, or None for the platform's.
+    """
+    account, created = LdapAccount.objects.get_or_create(
+        user=user, defaults={"dn": dn, "directory_id": directory_id}
+    )
+    if not created and (account.dn, account.directory_id) != (dn, directory_id):
         account.dn = dn
-        account.save(update_fields=["dn"])
+        account.directory_id = directory_id
+        account.save(update_fields=["dn", "directory"])
     return account
 
 
@@ -133,39 +147,109 @@ def shorten(items: Sequence[object]) -> str:
     return f"{shown} and {hidden} more" if hidden > 0 else shown
 
 
-def ldap_sync(*, actor: User | None = None, dry_run: bool = False) -> SyncReport:
-    """Make people, courses and memberships follow the directory's groups.
+@dataclass(frozen=True)
+class SyncTarget:
+    """One directory and the group mappings the sync reads from it."""
 
-    Reads the directory first (no transaction is open during network I/O), then in one
-    transaction: creates missing people and courses, updates names, e-mails and roles,
-    adds, changes and removes the course memberships of directory people in synced
-    courses, and disables (never deletes) people who left every synced group. Local
-    accounts are never touched. A second run with an unchanged directory changes nothing.
+    config: LdapConfig
+    mappings: list[LdapGroupMapping]
 
-    Broken entries are skipped and reported. If a mapped group cannot be read, its
-    courses are left alone and nobody is disabled, so that one missing group cannot empty
-    courses; if a role group cannot be read, roles are left alone.
-    """
-    if actor is not None and not actor.is_admin:
-        raise PermissionDeniedError("Only administrators may run the LDAP group sync.")
-    config = LdapConfig.from_settings()
-    if not config.enabled:
-        raise ApplicationError("LDAP is not configured: set ISARD_LDAP_SERVER_URI.")
-    started_at = timezone.now()
-    clock = time.monotonic()
-    report = SyncReport(dry_run=dry_run)
+
+def sync_targets() -> tuple[list[SyncTarget], list[str]]:
+    """Each directory with its mappings: a school with its own directory reads its groups
+    there, every other school's from the platform's directory. And warnings for mappings
+    no directory can read."""
+    platform = LdapConfig.from_settings()
+    directories = list(
+        SchoolDirectory.objects.filter(enabled=True).select_related("school").order_by("pk")
+    )
+    own = {directory.school_id: directory for directory in directories}
     mappings = list(
         LdapGroupMapping.objects.filter(enabled=True)
         .select_related("school", "course")
         .order_by("pk")
     )
+    targets: list[SyncTarget] = []
+    warnings: list[str] = []
+    platform_mappings = [mapping for mapping in mappings if mapping.school_id not in own]
+    if platform.enabled:
+        targets.append(SyncTarget(platform, platform_mappings))
+    elif platform_mappings:
+        schools = sorted({mapping.school.name for mapping in platform_mappings})
+        warnings.append(
+            f"Groups mapped for {', '.join(schools)} were not read: those schools have no "
+            "directory of their own and ISARD_LDAP_SERVER_URI is empty."
+        )
+    for directory in directories:
+        targets.append(
+            SyncTarget(
+                LdapConfig.from_directory(directory),
+                [mapping for mapping in mappings if mapping.school_id == directory.school_id],
+            )
+        )
+    return targets, warnings
+
+
+def ldap_sync(*, actor: User | None = None, dry_run: bool = False) -> SyncReport:
+    """Make people, courses and memberships follow the directories' groups.
+
+    The platform's directory (`ISARD_LDAP_*`) and each school's own (`SchoolDirectory`)
+    are synced in turn, each with its mappings and role groups; one report covers all.
+    For each: reads the directory first (no transaction is open during network I/O),
+    then in one transaction: creates missing people and courses, updates names, e-mails
+    and roles, adds, changes and removes the course memberships of that directory's
+    people in synced courses, and disables (never deletes) its people who left every
+    synced group. Local accounts are never touched, nor people of another directory. A
+    second run with unchanged directories changes nothing.
+
+    Broken entries are skipped and reported. If a mapped group cannot be read, its
+    courses are left alone and nobody is disabled, so that one missing group cannot empty
+    courses; if a role group cannot be read, roles are left alone. With several
+    directories, one that fails is reported and the others are synced.
+    """
+    if actor is not None and not actor.is_admin:
+        raise PermissionDeniedError("Only administrators may run the LDAP group sync.")
+    targets, warnings = sync_targets()
+    if not targets:
+        raise ApplicationError(
+            "LDAP is not configured: set ISARD_LDAP_SERVER_URI, or give a school its own directory."
+        )
+    started_at = timezone.now()
+    clock = time.monotonic()
+    report = SyncReport(dry_run=dry_run, warnings=warnings)
+    failures: list[ApplicationError] = []
+    for target in targets:
+        try:
+            sync_directory(target=target, report=report, dry_run=dry_run)
+        except DirectoryError as error:
+            if len(targets) == 1:
+                raise
+            failures.append(error)
+            report.warnings.append(f"Not synced: {error.message}")
+    if failures and len(failures) == len(targets):
+        raise failures[0]
+    report.seconds = time.monotonic() - clock
+    if not dry_run:
+        LdapSyncRun.objects.create(
+            started_at=started_at,
+            finished_at=timezone.now(),
+            actor=actor,
+            changes=report.change_count,
+            skipped=len(report.skipped),
+            summary=str(report),
+        )
+    return report
+
+
+def sync_directory(*, target: SyncTarget, report: SyncReport, dry_run: bool) -> None:
+    """Sync one directory's mappings and role groups into `report`."""
+    config, mappings = target.config, target.mappings
     if not mappings and not config.role_groups:
         report.warnings.append(
-            "No LDAP group is mapped to a course and ISARD_LDAP_ROLE_GROUPS is empty: "
-            "nothing to sync."
+            f"No LDAP group of {config.label} is mapped to a course and it has no role "
+            "groups: nothing to sync there."
         )
-        report.seconds = time.monotonic() - clock
-        return report
+        return
 
     snapshot = read_directory(
         config=config,
@@ -185,19 +269,8 @@ def ldap_sync(*, actor: User | None = None, dry_run: bool = False) -> SyncReport
         # writers anyway), then compares against what the first one wrote.
         list(LdapGroupMapping.objects.select_for_update().filter(pk__in=[m.pk for m in mappings]))
         apply_snapshot(snapshot=snapshot, mappings=mappings, config=config, report=report)
-        report.seconds = time.monotonic() - clock
         if dry_run:
             transaction.set_rollback(True)
-        else:
-            LdapSyncRun.objects.create(
-                started_at=started_at,
-                finished_at=timezone.now(),
-                actor=actor,
-                changes=report.change_count,
-                skipped=len(report.skipped),
-                summary=str(report),
-            )
-    return report
 
 
 def apply_snapshot(
@@ -263,10 +336,19 @@ def apply_snapshot(
         if config.school_slug
         else None,
         report=report,
+        directory_id=config.directory_id,
     )
+    # People skipped by `sync_people` (their name belongs to another directory) stay out.
+    for members in desired.values():
+        for username in [name for name in members if name not in users]:
+            del members[username]
     sync_memberships(desired=desired, courses=courses.values(), users=users, report=report)
     if not unreadable and not missing_role_groups:
-        disable_departed(present_ids={user.pk for user in users.values()}, report=report)
+        disable_departed(
+            present_ids={user.pk for user in users.values()},
+            report=report,
+            directory_id=config.directory_id,
+        )
 
 
 def courses_for_mappings(
@@ -302,8 +384,14 @@ def sync_people(
     school_of: dict[str, School],
     default_school: School | None,
     report: SyncReport,
+    directory_id: int | None = None,
 ) -> dict[str, User]:
-    """Create, update and enable the people in synced groups; return them by username."""
+    """Create, update and enable the people in synced groups; return them by username.
+
+    A name that already belongs to someone of another directory (or, for a school's
+    directory, to a local account of another school) is skipped and reported: one
+    platform, one namespace of usernames, never two people merged.
+    """
     existing: dict[str, User] = {
         user.username.lower(): user
         for user in User.objects.annotate(username_lower=Lower("username")).filter(
@@ -314,6 +402,26 @@ def sync_people(
         account.user_id: account
         for account in LdapAccount.objects.filter(user__in=list(existing.values()))
     }
+    for username, known in list(existing.items()):
+        account = accounts.get(known.pk)
+        other_directory = account is not None and account.directory_id != directory_id
+        other_school = (
+            account is None
+            and directory_id is not None
+            and known.school_id is not None
+            and default_school is not None
+            and known.school_id != default_school.pk
+        )
+        if other_directory or other_school:
+            report.skipped.append(
+                BrokenEntry(
+                    snapshot.people[username].dn,
+                    f"the username “{username}” belongs to a person of another "
+                    + ("directory" if other_directory else "school"),
+                )
+            )
+            present.discard(username)
+            del existing[username]
     lengths = {name: max_length(User, name) for name in ("first_name", "last_name", "email")}
     to_create: list[User] = []
     to_update: list[User] = []
@@ -364,7 +472,9 @@ def sync_people(
         dn = snapshot.people[username].dn
         account = accounts.get(user.pk)
         if account is None:
-            new_accounts.append(LdapAccount(user=user, dn=dn, managed_by_sync=True))
+            new_accounts.append(
+                LdapAccount(user=user, dn=dn, managed_by_sync=True, directory_id=directory_id)
+            )
             continue
         # Cleared once the person is active again, whoever enabled them.
         disabled_by_sync = account.disabled_by_sync and not user.is_active
@@ -432,10 +542,14 @@ def sync_memberships(
     CourseMembership.objects.bulk_create(to_add, batch_size=500)
 
 
-def disable_departed(*, present_ids: set[int], report: SyncReport) -> None:
-    """Disable directory people who left every synced group; their desktops stay."""
+def disable_departed(
+    *, present_ids: set[int], report: SyncReport, directory_id: int | None = None
+) -> None:
+    """Disable this directory's people who left every synced group; their desktops stay."""
     departed = (
-        LdapAccount.objects.filter(managed_by_sync=True, user__is_active=True)
+        LdapAccount.objects.filter(
+            managed_by_sync=True, user__is_active=True, directory_id=directory_id
+        )
         .exclude(user_id__in=present_ids)
         .select_related("user")
         .order_by("user__username")
@@ -450,3 +564,213 @@ def disable_departed(*, present_ids: set[int], report: SyncReport) -> None:
         report.disabled_users.append(account.user.username)
     User.objects.bulk_update(users, ["is_active"], batch_size=500)
     LdapAccount.objects.bulk_update(accounts, ["disabled_by_sync"], batch_size=500)
+
+
+# --- enrolment codes -----------------------------------------------------------------------
+
+#: Letters and digits that cannot be mistaken for one another when read aloud or copied.
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 8
+
+
+def normalize_code(code: str) -> str:
+    """What people type ("abcd-efgh ", "ABCDEFGH") to the stored form ("ABCDEFGH")."""
+    return "".join(character for character in code.upper() if character.isalnum())
+
+
+def format_code(code: str) -> str:
+    """The code as shown to people: two groups of four."""
+    return f"{code[:4]}-{code[4:]}" if len(code) == CODE_LENGTH else code
+
+
+def _new_code() -> str:
+    while True:
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        if not EnrolmentCode.objects.filter(code=code).exists():
+            return code
+
+
+def _check_course_teacher(actor: User, course: Course) -> None:
+    if not can_manage_course(actor, course):
+        raise PermissionDeniedError(f"Only the teachers of “{course.name}” can change its codes.")
+
+
+def enrolment_code_regenerate(*, actor: User, course: Course, role: CourseRole) -> EnrolmentCode:
+    """Give the course a new code for `role` (enabled); the previous one stops working."""
+    _check_course_teacher(actor, course)
+    role = CourseRole(role)
+    with transaction.atomic():
+        code, _created = EnrolmentCode.objects.update_or_create(
+            course=course,
+            role=role,
+            defaults={"code": _new_code(), "enabled": True, "updated_by": actor},
+        )
+    logger.info("%s regenerated the %s code of %s", actor, role, course)
+    return code
+
+
+def enrolment_code_disable(*, actor: User, course: Course, role: CourseRole) -> None:
+    """Refuse the course's code for `role` until it is regenerated."""
+    _check_course_teacher(actor, course)
+    EnrolmentCode.objects.filter(course=course, role=CourseRole(role)).update(
+        enabled=False, updated_by=actor, updated_at=timezone.now()
+    )
+    logger.info("%s disabled the %s code of %s", actor, role, course)
+
+
+def enrolment_code_find(code: str) -> EnrolmentCode:
+    """The enabled code people typed, or an error that tells them what to do."""
+    normalized = normalize_code(code)
+    if not normalized:
+        raise ApplicationError("Type the course code your teacher gave you.")
+    found = EnrolmentCode.objects.select_related("course__school").filter(code=normalized).first()
+    if found is None:
+        raise NotFoundError(
+            f"The code “{code.strip()}” is not valid: check it, or ask your teacher for the "
+            "current one (a regenerated code replaces the old one)."
+        )
+    if not found.enabled:
+        raise ConflictError(
+            f"The code for “{found.course.name}” has been disabled; ask your teacher for a new one."
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What joining with a code did."""
+
+    course: Course
+    role: CourseRole
+    changed: bool
+
+    def __str__(self) -> str:
+        role = self.role.label.lower()
+        if not self.changed:
+            return f"You are already in “{self.course.name}” as a {role}."
+        return f"You joined “{self.course.name}” as a {role}."
+
+
+def course_join_with_code(*, user: User, code: str) -> Enrolment:
+    """Put `user` in the code's course with the code's role.
+
+    A teacher code makes a student a teacher (of this course, and a teacher overall);
+    a student code never lowers a teacher. A person of another school is refused, so that
+    a code cannot carry anyone across schools.
+    """
+    found = enrolment_code_find(code)
+    course = found.course
+    role = CourseRole(found.role)
+    if user.school_id not in (None, course.school_id) and not user.is_admin:
+        raise PermissionDeniedError(
+            f"The code is for a course of another school (“{course.school.name}”)."
+        )
+    with transaction.atomic():
+        changed_fields = []
+        if user.school_id is None and not user.is_admin:
+            user.school = course.school
+            changed_fields.append("school")
+        if role == CourseRole.TEACHER and user.role == Role.STUDENT:
+            user.role = Role.TEACHER
+            changed_fields.append("role")
+        if changed_fields:
+            user.save(update_fields=changed_fields)
+        membership, created = CourseMembership.objects.get_or_create(
+            course=course, user=user, defaults={"role": role}
+        )
+        changed = created
+        if not created and membership.role == CourseRole.STUDENT and role == CourseRole.TEACHER:
+            membership.role = role
+            membership.save(update_fields=["role"])
+            changed = True
+    final_role = CourseRole(membership.role)
+    if changed:
+        logger.info("%s joined %s as %s with a code", user, course, final_role)
+    return Enrolment(course=course, role=final_role, changed=changed)
+
+
+def user_signup_with_code(
+    *,
+    code: str,
+    username: str,
+    password: str,
+    first_name: str = "",
+    last_name: str = "",
+    email: str = "",
+) -> tuple[User, Enrolment]:
+    """A new local account, in the code's school and course with the code's role."""
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    found = enrolment_code_find(code)
+    school = found.course.school
+    if not school.local_accounts:
+        raise PermissionDeniedError(
+            f"“{school.name}” signs its people in with its directory: sign in with your "
+            "school account and give the code there."
+        )
+    username = username.strip()
+    if not username:
+        raise ApplicationError("Choose a username.")
+    if User.objects.filter(username__iexact=username).exists():
+        raise ConflictError(f"The username “{username}” is taken; choose another.")
+    role = Role.TEACHER if found.role == CourseRole.TEACHER else Role.STUDENT
+    user = User(
+        username=username,
+        first_name=first_name.strip(),
+        last_name=last_name.strip(),
+        email=email.strip(),
+        role=role,
+        school=found.course.school,
+    )
+    try:
+        validate_password(password, user)
+    except ValidationError as error:
+        raise ApplicationError(" ".join(error.messages), extra={"field": "password"}) from error
+    user.set_password(password)
+    with transaction.atomic():
+        user.save()
+        enrolment = course_join_with_code(user=user, code=found.code)
+    return user, enrolment
+
+
+# --- passwords -----------------------------------------------------------------------------
+
+
+def user_password_reset(*, actor: User, user: User) -> str:
+    """Give `user` a one-time temporary password, returned once to show to them.
+
+    Only the hash is stored. At their next sign-in they must choose a new password before
+    anything else (`must_change_password`); their open sessions end at once. People who
+    sign in with the directory keep their password there.
+    """
+    if not can_manage_user(actor, user):
+        raise PermissionDeniedError(
+            f"Only an administrator or a manager of {user.get_username()}'s school can reset "
+            "their password."
+        )
+    if LdapAccount.objects.filter(user=user).exists():
+        raise ConflictError(
+            f"{user.get_username()} signs in with the school's directory (LDAP): reset the "
+            "password there."
+        )
+    if user.school is not None and not user.school.local_accounts and not user.is_admin:
+        raise ConflictError(
+            f"“{user.school.name}” has no local accounts: {user.get_username()} signs in with "
+            "the school's directory."
+        )
+    temporary = "-".join(
+        "".join(secrets.choice(CODE_ALPHABET.lower()) for _ in range(4)) for _ in range(3)
+    )
+    user.set_password(temporary)
+    user.must_change_password = True
+    user.save(update_fields=["password", "must_change_password"])
+    logger.info("%s reset the password of %s", actor, user)
+    return temporary
+
+
+def user_password_change(*, user: User, password: str) -> None:
+    """The person chose a new password (after a reset, or at any time)."""
+    user.set_password(password)
+    user.must_change_password = False
+    user.save(update_fields=["password", "must_change_password"])

@@ -8,7 +8,7 @@ from celery import shared_task
 
 from accounts import services
 from accounts.ldap_directory import DirectoryUnreachableError, LdapConfig
-from accounts.models import User
+from accounts.models import SchoolDirectory, User
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +24,14 @@ def ldap_sync_task(actor_id: int | None = None) -> dict[str, int]:
 
     Safe to run twice: the sync compares against the database each time. Only an
     unreachable directory is retried; a refused service account or a broken mapping
-    will not fix itself. Without LDAP configured the periodic run does nothing.
+    will not fix itself. Without any directory (the platform's or a school's) the
+    periodic run does nothing.
     """
-    if not LdapConfig.from_settings().enabled:
-        logger.info("LDAP group sync skipped: ISARD_LDAP_SERVER_URI is empty")
+    if (
+        not LdapConfig.from_settings().enabled
+        and not SchoolDirectory.objects.filter(enabled=True).exists()
+    ):
+        logger.info("LDAP group sync skipped: ISARD_LDAP_SERVER_URI is empty, no school directory")
         return {}
     actor = User.objects.get(pk=actor_id) if actor_id is not None else None
     return services.ldap_sync(actor=actor).counts()

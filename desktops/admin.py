@@ -1,25 +1,31 @@
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from accounts import permissions
+from accounts.admin_scope import ManagerAccess, RoleScopedMixin, ScopedModelAdmin
 from accounts.models import User
 from desktops import services
 from desktops.models import Desktop, DesktopEvent
 from isard.exceptions import ApplicationError
 
 
-class DesktopEventInline(admin.TabularInline):
+class DesktopEventInline(RoleScopedMixin, admin.TabularInline):
+    manager_access: ClassVar[ManagerAccess] = "read"
     model = DesktopEvent
     extra = 0
     can_delete = False
     readonly_fields = ("created_at", "from_status", "to_status", "reason", "actor")
 
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(desktop__in=permissions.desktops_visible_to(actor))
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return False
 
 
@@ -60,7 +66,8 @@ def make_template(
 
 
 @admin.register(Desktop)
-class DesktopAdmin(admin.ModelAdmin):
+class DesktopAdmin(ScopedModelAdmin):
+    manager_access: ClassVar[ManagerAccess] = "write"
     list_display = (
         "name",
         "owner",
@@ -70,7 +77,7 @@ class DesktopAdmin(admin.ModelAdmin):
         "hypervisor",
         "status_changed_at",
     )
-    list_filter = ("status", "hypervisor", "course")
+    list_filter = ("status", "hypervisor", ("course", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "owner__username")
     readonly_fields = (
         "uuid",
@@ -88,14 +95,22 @@ class DesktopAdmin(admin.ModelAdmin):
         make_template,
     ]
 
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(pk__in=permissions.desktops_visible_to(actor).values("pk"))
+
 
 # Issue 5: the audit of viewer tokens.
 from desktops.models import ViewerToken  # noqa: E402
 
 
 @admin.register(ViewerToken)
-class ViewerTokenAdmin(admin.ModelAdmin):
+class ViewerTokenAdmin(ScopedModelAdmin):
     """Who opened which desktop's viewer, when and from where (read-only audit)."""
+
+    manager_access: ClassVar[ManagerAccess] = "read"
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(desktop__in=permissions.desktops_visible_to(actor))
 
     list_display = (
         "desktop",

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from accounts.models import Course, User
 from accounts.permissions import can_act_on_desktop, can_manage_course
+from accounts.quotas import QuotaChange, quota_check, quota_check_many, start_change
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from hypervisors import qemu_img
@@ -370,6 +371,7 @@ def desktop_create(
     if not shared and not template_is_visible_to(template, owner):
         raise PermissionDeniedError(f"The template “{template.name}” is not shared with you.")
     with transaction.atomic():
+        quota_check(owner=owner, actor=actor, course=course, change=QuotaChange(desktops=1))
         desktop = Desktop.objects.create(
             name=name,
             description=description,
@@ -407,6 +409,7 @@ def desktop_create_from_media(
     if not name or len(name) > 200:
         raise ApplicationError("A desktop needs a name of at most 200 characters.")
     with transaction.atomic():
+        quota_check(owner=actor, actor=actor, course=course, change=QuotaChange(desktops=1))
         desktop = Desktop.objects.create(
             name=name, owner=actor, course=course, hardware=hardware, status=S.CREATING
         )
@@ -490,6 +493,7 @@ def desktops_create_bulk(
                 extra={"users": strangers},
             )
     with transaction.atomic():
+        quota_check_many(owners=owners, actor=actor, course=course, change=QuotaChange(desktops=1))
         desktops = Desktop.objects.bulk_create(
             [
                 Desktop(
@@ -621,6 +625,12 @@ def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
         )
     try:
         with transaction.atomic():
+            quota_check(
+                owner=desktop.owner,
+                actor=actor,
+                course=desktop.course,
+                change=start_change(desktop.hardware),
+            )
             desktop_transition(
                 desktop=desktop,
                 to=S.STARTING,

@@ -7,6 +7,8 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 
+from accounts.admin_scope import ReadOnlyForManagersAdmin, RoleScopedMixin
+from accounts.models import User
 from hypervisors.choices import DrainPolicy
 from hypervisors.models import (
     DesktopMove,
@@ -25,19 +27,23 @@ def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
 
-class HypervisorEventInline(admin.TabularInline):
+class HypervisorEventInline(RoleScopedMixin, admin.TabularInline):
     model = HypervisorEvent
     extra = 0
     can_delete = False
     fields = ("created_at", "message", "actor")
     readonly_fields = fields
+    manager_access = "read"
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
 @admin.register(Hypervisor)
-class HypervisorAdmin(admin.ModelAdmin):
+class HypervisorAdmin(ReadOnlyForManagersAdmin):
     list_display = (
         "name",
         "uri",
@@ -170,7 +176,7 @@ class HypervisorAdmin(admin.ModelAdmin):
 
 
 @admin.register(StoragePool)
-class StoragePoolAdmin(admin.ModelAdmin):
+class StoragePoolAdmin(ReadOnlyForManagersAdmin):
     list_display = ("name", "purpose", "path", "shared", "disk_count", "used", "filesystem_free")
     readonly_fields = ("disk_count", "used", "virtual", "filesystem_free")
 
@@ -196,7 +202,7 @@ class StoragePoolAdmin(admin.ModelAdmin):
 
 
 @admin.register(Disk)
-class DiskAdmin(admin.ModelAdmin):
+class DiskAdmin(ReadOnlyForManagersAdmin):
     list_display = (
         "path",
         "pool",
@@ -211,7 +217,7 @@ class DiskAdmin(admin.ModelAdmin):
 
 
 @admin.register(PlacementRule)
-class PlacementRuleAdmin(admin.ModelAdmin):
+class PlacementRuleAdmin(ReadOnlyForManagersAdmin):
     list_display = (
         "__str__",
         "policy",
@@ -222,9 +228,17 @@ class PlacementRuleAdmin(admin.ModelAdmin):
     list_filter = ("policy",)
     raw_id_fields = ("course", "desktop")
 
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        """Managers see the fleet-wide rules and those of their school's courses and desktops."""
+        return queryset.filter(
+            Q(course__isnull=True, desktop__isnull=True)
+            | Q(course__school_id=actor.school_id)
+            | Q(desktop__owner__school_id=actor.school_id)
+        )
+
 
 @admin.register(DesktopMove)
-class DesktopMoveAdmin(admin.ModelAdmin):
+class DesktopMoveAdmin(ReadOnlyForManagersAdmin):
     list_display = (
         "desktop",
         "source",
@@ -239,12 +253,15 @@ class DesktopMoveAdmin(admin.ModelAdmin):
     list_filter = ("status", "kind", "reason", "source", "target")
     readonly_fields = [f.name for f in DesktopMove._meta.fields]
 
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(desktop__owner__school_id=actor.school_id)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
 
 @admin.register(HypervisorEvent)
-class HypervisorEventAdmin(admin.ModelAdmin):
+class HypervisorEventAdmin(ReadOnlyForManagersAdmin):
     list_display = ("created_at", "hypervisor", "message", "actor")
     list_filter = ("hypervisor",)
     readonly_fields = [f.name for f in HypervisorEvent._meta.fields]

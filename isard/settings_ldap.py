@@ -86,7 +86,10 @@ ISARD_LDAP_SCHOOL = env.str("ISARD_LDAP_SCHOOL", default="")
 # How often Celery beat runs the group sync (when LDAP is on and groups are mapped).
 ISARD_LDAP_SYNC_INTERVAL_SECONDS = env.int("ISARD_LDAP_SYNC_INTERVAL_SECONDS", default=3600)
 
+# The directories first (the platform's, from these settings, and the schools' own, set in
+# the admin; without either it returns at once), then passwords kept by isard, unless the
+# person's school turned local accounts off.
 AUTHENTICATION_BACKENDS = [
-    *(["accounts.ldap_directory.IsardLDAPBackend"] if ISARD_LDAP_SERVER_URI else []),
-    "django.contrib.auth.backends.ModelBackend",
+    "accounts.ldap_directory.IsardLDAPBackend",
+    "accounts.backends.LocalAccountBackend",
 ]

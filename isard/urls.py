@@ -45,6 +45,7 @@ urlpatterns = [
     path("health/", health_view, name="health"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("isard.api.urls")),
+    path("accounts/", include("accounts.urls")),
 ]
 
 # Opening a desktop: the browser viewer, a token to reconnect, the .vv file (issue 5).

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, ClassVar, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from accounts import permissions
+from accounts.admin_scope import ManagerAccess, ReadOnlyForManagersAdmin, ScopedModelAdmin
 from accounts.models import User
 from isard.exceptions import ApplicationError
 from templates_app.models import HardwareProfile, Media, Template
@@ -13,7 +15,7 @@ from templates_app.services import template_flatten
 
 
 @admin.register(HardwareProfile)
-class HardwareProfileAdmin(admin.ModelAdmin):
+class HardwareProfileAdmin(ReadOnlyForManagersAdmin):
     list_display = ("name", "vcpus", "memory_mib", "disk_bus", "video_model", "firmware")
 
 
@@ -34,7 +36,8 @@ def flatten(
 
 
 @admin.register(Template)
-class TemplateAdmin(admin.ModelAdmin):
+class TemplateAdmin(ScopedModelAdmin):
+    manager_access: ClassVar[ManagerAccess] = "write"
     actions = [flatten]
     list_display = (
         "name",
@@ -50,8 +53,15 @@ class TemplateAdmin(admin.ModelAdmin):
     readonly_fields = ("disk", "status", "status_reason", "deleted_at")
     filter_horizontal = ("shared_courses", "shared_users")
 
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(pk__in=permissions.templates_managed_by(actor).values("pk"))
+
 
 @admin.register(Media)
-class MediaAdmin(admin.ModelAdmin):
+class MediaAdmin(ScopedModelAdmin):
+    manager_access: ClassVar[ManagerAccess] = "write"
     list_display = ("name", "kind", "status", "progress_percent", "size_bytes")
     readonly_fields = ("status", "status_reason", "progress_percent", "size_bytes", "sha256")
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(pk__in=permissions.media_managed_by(actor).values("pk"))

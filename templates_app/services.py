@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from accounts.models import Course, User
 from accounts.permissions import can_manage_template
+from accounts.quotas import QuotaChange, quota_check
 from hypervisors import qemu_img
 from hypervisors.choices import PoolPurpose
 from hypervisors.models import Disk
@@ -83,6 +84,7 @@ def template_from_desktop(
     if desktop.status != DesktopStatus.STOPPED:
         raise ConflictError(f"Stop the desktop “{desktop.name}” before making a template of it.")
     with transaction.atomic():
+        quota_check(owner=actor, actor=actor, change=QuotaChange(templates=1))
         desktop_transition(desktop=desktop, to=DesktopStatus.CREATING_TEMPLATE, actor=actor)
         template = Template.objects.create(
             name=name,
@@ -268,6 +270,7 @@ def template_flatten(*, actor: User, template: Template, name: str) -> Template:
     from desktops.services import _schedule
 
     with transaction.atomic():
+        quota_check(owner=actor, actor=actor, change=QuotaChange(templates=1))
         flat = Template.objects.create(
             name=name,
             description=f"A standalone copy of “{template.name}”.",
@@ -339,6 +342,9 @@ def media_register(*, actor: User, name: str, source: Path, kind: str = MediaKin
 
     pool = pool_for(PoolPurpose.MEDIA)
     with transaction.atomic():
+        quota_check(
+            owner=actor, actor=actor, change=QuotaChange(media=1, disk_bytes=source.stat().st_size)
+        )
         media = Media.objects.create(
             name=name,
             kind=kind,

@@ -41,17 +41,21 @@ def error_ids(settings_errors: list[Any]) -> list[str]:
     return [error.id for error in settings_errors]
 
 
-def test_without_a_server_only_local_accounts_log_in(
+def test_directories_are_tried_before_local_accounts(
     load_settings: Callable[..., ModuleType],
 ) -> None:
+    """Always both: schools may have their own directory even without a platform one."""
     module = load_settings()
 
-    assert module.AUTHENTICATION_BACKENDS == ["django.contrib.auth.backends.ModelBackend"]
+    assert module.AUTHENTICATION_BACKENDS == [
+        "accounts.ldap_directory.IsardLDAPBackend",
+        "accounts.backends.LocalAccountBackend",
+    ]
     assert module.ISARD_LDAP_USER_FILTER == "(uid=%(user)s)"
     assert module.ISARD_LDAP_ROLE_GROUPS == {}
 
 
-def test_with_a_server_the_directory_is_tried_before_local_accounts(
+def test_with_a_server_its_settings_are_read(
     load_settings: Callable[..., ModuleType],
 ) -> None:
     module = load_settings(
@@ -64,10 +68,6 @@ def test_with_a_server_the_directory_is_tried_before_local_accounts(
         ),
     )
 
-    assert module.AUTHENTICATION_BACKENDS == [
-        "accounts.ldap_directory.IsardLDAPBackend",
-        "django.contrib.auth.backends.ModelBackend",
-    ]
     assert module.ISARD_LDAP_TIMEOUT == 2.5
     assert module.ISARD_LDAP_ROLE_GROUPS == {
         "teacher": "cn=teachers,ou=groups,dc=school,dc=example",

@@ -146,3 +146,45 @@ def test_templates_are_managed_by_their_owner_and_school_manager(
     assert not permissions.can_manage_template(north.student, north.teacher_template)
     assert permissions.can_manage_template(north.manager, north.teacher_template)
     assert not permissions.can_manage_template(south.manager, north.teacher_template)
+
+
+def test_schools_media_and_quotas_a_manager_reaches(north: Campus, south: Campus) -> None:
+    from accounts.models import Quota
+    from templates_app.models import Media
+
+    assert list(permissions.schools_visible_to(north.manager)) == [north.school]
+    assert list(permissions.schools_visible_to(north.student)) == [north.school]
+    north_media = Media.objects.create(name="n", owner=north.teacher, path="/x/n.iso")
+    south_media = Media.objects.create(name="s", owner=south.teacher, path="/x/s.iso")
+    assert list(permissions.media_managed_by(north.manager)) == [north_media]
+    assert list(permissions.media_managed_by(north.teacher)) == [north_media]
+    assert not permissions.media_managed_by(north.student).exists()
+    assert south_media not in permissions.media_managed_by(north.other_teacher)
+
+    default = Quota.objects.create(role=Role.STUDENT, max_desktops=1)
+    mine = Quota.objects.create(course=north.course, max_desktops=2)
+    theirs = Quota.objects.create(user=south.student, max_desktops=3)
+    assert list(permissions.quotas_managed_by(north.manager)) == [mine]
+    assert not permissions.quotas_managed_by(north.teacher).exists()
+    assert permissions.can_manage_quota(north.manager, Quota(user=north.student))
+    assert not permissions.can_manage_quota(north.manager, default)
+    assert not permissions.can_manage_quota(north.manager, theirs)
+    assert not permissions.can_manage_quota(north.manager, Quota(school=south.school))
+
+
+def test_a_manager_assigns_roles_below_admin_inside_their_school(
+    north: Campus, south: Campus, admin: User
+) -> None:
+    def may(actor: User, role: str, school: School | None, superuser: bool = False) -> bool:
+        return permissions.can_assign_role(
+            actor, role=role, school_id=school.pk if school else None, superuser=superuser
+        )
+
+    assert may(north.manager, Role.TEACHER, north.school)
+    assert may(north.manager, Role.MANAGER, north.school)
+    assert not may(north.manager, Role.ADMIN, north.school)
+    assert not may(north.manager, Role.STUDENT, north.school, superuser=True)
+    assert not may(north.manager, Role.STUDENT, south.school)
+    assert not may(north.manager, Role.STUDENT, None)
+    assert not may(north.teacher, Role.STUDENT, north.school)
+    assert may(admin, Role.ADMIN, None, superuser=True)

@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0010_api_token"),
+        ("accounts", "0004_api_token"),
         ("desktops", "0002_viewer_token"),
         ("templates_app", "0002_template_progress"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),

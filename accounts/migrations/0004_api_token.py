@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0002_ldap"),
+        ("accounts", "0003_quotas_enrolment_codes_password_reset_school_auth"),
     ]
 
     operations = [

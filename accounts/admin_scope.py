@@ -1,0 +1,170 @@
+"""The Django admin, scoped by the role policy (`accounts.permissions`).
+
+Administrators see and change everything. A school manager sees only their school: each
+ModelAdmin says what a manager may do with its model (`manager_access`: nothing, look, or
+change) and which rows are theirs (`scope_queryset`); the choices of every foreign key to
+people, courses, schools, templates, desktops and media are narrowed the same way, so a
+manager can neither see nor pick another school's rows. Anyone else (a teacher with
+`is_staff`) sees nothing here: their pages are the classroom pages and the API.
+
+Django's per-model permissions are not used for these roles: the role decides, in one
+place, instead of permission rows that could disagree with the services.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.db.models import Field, Model, Q, QuerySet
+from django.http import HttpRequest
+
+from accounts import permissions
+from accounts.choices import Role
+from accounts.models import Course, School, User
+
+ManagerAccess = Literal["none", "read", "write"]
+
+
+def request_actor(request: HttpRequest) -> User | None:
+    user = request.user
+    return user if isinstance(user, User) and user.is_active else None
+
+
+def admin_site_has_permission(request: HttpRequest) -> bool:
+    """Administrators and school managers may use the admin, even without `is_staff`
+    (a manager made by the LDAP role groups); other staff too, to see nothing."""
+    actor = request_actor(request)
+    return actor is not None and (actor.is_staff or permissions.uses_admin(actor))
+
+
+class IsardAdminAuthenticationForm(AdminAuthenticationForm):
+    """The admin's login, open to managers as well as staff."""
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        if isinstance(user, User) and user.is_active and permissions.uses_admin(user):
+            return
+        super().confirm_login_allowed(user)
+
+
+def _templates_choosable(actor: User) -> QuerySet[Any]:
+    from templates_app.models import Template
+
+    return Template.objects.filter(
+        Q(pk__in=permissions.templates_managed_by(actor).values("pk"))
+        | Q(shared_with_everyone=True)
+    )
+
+
+def scoped_choices(actor: User, model: type[Model]) -> QuerySet[Any] | None:
+    """The rows of `model` that `actor` may pick in a form; None: no narrowing needed."""
+    from desktops.models import Desktop
+    from templates_app.models import Media, Template
+
+    if actor.is_admin:
+        return None
+    if model is User:
+        return (
+            permissions.users_visible_to(actor).exclude(role=Role.ADMIN).exclude(is_superuser=True)
+        )
+    if model is Course:
+        return permissions.courses_visible_to(actor)
+    if model is School:
+        return permissions.schools_visible_to(actor)
+    if model is Template:
+        return _templates_choosable(actor)
+    if model is Desktop:
+        return permissions.desktops_visible_to(actor)
+    if model is Media:
+        return permissions.media_managed_by(actor)
+    return None
+
+
+class RoleScopedMixin:
+    """For ModelAdmin and inlines: what a manager may do, and on which rows."""
+
+    manager_access: ClassVar[ManagerAccess] = "none"
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        """The rows a manager sees (called only for managers)."""
+        return queryset.none()
+
+    # --- rows ----------------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)  # type: ignore[misc]
+        actor = request_actor(request)
+        if actor is not None and actor.is_admin:
+            return queryset
+        if actor is not None and permissions.is_manager(actor) and self.manager_access != "none":
+            return self.scope_queryset(actor, queryset)
+        return queryset.none()
+
+    # --- what may be done ------------------------------------------------------------------
+
+    def _allows(self, request: HttpRequest, write: bool) -> bool:
+        actor = request_actor(request)
+        if actor is None:
+            return False
+        if actor.is_admin:
+            return True
+        if not permissions.is_manager(actor):
+            return False
+        return self.manager_access == "write" or (self.manager_access == "read" and not write)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._allows(request, write=False)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._allows(request, write=False)
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return self._allows(request, write=True)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._allows(request, write=True)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._allows(request, write=True)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        if not self._allows(request, write=True):
+            return {}
+        return super().get_actions(request)  # type: ignore[misc]
+
+    # --- choices ---------------------------------------------------------------------------
+
+    def formfield_for_foreignkey(
+        self, db_field: Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.ModelChoiceField | None:
+        actor = request_actor(request)
+        if actor is not None and db_field.related_model is not None:
+            choices = scoped_choices(actor, db_field.related_model)  # type: ignore[arg-type]
+            if choices is not None:
+                kwargs["queryset"] = choices
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
+
+    def formfield_for_manytomany(
+        self, db_field: Field[Any, Any], request: HttpRequest, **kwargs: Any
+    ) -> forms.ModelMultipleChoiceField | None:
+        actor = request_actor(request)
+        if actor is not None and db_field.related_model is not None:
+            choices = scoped_choices(actor, db_field.related_model)  # type: ignore[arg-type]
+            if choices is not None:
+                kwargs["queryset"] = choices
+        return super().formfield_for_manytomany(db_field, request, **kwargs)  # type: ignore[misc]
+
+
+class ScopedModelAdmin(RoleScopedMixin, admin.ModelAdmin):
+    """A ModelAdmin scoped by role; set `manager_access` and `scope_queryset`."""
+
+
+class ReadOnlyForManagersAdmin(RoleScopedMixin, admin.ModelAdmin):
+    """Shared infrastructure (hypervisors, pools, profiles): managers look, admins act."""
+
+    manager_access: ClassVar[ManagerAccess] = "read"
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset

@@ -1,0 +1,179 @@
+"""Plain server-rendered pages: sign in and out, join a course or sign up with a code,
+choose a new password. They only call services; a later issue styles them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import SetPasswordForm
+from django.contrib.auth.views import LoginView, LogoutView
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from accounts.choices import CourseRole
+from accounts.forms import JoinCourseForm, SignInForm, SignUpForm
+from accounts.models import Course, CourseMembership, EnrolmentCode, User
+from accounts.permissions import courses_taught_by
+from accounts.services import (
+    course_join_with_code,
+    enrolment_code_disable,
+    enrolment_code_regenerate,
+    format_code,
+    user_password_change,
+    user_signup_with_code,
+)
+from isard.exceptions import ApplicationError
+
+
+def _user(request: HttpRequest) -> User:
+    assert isinstance(request.user, User)  # login_required let only signed-in people in
+    return request.user
+
+
+class SignInView(LoginView):
+    """Sign in with a username and password (local or directory), and optionally a code."""
+
+    form_class = SignInForm
+    template_name = "accounts/sign_in.html"
+    redirect_authenticated_user = True
+
+    def get_initial(self) -> dict[str, Any]:
+        return {"code": self.request.GET.get("code", "")}
+
+    def form_valid(self, form: SignInForm) -> HttpResponse:  # type: ignore[override]
+        response = super().form_valid(form)
+        code = form.cleaned_data.get("code")
+        if code:
+            try:
+                messages.success(
+                    self.request, str(course_join_with_code(user=form.get_user(), code=code))
+                )
+            except ApplicationError as error:
+                messages.error(self.request, error.message)
+        return response
+
+
+class SignOutView(LogoutView):
+    next_page = "accounts:sign-in"
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """The person's courses and, for those they teach, the codes to join them."""
+    user = _user(request)
+    memberships = (
+        CourseMembership.objects.filter(user=user).select_related("course").order_by("course")
+    )
+    taught = list(courses_taught_by(user).filter(memberships__user=user).order_by("name"))
+    codes = {
+        (code.course_id, code.role): code
+        for code in EnrolmentCode.objects.filter(course__in=taught)
+    }
+    teaching = [
+        {
+            "course": course,
+            "codes": [
+                {
+                    "role": role,
+                    "label": role.label,
+                    "code": codes.get((course.pk, role.value)),
+                    "shown": format_code(codes[(course.pk, role.value)].code)
+                    if (course.pk, role.value) in codes
+                    else "",
+                }
+                for role in CourseRole
+            ],
+        }
+        for course in taught
+    ]
+    return render(
+        request,
+        "accounts/home.html",
+        {"memberships": memberships, "teaching": teaching},
+    )
+
+
+@login_required
+def join_course(request: HttpRequest) -> HttpResponse:
+    form = JoinCourseForm(request.POST or None, initial={"code": request.GET.get("code", "")})
+    if request.method == "POST" and form.is_valid():
+        try:
+            enrolment = course_join_with_code(user=_user(request), code=form.cleaned_data["code"])
+        except ApplicationError as error:
+            form.add_error("code", error.message)
+        else:
+            messages.success(request, str(enrolment))
+            return redirect("accounts:home")
+    return render(request, "accounts/join.html", {"form": form})
+
+
+def sign_up(request: HttpRequest) -> HttpResponse:
+    """A new local account with a course code; the person lands in the course."""
+    if request.user.is_authenticated:
+        return redirect("accounts:join")
+    form = SignUpForm(request.POST or None, initial={"code": request.GET.get("code", "")})
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            user, enrolment = user_signup_with_code(
+                code=data["code"],
+                username=data["username"],
+                password=data["password1"],
+                first_name=data["first_name"],
+                last_name=data["last_name"],
+                email=data["email"],
+            )
+        except ApplicationError as error:
+            form.add_error("password1" if error.extra.get("field") else "username", error.message)
+        else:
+            login(request, user, backend="accounts.backends.LocalAccountBackend")
+            messages.success(request, str(enrolment))
+            return redirect("accounts:home")
+    return render(request, "accounts/sign_up.html", {"form": form})
+
+
+@login_required
+def choose_password(request: HttpRequest) -> HttpResponse:
+    """Choose a new password: required after a reset, possible at any time."""
+    user = _user(request)
+    form = SetPasswordForm(user, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user_password_change(user=user, password=form.cleaned_data["new_password1"])
+        from django.contrib.auth import update_session_auth_hash
+
+        update_session_auth_hash(request, user)
+        messages.success(request, "Your new password is saved.")
+        return redirect("accounts:home")
+    return render(
+        request,
+        "accounts/choose_password.html",
+        {"form": form, "required": user.must_change_password},
+    )
+
+
+@login_required
+@require_POST
+def course_code(request: HttpRequest, course_id: int, role: str) -> HttpResponseBase:
+    """A teacher regenerates or disables one of their course's codes."""
+    course = get_object_or_404(Course, pk=course_id)
+    if role not in CourseRole.values:
+        return redirect("accounts:home")
+    try:
+        if request.POST.get("action") == "disable":
+            enrolment_code_disable(actor=_user(request), course=course, role=CourseRole(role))
+            messages.success(request, f"The {role} code of “{course.name}” is disabled.")
+        else:
+            code = enrolment_code_regenerate(
+                actor=_user(request), course=course, role=CourseRole(role)
+            )
+            messages.success(
+                request, f"New {role} code for “{course.name}”: {format_code(code.code)}."
+            )
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    return redirect(reverse("accounts:home"))
