@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +26,6 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from hypervisors import services
 from hypervisors.choices import (
-    Accelerator,
     DrainPolicy,
     HypervisorMode,
     HypervisorState,
@@ -51,7 +49,7 @@ from hypervisors.models import (
 )
 from hypervisors.selectors import drain_progress, fleet_snapshot
 from hypervisors.tasks import rebalance_hypervisors, reconcile_all_hypervisors
-from hypervisors.tests.factories import HypervisorFactory
+from hypervisors.tests.conftest import HostMaker
 from isard.exceptions import NoCapacityError, PermissionDeniedError
 from templates_app.models import HardwareProfile
 
@@ -60,37 +58,6 @@ pytestmark = pytest.mark.django_db
 S = DesktopStatus
 GIB = 1024
 UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/isard-test/libvirt-sock"
-
-
-@pytest.fixture(autouse=True)
-def own_lock_namespace(settings: Any) -> None:
-    # Another test run sharing Redis database 15 must not hold our locks.
-    settings.ISARD_LOCK_NAMESPACE = f"isard-test-{uuid.uuid4().hex}"
-    settings.ISARD_PLACEMENT_POLICY = PlacementPolicy.MOST_FREE_MEMORY
-
-
-HostMaker = Callable[..., Hypervisor]
-
-
-@pytest.fixture
-def make_host(tmp_path: Path, pools: dict[str, StoragePool]) -> HostMaker:
-    """A hypervisor on its own `test:///<node.xml>`, sized by that file and sampled once."""
-
-    def make(name: str, memory_gib: int, cpus: int, **fields: Any) -> Hypervisor:
-        node = tmp_path / f"{name}.xml"
-        cores = max(cpus // 2, 1)
-        threads = cpus // cores
-        node.write_text(
-            "<node><cpu><nodes>1</nodes><sockets>1</sockets>"
-            f"<cores>{cores}</cores><threads>{threads}</threads><mhz>2000</mhz></cpu>"
-            f"<memory>{memory_gib * 1024 * 1024}</memory></node>"
-        )
-        host = HypervisorFactory.create(
-            name=name, uri=f"test://{node}", accelerator=Accelerator.QEMU, **fields
-        )
-        return services.hypervisor_refresh(hypervisor=host)
-
-    return make
 
 
 def hardware(memory_mib: int, vcpus: int = 1) -> HardwareProfile:
