@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import TaskRunner
 from hypervisors import services
 from hypervisors.choices import Accelerator, PlacementPolicy
 from hypervisors.models import Hypervisor, StoragePool
 from hypervisors.tests.factories import HypervisorFactory
+from isard.celery import app
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +50,31 @@ def make_host(tmp_path: Path, pools: dict[str, StoragePool]) -> HostMaker:
         return services.hypervisor_refresh(hypervisor=host)
 
     return make
+
+
+def celery_queue(name: str, args: list[Any], options: dict[str, Any]) -> str:
+    """The queue Celery's router picks for this task, as `app.send_task` would."""
+    routed = app.amqp.router.route(dict(options), name, tuple(args), {})
+    return str(routed["queue"].name)
+
+
+class RoutedRunner(TaskRunner):
+    """The `run` fixture's runner, also noting the queue each scheduled task went to."""
+
+    def __init__(self, capture: Any) -> None:
+        super().__init__(capture)
+        self.routed: list[tuple[str, str]] = []
+
+    def process(self, callbacks: list[Any]) -> None:
+        from desktops.services import send_task
+
+        for callback in callbacks:
+            if isinstance(callback, partial) and callback.func is send_task:
+                name, task_args, options = callback.args
+                self.routed.append((name, celery_queue(name, task_args, options)))
+        super().process(callbacks)
+
+
+@pytest.fixture
+def routed(django_capture_on_commit_callbacks: Any) -> RoutedRunner:
+    return RoutedRunner(django_capture_on_commit_callbacks)

@@ -49,7 +49,8 @@ from hypervisors.models import (
 )
 from hypervisors.selectors import drain_progress, fleet_snapshot
 from hypervisors.tasks import rebalance_hypervisors, reconcile_all_hypervisors
-from hypervisors.tests.conftest import HostMaker
+from hypervisors.tests.conftest import HostMaker, RoutedRunner, celery_queue
+from isard.celery import app
 from isard.exceptions import NoCapacityError, PermissionDeniedError
 from templates_app.models import HardwareProfile
 
@@ -682,6 +683,82 @@ def test_a_stale_report_from_the_old_host_during_migration_is_repaired(
     assert move.status == MoveStatus.DONE
     desktop.refresh_from_db()
     assert (desktop.hypervisor, desktop.status) == (b, S.STARTED)
+
+
+@pytest.mark.parametrize(
+    ("action", "task"),
+    [
+        ("desktop_shutdown", "desktops.tasks.shutdown_desktop"),
+        ("desktop_stop", "desktops.tasks.force_off_desktop"),
+    ],
+)
+def test_a_shutdown_or_stop_asked_during_a_live_migration_happens_on_the_new_host(
+    unbalanced: tuple[Hypervisor, Hypervisor],
+    fake_migration: list[tuple[str, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    routed: RoutedRunner,
+    action: str,
+    task: str,
+) -> None:
+    from desktops import services as desktop_services
+
+    a, b = unbalanced
+    Hypervisor.objects.filter(pk=a.pk).update(queue="hv.a")
+    Hypervisor.objects.filter(pk=b.pk).update(queue="hv.b")
+    desktop = Desktop.objects.select_related("owner").filter(hypervisor=a).first()
+    assert desktop is not None
+    migrate = libvirt_driver.migrate_domain
+
+    def migrate_while_the_owner_acts(*args: Any, **kwargs: Any) -> None:
+        # The owner clicks while the guest's memory is being copied to b.
+        during = Desktop.objects.get(pk=desktop.pk)
+        routed(getattr(desktop_services, action), actor=desktop.owner, desktop=during)
+        assert libvirt_driver.domain_state(a.uri, desktop.domain_name) == "running"
+        migrate(*args, **kwargs)
+
+    monkeypatch.setattr(libvirt_driver, "migrate_domain", migrate_while_the_owner_acts)
+    move = services.desktop_live_migrate(desktop=desktop, target=b, reason=MoveReason.BALANCE)
+    assert move.status == MoveStatus.DONE, move.detail
+    desktop.refresh_from_db()
+    assert desktop.hypervisor == b
+    assert libvirt_driver.domain_state(b.uri, desktop.domain_name) == "running"
+    # Sent to a's worker, the task found the migration running and is to run again later.
+    assert (task, "hv.a") in routed.routed
+    name, arguments = routed.delayed.pop(0)
+    assert name == task
+    assert celery_queue(name, arguments, {}) == "hv.b"  # sent again: now to b's worker
+
+    routed(app.tasks[name], *arguments)
+    assert libvirt_driver.domain_state(b.uri, desktop.domain_name) == "shutoff"
+    routed(reconcile_all_hypervisors)  # each host's worker reconciles its own desktops
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+
+
+def test_a_migration_left_running_by_a_dead_worker_does_not_hold_a_shutdown_for_ever(
+    unbalanced: tuple[Hypervisor, Hypervisor], routed: RoutedRunner, settings: Any
+) -> None:
+    from desktops import services as desktop_services
+
+    settings.ISARD_MIGRATION_TIMEOUT_SECONDS = 300
+    a, b = unbalanced
+    desktop = Desktop.objects.select_related("owner").filter(hypervisor=a).first()
+    assert desktop is not None
+    move = DesktopMove.objects.create(
+        desktop=desktop,
+        source=a,
+        target=b,
+        kind=MoveKind.LIVE_MIGRATION,
+        reason=MoveReason.BALANCE,
+        status=MoveStatus.RUNNING,
+    )
+    DesktopMove.objects.filter(pk=move.pk).update(
+        created_at=timezone.now() - timedelta(seconds=361)
+    )
+    routed(desktop_services.desktop_stop, actor=desktop.owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert libvirt_driver.domain_state(a.uri, desktop.domain_name) == "shutoff"
 
 
 def test_the_rebalance_task_does_nothing_when_switched_off(

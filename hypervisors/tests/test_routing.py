@@ -14,7 +14,6 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from django.core.management import CommandError, call_command
 
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
-from conftest import TaskRunner
 from desktops import services as desktop_services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
@@ -34,41 +32,12 @@ from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Hypervisor, HypervisorEvent, StoragePool
 from hypervisors.routing import default_queue, hypervisor_queue, task_queue
 from hypervisors.tasks import reconcile_all_hypervisors
-from hypervisors.tests.conftest import HostMaker
-from isard.celery import app
+from hypervisors.tests.conftest import HostMaker, RoutedRunner, celery_queue
 from isard.exceptions import ApplicationError, InfrastructureError
 
 pytestmark = pytest.mark.django_db
 
 S = DesktopStatus
-
-
-def celery_queue(name: str, args: list[Any], options: dict[str, Any]) -> str:
-    """The queue Celery's router picks for this task, as `app.send_task` would."""
-    routed = app.amqp.router.route(dict(options), name, tuple(args), {})
-    return str(routed["queue"].name)
-
-
-class RoutedRunner(TaskRunner):
-    """The `run` fixture's runner, also noting the queue each scheduled task went to."""
-
-    def __init__(self, capture: Any) -> None:
-        super().__init__(capture)
-        self.routed: list[tuple[str, str]] = []
-
-    def process(self, callbacks: list[Any]) -> None:
-        from desktops.services import send_task
-
-        for callback in callbacks:
-            if isinstance(callback, partial) and callback.func is send_task:
-                name, task_args, options = callback.args
-                self.routed.append((name, celery_queue(name, task_args, options)))
-        super().process(callbacks)
-
-
-@pytest.fixture
-def routed(django_capture_on_commit_callbacks: Any) -> RoutedRunner:
-    return RoutedRunner(django_capture_on_commit_callbacks)
 
 
 @pytest.fixture
