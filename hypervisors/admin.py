@@ -40,6 +40,7 @@ class HypervisorAdmin(admin.ModelAdmin):
     list_display = (
         "name",
         "uri",
+        "queue",
         "mode",
         "state",
         "accelerator",

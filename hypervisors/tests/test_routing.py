@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -317,9 +318,20 @@ def test_a_worker_consuming_one_hosts_queue_gets_that_hosts_tasks_and_no_others(
     assert answer["pools"] == {pool.path: "ok" for pool in pools.values()}
     assert answer["ok"] is True
 
+    # The same check from the command line, as the README shows it.
+    output = StringIO()
+    call_command("isard_hypervisor", "check", "lab2", stdout=output)
+    assert f"took it from queue {host_worker}" in output.getvalue()
+    assert f"pool {pools['desktops'].path}: ok" in output.getvalue()
+    output = StringIO()
+    call_command("isard_hypervisor", "list", stdout=output)
+    assert f"lab2\ttest:///default\t{host_worker}\t" in output.getvalue()
+
     # lab3's check goes to lab3's queue, which this worker does not consume.
     with pytest.raises(InfrastructureError, match=f"No worker answered on queue {lab3.queue}"):
         services.hypervisor_check(hypervisor=lab3, timeout=3)
+    with pytest.raises(CommandError, match=f"No worker answered on queue {lab3.queue}"):
+        call_command("isard_hypervisor", "check", "lab3", "--timeout", "1")
 
     # A desktop task for a desktop on lab3, sent the way the platform sends it, waits in
     # lab3's queue on Redis (nobody runs it there).
