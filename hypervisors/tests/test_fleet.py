@@ -623,6 +623,27 @@ def test_two_rebalancers_never_run_at_once(
     assert services.hypervisors_rebalance(max_moves=2, threshold=0.1).migrated == 2
 
 
+def test_a_drain_waits_while_a_rebalancing_run_moves_desktops_then_finishes(
+    unbalanced: tuple[Hypervisor, Hypervisor],
+    fake_migration: list[tuple[str, str, str]],
+    run: Any,
+    admin: Any,
+) -> None:
+    a, b = unbalanced
+    with fleet_lock("moves", timeout=30, wait=0):  # a rebalancing run holds the moves lock
+        run(services.hypervisor_drain, actor=admin, hypervisor=a, policy=DrainPolicy.MIGRATE)
+    assert fake_migration == []
+    assert [name for name, _args in run.delayed] == ["hypervisors.tasks.drain_hypervisor"]
+
+    run.run_delayed()  # the drain looks again once the rebalancer is done
+    assert len(fake_migration) == 6
+    a.refresh_from_db()
+    progress = drain_progress(a)
+    assert progress is not None and progress.finished
+    assert (progress.migrated, progress.remaining) == (6, 0)
+    assert set(Desktop.objects.values_list("hypervisor", flat=True)) == {b.pk}
+
+
 def test_a_desktop_on_local_storage_moves_at_its_next_start(
     make_host: HostMaker, pools: dict[str, StoragePool]
 ) -> None:
