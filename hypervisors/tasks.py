@@ -75,7 +75,12 @@ def reconcile_hypervisor(hypervisor_id: int) -> int:
     hypervisor = Hypervisor.objects.filter(pk=hypervisor_id).first()
     if hypervisor is None or hypervisor.state != HypervisorState.ONLINE:
         return 0
-    return desktops_reconcile(hypervisor=hypervisor)
+    try:
+        return desktops_reconcile(hypervisor=hypervisor)
+    except InfrastructureError as error:
+        # The central monitor decides whether the host is gone; the next beat retries.
+        logger.warning("reconciling %s failed: %s", hypervisor.name, error.message)
+        return 0
 
 
 @shared_task(bind=True)

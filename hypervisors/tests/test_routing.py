@@ -32,7 +32,7 @@ from hypervisors import services
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Hypervisor, HypervisorEvent, StoragePool
 from hypervisors.routing import default_queue, hypervisor_queue, task_queue
-from hypervisors.tasks import reconcile_all_hypervisors
+from hypervisors.tasks import reconcile_all_hypervisors, reconcile_hypervisor
 from hypervisors.tests.conftest import HostMaker, RoutedRunner, celery_queue
 from isard.exceptions import ApplicationError, InfrastructureError
 
@@ -181,11 +181,21 @@ def test_a_host_with_its_own_worker_is_reconciled_there_and_sampled_centrally(
 ) -> None:
     make_host("local", 16, 4)
     lab2 = make_host("lab2", 16, 4, queue="hv.lab2")
+    vanished = Desktop.objects.create(
+        name="d", owner=UserFactory.create(), hardware=_profile(), hypervisor=lab2, status=S.STARTED
+    )
     changes = routed(reconcile_all_hypervisors)
     assert changes == {"local": 0}
     assert routed.routed == [("hypervisors.tasks.reconcile_hypervisor", "hv.lab2")]
     lab2.refresh_from_db()
     assert lab2.last_seen_at is not None  # sampled by the central worker all the same
+    vanished.refresh_from_db()  # reconciled by the task sent to lab2's worker
+    assert vanished.status == S.FAILED and "vanished" in vanished.status_reason
+
+    # lab2's libvirt stops answering between the sample and its worker's turn: the task
+    # leaves the verdict to the central monitor instead of failing.
+    Hypervisor.objects.filter(pk=lab2.pk).update(uri="qemu+unix:///system?socket=/nonexistent")
+    assert reconcile_hypervisor(lab2.pk) == 0
 
 
 # --- adding a host ---------------------------------------------------------------------------
