@@ -421,8 +421,10 @@ def run_event_loop(
     def refresh() -> None:
         try:
             wanted = set(uris())
-        except Exception:
-            logger.exception("cannot read the hypervisors to listen to; keeping the current ones")
+        except Exception as error:
+            logger.warning(
+                "cannot read the hypervisors to listen to (%s); keeping the current ones", error
+            )
             wanted = set(registered)
         for uri in [uri for uri in registered if uri not in wanted or not alive(uri)]:
             unregister(uri)

@@ -65,7 +65,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         queue = options["queue"]
-        watching: list[frozenset[str]] = [frozenset()]
+        watching: list[frozenset[str] | None] = [None]  # printed at start and on changes
 
         def report(uris: frozenset[str]) -> None:
             if uris != watching[0]:
