@@ -153,20 +153,21 @@ def hypervisor_add(
     *,
     name: str,
     uri: str,
-    queue: str = "",
-    tags: Sequence[str] = (),
+    queue: str | None = None,
+    tags: Sequence[str] | None = None,
     pool_names: Sequence[str] | None = None,
-    accelerator: AcceleratorSetting | str = AcceleratorSetting.AUTO,
-    migration_address: str = "",
+    accelerator: AcceleratorSetting | str | None = None,
+    migration_address: str | None = None,
 ) -> Hypervisor:
     """Register a host, or change a registered one, from what an administrator typed.
 
     `queue` names the Celery queue of the host's own worker (blank: the central worker);
-    `pool_names` the storage pools the host reaches (None: leave them, every pool for a
-    new host). Everything is validated before anything is written, with a message that
-    says what is wrong.
+    `pool_names` the storage pools the host reaches. What is None is left as it is (for
+    a new host: no queue, no tags, every pool, accelerator detection, libvirt's default
+    migration address). Everything is validated before anything is written, with a
+    message that says what is wrong.
     """
-    name, uri, queue = name.strip(), uri.strip(), queue.strip()
+    name, uri = name.strip(), uri.strip()
     scheme = uri.split(":", 1)[0] if "://" in uri else ""
     if scheme not in URI_SCHEMES:
         raise ApplicationError(
@@ -174,7 +175,7 @@ def hypervisor_add(
             + ", ".join(f"{known}://" for known in URI_SCHEMES)
             + " (e.g. qemu+ssh://root@lab2.school.lan/system)."
         )
-    if accelerator not in AcceleratorSetting.values:
+    if accelerator is not None and accelerator not in AcceleratorSetting.values:
         raise ApplicationError(
             f"Unknown accelerator “{accelerator}”: one of {', '.join(AcceleratorSetting.values)}."
         )
@@ -188,10 +189,15 @@ def hypervisor_add(
                 f"No storage pool named {', '.join(unknown)} (known: {known or 'none'})."
             )
     candidate = Hypervisor.objects.filter(name=name).first() or Hypervisor(name=name)
-    candidate.uri, candidate.queue = uri, queue
-    candidate.tags = sorted({tag.strip() for tag in tags if tag.strip()})
-    candidate.accelerator_setting = accelerator
-    candidate.migration_address = migration_address.strip()
+    candidate.uri = uri
+    if queue is not None:
+        candidate.queue = queue.strip()
+    if tags is not None:
+        candidate.tags = sorted({tag.strip() for tag in tags if tag.strip()})
+    if accelerator is not None:
+        candidate.accelerator_setting = accelerator
+    if migration_address is not None:
+        candidate.migration_address = migration_address.strip()
     try:
         candidate.full_clean()
     except ValidationError as error:
@@ -212,7 +218,11 @@ def hypervisor_add(
         HypervisorEvent.objects.create(
             hypervisor=hypervisor,
             message=f"registered: {uri}, "
-            + (f"its own worker on queue {queue}" if queue else "served by the central worker"),
+            + (
+                f"its own worker on queue {candidate.queue}"
+                if candidate.queue
+                else "served by the central worker"
+            ),
         )
     hypervisor.refresh_from_db()
     return hypervisor

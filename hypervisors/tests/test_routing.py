@@ -233,11 +233,19 @@ def test_adding_a_host_with_its_own_worker_queue_tags_and_pools(
     assert host.state == "online"  # sampled once from here
     assert HypervisorEvent.objects.filter(hypervisor=host, message__contains="hv.lab2").exists()
 
-    # Again, without a queue: now the central worker serves it; its pools stay as they were.
-    call_command("isard_hypervisor", "add", "lab2", "test:///default")
+    # Changed: what is not given stays; an empty queue hands it to the central worker.
+    call_command("isard_hypervisor", "add", "lab2", "test:///default", "--queue", "")
     host.refresh_from_db()
     assert hypervisor_queue(host) == "celery"
-    assert host.storage_pools.count() == 2
+    assert (host.tags, host.accelerator_setting, host.storage_pools.count()) == (
+        ["gpu", "room-2"],
+        "qemu",
+        2,
+    )
+    # A new host with nothing but its URI: the central worker, every pool, detection.
+    fresh = services.hypervisor_add(name="lab3", uri="qemu+tls://lab3.school.lan/system")
+    assert (fresh.queue, fresh.tags, fresh.accelerator_setting) == ("", [], "auto")
+    assert fresh.storage_pools.count() == len(pools)
 
 
 @pytest.mark.parametrize(
@@ -260,7 +268,7 @@ def test_adding_a_host_with_bad_input_says_what_is_wrong(
         services.hypervisor_add(
             name=arguments[0],
             uri=arguments[1],
-            queue=arguments[3] if "--queue" in arguments else "",
+            queue=arguments[3] if "--queue" in arguments else None,
             pool_names=[arguments[3]] if "--pool" in arguments else None,
         )
 

@@ -28,15 +28,21 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         commands = parser.add_subparsers(dest="action", required=True)
-        add = commands.add_parser("add", help="register a host or change a registered one")
+        add = commands.add_parser(
+            "add",
+            help="register a host or change a registered one (options left out keep their "
+            "value; a new host gets no queue, no tags and every pool)",
+        )
         add.add_argument("name")
         add.add_argument("uri", help="libvirt URI, e.g. qemu+ssh://root@lab2/system")
         add.add_argument(
             "--queue",
-            default="",
-            help="Celery queue of the host's own worker, e.g. hv.lab2 (blank: central worker)",
+            default=None,
+            help='Celery queue of the host\'s own worker, e.g. hv.lab2 ("": the central worker)',
         )
-        add.add_argument("--tag", action="append", default=[], dest="tags")
+        add.add_argument(
+            "--tag", action="append", default=None, dest="tags", help="a host tag (repeat)"
+        )
         add.add_argument(
             "--pool",
             action="append",
@@ -44,11 +50,9 @@ class Command(BaseCommand):
             dest="pools",
             help="a storage pool the host reaches (repeat; default: every pool)",
         )
+        add.add_argument("--accelerator", choices=AcceleratorSetting.values, default=None)
         add.add_argument(
-            "--accelerator", choices=AcceleratorSetting.values, default=AcceleratorSetting.AUTO
-        )
-        add.add_argument(
-            "--migration-address", default="", help="address other hosts migrate guests to"
+            "--migration-address", default=None, help="address other hosts migrate guests to"
         )
         check = commands.add_parser("check", help="ask the host's own worker what it sees")
         check.add_argument("name")
