@@ -38,7 +38,9 @@ from hypervisors.services import (
     disk_create_overlay,
     disk_path,
     disk_refresh_actual_size,
+    hypervisor_hand_off,
     hypervisor_place,
+    hypervisors_hand_off_many,
     hypervisors_place_many,
     pool_for,
 )
@@ -419,11 +421,12 @@ def desktop_create_from_media(
     return desktop
 
 
-def desktop_provision(*, desktop_id: int) -> Desktop:
+def desktop_provision(*, desktop_id: int, hypervisor_id: int | None = None) -> Desktop:
     """Make the disk and define the domain; a bad profile fails here, not in front of a class.
 
     The disk is an overlay on the template's, or, for a desktop installed from media, an
-    empty disk of the profile's size.
+    empty disk of the profile's size. With `hypervisor_id` the desktop was already placed
+    there by a first call, which handed the work to that host's own worker.
     """
     desktop = Desktop.objects.select_related("template__disk", "hardware", "owner").get(
         pk=desktop_id
@@ -437,7 +440,16 @@ def desktop_provision(*, desktop_id: int) -> Desktop:
     disk: Disk | None = None
     hypervisor: Hypervisor | None = None
     try:
-        hypervisor = _host_to_define_on(desktop, pool_for(PoolPurpose.DESKTOPS))
+        if hypervisor_id is not None:
+            hypervisor = Hypervisor.objects.filter(pk=hypervisor_id).first()
+            if hypervisor is None:
+                raise ConflictError("The hypervisor it was placed on is no longer registered.")
+        else:
+            hypervisor = _host_to_define_on(desktop, pool_for(PoolPurpose.DESKTOPS))
+            if hypervisor_hand_off(
+                "desktops.tasks.provision_desktop", desktop.pk, hypervisor=hypervisor
+            ):
+                return desktop
         if from_media:
             disk = disk_create_empty(size_bytes=desktop.hardware.disk_size_gib * 1024**3)
         else:
@@ -531,11 +543,15 @@ def _provision_io(
     return None
 
 
-def desktops_provision_bulk(*, desktop_ids: Sequence[int]) -> list[Desktop]:
+def desktops_provision_bulk(
+    *, desktop_ids: Sequence[int], placed_on: Sequence[Sequence[int]] | None = None
+) -> list[Desktop]:
     """Make the overlays and domains of many new desktops, several at a time.
 
     Everything that needs the database happens in this thread, before and after; the
     worker threads only run qemu-img and libvirt, which are I/O and other processes.
+    Desktops placed on hosts with a worker of their own are handed to those workers, with
+    their placement as `placed_on` (pairs of desktop id, host id).
     """
     desktops = list(
         Desktop.objects.filter(pk__in=desktop_ids, status=S.CREATING).select_related(
@@ -549,7 +565,16 @@ def desktops_provision_bulk(*, desktop_ids: Sequence[int]) -> list[Desktop]:
     jobs: list[tuple[int, str, Path, Path, str, str, str]] = []
     # Each desktop is placed in turn, seeing the ones before it: a class spreads over the
     # fleet (or packs, per its course's policy) instead of landing on one host.
-    placements = hypervisors_place_many(desktops=desktops, storage_pool=pool)
+    placements: dict[int, Hypervisor | NoCapacityError]
+    if placed_on is None:
+        placements = hypervisors_place_many(desktops=desktops, storage_pool=pool)
+        handed_off = hypervisors_hand_off_many("desktops.tasks.provision_desktops", placements)
+        desktops = [desktop for desktop in desktops if desktop.pk not in handed_off]
+    else:
+        chosen = {int(desktop_id): int(host_id) for desktop_id, host_id in placed_on}
+        by_id = Hypervisor.objects.in_bulk(set(chosen.values()))
+        gone = NoCapacityError("The hypervisor it was placed on is no longer registered.")
+        placements = {d.pk: by_id.get(chosen.get(d.pk, 0), gone) for d in desktops}
     hosts: dict[int, Hypervisor] = {}
     for desktop in desktops:
         placed = placements[desktop.pk]
@@ -646,8 +671,12 @@ def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
     return desktop
 
 
-def desktop_boot(*, desktop_id: int) -> Desktop:
-    """Place, (re)define and start the domain of a desktop that is STARTING."""
+def desktop_boot(*, desktop_id: int, hypervisor_id: int | None = None) -> Desktop:
+    """Place, (re)define and start the domain of a desktop that is STARTING.
+
+    With `hypervisor_id` the desktop was already placed (and charged) there by a first
+    call, which handed the libvirt work to that host's own worker.
+    """
     desktop = Desktop.objects.select_related("disk", "hardware", "hypervisor", "owner").get(
         pk=desktop_id
     )
@@ -659,12 +688,22 @@ def desktop_boot(*, desktop_id: int) -> Desktop:
         qemu_img.backing_chain(Path(desktop.disk.path))
     except qemu_img.QemuImgError as error:
         return _fail(desktop, f"The desktop's disk or its template is missing: {error}")
-    try:
-        hypervisor = choose_hypervisor(
-            memory_mib=desktop.hardware.memory_mib, vcpus=desktop.hardware.vcpus, desktop=desktop
-        )
-    except NoCapacityError as error:
-        return _fail(desktop, error.message)
+    if hypervisor_id is not None:
+        placed_on = Hypervisor.objects.filter(pk=hypervisor_id).first()
+        if placed_on is None:
+            return _fail(desktop, "The hypervisor it was placed on is no longer registered.")
+        hypervisor = placed_on
+    else:
+        try:
+            hypervisor = choose_hypervisor(
+                memory_mib=desktop.hardware.memory_mib,
+                vcpus=desktop.hardware.vcpus,
+                desktop=desktop,
+            )
+        except NoCapacityError as error:
+            return _fail(desktop, error.message)
+        if hypervisor_hand_off("desktops.tasks.boot_desktop", desktop.pk, hypervisor=hypervisor):
+            return desktop
     previous = desktop.hypervisor
     try:
         if previous is not None and previous.pk != hypervisor.pk:

@@ -6,6 +6,8 @@ from celery import shared_task
 from django.db import OperationalError
 
 from desktops import services
+from hypervisors.selectors import desktop_live_migrating
+from hypervisors.services import schedule_after_commit
 
 # A database that is briefly locked or unreachable is worth a few retries: every service
 # re-checks the desktop's status first, so running a task again is safe.
@@ -14,33 +16,61 @@ engine_task = shared_task(
 )
 
 
-@engine_task
-def provision_desktop(desktop_id: int) -> str:
-    return services.desktop_provision(desktop_id=desktop_id).status
+#: How often a shutdown or a force-off looks again while its desktop is live-migrating.
+MIGRATION_RECHECK_SECONDS = 2
+WAITING_FOR_MIGRATION = "waiting for its live migration to finish"
+
+
+def _after_migration(task_name: str, desktop_id: int) -> bool:
+    """True if the desktop is being live-migrated: the task is sent again a bit later.
+
+    Shutting a guest down or forcing it off on its old host mid-migration is refused by
+    libvirt (the domain has a job) or hits the copy that is about to go while the new one
+    runs on. Sent again, the task is routed to the host the desktop is on by then.
+    """
+    if not desktop_live_migrating(desktop_id=desktop_id):
+        return False
+    schedule_after_commit(task_name, desktop_id, countdown=MIGRATION_RECHECK_SECONDS)
+    return True
+
+
+# A task that names a host (`hypervisor_id`, `placed_on`) runs on that host's own worker:
+# the placement was made by a first run of the same task (see `hypervisors.routing`).
 
 
 @engine_task
-def provision_desktops(desktop_ids: list[int]) -> int:
-    return len(services.desktops_provision_bulk(desktop_ids=desktop_ids))
+def provision_desktop(desktop_id: int, hypervisor_id: int | None = None) -> str:
+    return services.desktop_provision(desktop_id=desktop_id, hypervisor_id=hypervisor_id).status
 
 
 @engine_task
-def boot_desktop(desktop_id: int) -> str:
-    return services.desktop_boot(desktop_id=desktop_id).status
+def provision_desktops(desktop_ids: list[int], placed_on: list[list[int]] | None = None) -> int:
+    return len(services.desktops_provision_bulk(desktop_ids=desktop_ids, placed_on=placed_on))
+
+
+@engine_task
+def boot_desktop(desktop_id: int, hypervisor_id: int | None = None) -> str:
+    return services.desktop_boot(desktop_id=desktop_id, hypervisor_id=hypervisor_id).status
 
 
 @engine_task
 def shutdown_desktop(desktop_id: int) -> str:
+    if _after_migration("desktops.tasks.shutdown_desktop", desktop_id):
+        return WAITING_FOR_MIGRATION
     return services.desktop_send_shutdown(desktop_id=desktop_id).status
 
 
 @engine_task
 def shutdown_timeout(desktop_id: int) -> str:
+    if _after_migration("desktops.tasks.shutdown_timeout", desktop_id):
+        return WAITING_FOR_MIGRATION
     return services.desktop_shutdown_timeout(desktop_id=desktop_id).status
 
 
 @engine_task
 def force_off_desktop(desktop_id: int) -> str:
+    if _after_migration("desktops.tasks.force_off_desktop", desktop_id):
+        return WAITING_FOR_MIGRATION
     return services.desktop_force_off(desktop_id=desktop_id).status
 
 

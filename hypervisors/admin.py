@@ -47,6 +47,7 @@ class HypervisorAdmin(ReadOnlyForManagersAdmin):
     list_display = (
         "name",
         "uri",
+        "queue",
         "mode",
         "state",
         "accelerator",

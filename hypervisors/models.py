@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 
 from hypervisors.choices import (
@@ -99,6 +100,20 @@ class Hypervisor(models.Model):
         blank=True,
         help_text="Address other hosts send live migrations to (e.g. on the storage "
         "network); blank: libvirt's default, this host's name.",
+    )
+
+    queue = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                "A queue name is letters, digits and . _ : - (e.g. hv.lab2).",
+            )
+        ],
+        help_text="Celery queue of the worker that runs this host's libvirt operations, "
+        "e.g. hv.lab2 for a worker on that host (`celery -A isard worker -Q hv.lab2`). "
+        "Blank: the central worker (the default queue) does.",
     )
 
     drain_policy = models.CharField(max_length=16, choices=DrainPolicy.choices, blank=True)

@@ -389,3 +389,19 @@ def storage_pool_usage(pool: StoragePool) -> PoolUsage:
         filesystem_total_bytes=total,
         filesystem_free_bytes=free,
     )
+
+
+def desktop_live_migrating(*, desktop_id: int, now: datetime | None = None) -> bool:
+    """Whether a live migration of the desktop is under way now.
+
+    A move left "running" by a worker that died counts only until the migration timeout
+    (plus a minute) has passed, so nothing waits on it for ever.
+    """
+    now = now or timezone.now()
+    since = now - timedelta(seconds=fleet_settings().migration_timeout_seconds + 60)
+    return DesktopMove.objects.filter(
+        desktop_id=desktop_id,
+        kind=MoveKind.LIVE_MIGRATION,
+        status=MoveStatus.RUNNING,
+        created_at__gte=since,
+    ).exists()

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from contextlib import ExitStack
@@ -25,7 +25,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -67,6 +69,7 @@ from hypervisors.placement import (
     spread,
 )
 from hypervisors.placement import MoveKind as PlannedMoveKind
+from hypervisors.routing import default_queue, hypervisor_queue
 from hypervisors.selectors import (
     BOOKED_STATUSES,
     FleetSnapshot,
@@ -140,6 +143,151 @@ def hypervisor_refresh(*, hypervisor: Hypervisor, now: datetime | None = None) -
     except libvirt_driver.DriverError as error:
         return hypervisor_record_silence(hypervisor=hypervisor, error=str(error), now=now)
     return hypervisor_record_sample(hypervisor=hypervisor, sample=sample, now=now)
+
+
+#: libvirt URI schemes a hypervisor may be registered with.
+URI_SCHEMES = ("qemu", "qemu+ssh", "qemu+tls", "qemu+tcp", "qemu+unix", "qemu+libssh2", "test")
+
+
+def hypervisor_add(
+    *,
+    name: str,
+    uri: str,
+    queue: str | None = None,
+    tags: Sequence[str] | None = None,
+    pool_names: Sequence[str] | None = None,
+    accelerator: AcceleratorSetting | str | None = None,
+    migration_address: str | None = None,
+) -> Hypervisor:
+    """Register a host, or change a registered one, from what an administrator typed.
+
+    `queue` names the Celery queue of the host's own worker (blank: the central worker);
+    `pool_names` the storage pools the host reaches. What is None is left as it is (for
+    a new host: no queue, no tags, every pool, accelerator detection, libvirt's default
+    migration address). Everything is validated before anything is written, with a
+    message that says what is wrong.
+    """
+    name, uri = name.strip(), uri.strip()
+    scheme = uri.split(":", 1)[0] if "://" in uri else ""
+    if scheme not in URI_SCHEMES:
+        raise ApplicationError(
+            f"“{uri}” is not a libvirt URI this platform drives: it must start with one of "
+            + ", ".join(f"{known}://" for known in URI_SCHEMES)
+            + " (e.g. qemu+ssh://root@lab2.school.lan/system)."
+        )
+    if accelerator is not None and accelerator not in AcceleratorSetting.values:
+        raise ApplicationError(
+            f"Unknown accelerator “{accelerator}”: one of {', '.join(AcceleratorSetting.values)}."
+        )
+    pools: list[StoragePool] | None = None
+    if pool_names is not None:
+        pools = list(StoragePool.objects.filter(name__in=pool_names))
+        unknown = sorted(set(pool_names) - {pool.name for pool in pools})
+        if unknown:
+            known = ", ".join(StoragePool.objects.order_by("name").values_list("name", flat=True))
+            raise ApplicationError(
+                f"No storage pool named {', '.join(unknown)} (known: {known or 'none'})."
+            )
+    candidate = Hypervisor.objects.filter(name=name).first() or Hypervisor(name=name)
+    candidate.uri = uri
+    if queue is not None:
+        candidate.queue = queue.strip()
+    if tags is not None:
+        candidate.tags = sorted({tag.strip() for tag in tags if tag.strip()})
+    if accelerator is not None:
+        candidate.accelerator_setting = accelerator
+    if migration_address is not None:
+        candidate.migration_address = migration_address.strip()
+    try:
+        candidate.full_clean()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items()
+        )
+        raise ApplicationError(f"The hypervisor is not valid: {problems}") from error
+    with transaction.atomic():
+        hypervisor = hypervisor_register(name=name, uri=uri)
+        Hypervisor.objects.filter(pk=hypervisor.pk).update(
+            queue=candidate.queue,
+            tags=candidate.tags,
+            accelerator_setting=candidate.accelerator_setting,
+            migration_address=candidate.migration_address,
+        )
+        if pools is not None:
+            hypervisor.storage_pools.set(pools)
+        HypervisorEvent.objects.create(
+            hypervisor=hypervisor,
+            message=f"registered: {uri}, "
+            + (
+                f"its own worker on queue {candidate.queue}"
+                if candidate.queue
+                else "served by the central worker"
+            ),
+        )
+    hypervisor.refresh_from_db()
+    return hypervisor
+
+
+def _pool_writable(directory: Path) -> str:
+    if not directory.is_dir():
+        return "missing"
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".isard-check-"):
+            pass
+    except OSError as error:
+        return f"not writable ({error.strerror})"
+    return "ok"
+
+
+def host_check_local(*, uri: str, pool_paths: Sequence[str]) -> dict[str, Any]:
+    """From this process: does libvirt at `uri` answer, can we write in each pool path?
+
+    Run by a host's own worker (`hypervisors.tasks.check_host`), this is what the host
+    itself sees: its libvirt, and the shared storage mounted at the same paths as on
+    every other host.
+    """
+    libvirt_host, libvirt_error = "", ""
+    try:
+        libvirt_host = libvirt_driver.ping(uri)
+    except libvirt_driver.DriverError as error:
+        libvirt_error = str(error)
+    pools = {path: _pool_writable(Path(path)) for path in pool_paths}
+    return {
+        "libvirt": libvirt_host,
+        "libvirt_error": libvirt_error,
+        "pools": pools,
+        "ok": not libvirt_error and all(result == "ok" for result in pools.values()),
+    }
+
+
+def hypervisor_check(*, hypervisor: Hypervisor, timeout: float = 30.0) -> dict[str, Any]:
+    """Ask the worker of the host's queue what it sees (`host_check_local`) and wait.
+
+    Raises InfrastructureError when no worker takes the task in `timeout` seconds: the
+    message says which queue and how to start a worker on it. The task expires with the
+    wait, so a worker started later does not run a stale check.
+    """
+    from isard.celery import app
+
+    pools = list(hypervisor.storage_pools.all()) or list(StoragePool.objects.all())
+    queue = hypervisor_queue(hypervisor)
+    result = app.send_task(
+        "hypervisors.tasks.check_host",
+        args=[hypervisor.uri, [pool.path for pool in pools]],
+        queue=queue,
+        expires=timeout,
+    )
+    try:
+        answer: dict[str, Any] = result.get(timeout=timeout)
+    except CeleryTimeoutError as error:
+        raise InfrastructureError(
+            f"No worker answered on queue {queue} within {timeout:.0f} s: start one that "
+            f"consumes it (celery -A isard worker -Q {queue}).",
+            extra={"queue": queue},
+        ) from error
+    finally:
+        result.forget()
+    return answer
 
 
 def _probe_domain_xml(*, domain_type: str, disk: Path, serial_log: Path) -> str:
@@ -321,6 +469,37 @@ def schedule_after_commit(task_name: str, *args: Any, **options: Any) -> None:
     from desktops.services import send_task
 
     transaction.on_commit(partial(send_task, task_name, list(args), options))
+
+
+def hypervisor_hand_off(task_name: str, desktop_id: int, *, hypervisor: Hypervisor) -> bool:
+    """Leave the rest of a desktop's start or provisioning to the chosen host's own worker.
+
+    Placement runs on whichever worker took the task (the default queue); the libvirt
+    work must run where the host's worker is. If the host has a queue of its own, the
+    same task is sent again with the host's id, which routes it there
+    (`hypervisors.routing`), and True is returned: the caller stops. A host served by
+    the central worker: False, the caller carries on.
+    """
+    if hypervisor_queue(hypervisor) == default_queue():
+        return False
+    schedule_after_commit(task_name, desktop_id, hypervisor.pk)
+    return True
+
+
+def hypervisors_hand_off_many(
+    task_name: str, placements: Mapping[int, Hypervisor | ApplicationError]
+) -> set[int]:
+    """`hypervisor_hand_off` for a class: one task per queue with its (desktop, host) pairs.
+
+    Returns the desktops handed off; the caller goes on with the others.
+    """
+    groups: dict[str, list[list[int]]] = {}
+    for desktop_id, placed in placements.items():
+        if isinstance(placed, Hypervisor) and hypervisor_queue(placed) != default_queue():
+            groups.setdefault(hypervisor_queue(placed), []).append([desktop_id, placed.pk])
+    for pairs in groups.values():
+        schedule_after_commit(task_name, [pair[0] for pair in pairs], pairs)
+    return {pair[0] for pairs in groups.values() for pair in pairs}
 
 
 # --- the fleet: monitoring ------------------------------------------------------------------

@@ -11,6 +11,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isard.settings")
 app = Celery("isard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# A desktop's libvirt work goes to the queue of the host it is placed on (blank: default).
+app.conf.task_routes = ("hypervisors.routing.route_task",)
 
 from django.conf import settings  # noqa: E402  (after DJANGO_SETTINGS_MODULE is set)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import threading
 import time
@@ -364,12 +365,21 @@ LifecycleCallback = Callable[[str, str, DomainState], None]
 
 
 def run_event_loop(
-    uris: Iterable[str], on_change: LifecycleCallback, stop: threading.Event
+    uris: Callable[[], Iterable[str]],
+    on_change: LifecycleCallback,
+    stop: threading.Event,
+    *,
+    refresh_seconds: float = 5.0,
+    on_watch: Callable[[frozenset[str]], None] | None = None,
 ) -> None:
     """Call `on_change(uri, domain_name, state)` for every lifecycle event on our domains.
 
-    Runs libvirt's default event loop in this thread until `stop` is set. Connections that
-    drop are reopened every few seconds.
+    Runs libvirt's default event loop in this thread until `stop` is set. Every
+    `refresh_seconds` it asks `uris()` which hosts to listen to, so a hypervisor that is
+    added, whose URI changes or that is removed is followed without a restart; connections
+    that dropped are reopened at the same time. `on_watch`, if given, is told the URIs
+    listened to after each refresh. If `uris()` fails (the database is briefly away), the
+    hosts listened to stay as they were.
     """
     libvirt.virEventRegisterDefaultImpl()
     registered: dict[str, tuple[libvirt.virConnect, int]] = {}
@@ -391,43 +401,75 @@ def run_event_loop(
         except Exception:  # the loop must survive a failing handler
             logger.exception("lifecycle handler failed for %s on %s", name, uri)
 
-    def register_all() -> None:
-        for uri in uris_list:
-            existing = registered.get(uri)
-            if existing is not None:
-                try:
-                    if existing[0].isAlive():
-                        continue
-                except libvirt.libvirtError:
-                    pass
-                registered.pop(uri, None)
-            try:
-                connection = libvirt.open(uri)
-                connection.setKeepAlive(5, 3)
-                callback_id = connection.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, uri
-                )
-                registered[uri] = (connection, callback_id)
-                logger.info("listening to lifecycle events of %s", uri)
-            except libvirt.libvirtError as error:
-                logger.warning("cannot listen to %s: %s", uri, _libvirt_error_message(error))
-
-    uris_list = list(uris)
-    # virEventRunDefaultImpl blocks until something happens; a 1 s timer makes sure the
-    # loop notices `stop` and retries dead connections even on a quiet host.
-    libvirt.virEventAddTimeout(1000, lambda timer, opaque: None, None)
-    last_register = 0.0
-    while not stop.is_set():
-        if time.monotonic() - last_register > 5:
-            register_all()
-            last_register = time.monotonic()
-        libvirt.virEventRunDefaultImpl()
-    for connection, callback_id in registered.values():
+    def unregister(uri: str) -> None:
+        connection, callback_id = registered.pop(uri)
         try:
             connection.domainEventDeregisterAny(callback_id)
+        except libvirt.libvirtError:
+            pass  # the connection is dead already
+        try:
             connection.close()
         except libvirt.libvirtError:
             pass
+
+    def alive(uri: str) -> bool:
+        try:
+            return bool(registered[uri][0].isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def refresh() -> None:
+        try:
+            wanted = set(uris())
+        except Exception as error:
+            logger.warning(
+                "cannot read the hypervisors to listen to (%s); keeping the current ones", error
+            )
+            wanted = set(registered)
+        for uri in [uri for uri in registered if uri not in wanted or not alive(uri)]:
+            unregister(uri)
+            if uri not in wanted:
+                logger.info("stopped listening to %s", uri)
+        for uri in sorted(wanted - set(registered)):
+            try:
+                connection = libvirt.open(uri)
+            except libvirt.libvirtError as error:
+                logger.warning("cannot listen to %s: %s", uri, _libvirt_error_message(error))
+                continue
+            try:
+                # A dead remote host is noticed in seconds, not at the next TCP timeout.
+                # Local drivers (test:///, qemu:/// in-process) have no keep-alive.
+                connection.setKeepAlive(5, 3)
+            except libvirt.libvirtError:
+                pass
+            try:
+                callback_id = connection.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, uri
+                )
+            except libvirt.libvirtError as error:
+                logger.warning("cannot listen to %s: %s", uri, _libvirt_error_message(error))
+                connection.close()
+                continue
+            registered[uri] = (connection, callback_id)
+            logger.info("listening to lifecycle events of %s", uri)
+        if on_watch is not None:
+            on_watch(frozenset(registered))
+
+    # virEventRunDefaultImpl blocks until something happens; a timer makes sure the loop
+    # notices `stop` and refreshes the hosts even on a quiet host.
+    tick_ms = max(int(min(refresh_seconds, 1.0) * 1000), 50)
+    timer = libvirt.virEventAddTimeout(tick_ms, lambda timer, opaque: None, None)
+    last_refresh = -math.inf
+    try:
+        while not stop.is_set():
+            if time.monotonic() - last_refresh >= refresh_seconds:
+                refresh()
+                last_refresh = time.monotonic()
+            libvirt.virEventRunDefaultImpl()
+    finally:
+        libvirt.virEventRemoveTimeout(timer)
+        for uri in list(registered):
+            unregister(uri)
 
 
 def set_graphics_password(

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +26,6 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from hypervisors import services
 from hypervisors.choices import (
-    Accelerator,
     DrainPolicy,
     HypervisorMode,
     HypervisorState,
@@ -51,7 +49,8 @@ from hypervisors.models import (
 )
 from hypervisors.selectors import drain_progress, fleet_snapshot
 from hypervisors.tasks import rebalance_hypervisors, reconcile_all_hypervisors
-from hypervisors.tests.factories import HypervisorFactory
+from hypervisors.tests.conftest import HostMaker, RoutedRunner, celery_queue
+from isard.celery import app
 from isard.exceptions import NoCapacityError, PermissionDeniedError
 from templates_app.models import HardwareProfile
 
@@ -60,37 +59,6 @@ pytestmark = pytest.mark.django_db
 S = DesktopStatus
 GIB = 1024
 UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/isard-test/libvirt-sock"
-
-
-@pytest.fixture(autouse=True)
-def own_lock_namespace(settings: Any) -> None:
-    # Another test run sharing Redis database 15 must not hold our locks.
-    settings.ISARD_LOCK_NAMESPACE = f"isard-test-{uuid.uuid4().hex}"
-    settings.ISARD_PLACEMENT_POLICY = PlacementPolicy.MOST_FREE_MEMORY
-
-
-HostMaker = Callable[..., Hypervisor]
-
-
-@pytest.fixture
-def make_host(tmp_path: Path, pools: dict[str, StoragePool]) -> HostMaker:
-    """A hypervisor on its own `test:///<node.xml>`, sized by that file and sampled once."""
-
-    def make(name: str, memory_gib: int, cpus: int, **fields: Any) -> Hypervisor:
-        node = tmp_path / f"{name}.xml"
-        cores = max(cpus // 2, 1)
-        threads = cpus // cores
-        node.write_text(
-            "<node><cpu><nodes>1</nodes><sockets>1</sockets>"
-            f"<cores>{cores}</cores><threads>{threads}</threads><mhz>2000</mhz></cpu>"
-            f"<memory>{memory_gib * 1024 * 1024}</memory></node>"
-        )
-        host = HypervisorFactory.create(
-            name=name, uri=f"test://{node}", accelerator=Accelerator.QEMU, **fields
-        )
-        return services.hypervisor_refresh(hypervisor=host)
-
-    return make
 
 
 def hardware(memory_mib: int, vcpus: int = 1) -> HardwareProfile:
@@ -655,6 +623,27 @@ def test_two_rebalancers_never_run_at_once(
     assert services.hypervisors_rebalance(max_moves=2, threshold=0.1).migrated == 2
 
 
+def test_a_drain_waits_while_a_rebalancing_run_moves_desktops_then_finishes(
+    unbalanced: tuple[Hypervisor, Hypervisor],
+    fake_migration: list[tuple[str, str, str]],
+    run: Any,
+    admin: Any,
+) -> None:
+    a, b = unbalanced
+    with fleet_lock("moves", timeout=30, wait=0):  # a rebalancing run holds the moves lock
+        run(services.hypervisor_drain, actor=admin, hypervisor=a, policy=DrainPolicy.MIGRATE)
+    assert fake_migration == []
+    assert [name for name, _args in run.delayed] == ["hypervisors.tasks.drain_hypervisor"]
+
+    run.run_delayed()  # the drain looks again once the rebalancer is done
+    assert len(fake_migration) == 6
+    a.refresh_from_db()
+    progress = drain_progress(a)
+    assert progress is not None and progress.finished
+    assert (progress.migrated, progress.remaining) == (6, 0)
+    assert set(Desktop.objects.values_list("hypervisor", flat=True)) == {b.pk}
+
+
 def test_a_desktop_on_local_storage_moves_at_its_next_start(
     make_host: HostMaker, pools: dict[str, StoragePool]
 ) -> None:
@@ -715,6 +704,82 @@ def test_a_stale_report_from_the_old_host_during_migration_is_repaired(
     assert move.status == MoveStatus.DONE
     desktop.refresh_from_db()
     assert (desktop.hypervisor, desktop.status) == (b, S.STARTED)
+
+
+@pytest.mark.parametrize(
+    ("action", "task"),
+    [
+        ("desktop_shutdown", "desktops.tasks.shutdown_desktop"),
+        ("desktop_stop", "desktops.tasks.force_off_desktop"),
+    ],
+)
+def test_a_shutdown_or_stop_asked_during_a_live_migration_happens_on_the_new_host(
+    unbalanced: tuple[Hypervisor, Hypervisor],
+    fake_migration: list[tuple[str, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    routed: RoutedRunner,
+    action: str,
+    task: str,
+) -> None:
+    from desktops import services as desktop_services
+
+    a, b = unbalanced
+    Hypervisor.objects.filter(pk=a.pk).update(queue="hv.a")
+    Hypervisor.objects.filter(pk=b.pk).update(queue="hv.b")
+    desktop = Desktop.objects.select_related("owner").filter(hypervisor=a).first()
+    assert desktop is not None
+    migrate = libvirt_driver.migrate_domain
+
+    def migrate_while_the_owner_acts(*args: Any, **kwargs: Any) -> None:
+        # The owner clicks while the guest's memory is being copied to b.
+        during = Desktop.objects.get(pk=desktop.pk)
+        routed(getattr(desktop_services, action), actor=desktop.owner, desktop=during)
+        assert libvirt_driver.domain_state(a.uri, desktop.domain_name) == "running"
+        migrate(*args, **kwargs)
+
+    monkeypatch.setattr(libvirt_driver, "migrate_domain", migrate_while_the_owner_acts)
+    move = services.desktop_live_migrate(desktop=desktop, target=b, reason=MoveReason.BALANCE)
+    assert move.status == MoveStatus.DONE, move.detail
+    desktop.refresh_from_db()
+    assert desktop.hypervisor == b
+    assert libvirt_driver.domain_state(b.uri, desktop.domain_name) == "running"
+    # Sent to a's worker, the task found the migration running and is to run again later.
+    assert (task, "hv.a") in routed.routed
+    name, arguments = routed.delayed.pop(0)
+    assert name == task
+    assert celery_queue(name, arguments, {}) == "hv.b"  # sent again: now to b's worker
+
+    routed(app.tasks[name], *arguments)
+    assert libvirt_driver.domain_state(b.uri, desktop.domain_name) == "shutoff"
+    routed(reconcile_all_hypervisors)  # each host's worker reconciles its own desktops
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+
+
+def test_a_migration_left_running_by_a_dead_worker_does_not_hold_a_shutdown_for_ever(
+    unbalanced: tuple[Hypervisor, Hypervisor], routed: RoutedRunner, settings: Any
+) -> None:
+    from desktops import services as desktop_services
+
+    settings.ISARD_MIGRATION_TIMEOUT_SECONDS = 300
+    a, b = unbalanced
+    desktop = Desktop.objects.select_related("owner").filter(hypervisor=a).first()
+    assert desktop is not None
+    move = DesktopMove.objects.create(
+        desktop=desktop,
+        source=a,
+        target=b,
+        kind=MoveKind.LIVE_MIGRATION,
+        reason=MoveReason.BALANCE,
+        status=MoveStatus.RUNNING,
+    )
+    DesktopMove.objects.filter(pk=move.pk).update(
+        created_at=timezone.now() - timedelta(seconds=361)
+    )
+    routed(desktop_services.desktop_stop, actor=desktop.owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert libvirt_driver.domain_state(a.uri, desktop.domain_name) == "shutoff"
 
 
 def test_the_rebalance_task_does_nothing_when_switched_off(

@@ -89,9 +89,18 @@ def _stop_process(pid_file: Path) -> None:
 
 @dataclass
 class SessionDaemon:
-    """One user's libvirt daemon: an independent hypervisor on this machine."""
+    """One user's libvirt daemon: an independent hypervisor on this machine.
+
+    Every libvirt daemon hands out VNC and SPICE ports from 5900 up and incoming
+    migration ports from 49152 up, unaware of the others on the same machine: two daemons
+    (or one and the system daemon) then give two guests the same port and the second
+    fails with "Address already in use". So each test daemon gets ranges of its own, in
+    its `qemu.conf`, away from the system daemon's.
+    """
 
     user: str
+    display_ports: tuple[int, int]
+    migration_ports: tuple[int, int]
 
     @property
     def account(self) -> pwd.struct_passwd:
@@ -130,7 +139,16 @@ class SessionDaemon:
             directory.mkdir(parents=True, exist_ok=True)
         config = home / ".config" / "libvirt" / "libvirtd.conf"
         host_uuid = uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.user}.isard.invalid")
-        config.write_text(f'host_uuid = "{host_uuid}"\n')
+        changed = _write_if_changed(config, f'host_uuid = "{host_uuid}"\n')
+        changed |= _write_if_changed(
+            home / ".config" / "libvirt" / "qemu.conf",
+            f"remote_display_port_min = {self.display_ports[0]}\n"
+            f"remote_display_port_max = {self.display_ports[1]}\n"
+            f"migration_port_min = {self.migration_ports[0]}\n"
+            f"migration_port_max = {self.migration_ports[1]}\n",
+        )
+        if changed and self.answers():
+            self.kill_libvirtd()  # a daemon left by an older run must read the new files
         subprocess.run(
             ["chown", "-R", f"{account.pw_uid}:{account.pw_gid}", str(home), str(self.runtime_dir)],
             check=True,
@@ -190,9 +208,19 @@ class SessionDaemon:
             libvirt_driver.undefine_domain(self.uri, name)
 
 
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
+
+
 @pytest.fixture(scope="module")
 def daemons() -> Iterator[tuple[SessionDaemon, SessionDaemon]]:
-    pair = (SessionDaemon(HOST_USERS[0]), SessionDaemon(HOST_USERS[1]))
+    pair = (
+        SessionDaemon(HOST_USERS[0], display_ports=(15900, 15999), migration_ports=(49300, 49349)),
+        SessionDaemon(HOST_USERS[1], display_ports=(16000, 16099), migration_ports=(49350, 49399)),
+    )
     for daemon in pair:
         daemon.prepare()
         daemon.start()
@@ -295,7 +323,10 @@ def running_on(host: Hypervisor, desktop: Desktop) -> bool:
 
 
 def test_a_class_spreads_over_two_real_hosts_and_a_guest_moves_live_between_them(
-    hosts: tuple[Hypervisor, Hypervisor], template: Any, run: Any
+    hosts: tuple[Hypervisor, Hypervisor],
+    daemons: tuple[SessionDaemon, SessionDaemon],
+    template: Any,
+    run: Any,
 ) -> None:
     a, b = hosts
     _course, desktops = make_class(run, template, 4)
@@ -305,10 +336,16 @@ def test_a_class_spreads_over_two_real_hosts_and_a_guest_moves_live_between_them
         start(run, desktop)
     placed = {desktop.pk: Desktop.objects.get(pk=desktop.pk).hypervisor for desktop in desktops}
     assert Counter(host.name for host in placed.values() if host) == {"a": 2, "b": 2}
+    ranges = {"a": daemons[0].display_ports, "b": daemons[1].display_ports}
     for desktop in desktops:
         host = placed[desktop.pk]
         assert host is not None and running_on(host, desktop)
         assert boot_count(desktop) == 1
+        # Each daemon gives its guests display ports from its own range: no collisions.
+        ports = libvirt_driver.graphics_ports(host.uri, desktop.domain_name)
+        low, high = ranges[host.name]
+        assert ports.vnc_port is not None and low <= ports.vnc_port <= high
+        assert ports.spice_port is not None and low <= ports.spice_port <= high
 
     # One running guest moves from a to b and keeps running there.
     moving = next(desktop for desktop in desktops if placed[desktop.pk] == a)
