@@ -2,7 +2,8 @@
 
 Thin: each view loads the desktop and calls one service in `desktops.viewers`; refusals
 come back as the service's `ApplicationError` and are shown with its status code.
-Responses that carry a password or token are never cached.
+Responses that carry a token are never cached. No response carries the graphics password:
+the proxy signs in to the display itself.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ def _access_payload(access: BrowserViewerAccess) -> dict[str, object]:
         "desktop": access.desktop_id,
         "name": access.desktop_name,
         "path": access.websocket_path,
-        "password": access.password,
         "expires_at": access.expires_at.isoformat(),
     }
 
@@ -69,7 +69,7 @@ def viewer_page(request: HttpRequest, desktop_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def viewer_token(request: HttpRequest, desktop_id: int) -> JsonResponse:
-    """A new token (and the current password) for the viewer page to reconnect with."""
+    """A new token for the viewer page to reconnect with (to wherever the desktop runs now)."""
     try:
         access = viewer_token_issue(actor=_user(request), desktop=_desktop(desktop_id))
     except ApplicationError as error:
