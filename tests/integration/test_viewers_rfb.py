@@ -145,6 +145,7 @@ class RfbClient:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.framebuffer = Framebuffer(0, 0, "")
+        self.security_types: set[int] = set()
 
     async def handshake(self, password: str) -> Framebuffer:
         read, write = self.transport.read_exactly, self.transport.write
@@ -156,6 +157,7 @@ class RfbClient:
         if count == 0:
             raise RfbError(await self._reason())
         types = set(await read(count))
+        self.security_types = types
         if 2 in types:
             await write(b"\x02")
             await write(vnc_auth_response(password, await read(16)))
