@@ -229,6 +229,36 @@ def through_proxy(
     return asyncio.run(read())
 
 
+def open_during(
+    server: AsgiServer, user: Any, desktop: Desktop, action: Callable[[], Any], results: list[Any]
+) -> int | None:
+    """Open the viewer, run `action` while it is open, then return how the proxy closed the
+    connection (its close code), reading screen updates until it does."""
+    from websockets.exceptions import ConnectionClosed
+
+    access = viewer_token_issue(actor=user, desktop=desktop)
+    url = f"ws://127.0.0.1:{server.port}{access.websocket_path}"
+    cookie = session_cookie(user)
+
+    async def run() -> int | None:
+        transport = await WebsocketTransport.open(url, cookie=cookie, origin=server.base_url)
+        client = RfbClient(transport)
+        await client.handshake("")
+        await client.full_frame()
+        results.append(await asyncio.to_thread(action))
+        try:
+            for _ in range(100):
+                await client.request(incremental=True)
+                await asyncio.wait_for(client.read_update(), timeout=30)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd is not None else None
+        finally:
+            await client.close()
+        raise AssertionError("the viewer stayed connected to a guest that left its host")
+
+    return asyncio.run(run())
+
+
 def vnc_port(uri: str, desktop: Desktop) -> int:
     port = libvirt_driver.graphics_ports(uri, desktop.domain_name).vnc_port
     assert port is not None
@@ -351,9 +381,19 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
     vv = viewer_vv_build(actor=owner, desktop=desktop, pki=module_pki)
     assert f"host-subject=O=isard,CN={source.name}.isard.test\n" in vv.content
 
-    # 4. The desktop moves live to the other host; a new token follows it there.
-    move = services.desktop_live_migrate(desktop=desktop, target=target, reason=MoveReason.BALANCE)
+    # 4. The desktop moves live to the other host while a viewer is open: that connection
+    # ends (the page then reconnects with a new token), and a new token follows it there.
+    moves: list[Any] = []
+
+    def migrate() -> Any:
+        return services.desktop_live_migrate(
+            desktop=desktop, target=target, reason=MoveReason.BALANCE
+        )
+
+    close_code = open_during(platform_server, owner, desktop, migrate, moves)
+    [move] = moves
     assert move.status == MoveStatus.DONE, move.detail
+    assert close_code == 1000  # a normal close: noVNC reports a disconnect, the page retries
     desktop.refresh_from_db()
     assert desktop.hypervisor == target and desktop.status == DesktopStatus.STARTED
     new_port = vnc_port(target.uri, desktop)
