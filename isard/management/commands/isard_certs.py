@@ -7,12 +7,18 @@
     manage.py isard_certs --rotate-host        issue a new host certificate
     manage.py isard_certs --rotate-ca          a new CA (the old one stays trusted until it
                                                expires) and a new host certificate
+    manage.py isard_certs --hypervisor NAME --hostname hv2.school.example --out DIR
+                                               certificates for another hypervisor (VNC and
+                                               SPICE TLS for its guests' displays) in DIR,
+                                               with the qemu.conf lines it needs
 
 Safe to run at every start: with nothing to do it changes nothing and takes milliseconds.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -42,9 +48,19 @@ class Command(BaseCommand):
             default=[],
             help="A name clients use for this host (repeatable); added to the machine's names.",
         )
+        parser.add_argument(
+            "--hypervisor",
+            metavar="NAME",
+            help="Issue a certificate for the hypervisor NAME (as registered) instead; needs "
+            "--hostname (its names or addresses) and --out.",
+        )
+        parser.add_argument("--out", metavar="DIR", help="Where --hypervisor writes its files.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         paths = tls.pki_paths()
+        if options["hypervisor"]:
+            self._hypervisor(paths, options)
+            return
         names = tls.default_host_names()
         if options["hostname"]:
             extra = tuple(name.strip().lower() for name in options["hostname"] if name.strip())
@@ -75,3 +91,30 @@ class Command(BaseCommand):
                     self.stdout.write("running desktops use the new certificate after a restart")
         except tls.TlsSetupError as error:
             raise CommandError(error.message) from error
+
+    def _hypervisor(self, paths: tls.PkiPaths, options: dict[str, Any]) -> None:
+        """Certificates for a remote hypervisor: names are DNS names or IP addresses."""
+        if not options["hostname"] or not options["out"]:
+            raise CommandError("--hypervisor needs --hostname (at least one) and --out DIR")
+        dns: list[str] = []
+        addresses: list[str] = []
+        for name in (value.strip().lower() for value in options["hostname"]):
+            try:
+                addresses.append(str(ipaddress.ip_address(name)))
+            except ValueError:
+                dns.append(name)
+        if not dns:
+            dns = [options["hypervisor"].lower()]
+        try:
+            files = tls.hypervisor_certificate_issue(
+                paths=paths,
+                hypervisor_name=options["hypervisor"],
+                names=tls.HostNames(dns=tuple(dns), addresses=tuple(addresses)),
+            )
+            written = tls.hypervisor_tls_bundle_write(files=files, directory=Path(options["out"]))
+        except tls.TlsSetupError as error:
+            raise CommandError(error.message) from error
+        self.stdout.write(f"hypervisor {options['hypervisor']}: {tls.describe(files.certificate)}")
+        for path in written:
+            self.stdout.write(f"  {path}")
+        self.stdout.write(f"then follow {written[-1]} on that hypervisor")
