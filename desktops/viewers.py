@@ -91,6 +91,13 @@ class VvFile:
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class RdpFile:
+    filename: str
+    content: str
+    address: str
+
+
 def token_lifetime() -> timedelta:
     return timedelta(seconds=getattr(settings, "ISARD_VIEWER_TOKEN_SECONDS", DEFAULT_TOKEN_SECONDS))
 
@@ -140,9 +147,10 @@ def _refuse(
 
 
 def _check_viewable(
-    *, actor: User, desktop: Desktop, protocol: ViewerProtocol, client: str = ""
+    *, actor: User, desktop: Desktop, protocol: ViewerProtocol | None, client: str = ""
 ) -> Hypervisor:
-    """The checks every viewer path shares: the owner only, a running desktop, its display."""
+    """The checks every viewer path shares: the owner only, a running desktop, its display
+    (`protocol` None: a path that needs no display of the hypervisor's, such as RDP)."""
     if desktop.owner_id != actor.pk:
         raise _refuse(
             "not-owner",
@@ -161,6 +169,8 @@ def _check_viewable(
             client=client,
             error=ViewerUnavailableError,
         )
+    if protocol is None:
+        return desktop.hypervisor
     hardware = desktop.hardware
     has_display = (
         hardware.graphics_vnc if protocol == ViewerProtocol.BROWSER_VNC else hardware.graphics_spice
@@ -474,3 +484,61 @@ def viewer_vv_build(
         "",
     ]
     return VvFile(filename=_vv_filename(desktop), content="\n".join(lines), expires_at=expires_at)
+
+
+# --- RDP: a .rdp file for guests that report an IP address ----------------------------------
+
+
+def viewer_rdp_build(*, actor: User, desktop: Desktop) -> RdpFile:
+    """An `.rdp` file for the owner's running desktop, at the address its guest reports.
+
+    Windows guests with the QEMU guest agent report their addresses; guests on a libvirt
+    network with DHCP have a lease. The file connects straight to the guest, so the
+    client must reach the guests' network, or go through the RD Gateway named in
+    `ISARD_RDP_GATEWAY`. The guest's own login applies: the file carries no password.
+    """
+    hypervisor = _check_viewable(actor=actor, desktop=desktop, protocol=None)
+    try:
+        addresses = libvirt_driver.domain_ip_addresses(hypervisor.uri, desktop.domain_name)
+    except libvirt_driver.DriverError as error:
+        raise InfrastructureError(
+            f"Could not ask {hypervisor.name} for the address of “{desktop.name}”: {error}"
+        ) from error
+    if not addresses:
+        raise _refuse(
+            "no-address",
+            f"The desktop “{desktop.name}” has not reported an IP address; is the guest "
+            "agent running?",
+            user=actor,
+            desktop=desktop,
+            error=ViewerUnavailableError,
+        )
+    # IPv4 first: it is what RDP clients on school networks reach most often.
+    chosen = sorted(addresses, key=lambda found: found.version)[0]
+    host = f"[{chosen.address}]" if chosen.version == 6 else chosen.address
+    lines = [
+        f"full address:s:{host}",
+        "screen mode id:i:2",
+        "use multimon:i:0",
+        "session bpp:i:32",
+        "prompt for credentials:i:1",
+        "authentication level:i:2",
+        "autoreconnection enabled:i:1",
+        "audiomode:i:0",
+        "redirectclipboard:i:1",
+        "redirectprinters:i:0",
+        "redirectsmartcards:i:0",
+        "drivestoredirect:s:",
+    ]
+    gateway = getattr(settings, "ISARD_RDP_GATEWAY", "")
+    if gateway:
+        lines += [
+            f"gatewayhostname:s:{gateway}",
+            "gatewayusagemethod:i:1",
+            "gatewayprofileusagemethod:i:1",
+            "gatewaycredentialssource:i:0",
+        ]
+    _record(desktop, f"RDP file issued for {chosen.address} ({chosen.source})", actor)
+    filename = _vv_filename(desktop).removesuffix(".vv") + ".rdp"
+    # RDP clients on Windows expect CRLF line ends.
+    return RdpFile(filename=filename, content="\r\n".join(lines) + "\r\n", address=chosen.address)

@@ -507,3 +507,18 @@ def test_a_vv_file_whose_password_expired_is_refused_by_the_spice_server(
     path.write_text(fresh.content)
     log = run_remote_viewer(path, ["main channel: opened", refused], timeout=60, any_of=True)
     assert "main channel: opened" in log and refused not in log, log[-4000:]
+
+
+def test_a_real_guest_without_an_agent_gets_no_rdp_file_but_a_clear_reason(
+    running_guest: tuple[Any, Desktop],
+) -> None:
+    owner, desktop = running_guest
+    # QEMU has no agent channel and no lease for this guest: libvirt says so, we say why.
+    assert libvirt_driver.domain_ip_addresses(SYSTEM_URI, desktop.domain_name) == []
+    client = Client()
+    client.force_login(owner)
+    response = client.get(f"/desktops/{desktop.pk}/viewer.rdp")
+    assert response.status_code == 409
+    assert response.content.decode() == (
+        f"The desktop “{desktop.name}” has not reported an IP address; is the guest agent running?"
+    )
