@@ -26,6 +26,7 @@ from django.utils import timezone
 from accounts.models import Course, User
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
+from desktops.viewers import graphics_listen_address
 from hypervisors import qemu_img
 from hypervisors.choices import DiskStatus, PoolPurpose
 from hypervisors.drivers import libvirt_driver
@@ -287,6 +288,7 @@ def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
         spice=hardware.graphics_spice,
         vnc=hardware.graphics_vnc,
         graphics_password=desktop.graphics_password,
+        graphics_listen=graphics_listen_address(hypervisor),
         usb_redirect_devices=hardware.usb_redirect_devices if hardware.graphics_spice else 0,
         serial_log_path=str(serial_log_path(desktop)),
         metadata={"desktop": str(desktop.uuid), "owner": desktop.owner.get_username()},

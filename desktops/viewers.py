@@ -347,6 +347,18 @@ def viewer_tls_required(*, host: str) -> bool:
     return mode == "required" or not is_loopback(host)
 
 
+def graphics_listen_address(hypervisor: Hypervisor) -> str:
+    """Where a guest's displays listen on its hypervisor (the domain XML's listen address).
+
+    Loopback when the hypervisor is this machine: the proxy is here too. Every address of
+    a remote hypervisor, whose displays the proxy reaches across the network, and only
+    over TLS (`viewer_tls_required`): such a host gets its certificates from
+    `isard_certs --hypervisor NAME --hostname <the host of its libvirt URI>` first.
+    """
+    host = urlsplit(hypervisor.uri).hostname
+    return "127.0.0.1" if not host or is_loopback(host) else "0.0.0.0"
+
+
 def graphics_host(*, hypervisor: Hypervisor, listen: str | None) -> str:
     """The address to reach a guest's display: its listen address, or its host's name."""
     if listen and listen not in WILDCARD_ADDRESSES:

@@ -566,3 +566,37 @@ def test_the_purge_runs_on_the_beat_schedule() -> None:
     entries = {entry["task"] for entry in app.conf.beat_schedule.values()}
     assert "desktops.tasks.purge_viewer_tokens" in entries
     assert "desktops.tasks.purge_viewer_tokens" in app.tasks
+
+
+@pytest.mark.parametrize(
+    ("uri", "listen"),
+    [
+        ("qemu:///system", "127.0.0.1"),
+        ("qemu+unix:///session?socket=/run/user/1000/libvirt/libvirt-sock", "127.0.0.1"),
+        ("qemu+ssh://localhost/system", "127.0.0.1"),
+        ("qemu+tls://hv2.school.example/system", "0.0.0.0"),
+        ("qemu+ssh://root@10.0.0.9/system", "0.0.0.0"),
+    ],
+)
+def test_displays_listen_on_loopback_here_and_for_the_proxy_on_remote_hosts(
+    uri: str, listen: str
+) -> None:
+    from desktops.viewers import graphics_listen_address
+
+    hypervisor = HypervisorFactory.build(uri=uri)
+    assert graphics_listen_address(hypervisor) == listen
+    # The proxy then connects to the host of the URI, where TLS is required.
+    host = graphics_host(hypervisor=hypervisor, listen=listen)
+    assert viewer_tls_required(host=host) is (listen == "0.0.0.0")
+
+
+def test_the_domain_of_a_desktop_on_a_remote_host_listens_where_the_proxy_reaches_it(
+    run: Any, test_hypervisor: Any, base_template: Any, ana: Any
+) -> None:
+    from desktops import services
+
+    desktop = run(services.desktop_create, actor=ana, template=base_template, name="Remote")
+    desktop.refresh_from_db()
+    remote = HypervisorFactory.build(uri="qemu+tls://hv2.school.example/system")
+    assert services.desktop_domain_spec(desktop, remote).graphics_listen == "0.0.0.0"
+    assert services.desktop_domain_spec(desktop, test_hypervisor).graphics_listen == "127.0.0.1"
