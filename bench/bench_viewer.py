@@ -40,7 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 URI = "qemu:///system"
-REDIS_DB = "redis://127.0.0.1:6379/13"
+# Its own Redis database unless REDIS_URL names one (parallel runs must not share one).
+REDIS_DB = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
 IMAGE_CACHE = Path("/var/tmp/isard-tests/cache")
 
 
