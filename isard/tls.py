@@ -605,6 +605,19 @@ class HypervisorTlsFiles:
     certificate: x509.Certificate
 
 
+def platform_host_tls_files(*, paths: PkiPaths) -> HypervisorTlsFiles:
+    """This host's own certificate as a hypervisor's files (for VNC TLS on the local host)."""
+    certificate = load_certificate(paths.host_cert)
+    if certificate is None or not paths.host_key.exists():
+        raise TlsSetupError(f"no host certificate in {paths.directory}: run manage.py isard_certs")
+    return HypervisorTlsFiles(
+        ca_cert=ca_bundle_pem(paths=paths).encode(),
+        server_cert=_cert_pem(certificate),
+        server_key=paths.host_key.read_bytes(),
+        certificate=certificate,
+    )
+
+
 def hypervisor_certificate_issue(
     *, paths: PkiPaths, hypervisor_name: str, names: HostNames
 ) -> HypervisorTlsFiles:

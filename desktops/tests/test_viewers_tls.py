@@ -386,3 +386,29 @@ def test_hypervisor_tls_install_sets_up_vnc_and_spice_once(
         assert (tmp_path / directory / "server-cert.pem").read_bytes() == files.server_cert
     second = install()
     assert second.files_changed == [] and not second.config_changed and restarts == [1]
+
+
+def test_the_command_can_put_vnc_tls_on_this_hosts_libvirt(
+    tmp_path: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from django.core.management import CommandError, call_command
+
+    settings.ISARD_PKI_DIR = tmp_path / "pki"
+    monkeypatch.setattr(tls, "LIBVIRT_QEMU_CONF", tmp_path / "qemu.conf")
+    monkeypatch.setattr(tls, "LIBVIRT_VNC_DIR", tmp_path / "libvirt-vnc")
+    monkeypatch.setattr(tls, "LIBVIRT_SPICE_DIR", tmp_path / "libvirt-spice")
+    with pytest.raises(CommandError, match="--install-libvirt"):
+        call_command("isard_certs", "--vnc-tls")
+    call_command("isard_certs", "--install-libvirt", "--vnc-tls", "--no-restart")
+    output = capsys.readouterr().out
+    assert "qemu.conf: spice_tls = 1, vnc_tls = 1, vnc_tls_x509_verify = 1; restart" in output
+    text = (tmp_path / "qemu.conf").read_text()
+    assert "vnc_tls = 1\n" in text and "vnc_tls_x509_verify = 1\n" in text
+    paths = tls.pki_paths()
+    for directory in ("libvirt-vnc", "libvirt-spice"):
+        assert (tmp_path / directory / "server-cert.pem").read_bytes() == (
+            paths.host_cert.read_bytes()
+        )

@@ -4,6 +4,10 @@
     manage.py isard_certs --install-libvirt    also give them to the local libvirtd and set
                                                spice_tls = 1 (restarts libvirtd only when
                                                qemu.conf changed; needs root)
+    manage.py isard_certs --install-libvirt --vnc-tls
+                                               also VNC over TLS (VeNCrypt x509, clients
+                                               need the platform's certificate): for
+                                               ISARD_VIEWER_TLS=required on this host
     manage.py isard_certs --rotate-host        issue a new host certificate
     manage.py isard_certs --rotate-ca          a new CA (the old one stays trusted until it
                                                expires) and a new host certificate
@@ -40,6 +44,11 @@ class Command(BaseCommand):
             action="store_true",
             help="With --install-libvirt: do not restart libvirtd even if qemu.conf changed.",
         )
+        parser.add_argument(
+            "--vnc-tls",
+            action="store_true",
+            help="With --install-libvirt: VNC over TLS too (vnc_tls, vnc_tls_x509_verify).",
+        )
         parser.add_argument("--rotate-host", action="store_true", help="Issue a new host cert.")
         parser.add_argument("--rotate-ca", action="store_true", help="Make a new CA.")
         parser.add_argument(
@@ -61,6 +70,8 @@ class Command(BaseCommand):
         if options["hypervisor"]:
             self._hypervisor(paths, options)
             return
+        if options["vnc_tls"] and not options["install_libvirt"]:
+            raise CommandError("--vnc-tls goes with --install-libvirt")
         names = tls.default_host_names()
         if options["hostname"]:
             extra = tuple(name.strip().lower() for name in options["hostname"] if name.strip())
@@ -77,14 +88,24 @@ class Command(BaseCommand):
             self.stdout.write(f"CA:   {tls.describe(ca)}")
             self.stdout.write(f"host: {tls.describe(host)} ({paths.host_cert})")
             if options["install_libvirt"]:
-                result = tls.libvirt_spice_install(
-                    paths=paths, restart=None if options["no_restart"] else tls.libvirtd_restart
-                )
+                restart = None if options["no_restart"] else tls.libvirtd_restart
+                if options["vnc_tls"]:
+                    result = tls.hypervisor_tls_install(
+                        files=tls.platform_host_tls_files(paths=paths),
+                        qemu_conf=tls.LIBVIRT_QEMU_CONF,
+                        vnc_dir=tls.LIBVIRT_VNC_DIR,
+                        spice_dir=tls.LIBVIRT_SPICE_DIR,
+                        restart=restart,
+                    )
+                    settings_changed = "spice_tls = 1, vnc_tls = 1, vnc_tls_x509_verify = 1"
+                else:
+                    result = tls.libvirt_spice_install(paths=paths, restart=restart)
+                    settings_changed = "spice_tls = 1"
                 changed = ", ".join(result.files_changed) or "certificates unchanged"
-                self.stdout.write(f"libvirt SPICE TLS: {changed}")
+                self.stdout.write(f"libvirt graphics TLS: {changed}")
                 if result.config_changed:
                     self.stdout.write(
-                        "qemu.conf: spice_tls = 1"
+                        f"qemu.conf: {settings_changed}"
                         + ("; libvirtd restarted" if result.restarted else "; restart libvirtd")
                     )
                 if result.files_changed:
