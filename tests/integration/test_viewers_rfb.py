@@ -168,6 +168,12 @@ class RfbClient:
         (result,) = struct.unpack(">I", await read(4))
         if result != 0:
             raise RfbError(f"authentication failed: {await self._reason()}")
+        return await self.initialise()
+
+    async def initialise(self) -> Framebuffer:
+        """After authentication (here, or by someone else on this stream): ClientInit,
+        ServerInit, the pixel format and the encodings."""
+        read, write = self.transport.read_exactly, self.transport.write
         await write(b"\x01")  # shared session: the browser viewer may be connected too
         width, height = struct.unpack(">HH", await read(4))
         await read(16)
