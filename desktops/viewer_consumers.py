@@ -144,7 +144,12 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
                 error or "timed out",
             )
             await self._close_desktop_side()
-            if isinstance(error, RfbNotEncryptedError):
+            if isinstance(error, ApplicationError):  # the platform's own TLS setup
+                message = (
+                    "The viewer's certificates are not set up yet: tell an administrator "
+                    "(`manage.py isard_certs`)."
+                )
+            elif isinstance(error, RfbNotEncryptedError):
                 message = (
                     "The desktop's screen cannot be reached securely: its hypervisor has no "
                     "TLS for viewers yet (an administrator runs `manage.py isard_certs "

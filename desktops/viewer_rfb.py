@@ -103,6 +103,7 @@ async def _vencrypt(
     minor: int,
     tls_factory: Callable[[], Awaitable[UpstreamTls]],
 ) -> None:
+    tls = await tls_factory()  # first: without certificates there is no point going on
     version = await _read(reader, 2)
     if version != b"\x00\x02":
         raise RfbHandshakeError(f"unsupported VeNCrypt version {version[0]}.{version[1]}")
@@ -125,7 +126,6 @@ async def _vencrypt(
     await writer.drain()
     if (await _read(reader, 1)) != b"\x01":
         raise RfbHandshakeError("the display refused the VeNCrypt sub-type it offered")
-    tls = await tls_factory()
     try:
         await writer.start_tls(tls.context, server_hostname=tls.server_hostname)
     except (ssl.SSLError, ssl.CertificateError) as error:

@@ -19,6 +19,7 @@ guest start, so rotating certificates needs no restart.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import grp
 import ipaddress
 import logging
@@ -561,21 +562,29 @@ def client_certificate_ensure(*, paths: PkiPaths) -> x509.Certificate:
     """The viewer proxy's client certificate, issued on first use, after a CA rotation and a
     month before it expires. Hypervisors set up with `vnc_tls_x509_verify = 1` accept TLS
     only from holders of a certificate of the platform CA, so a student who reaches a
-    hypervisor's VNC port directly cannot even start the handshake."""
-    ca_ensure(paths=paths)
-    certificate = load_certificate(paths.client_cert)
-    if (
-        certificate is not None
-        and paths.client_key.exists()
-        and _signed_by_current_ca(certificate, paths)
-        and certificate.not_valid_after_utc - _now() > HOST_RENEW_BEFORE
-    ):
-        return certificate
-    certificate, key = _issue_leaf(
-        paths=paths, names=HostNames(dns=(PROXY_CLIENT_NAME,), addresses=()), client=True
-    )
-    _write(paths.client_key, _key_pem(key), 0o600)
-    _write(paths.client_cert, _cert_pem(certificate), 0o644)
+    hypervisor's VNC port directly cannot even start the handshake.
+
+    Never creates the CA: a proxy that made its own would trust nothing the hypervisors
+    hold. Several processes may get here at once; a lock keeps key and certificate a pair.
+    """
+    if load_certificate(paths.ca_cert) is None or not paths.ca_key.exists():
+        raise TlsSetupError(f"no CA in {paths.directory}: run manage.py isard_certs")
+    paths.directory.mkdir(parents=True, exist_ok=True)
+    with open(paths.directory / ".client-cert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        certificate = load_certificate(paths.client_cert)
+        if (
+            certificate is not None
+            and paths.client_key.exists()
+            and _signed_by_current_ca(certificate, paths)
+            and certificate.not_valid_after_utc - _now() > HOST_RENEW_BEFORE
+        ):
+            return certificate
+        certificate, key = _issue_leaf(
+            paths=paths, names=HostNames(dns=(PROXY_CLIENT_NAME,), addresses=()), client=True
+        )
+        _write(paths.client_key, _key_pem(key), 0o600)
+        _write(paths.client_cert, _cert_pem(certificate), 0o644)
     logger.info("issued the viewer proxy's client certificate")
     return certificate
 
@@ -586,7 +595,12 @@ def viewer_proxy_tls_context(*, paths: PkiPaths) -> ssl.SSLContext:
     certificate."""
     client_certificate_ensure(paths=paths)
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_bundle_pem(paths=paths))
-    context.load_cert_chain(paths.client_cert, paths.client_key)
+    try:
+        context.load_cert_chain(paths.client_cert, paths.client_key)
+    except (OSError, ssl.SSLError) as error:
+        raise TlsSetupError(
+            f"cannot load the viewer proxy's client certificate: {error}"
+        ) from error
     return context
 
 

@@ -388,3 +388,38 @@ async def test_a_viewer_does_not_need_redis(
     assert (await connection.connect())[0]
     await browser_opening(connection)
     await connection.disconnect()
+
+
+async def test_a_tls_display_with_the_platforms_certificates_missing_is_explained(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, tmp_path: Any
+) -> None:
+    settings.ISARD_PKI_DIR = tmp_path / "no-pki-yet"
+
+    async def vencrypt_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        await reader.readexactly(12)
+        writer.write(b"\x01\x13")  # VeNCrypt only, as QEMU with vnc_tls
+        try:
+            await reader.readexactly(1)
+            writer.write(b"\x00\x02")
+            await reader.readexactly(2)
+            writer.write(b"\x00\x01" + struct.pack(">I", 261))
+            await reader.read(4)
+        except asyncio.IncompleteReadError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(vencrypt_only, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(
+        libvirt_driver,
+        "graphics_ports",
+        lambda uri, name: libvirt_driver.GraphicsPorts(None, None, port, "127.0.0.1"),
+    )
+    owner, desktop = await student_with_desktop()
+    code, reason = await closed_with(communicator(owner, await issue(owner, desktop)))
+    assert code == CLOSE_UNREACHABLE and "certificates are not set up" in reason
+    # The proxy made no CA of its own: it would trust nothing the hypervisors hold.
+    assert not (tmp_path / "no-pki-yet" / "ca-cert.pem").exists()
+    server.close()
+    await server.wait_closed()

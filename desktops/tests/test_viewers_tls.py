@@ -344,6 +344,7 @@ def test_the_hypervisor_option_needs_names_and_a_directory(tmp_path: Path, setti
 def test_the_proxys_client_certificate_is_kept_and_renewed_after_a_ca_rotation(
     pki: tls.PkiPaths,
 ) -> None:
+    tls.ca_ensure(paths=pki)
     first = tls.client_certificate_ensure(paths=pki)
     assert tls.client_certificate_ensure(paths=pki) == first
     usage = first.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -412,3 +413,20 @@ def test_the_command_can_put_vnc_tls_on_this_hosts_libvirt(
         assert (tmp_path / directory / "server-cert.pem").read_bytes() == (
             paths.host_cert.read_bytes()
         )
+
+
+def test_the_proxy_never_makes_a_ca_of_its_own(pki: tls.PkiPaths) -> None:
+    with pytest.raises(tls.TlsSetupError, match="no CA"):
+        tls.viewer_proxy_tls_context(paths=pki)
+    assert not pki.ca_cert.exists()
+
+
+def test_the_command_issues_the_proxys_client_certificate(
+    tmp_path: Path, settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from django.core.management import call_command
+
+    settings.ISARD_PKI_DIR = tmp_path / "pki"
+    call_command("isard_certs", "--hostname", "vdi.school.example")
+    assert f"viewer proxy (client): O=isard,CN={tls.PROXY_CLIENT_NAME}" in capsys.readouterr().out
+    assert tls.pki_paths().client_cert.exists()

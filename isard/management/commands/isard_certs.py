@@ -87,6 +87,8 @@ class Command(BaseCommand):
             host = tls.host_certificate_ensure(paths=paths, names=names)
             self.stdout.write(f"CA:   {tls.describe(ca)}")
             self.stdout.write(f"host: {tls.describe(host)} ({paths.host_cert})")
+            client = tls.client_certificate_ensure(paths=paths)
+            self.stdout.write(f"viewer proxy (client): {tls.describe(client)}")
             if options["install_libvirt"]:
                 restart = None if options["no_restart"] else tls.libvirtd_restart
                 if options["vnc_tls"]:
