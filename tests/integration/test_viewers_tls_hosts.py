@@ -11,7 +11,8 @@ their `qemu.conf`. A real tiny guest boots on one of them. Then:
 - the platform's websocket proxy (served by Daphne) opens it with VeNCrypt x509, signs in
   with the password, and an RFB client on the browser's side (no password) gets the real
   screen: the same pixels as QEMU's own screendump, while the guest's VGA text holds its
-  boot marker, and QEMU lists the proxy's certificate as its client;
+  boot marker, and QEMU lists the proxy's certificate as its client; headless Chromium's
+  noVNC draws the same pixels;
 - the guest moves live to the other host; the connection ends, and a new token reaches it
   there (the proxy asks where the desktop runs at connect time), over TLS again.
 """
@@ -19,6 +20,7 @@ their `qemu.conf`. A real tiny guest boots on one of them. Then:
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -51,10 +53,14 @@ from isard import tls
 from tests.integration.conftest import wait_for
 from tests.integration.test_multihost import SessionDaemon
 from tests.integration.test_viewers import (  # noqa: F401  (fixtures)
+    CANVAS_PIXELS,
     AsgiServer,
+    chromium,
     direct_tasks,
     platform_server,
     same_pixels,
+    sign_in,
+    wait_for_state,
 )
 from tests.integration.test_viewers_rfb import (
     Framebuffer,
@@ -271,6 +277,7 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
     tiny_image: Path,
     direct_tasks: list[str],  # noqa: F811
     platform_server: AsgiServer,  # noqa: F811
+    chromium: Any,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
     storage_root: Path,
 ) -> None:
@@ -365,6 +372,22 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
     through_proxy(platform_server, owner, desktop, while_open=info)
     assert "Auth: vencrypt (Sub: x509-vnc)" in info[0], info[0]
     assert f"CN={tls.PROXY_CLIENT_NAME}" in info[0], info[0]
+
+    # Headless Chromium's noVNC, through the same proxy and TLS hop, draws that screen.
+    sign_in(chromium, platform_server, owner)
+    chromium.get(f"{platform_server.base_url}/desktops/{desktop.pk}/viewer/")
+    assert wait_for_state(chromium, "connected") == f"Connected to QEMU ({desktop.domain_name})"
+    assert desktop.graphics_password not in chromium.page_source
+
+    def canvas_matches() -> float:
+        width, height, encoded = chromium.execute_script(CANVAS_PIXELS)
+        canvas = Framebuffer(width, height, "", bytearray(base64.b64decode(encoded)))
+        return matches_screendump(
+            canvas, screendump(source.uri, desktop.domain_name, storage_root / "logs")
+        )
+
+    wait_for(lambda: canvas_matches() > 0.99, 30, "Chromium's canvas to equal the screen")
+    chromium.get("about:blank")  # close the viewer before the guest moves
 
     # The .vv file names this hypervisor's own certificate, which its SPICE TLS port shows.
     ports = libvirt_driver.graphics_ports(source.uri, desktop.domain_name)
