@@ -141,7 +141,7 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
                 target.domain_name,
                 target.host,
                 target.port,
-                error or "timed out",
+                str(error) or type(error).__name__,  # a timeout has no message
             )
             await self._close_desktop_side()
             if isinstance(error, ApplicationError):  # the platform's own TLS setup
