@@ -4,8 +4,9 @@ A real TCG guest runs; the platform runs in Daphne in its own process (as in the
 Procfile). Two measurements, each against its bare baseline:
 
 - **Open to first frame**: from asking for the viewer page (HTTP, which issues the token)
-  through the websocket, the proxy, RFB handshake and VNC authentication to the last byte
-  of the first full framebuffer update. Baseline: a TCP connection straight to QEMU's VNC
+  through the websocket and the proxy (which does VNC authentication with QEMU itself and
+  greets the client with security type None) to the last byte of the first full
+  framebuffer update. Baseline: a TCP connection straight to QEMU's VNC
   port, the same handshake and the same first update. With `--browser`, also headless
   Chromium from navigation to noVNC's "connected" and a drawn canvas.
 - **Throughput**: full-screen Raw updates requested back to back (non-incremental, so
@@ -13,7 +14,11 @@ Procfile). Two measurements, each against its bare baseline:
   the proxy at least 0.8x of direct.
 
     .venv/bin/python bench/bench_viewer.py [--runs 10] [--frames 60] [--rounds 3]
-                                           [--browser] [--json out.json]
+                                           [--browser] [--tls] [--json out.json]
+
+With `--tls` (root) the guest runs on a libvirt daemon of its own set up as a remote
+hypervisor is (`vnc_tls`, client certificates required): the proxy's hop is VeNCrypt x509,
+and the direct baseline signs in the same way (TLS, the proxy's certificate, the password).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 URI = "qemu:///system"
-REDIS_DB = "redis://127.0.0.1:6379/6"
+# Its own Redis database unless REDIS_URL names one (parallel runs must not share one).
+REDIS_DB = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/6")
 IMAGE_CACHE = Path("/var/tmp/isard-tests/cache")
 
 
@@ -84,6 +90,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60, help="full frames per round")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path")
     parser.add_argument("--browser", action="store_true", help="also time headless Chromium")
+    parser.add_argument(
+        "--tls", action="store_true", help="the guest's display needs TLS, as on a remote host"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--renice",
@@ -102,6 +111,9 @@ def main() -> None:
     os.environ["DATABASE_URL"] = f"sqlite:///{work / 'bench.sqlite3'}"
     os.environ["ISARD_STORAGE_ROOT"] = str(work / "storage")
     os.environ["REDIS_URL"] = REDIS_DB
+    if options.tls:
+        os.environ["ISARD_PKI_DIR"] = str(work / "pki")
+        os.environ["ISARD_VIEWER_TLS"] = "required"
     os.environ["DJANGO_SETTINGS_MODULE"] = "isard.settings"
     import django
 
@@ -111,6 +123,8 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     daphne: subprocess.Popen[bytes] | None = None
     domain_name = ""
+    uri = URI
+    tls_host: Any = None
     try:
         from django.conf import settings
         from django.test import Client
@@ -142,7 +156,23 @@ def main() -> None:
             None if opts.get("countdown") else app.tasks[name](*args)
         )
         storage_pools_ensure()
-        host = hypervisor_register(name="bench", uri=URI)
+        host_name = "bench"
+        if options.tls:
+            from isard import tls
+            from tests.integration.test_multihost import SessionDaemon
+            from tests.integration.test_viewers_tls_hosts import TLS_HOST_PORTS, TlsHost
+
+            host_name = "bench-tls"
+            tls_host = TlsHost(host_name, SessionDaemon("isardvt-a", *TLS_HOST_PORTS[0]))
+            tls_host.daemon.prepare()
+            tls_host.configure(tls.pki_paths())
+            tls_host.daemon.kill_libvirtd()  # it reads qemu.conf when it starts
+            tls_host.daemon.start()
+            uri = tls_host.daemon.uri
+            logs = work / "storage" / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            logs.chmod(0o777)  # that daemon's user writes the serial log
+        host = hypervisor_register(name=host_name, uri=uri)
         host.accelerator, host.state = Accelerator.QEMU, HypervisorState.ONLINE
         host.save()
         hypervisor_refresh(hypervisor=host)
@@ -152,6 +182,10 @@ def main() -> None:
         owner = UserFactory.create(username="bench")
         desktop = desktop_create(actor=owner, template=template, name="viewed")
         domain_name = desktop.domain_name
+        if options.tls:
+            desktop.refresh_from_db()
+            assert desktop.disk is not None
+            os.chmod(desktop.disk.path, 0o666)  # qemu runs as that daemon's user
         desktop_start(actor=owner, desktop=Desktop.objects.get(pk=desktop.pk))
         desktop.refresh_from_db()
         log = serial_log_path(desktop)
@@ -160,9 +194,9 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the guest did not boot: {desktop.status_reason}")
             time.sleep(0.2)
-        vnc_port = libvirt_driver.graphics_ports(URI, domain_name).vnc_port
+        vnc_port = libvirt_driver.graphics_ports(uri, domain_name).vnc_port
         assert vnc_port is not None
-        if options.renice:
+        if options.renice and not options.tls:
             qemu_pid = int(Path(f"/run/libvirt/qemu/{domain_name}.pid").read_text())
             os.setpriority(os.PRIO_PROCESS, qemu_pid, -options.renice)
 
@@ -209,12 +243,29 @@ def main() -> None:
                 f"ws://127.0.0.1:{port}{access['path']}", cookie=cookie, origin=base
             )
             viewer = RfbClient(transport)
-            await viewer.handshake(access["password"])
+            await viewer.handshake("")  # the proxy signs in to QEMU with the password
             return viewer
 
         async def open_direct() -> RfbClient:
-            viewer = RfbClient(await TcpTransport.open("127.0.0.1", vnc_port))
-            await viewer.handshake(password)
+            if not options.tls:
+                viewer = RfbClient(await TcpTransport.open("127.0.0.1", vnc_port))
+                await viewer.handshake(password)
+                return viewer
+            from desktops.viewer_rfb import UpstreamTls, upstream_sign_in
+            from isard import tls
+
+            async def tls_settings() -> UpstreamTls:
+                context = await asyncio.to_thread(
+                    tls.viewer_proxy_tls_context, paths=tls.pki_paths()
+                )
+                return UpstreamTls(context=context, server_hostname="127.0.0.1")
+
+            reader, writer = await asyncio.open_connection("127.0.0.1", vnc_port, limit=1 << 20)
+            upstream = await upstream_sign_in(
+                reader, writer, password=password, tls=tls_settings, require_tls=True
+            )
+            viewer = RfbClient(TcpTransport(upstream.reader, upstream.writer))
+            await viewer.initialise()
             return viewer
 
         async def first_frame(open_viewer: Any) -> float:
@@ -265,6 +316,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "load_average_1min": round(load_before, 1),
             "reniced_by": options.renice,
+            "tls": options.tls,
             "runs": options.runs,
             "frames_per_round": options.frames,
             "rounds": options.rounds,
@@ -285,7 +337,8 @@ def main() -> None:
             + (f"; reniced by {options.renice}" if options.renice else "")
         )
         print()
-        print(f"| browser viewer, {options.runs} openings | median | p95 |")
+        over = " (display over VeNCrypt x509 TLS on both paths)" if options.tls else ""
+        print(f"| browser viewer, {options.runs} openings{over} | median | p95 |")
         print("| --- | --- | --- |")
         print(
             f"| open to first frame via HTTP + websocket proxy | "
@@ -293,7 +346,7 @@ def main() -> None:
             f"{report['open_to_first_frame_proxy_p95_ms']} ms |"
         )
         print(
-            f"| baseline: first frame over TCP straight to QEMU | "
+            f"| baseline: first frame over TCP{' + TLS' if options.tls else ''} straight to QEMU | "
             f"{report['first_frame_direct_median_ms']} ms | "
             f"{report['first_frame_direct_p95_ms']} ms |"
         )
@@ -320,7 +373,9 @@ def main() -> None:
         if domain_name:
             from hypervisors.drivers import libvirt_driver
 
-            libvirt_driver.undefine_domain(URI, domain_name)
+            libvirt_driver.undefine_domain(uri, domain_name)
+        if tls_host is not None:
+            tls_host.daemon.shut_down()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -28,6 +28,7 @@ from accounts.permissions import can_act_on_desktop, can_manage_course
 from accounts.quotas import QuotaChange, quota_check, quota_check_many, start_change
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
+from desktops.viewers import graphics_listen_address
 from hypervisors import qemu_img
 from hypervisors.choices import DiskStatus, PoolPurpose
 from hypervisors.drivers import libvirt_driver
@@ -330,6 +331,7 @@ def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
         spice=hardware.graphics_spice,
         vnc=hardware.graphics_vnc,
         graphics_password=desktop.graphics_password,
+        graphics_listen=graphics_listen_address(hypervisor),
         usb_redirect_devices=hardware.usb_redirect_devices if hardware.graphics_spice else 0,
         serial_log_path=str(serial_log_path(desktop)),
         metadata={"desktop": str(desktop.uuid), "owner": desktop.owner.get_username()},

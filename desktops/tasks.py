@@ -90,3 +90,11 @@ def purge_recycle_bin() -> int:
 @shared_task
 def recover_stuck_desktops() -> int:
     return services.desktops_recover_stuck()
+
+
+@shared_task
+def purge_viewer_tokens() -> int:
+    """Spent and expired viewer tokens: worthless, so dropped after their retention."""
+    from desktops.viewers import viewer_tokens_purge
+
+    return viewer_tokens_purge()

@@ -1,14 +1,19 @@
-"""The browser viewer's websocket: a byte pipe between noVNC and one desktop's VNC port.
+"""The browser viewer's websocket: noVNC on one side, one desktop's VNC port on the other.
 
 `/ws/viewer/<token>/` spends the token (`desktops.viewers.viewer_token_consume`), which
-names the only port this connection may reach. A refusal is sent as a websocket close
+names the only port this connection may reach. The proxy signs in to that display itself
+(`desktops.viewer_rfb`: VeNCrypt x509 TLS when offered, and required when the hop leaves
+this machine; then VNC authentication with the password only the server knows), greets
+the browser as a server that asks for no password, and from the browser's ClientInit on
+relays bytes unchanged. A refusal is sent as a websocket close
 code after accepting, so the page can say why (a refused handshake only shows the browser
 a failed connection). Daphne drops close reasons, so the reason comes first, as the
 connection's only text frame: `{"type": "refused", "code": ..., "message": ...}` (noVNC
 ignores text frames). The codes:
 
 - 4401 not signed in, 4403 the token is not this person's, expired or already used,
-- 4409 the desktop is not running or has no display, 4502 its screen does not answer.
+- 4409 the desktop is not running or has no display, 4502 its screen does not answer or
+  cannot be reached securely.
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from desktops.viewer_rfb import (
+    BrowserGreeting,
+    RfbHandshakeError,
+    RfbNotEncryptedError,
+    UpstreamTls,
+    upstream_sign_in,
+)
 from desktops.viewers import ViewerTarget, viewer_token_consume
+from isard import tls
 from isard.exceptions import (
     ApplicationError,
     ConflictError,
@@ -36,6 +49,8 @@ logger = logging.getLogger(__name__)
 #: so large reads keep the per-message cost of the proxy low; `read` returns what is there.
 READ_SIZE = 1 << 20
 CONNECT_TIMEOUT = 5.0
+#: The display's opening (TLS, authentication) must be over within this time.
+HANDSHAKE_TIMEOUT = 10.0
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REFUSED = 4403
@@ -63,8 +78,10 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
     # that is not configured.)
     channel_layer_alias = "viewer-proxy-uses-no-channel-layer"
     writer: asyncio.StreamWriter | None = None
+    reader: asyncio.StreamReader | None = None
     pump: asyncio.Task[None] | None = None
     target: ViewerTarget | None = None
+    greeting: BrowserGreeting | None = None
 
     def _subprotocol(self) -> str | None:
         # Old noVNC versions ask for "binary"; a browser drops a connection whose accepted
@@ -87,7 +104,7 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
             return
         target = self.target
         try:
-            reader, self.writer = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(target.host, target.port, limit=READ_SIZE),
                 timeout=CONNECT_TIMEOUT,
             )
@@ -101,15 +118,60 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
             )
             await self._refuse(CLOSE_UNREACHABLE, "The desktop's screen does not answer.")
             return
+        self.writer = writer
+
+        async def tls_for_display() -> UpstreamTls:
+            context = await asyncio.to_thread(tls.viewer_proxy_tls_context, paths=tls.pki_paths())
+            return UpstreamTls(context=context, server_hostname=target.host)
+
+        try:
+            upstream = await asyncio.wait_for(
+                upstream_sign_in(
+                    reader,
+                    writer,
+                    password=target.password,
+                    tls=tls_for_display,
+                    require_tls=target.require_tls,
+                ),
+                timeout=HANDSHAKE_TIMEOUT,
+            )
+        except (RfbHandshakeError, OSError, TimeoutError, ApplicationError) as error:
+            logger.warning(
+                "viewer of %s: cannot sign in to %s:%s: %s",
+                target.domain_name,
+                target.host,
+                target.port,
+                str(error) or type(error).__name__,  # a timeout has no message
+            )
+            await self._close_desktop_side()
+            if isinstance(error, ApplicationError):  # the platform's own TLS setup
+                message = (
+                    "The viewer's certificates are not set up yet: tell an administrator "
+                    "(`manage.py isard_certs`)."
+                )
+            elif isinstance(error, RfbNotEncryptedError):
+                message = (
+                    "The desktop's screen cannot be reached securely: its hypervisor has no "
+                    "TLS for viewers yet (an administrator runs `manage.py isard_certs "
+                    "--hypervisor`)."
+                )
+            else:
+                message = "The desktop's screen did not accept the viewer; try again."
+            await self._refuse(CLOSE_UNREACHABLE, message)
+            return
+        self.reader = upstream.reader
         await self.accept(subprotocol=self._subprotocol())
         logger.info(
-            "viewer of %s (user %s) connected to %s:%s",
+            "viewer of %s (user %s) connected to %s:%s (%s)",
             target.domain_name,
             target.user_id,
             target.host,
             target.port,
+            "TLS" if upstream.encrypted else "loopback, no TLS",
         )
-        self.pump = asyncio.create_task(self._pump_from_desktop(reader))
+        # The browser meets a server that needs no password: the proxy signed in already.
+        self.greeting = BrowserGreeting()
+        await self.send(bytes_data=BrowserGreeting.GREETING)
 
     async def _refuse(self, code: int, reason: str) -> None:
         await self.accept(subprotocol=self._subprotocol())
@@ -134,7 +196,26 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.writer is None:
             return
-        self.writer.write(bytes_data if bytes_data is not None else (text_data or "").encode())
+        data = bytes_data if bytes_data is not None else (text_data or "").encode()
+        greeting = self.greeting
+        if greeting is not None and not greeting.done:
+            try:
+                reply = greeting.feed(data)
+            except RfbHandshakeError as error:
+                logger.info("viewer: the browser's RFB opening failed: %s", error)
+                await self._close_desktop_side()
+                await self.close(code=1002)
+                return
+            if reply:
+                await self.send(bytes_data=reply)
+            if not greeting.done:
+                return
+            data = greeting.leftover
+            assert self.reader is not None
+            self.pump = asyncio.create_task(self._pump_from_desktop(self.reader))
+            if not data:
+                return
+        self.writer.write(data)
         await self.writer.drain()
 
     async def disconnect(self, code: Any) -> None:

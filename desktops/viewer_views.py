@@ -2,7 +2,8 @@
 
 Thin: each view loads the desktop and calls one service in `desktops.viewers`; refusals
 come back as the service's `ApplicationError` and are shown with its status code.
-Responses that carry a password or token are never cached.
+Responses that carry a token are never cached. No response carries the graphics password:
+the proxy signs in to the display itself.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
 from desktops.models import Desktop
-from desktops.viewers import BrowserViewerAccess, viewer_token_issue, viewer_vv_build
+from desktops.viewers import (
+    BrowserViewerAccess,
+    viewer_rdp_build,
+    viewer_token_issue,
+    viewer_vv_build,
+)
 from isard.exceptions import ApplicationError, NotFoundError
 
 
@@ -37,7 +43,6 @@ def _access_payload(access: BrowserViewerAccess) -> dict[str, object]:
         "desktop": access.desktop_id,
         "name": access.desktop_name,
         "path": access.websocket_path,
-        "password": access.password,
         "expires_at": access.expires_at.isoformat(),
     }
 
@@ -61,6 +66,7 @@ def viewer_page(request: HttpRequest, desktop_id: int) -> HttpResponse:
         "desktop_name": access.desktop_name,
         "token_url": reverse("desktop-viewer-token", args=[access.desktop_id]),
         "vv_url": reverse("desktop-viewer-vv", args=[access.desktop_id]),
+        "rdp_url": reverse("desktop-viewer-rdp", args=[access.desktop_id]),
     }
     return render(request, "desktops/viewer.html", context)
 
@@ -69,7 +75,7 @@ def viewer_page(request: HttpRequest, desktop_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def viewer_token(request: HttpRequest, desktop_id: int) -> JsonResponse:
-    """A new token (and the current password) for the viewer page to reconnect with."""
+    """A new token for the viewer page to reconnect with (to wherever the desktop runs now)."""
     try:
         access = viewer_token_issue(actor=_user(request), desktop=_desktop(desktop_id))
     except ApplicationError as error:
@@ -92,4 +98,20 @@ def viewer_vv(request: HttpRequest, desktop_id: int) -> HttpResponse:
         )
     response = HttpResponse(vv.content, content_type="application/x-virt-viewer")
     response["Content-Disposition"] = f'attachment; filename="{vv.filename}"'
+    return response
+
+
+@never_cache
+@login_required
+@require_GET
+def viewer_rdp(request: HttpRequest, desktop_id: int) -> HttpResponse:
+    """Download an `.rdp` file for a guest that reports its IP address (guest agent)."""
+    try:
+        rdp = viewer_rdp_build(actor=_user(request), desktop=_desktop(desktop_id))
+    except ApplicationError as error:
+        return HttpResponse(
+            error.message, status=error.status_code, content_type="text/plain; charset=utf-8"
+        )
+    response = HttpResponse(rdp.content, content_type="application/x-rdp")
+    response["Content-Disposition"] = f'attachment; filename="{rdp.filename}"'
     return response

@@ -1,9 +1,12 @@
 """Opening a desktop's screen: viewer tokens for the browser, `.vv` files for remote-viewer.
 
 Browser: the owner's viewer page gets a single-use token that lives a minute
-(`ISARD_VIEWER_TOKEN_SECONDS`) and the desktop's VNC password. noVNC opens
-`/ws/viewer/<token>/`; the proxy consumes the token (`viewer_token_consume`) and connects
-only to the VNC port of the desktop the token names, on its hypervisor.
+(`ISARD_VIEWER_TOKEN_SECONDS`). noVNC opens `/ws/viewer/<token>/`; the proxy consumes the
+token (`viewer_token_consume`) and connects only to the VNC port of the desktop the token
+names, on the hypervisor it runs on at that moment (so a reconnect follows a desktop that
+moved). The proxy signs in to that display itself with the desktop's VNC password, over
+TLS whenever the hop leaves this machine (`viewer_tls_required`), so the password never
+reaches a browser (`desktops.viewer_rfb`).
 
 Native client: `viewer_vv_build` sets a fresh SPICE password on the running guest that
 QEMU accepts for new connections only until its expiry (`ISARD_SPICE_TICKET_SECONDS`),
@@ -16,17 +19,21 @@ Every refusal raises an `ApplicationError` subclass with a message for the perso
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.permissions import can_act_on_desktop
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
 from hypervisors.drivers import libvirt_driver
@@ -38,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_SECONDS = 60
 DEFAULT_SPICE_TICKET_SECONDS = 120
+DEFAULT_TOKEN_RETENTION_SECONDS = 3600
+#: `ISARD_VIEWER_TLS`: "auto" encrypts the proxy's hop whenever it leaves this machine (and
+#: uses TLS on loopback too when the display offers it); "required" on every hop.
+VIEWER_TLS_MODES = ("auto", "required")
 WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
@@ -55,7 +66,6 @@ class BrowserViewerAccess:
 
     token: str
     expires_at: datetime
-    password: str
     websocket_path: str
     desktop_id: int
     desktop_name: str
@@ -63,13 +73,16 @@ class BrowserViewerAccess:
 
 @dataclass(frozen=True)
 class ViewerTarget:
-    """Where the proxy may connect: the graphics port of one desktop, nothing else."""
+    """Where the proxy may connect: the graphics port of one desktop, nothing else, and how
+    it signs in there (the password stays on the server)."""
 
     host: str
     port: int
     desktop_id: int
     domain_name: str
     user_id: int
+    password: str = field(default="", repr=False)
+    require_tls: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,13 @@ class VvFile:
     filename: str
     content: str
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class RdpFile:
+    filename: str
+    content: str
+    address: str
 
 
 def token_lifetime() -> timedelta:
@@ -105,26 +125,46 @@ def _refuse(
     client: str = "",
     error: type[ViewerRefusedError] | type[ViewerUnavailableError] = ViewerRefusedError,
 ) -> ViewerRefusedError | ViewerUnavailableError:
-    """Log a refusal (never the token itself) and return the error to raise."""
+    """Log a refusal (never the token itself), note it in the desktop's history, and return
+    the error to raise."""
+    username = getattr(user, "username", None) or "anonymous"
     logger.warning(
         "viewer refused (%s): user=%s desktop=%s client=%s: %s",
         reason,
-        getattr(user, "username", None) or "anonymous",
+        username,
         desktop.pk if desktop is not None else "-",
         client or "-",
         message,
     )
+    if desktop is not None:
+        DesktopEvent.objects.create(
+            desktop=desktop,
+            from_status=desktop.status,
+            to_status=desktop.status,
+            reason=f"viewer refused to {username} ({reason}) from {client or 'an unknown address'}",
+            actor=user if isinstance(user, User) else None,
+        )
     return error(message, extra={"reason": reason})
 
 
 def _check_viewable(
-    *, actor: User, desktop: Desktop, protocol: ViewerProtocol, client: str = ""
+    *, actor: User, desktop: Desktop, protocol: ViewerProtocol | None, client: str = ""
 ) -> Hypervisor:
-    """The checks every viewer path shares: the owner only, a running desktop, its display."""
+    """The checks every viewer path shares: the owner only, a running desktop, its display
+    (`protocol` None: a path that needs no display of the hypervisor's, such as RDP)."""
     if desktop.owner_id != actor.pk:
         raise _refuse(
             "not-owner",
             f"Only the owner of the desktop “{desktop.name}” may open its viewer.",
+            user=actor,
+            desktop=desktop,
+            client=client,
+        )
+    if not can_act_on_desktop(actor, desktop):
+        # The owner's own desktop, in a deployment the teacher has hidden for now.
+        raise _refuse(
+            "hidden",
+            f"Your teacher has hidden “{desktop.name}” for now.",
             user=actor,
             desktop=desktop,
             client=client,
@@ -139,6 +179,8 @@ def _check_viewable(
             client=client,
             error=ViewerUnavailableError,
         )
+    if protocol is None:
+        return desktop.hypervisor
     hardware = desktop.hardware
     has_display = (
         hardware.graphics_vnc if protocol == ViewerProtocol.BROWSER_VNC else hardware.graphics_spice
@@ -190,7 +232,6 @@ def viewer_token_issue(
     return BrowserViewerAccess(
         token=token,
         expires_at=expires_at,
-        password=desktop.graphics_password,
         websocket_path=websocket_path(token),
         desktop_id=desktop.pk,
         desktop_name=desktop.name,
@@ -277,6 +318,57 @@ def viewer_token_consume(
     return target
 
 
+def viewer_tokens_purge(*, now: datetime | None = None) -> int:
+    """Delete viewer tokens that can open nothing any more (expired or spent) once they are
+    older than `ISARD_VIEWER_TOKEN_RETENTION_SECONDS`; until then a reused token is told
+    "already used" rather than "not valid". Who opened what stays in the desktop's events.
+    """
+    now = now or timezone.now()
+    retention = getattr(
+        settings, "ISARD_VIEWER_TOKEN_RETENTION_SECONDS", DEFAULT_TOKEN_RETENTION_SECONDS
+    )
+    cutoff = now - timedelta(seconds=retention)
+    deleted, _ = ViewerToken.objects.filter(
+        Q(expires_at__lt=cutoff) | Q(used_at__lt=cutoff)
+    ).delete()
+    if deleted:
+        logger.info("purged %d viewer tokens", deleted)
+    return deleted
+
+
+def is_loopback(host: str) -> bool:
+    """Whether connecting to `host` stays on this machine."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def viewer_tls_required(*, host: str) -> bool:
+    """Must the proxy's hop to a display at `host` be encrypted? Always when it leaves this
+    machine; on loopback too with `ISARD_VIEWER_TLS = "required"`."""
+    mode = getattr(settings, "ISARD_VIEWER_TLS", "auto")
+    if mode not in VIEWER_TLS_MODES:
+        raise ImproperlyConfigured(
+            f"ISARD_VIEWER_TLS is {mode!r}; it must be one of {', '.join(VIEWER_TLS_MODES)}"
+        )
+    return mode == "required" or not is_loopback(host)
+
+
+def graphics_listen_address(hypervisor: Hypervisor) -> str:
+    """Where a guest's displays listen on its hypervisor (the domain XML's listen address).
+
+    Loopback when the hypervisor is this machine: the proxy is here too. Every address of
+    a remote hypervisor, whose displays the proxy reaches across the network, and only
+    over TLS (`viewer_tls_required`): such a host gets its certificates from
+    `isard_certs --hypervisor NAME --hostname <the host of its libvirt URI>` first.
+    """
+    host = urlsplit(hypervisor.uri).hostname
+    return "127.0.0.1" if not host or is_loopback(host) else "0.0.0.0"
+
+
 def graphics_host(*, hypervisor: Hypervisor, listen: str | None) -> str:
     """The address to reach a guest's display: its listen address, or its host's name."""
     if listen and listen not in WILDCARD_ADDRESSES:
@@ -300,12 +392,15 @@ def viewer_target(*, desktop: Desktop, hypervisor: Hypervisor, user: User) -> Vi
             desktop=desktop,
             error=ViewerUnavailableError,
         )
+    host = graphics_host(hypervisor=hypervisor, listen=ports.listen)
     return ViewerTarget(
-        host=graphics_host(hypervisor=hypervisor, listen=ports.listen),
+        host=host,
         port=ports.vnc_port,
         desktop_id=desktop.pk,
         domain_name=desktop.domain_name,
         user_id=user.pk,
+        password=desktop.graphics_password,
+        require_tls=viewer_tls_required(host=host),
     )
 
 
@@ -356,7 +451,9 @@ def viewer_vv_build(
             desktop=desktop,
             error=ViewerUnavailableError,
         )
-    host_certificate = tls.load_certificate(pki.host_cert)
+    host_certificate = tls.hypervisor_certificate(
+        paths=pki, hypervisor_name=hypervisor.name
+    ) or tls.load_certificate(pki.host_cert)
     if host_certificate is None:
         raise ViewerUnavailableError(
             "The platform has no host certificate yet: run `manage.py isard_certs`.",
@@ -409,3 +506,61 @@ def viewer_vv_build(
         "",
     ]
     return VvFile(filename=_vv_filename(desktop), content="\n".join(lines), expires_at=expires_at)
+
+
+# --- RDP: a .rdp file for guests that report an IP address ----------------------------------
+
+
+def viewer_rdp_build(*, actor: User, desktop: Desktop) -> RdpFile:
+    """An `.rdp` file for the owner's running desktop, at the address its guest reports.
+
+    Windows guests with the QEMU guest agent report their addresses; guests on a libvirt
+    network with DHCP have a lease. The file connects straight to the guest, so the
+    client must reach the guests' network, or go through the RD Gateway named in
+    `ISARD_RDP_GATEWAY`. The guest's own login applies: the file carries no password.
+    """
+    hypervisor = _check_viewable(actor=actor, desktop=desktop, protocol=None)
+    try:
+        addresses = libvirt_driver.domain_ip_addresses(hypervisor.uri, desktop.domain_name)
+    except libvirt_driver.DriverError as error:
+        raise InfrastructureError(
+            f"Could not ask {hypervisor.name} for the address of “{desktop.name}”: {error}"
+        ) from error
+    if not addresses:
+        raise _refuse(
+            "no-address",
+            f"The desktop “{desktop.name}” has not reported an IP address; is the guest "
+            "agent running?",
+            user=actor,
+            desktop=desktop,
+            error=ViewerUnavailableError,
+        )
+    # IPv4 first: it is what RDP clients on school networks reach most often.
+    chosen = sorted(addresses, key=lambda found: found.version)[0]
+    host = f"[{chosen.address}]" if chosen.version == 6 else chosen.address
+    lines = [
+        f"full address:s:{host}",
+        "screen mode id:i:2",
+        "use multimon:i:0",
+        "session bpp:i:32",
+        "prompt for credentials:i:1",
+        "authentication level:i:2",
+        "autoreconnection enabled:i:1",
+        "audiomode:i:0",
+        "redirectclipboard:i:1",
+        "redirectprinters:i:0",
+        "redirectsmartcards:i:0",
+        "drivestoredirect:s:",
+    ]
+    gateway = getattr(settings, "ISARD_RDP_GATEWAY", "")
+    if gateway:
+        lines += [
+            f"gatewayhostname:s:{gateway}",
+            "gatewayusagemethod:i:1",
+            "gatewayprofileusagemethod:i:1",
+            "gatewaycredentialssource:i:0",
+        ]
+    _record(desktop, f"RDP file issued for {chosen.address} ({chosen.source})", actor)
+    filename = _vv_filename(desktop).removesuffix(".vv") + ".rdp"
+    # RDP clients on Windows expect CRLF line ends.
+    return RdpFile(filename=filename, content="\r\n".join(lines) + "\r\n", address=chosen.address)

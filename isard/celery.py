@@ -37,4 +37,8 @@ app.conf.beat_schedule = {
         "task": "desktops.tasks.purge_recycle_bin",
         "schedule": 3600.0,
     },
+    "purge-viewer-tokens": {
+        "task": "desktops.tasks.purge_viewer_tokens",
+        "schedule": 600.0,
+    },
 }

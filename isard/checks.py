@@ -82,3 +82,18 @@ def check_accelerator_setting(app_configs: Any = None, **kwargs: Any) -> list[Er
             )
         ]
     return []
+
+
+@register(TAG, deploy=True)
+def check_viewer_tls_setting(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    from desktops.viewers import VIEWER_TLS_MODES
+
+    if settings.ISARD_VIEWER_TLS not in VIEWER_TLS_MODES:
+        return [
+            Error(
+                f"ISARD_VIEWER_TLS={settings.ISARD_VIEWER_TLS!r} is not one of "
+                f"{', '.join(VIEWER_TLS_MODES)}.",
+                id="isard.E050",
+            )
+        ]
+    return []

@@ -145,6 +145,11 @@ ISARD_RECYCLE_RETENTION_DAYS = env.int("ISARD_RECYCLE_RETENTION_DAYS", default=7
 # Viewers: a viewer token is single-use and lives this long; a .vv file's SPICE password too.
 ISARD_VIEWER_TOKEN_SECONDS = env.int("ISARD_VIEWER_TOKEN_SECONDS", default=60)
 ISARD_SPICE_TICKET_SECONDS = env.int("ISARD_SPICE_TICKET_SECONDS", default=120)
+ISARD_VIEWER_TOKEN_RETENTION_SECONDS = env.int("ISARD_VIEWER_TOKEN_RETENTION_SECONDS", default=3600)
+# The proxy's hop to a desktop's VNC: TLS whenever it leaves this machine ("auto"), or always.
+ISARD_VIEWER_TLS = env.str("ISARD_VIEWER_TLS", default="auto")
+# An RD Gateway that .rdp files go through to reach the guests' network (blank: direct).
+ISARD_RDP_GATEWAY = env.str("ISARD_RDP_GATEWAY", default="")
 # The platform's own CA and host certificate (HTTPS, wss, SPICE TLS); `isard_certs` rotates.
 ISARD_PKI_DIR = Path(env.str("ISARD_PKI_DIR", default=str(VAR_DIR / "pki")))
 # Names the host certificate is valid for, besides this machine's name and localhost.

@@ -19,6 +19,7 @@ guest start, so rotating certificates needs no restart.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import grp
 import ipaddress
 import logging
@@ -26,6 +27,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -52,6 +54,9 @@ RSA_KEY_SIZE = 3072
 ORGANIZATION = "isard"
 
 LIBVIRT_SPICE_DIR = Path("/etc/pki/libvirt-spice")
+LIBVIRT_VNC_DIR = Path("/etc/pki/libvirt-vnc")
+#: The common name of the certificate the viewer proxy shows to hypervisors' VNC servers.
+PROXY_CLIENT_NAME = "isard-viewer-proxy"
 LIBVIRT_QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 #: Groups that QEMU runs in on Debian (libvirt-qemu) and Fedora (qemu): the key is theirs.
 QEMU_GROUPS = ("libvirt-qemu", "qemu")
@@ -86,6 +91,19 @@ class PkiPaths:
     @property
     def host_cert(self) -> Path:
         return self.directory / "server-cert.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.directory / "client-key.pem"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.directory / "client-cert.pem"
+
+    def hypervisor_cert(self, hypervisor_name: str) -> Path:
+        """The host certificate issued to a remote hypervisor (`isard_certs --hypervisor`)."""
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", hypervisor_name) or "_"
+        return self.directory / "hypervisors" / safe / "server-cert.pem"
 
 
 @dataclass(frozen=True)
@@ -259,8 +277,20 @@ def _san(names: HostNames) -> x509.SubjectAlternativeName:
 
 def host_certificate_issue(*, paths: PkiPaths, names: HostNames) -> x509.Certificate:
     """Issue a new host certificate (and key) signed by the current CA."""
+    certificate, key = _issue_leaf(paths=paths, names=names)
+    _write(paths.host_key, _key_pem(key), 0o600)
+    _write(paths.host_cert, _cert_pem(certificate), 0o644)
+    logger.info("issued a host certificate for %s", ", ".join(names.dns))
+    return certificate
+
+
+def _issue_leaf(
+    *, paths: PkiPaths, names: HostNames, client: bool = False
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A certificate signed by the current CA: a server's for `names`, or with `client`
+    the viewer proxy's, which it shows to hypervisors that check their clients."""
     if not names.dns:
-        raise TlsSetupError("a host certificate needs at least one DNS name")
+        raise TlsSetupError("a certificate needs at least one DNS name")
     ca_certificate = ca_ensure(paths=paths)
     ca_key = _load_key(paths.ca_key)
     key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_SIZE)
@@ -271,6 +301,7 @@ def host_certificate_issue(*, paths: PkiPaths, names: HostNames) -> x509.Certifi
             x509.NameAttribute(NameOID.COMMON_NAME, names.dns[0]),
         ]
     )
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     not_after = min(now + HOST_VALIDITY, ca_certificate.not_valid_after_utc)
     certificate = (
         x509.CertificateBuilder()
@@ -282,7 +313,7 @@ def host_certificate_issue(*, paths: PkiPaths, names: HostNames) -> x509.Certifi
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            # QEMU's TLS code insists on both usages for a server certificate.
+            # QEMU's TLS code insists on both usages for a server (and client) certificate.
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
@@ -296,7 +327,7 @@ def host_certificate_issue(*, paths: PkiPaths, names: HostNames) -> x509.Certifi
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(_san(names), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
@@ -304,10 +335,7 @@ def host_certificate_issue(*, paths: PkiPaths, names: HostNames) -> x509.Certifi
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write(paths.host_key, _key_pem(key), 0o600)
-    _write(paths.host_cert, _cert_pem(certificate), 0o644)
-    logger.info("issued a host certificate for %s", ", ".join(names.dns))
-    return certificate
+    return certificate, key
 
 
 def _names_of(certificate: x509.Certificate) -> tuple[set[str], set[str]]:
@@ -339,6 +367,17 @@ def host_certificate_problem(*, paths: PkiPaths, names: HostNames) -> str:
     if not set(names.dns) <= dns or not wanted_addresses <= addresses:
         return "the host certificate does not cover every name of this host"
     return ""
+
+
+def _signed_by_current_ca(certificate: x509.Certificate, paths: PkiPaths) -> bool:
+    ca_certificate = load_certificate(paths.ca_cert)
+    if ca_certificate is None or certificate.issuer != ca_certificate.subject:
+        return False
+    try:
+        certificate.verify_directly_issued_by(ca_certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def host_certificate_ensure(*, paths: PkiPaths, names: HostNames | None = None) -> x509.Certificate:
@@ -514,3 +553,217 @@ def local_spice_tls_ensure(
     paths = paths or pki_paths()
     host_certificate_ensure(paths=paths, names=names)
     return libvirt_spice_install(paths=paths, restart=libvirtd_restart if restart else None)
+
+
+# --- the viewer proxy's hop to remote hypervisors: VNC over TLS (VeNCrypt x509) -------------------
+
+
+def client_certificate_ensure(*, paths: PkiPaths) -> x509.Certificate:
+    """The viewer proxy's client certificate, issued on first use, after a CA rotation and a
+    month before it expires. Hypervisors set up with `vnc_tls_x509_verify = 1` accept TLS
+    only from holders of a certificate of the platform CA, so a student who reaches a
+    hypervisor's VNC port directly cannot even start the handshake.
+
+    Never creates the CA: a proxy that made its own would trust nothing the hypervisors
+    hold. Several processes may get here at once; a lock keeps key and certificate a pair.
+    """
+    if load_certificate(paths.ca_cert) is None or not paths.ca_key.exists():
+        raise TlsSetupError(f"no CA in {paths.directory}: run manage.py isard_certs")
+    paths.directory.mkdir(parents=True, exist_ok=True)
+    with open(paths.directory / ".client-cert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        certificate = load_certificate(paths.client_cert)
+        if (
+            certificate is not None
+            and paths.client_key.exists()
+            and _signed_by_current_ca(certificate, paths)
+            and certificate.not_valid_after_utc - _now() > HOST_RENEW_BEFORE
+        ):
+            return certificate
+        certificate, key = _issue_leaf(
+            paths=paths, names=HostNames(dns=(PROXY_CLIENT_NAME,), addresses=()), client=True
+        )
+        _write(paths.client_key, _key_pem(key), 0o600)
+        _write(paths.client_cert, _cert_pem(certificate), 0o644)
+    logger.info("issued the viewer proxy's client certificate")
+    return certificate
+
+
+def viewer_proxy_tls_context(*, paths: PkiPaths) -> ssl.SSLContext:
+    """How the proxy opens TLS to a hypervisor's VNC server: it trusts the platform CA (and
+    the previous one until it expires), checks the host's name, and shows its own client
+    certificate."""
+    client_certificate_ensure(paths=paths)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_bundle_pem(paths=paths))
+    try:
+        context.load_cert_chain(paths.client_cert, paths.client_key)
+    except (OSError, ssl.SSLError) as error:
+        raise TlsSetupError(
+            f"cannot load the viewer proxy's client certificate: {error}"
+        ) from error
+    return context
+
+
+def hypervisor_certificate(*, paths: PkiPaths, hypervisor_name: str) -> x509.Certificate | None:
+    """The certificate issued to a remote hypervisor, if any (else it uses the platform's)."""
+    return load_certificate(paths.hypervisor_cert(hypervisor_name))
+
+
+@dataclass(frozen=True)
+class HypervisorTlsFiles:
+    """What a hypervisor's libvirt needs in its VNC and SPICE certificate directories."""
+
+    ca_cert: bytes
+    server_cert: bytes
+    server_key: bytes
+    certificate: x509.Certificate
+
+
+def platform_host_tls_files(*, paths: PkiPaths) -> HypervisorTlsFiles:
+    """This host's own certificate as a hypervisor's files (for VNC TLS on the local host)."""
+    certificate = load_certificate(paths.host_cert)
+    if certificate is None or not paths.host_key.exists():
+        raise TlsSetupError(f"no host certificate in {paths.directory}: run manage.py isard_certs")
+    return HypervisorTlsFiles(
+        ca_cert=ca_bundle_pem(paths=paths).encode(),
+        server_cert=_cert_pem(certificate),
+        server_key=paths.host_key.read_bytes(),
+        certificate=certificate,
+    )
+
+
+def hypervisor_certificate_issue(
+    *, paths: PkiPaths, hypervisor_name: str, names: HostNames
+) -> HypervisorTlsFiles:
+    """A host certificate for another hypervisor, valid for the names the proxy and SPICE
+    clients use to reach its guests' displays. The platform keeps only the certificate
+    (for the host subject of `.vv` files); the key leaves with the returned files."""
+    certificate, key = _issue_leaf(paths=paths, names=names)
+    _write(paths.hypervisor_cert(hypervisor_name), _cert_pem(certificate), 0o644)
+    logger.info("issued a host certificate for hypervisor %s (%s)", hypervisor_name, names.dns)
+    return HypervisorTlsFiles(
+        # The whole bundle: clients' certificates may come from the previous CA for a while.
+        ca_cert=ca_bundle_pem(paths=paths).encode(),
+        server_cert=_cert_pem(certificate),
+        server_key=_key_pem(key),
+        certificate=certificate,
+    )
+
+
+def qemu_conf_with(text: str, values: dict[str, str]) -> str:
+    """`qemu.conf` text with each key set to its value: the first line that sets it (or a
+    commented-out example of it) is replaced, else the setting is appended."""
+    appended: list[str] = []
+    for key, value in values.items():
+        line = f"{key} = {value}"
+        pattern = re.compile(rf"^\s*#?\s*{re.escape(key)}\s*=.*$", re.MULTILINE)
+        if re.search(rf"^\s*{re.escape(key)}\s*=\s*{re.escape(value)}\s*$", text, re.MULTILINE):
+            continue
+        if pattern.search(text):
+            text = pattern.sub(line, text, count=1)
+        else:
+            appended.append(line)
+    if appended:
+        text = text.rstrip("\n") + "\n\n# Set by isard (manage.py isard_certs).\n"
+        text += "\n".join(appended) + "\n"
+    return text
+
+
+def graphics_tls_settings(
+    *, vnc_dir: Path | None, spice_dir: Path | None, verify_clients: bool = True
+) -> dict[str, str]:
+    """The `qemu.conf` settings for VNC (VeNCrypt x509) and SPICE over TLS."""
+    values: dict[str, str] = {}
+    if vnc_dir is not None:
+        values["vnc_tls"] = "1"
+        values["vnc_tls_x509_cert_dir"] = f'"{vnc_dir}"'
+        values["vnc_tls_x509_verify"] = "1" if verify_clients else "0"
+    if spice_dir is not None:
+        values["spice_tls"] = "1"
+        values["spice_tls_x509_cert_dir"] = f'"{spice_dir}"'
+    return values
+
+
+def hypervisor_tls_install(
+    *,
+    files: HypervisorTlsFiles,
+    qemu_conf: Path,
+    vnc_dir: Path | None = LIBVIRT_VNC_DIR,
+    spice_dir: Path | None = LIBVIRT_SPICE_DIR,
+    owner: tuple[int, int] | None = None,
+    restart: Callable[[], None] | None = None,
+) -> LibvirtSpiceResult:
+    """Put a hypervisor's certificates where its libvirt reads them and turn on VNC and
+    SPICE TLS in its `qemu.conf` (on that machine, or on a daemon of this one).
+
+    `owner` (uid, gid) owns the files: QEMU runs as that user and reads the key when a
+    guest starts. Certificates go in first, so no guest ever starts with TLS on and no
+    certificate. `restart` is called only when `qemu.conf` changed; QEMU reads the files at
+    every guest start, so a new certificate needs no restart.
+    """
+    result = LibvirtSpiceResult()
+    try:
+        for directory in (vnc_dir, spice_dir):
+            if directory is None:
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
+            for name, data, mode in (
+                ("ca-cert.pem", files.ca_cert, 0o644),
+                ("server-cert.pem", files.server_cert, 0o644),
+                ("server-key.pem", files.server_key, 0o600 if owner else 0o640),
+            ):
+                target = directory / name
+                if _install_file(target, data, mode, None):
+                    result.files_changed.append(str(target))
+                if owner is not None:
+                    os.chown(target, *owner)
+                elif name == "server-key.pem" and os.geteuid() == 0:
+                    group = _qemu_group()
+                    if group is not None:
+                        os.chown(target, 0, group)
+        text = qemu_conf.read_text() if qemu_conf.exists() else ""
+        updated = qemu_conf_with(text, graphics_tls_settings(vnc_dir=vnc_dir, spice_dir=spice_dir))
+        if updated != text:
+            _write(qemu_conf, updated.encode(), 0o644)
+            if owner is not None:
+                os.chown(qemu_conf, *owner)
+            result.config_changed = True
+    except OSError as error:
+        raise TlsSetupError(
+            f"cannot configure libvirt's graphics TLS ({vnc_dir}, {spice_dir}, {qemu_conf}): "
+            f"{error}"
+        ) from error
+    if result.config_changed and restart is not None:
+        restart()
+        result.restarted = True
+    return result
+
+
+def hypervisor_tls_bundle_write(*, files: HypervisorTlsFiles, directory: Path) -> list[Path]:
+    """The files to copy to a remote hypervisor, with the `qemu.conf` lines it needs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data, mode in (
+        ("ca-cert.pem", files.ca_cert, 0o644),
+        ("server-cert.pem", files.server_cert, 0o644),
+        ("server-key.pem", files.server_key, 0o600),
+    ):
+        _write(directory / name, data, mode)
+        written.append(directory / name)
+    settings_text = "\n".join(
+        f"{key} = {value}"
+        for key, value in graphics_tls_settings(
+            vnc_dir=LIBVIRT_VNC_DIR, spice_dir=LIBVIRT_SPICE_DIR
+        ).items()
+    )
+    readme = (
+        "# Copy ca-cert.pem, server-cert.pem and server-key.pem to both\n"
+        f"# {LIBVIRT_VNC_DIR} and {LIBVIRT_SPICE_DIR} on the hypervisor (the key readable by\n"
+        "# the group QEMU runs in: libvirt-qemu on Debian), add these lines to\n"
+        "# /etc/libvirt/qemu.conf and restart libvirtd; then restart its desktops.\n"
+        f"{settings_text}\n"
+    )
+    _write(directory / "qemu.conf.isard", readme.encode(), 0o644)
+    written.append(directory / "qemu.conf.isard")
+    return written

@@ -67,4 +67,9 @@ urlpatterns += [
         viewer_views.viewer_vv,
         name="desktop-viewer-vv",
     ),
+    path(
+        "desktops/<int:desktop_id>/viewer.rdp",
+        viewer_views.viewer_rdp,
+        name="desktop-viewer-rdp",
+    ),
 ]

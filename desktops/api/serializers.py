@@ -79,12 +79,11 @@ class DesktopEventSerializer(serializers.ModelSerializer[DesktopEvent]):
 
 
 class ViewerAccessSerializer(serializers.Serializer[Any]):
-    """Opens the browser viewer: connect noVNC to `path` with `password`, once, soon."""
+    """Opens the browser viewer: connect noVNC to `path` (no password needed), once, soon."""
 
     desktop = serializers.IntegerField()
     name = serializers.CharField()
     path = serializers.CharField(help_text="The websocket path; the token in it works once.")
-    password = serializers.CharField(help_text="The desktop's VNC password.")
     expires_at = serializers.DateTimeField()
 
 

@@ -209,13 +209,16 @@ class DesktopViewSet(
     @extend_schema(request=None, responses={200: ViewerAccessSerializer})
     @action(detail=True, methods=["post"])
     def viewer(self, request: Request, pk: str | None = None) -> Response:
-        """A single-use token and the password for the browser viewer (owner only)."""
+        """A single-use token for the browser viewer (owner only).
+
+        The proxy signs in to the desktop's display itself, so no password is handed out:
+        a noVNC client connects to `path` with no password.
+        """
         access = viewers.viewer_token_issue(actor=request_user(request), desktop=self.get_object())
         body = {
             "desktop": access.desktop_id,
             "name": access.desktop_name,
             "path": access.websocket_path,
-            "password": access.password,
             "expires_at": access.expires_at,
         }
         response = Response(ViewerAccessSerializer(body).data)

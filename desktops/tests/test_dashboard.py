@@ -261,6 +261,8 @@ def test_a_hidden_deployment_disappears_from_the_students_dashboard_and_actions(
     client = client_for(student)
     assert f'id="desktop-{desktop.pk}"' not in client.get("/").content.decode()
     assert client.post(f"/desktops/{desktop.pk}/start/", headers=JSON).status_code == 404
+    refused = client.get(f"/desktops/{desktop.pk}/viewer/")
+    assert refused.status_code == 403 and "hidden" in refused.content.decode()
     # The teacher still reaches it from the course page.
     assert (
         f'id="desktop-{desktop.pk}"'

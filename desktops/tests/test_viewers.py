@@ -21,6 +21,7 @@ from desktops.viewers import (
     ViewerUnavailableError,
     graphics_host,
     hash_token,
+    viewer_tls_required,
     viewer_token_consume,
     viewer_token_issue,
     viewer_vv_build,
@@ -81,11 +82,11 @@ def vnc_port(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 # --- issuing --------------------------------------------------------------------------------
 
 
-def test_owner_gets_a_single_use_token_and_the_password_of_their_running_desktop(
+def test_owner_gets_a_single_use_token_for_their_running_desktop_but_never_its_password(
     ana: Any, anas_desktop: Desktop
 ) -> None:
     access = viewer_token_issue(actor=ana, desktop=anas_desktop)
-    assert access.password == PASSWORD
+    assert PASSWORD not in repr(access)
     assert access.websocket_path == f"/ws/viewer/{access.token}/"
     record = ViewerToken.objects.get()
     # Only a hash is stored: the database alone opens no screen.
@@ -254,14 +255,15 @@ def client_for(user: Any) -> Client:
     return client
 
 
-def test_viewer_page_gives_the_owner_a_fresh_token_and_the_password_uncached(
+def test_viewer_page_gives_the_owner_a_fresh_token_uncached_and_no_password(
     ana: Any, anas_desktop: Desktop
 ) -> None:
     response = client_for(ana).get(reverse("desktop-viewer", args=[anas_desktop.pk]))
     assert response.status_code == 200
     body = response.content.decode()
     record = ViewerToken.objects.get()
-    assert PASSWORD in body
+    # The proxy signs in to the screen itself: the owner's browser never holds the password.
+    assert PASSWORD not in body
     assert "/ws/viewer/" in body and "vendor/novnc/core/rfb.js" in body
     assert "no-store" in response["Cache-Control"]
     assert record.user == ana and record.desktop == anas_desktop
@@ -303,7 +305,8 @@ def test_reconnect_endpoint_issues_a_new_token_to_the_owner_only(
     assert client_for(ana).get(url).status_code == 405
     first = client_for(ana).post(url).json()
     second = client_for(ana).post(url).json()
-    assert first["path"] != second["path"] and first["password"] == PASSWORD
+    assert first["path"] != second["path"]
+    assert "password" not in first and PASSWORD not in str(first)
     refused = client_for(ben).post(url)
     assert refused.status_code == 403
     assert refused.json()["extra"]["reason"] == "not-owner"
@@ -411,3 +414,189 @@ def test_vv_file_explains_when_the_hypervisor_has_no_spice_tls(
     with pytest.raises(ViewerUnavailableError, match="isard_certs --install-libvirt"):
         viewer_vv_build(actor=ana, desktop=anas_desktop)
     assert spice_passwords == []
+
+
+# --- refusals are logged and noted in the desktop's history ----------------------------------
+
+
+def _reuse(ana: Any, ben: Any, desktop: Desktop) -> tuple[str, Any, dict[str, Any]]:
+    token = viewer_token_issue(actor=ana, desktop=desktop).token
+    viewer_token_consume(token=token, user=ana)
+    return token, ana, {}
+
+
+def _another_user(ana: Any, ben: Any, desktop: Desktop) -> tuple[str, Any, dict[str, Any]]:
+    return viewer_token_issue(actor=ana, desktop=desktop).token, ben, {}
+
+
+def _expired(ana: Any, ben: Any, desktop: Desktop) -> tuple[str, Any, dict[str, Any]]:
+    access = viewer_token_issue(actor=ana, desktop=desktop)
+    return access.token, ana, {"now": access.expires_at + timedelta(seconds=1)}
+
+
+def _stopped(ana: Any, ben: Any, desktop: Desktop) -> tuple[str, Any, dict[str, Any]]:
+    token = viewer_token_issue(actor=ana, desktop=desktop).token
+    Desktop.objects.filter(pk=desktop.pk).update(status=DesktopStatus.STOPPED)
+    return token, ana, {}
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "who"),
+    [
+        (_another_user, "other-user", "ben"),
+        (_expired, "expired", "ana"),
+        (_reuse, "used", "ana"),
+        (_stopped, "not-running", "ana"),
+    ],
+)
+def test_every_refused_token_is_logged_and_noted_on_the_desktop(
+    ana: Any,
+    ben: Any,
+    anas_desktop: Desktop,
+    vnc_port: list[Any],
+    caplog: pytest.LogCaptureFixture,
+    case: Any,
+    reason: str,
+    who: str,
+) -> None:
+    token, user, options = case(ana, ben, anas_desktop)
+    with (
+        caplog.at_level(logging.WARNING, logger="desktops.viewers"),
+        pytest.raises((ViewerRefusedError, ViewerUnavailableError)) as refused,
+    ):
+        viewer_token_consume(token=token, user=user, client="192.0.2.7:4000", **options)
+    assert refused.value.extra["reason"] == reason
+    [record] = [r for r in caplog.records if r.name == "desktops.viewers"]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert f"viewer refused ({reason}): user={who} desktop={anas_desktop.pk}" in message
+    assert "client=192.0.2.7:4000" in message and token not in message
+    event = DesktopEvent.objects.filter(desktop=anas_desktop, reason__startswith="viewer refused")
+    assert [e.reason for e in event] == [f"viewer refused to {who} ({reason}) from 192.0.2.7:4000"]
+
+
+# --- the hop to the display: TLS whenever it leaves this machine ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "mode", "required"),
+    [
+        ("127.0.0.1", "auto", False),
+        ("127.0.1.1", "auto", False),
+        ("::1", "auto", False),
+        ("localhost", "auto", False),
+        ("10.0.0.5", "auto", True),
+        ("hv2.school.example", "auto", True),
+        ("127.0.0.1", "required", True),
+    ],
+)
+def test_the_proxy_needs_tls_to_any_display_beyond_this_machine(
+    host: str, mode: str, required: bool, settings: Any
+) -> None:
+    settings.ISARD_VIEWER_TLS = mode
+    assert viewer_tls_required(host=host) is required
+
+
+def test_a_mistyped_tls_mode_is_a_configuration_error(settings: Any) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from isard.checks import check_viewer_tls_setting
+
+    settings.ISARD_VIEWER_TLS = "yes"
+    with pytest.raises(ImproperlyConfigured, match="ISARD_VIEWER_TLS"):
+        viewer_tls_required(host="10.0.0.5")
+    assert [error.id for error in check_viewer_tls_setting()] == ["isard.E050"]
+
+
+def test_the_target_carries_the_password_and_tls_need_for_the_proxy_only(
+    ana: Any, anas_desktop: Desktop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        libvirt_driver,
+        "graphics_ports",
+        lambda uri, name: libvirt_driver.GraphicsPorts(None, 5901, 5900, "10.1.2.3"),
+    )
+    access = viewer_token_issue(actor=ana, desktop=anas_desktop)
+    target = viewer_token_consume(token=access.token, user=ana)
+    assert (target.host, target.port, target.require_tls) == ("10.1.2.3", 5900, True)
+    assert target.password == PASSWORD and PASSWORD not in repr(target)
+
+
+# --- purging spent and expired tokens ---------------------------------------------------------
+
+
+def test_the_purge_drops_tokens_that_can_open_nothing_once_past_their_retention(
+    ana: Any, anas_desktop: Desktop, settings: Any
+) -> None:
+    settings.ISARD_VIEWER_TOKEN_RETENTION_SECONDS = 3600
+    now = timezone.now()
+
+    def token(created_ago: timedelta, used: bool) -> ViewerToken:
+        created = now - created_ago
+        return ViewerToken.objects.create(
+            key_hash=hash_token(f"{created_ago}-{used}"),
+            user=ana,
+            desktop=anas_desktop,
+            protocol=ViewerProtocol.BROWSER_VNC,
+            created_at=created,
+            expires_at=created + timedelta(seconds=60),
+            used_at=created + timedelta(seconds=1) if used else None,
+        )
+
+    fresh = token(timedelta(seconds=10), used=False)
+    recently_used = token(timedelta(minutes=30), used=True)
+    recently_expired = token(timedelta(minutes=30), used=False)
+    token(timedelta(hours=2), used=True)
+    token(timedelta(hours=2), used=False)
+    token(timedelta(days=3), used=False)
+
+    from desktops.tasks import purge_viewer_tokens
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timezone, "now", lambda: now)
+        assert purge_viewer_tokens() == 3
+        assert purge_viewer_tokens() == 0
+    assert set(ViewerToken.objects.all()) == {fresh, recently_used, recently_expired}
+
+
+def test_the_purge_runs_on_the_beat_schedule() -> None:
+    from isard.celery import app
+
+    app.loader.import_default_modules()
+    entries = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert "desktops.tasks.purge_viewer_tokens" in entries
+    assert "desktops.tasks.purge_viewer_tokens" in app.tasks
+
+
+@pytest.mark.parametrize(
+    ("uri", "listen"),
+    [
+        ("qemu:///system", "127.0.0.1"),
+        ("qemu+unix:///session?socket=/run/user/1000/libvirt/libvirt-sock", "127.0.0.1"),
+        ("qemu+ssh://localhost/system", "127.0.0.1"),
+        ("qemu+tls://hv2.school.example/system", "0.0.0.0"),
+        ("qemu+ssh://root@10.0.0.9/system", "0.0.0.0"),
+    ],
+)
+def test_displays_listen_on_loopback_here_and_for_the_proxy_on_remote_hosts(
+    uri: str, listen: str
+) -> None:
+    from desktops.viewers import graphics_listen_address
+
+    hypervisor = HypervisorFactory.build(uri=uri)
+    assert graphics_listen_address(hypervisor) == listen
+    # The proxy then connects to the host of the URI, where TLS is required.
+    host = graphics_host(hypervisor=hypervisor, listen=listen)
+    assert viewer_tls_required(host=host) is (listen == "0.0.0.0")
+
+
+def test_the_domain_of_a_desktop_on_a_remote_host_listens_where_the_proxy_reaches_it(
+    run: Any, test_hypervisor: Any, base_template: Any, ana: Any
+) -> None:
+    from desktops import services
+
+    desktop = run(services.desktop_create, actor=ana, template=base_template, name="Remote")
+    desktop.refresh_from_db()
+    remote = HypervisorFactory.build(uri="qemu+tls://hv2.school.example/system")
+    assert services.desktop_domain_spec(desktop, remote).graphics_listen == "0.0.0.0"
+    assert services.desktop_domain_spec(desktop, test_hypervisor).graphics_listen == "127.0.0.1"

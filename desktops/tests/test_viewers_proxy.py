@@ -1,9 +1,17 @@
-"""The viewer websocket proxy, through the real route, against a local stand-in VNC server."""
+"""The viewer websocket proxy, through the real route, against a local stand-in VNC server.
+
+The stand-in asks for VNC authentication like QEMU without TLS (on loopback the proxy may
+use it); after it the stand-in echoes every byte back. The proxy must sign in with the
+desktop's password itself and greet the browser with security type None. The real QEMU,
+with and without TLS, is in tests/integration/test_viewers*.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +33,7 @@ from desktops.viewer_consumers import (
     CLOSE_UNAVAILABLE,
     CLOSE_UNREACHABLE,
 )
+from desktops.viewer_rfb import vnc_auth_response
 from desktops.viewers import viewer_token_issue
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
@@ -34,14 +43,19 @@ from templates_app.tests.factories import HardwareProfileFactory
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 GREETING = b"RFB 003.008\n"
+PASSWORD = "12345678"
 
 
 @dataclass
 class StandInVnc:
-    """Greets like a VNC server, then echoes every byte back; counts its connections."""
+    """Asks for VNC authentication, then echoes every byte back; counts what it saw."""
 
     port: int = 0
     connections: int = 0
+    password: str = PASSWORD
+    authenticated: int = 0
+    auth_attempts: int = 0
+    versions: list[bytes] = field(default_factory=list)
     received: bytearray = field(default_factory=bytearray)
 
 
@@ -51,20 +65,52 @@ async def vnc_server() -> AsyncIterator[StandInVnc]:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         state.connections += 1
-        writer.write(GREETING)
-        await writer.drain()
-        while data := await reader.read(65536):
-            state.received += data
-            writer.write(data)
+        try:
+            writer.write(GREETING)
+            state.versions.append(await reader.readexactly(12))
+            writer.write(b"\x01\x02")  # one security type: VNC authentication
+            assert await reader.readexactly(1) == b"\x02"
+            challenge = os.urandom(16)
+            writer.write(challenge)
+            response = await reader.readexactly(16)
+            state.auth_attempts += 1
+            if response != vnc_auth_response(state.password, challenge):
+                writer.write(
+                    struct.pack(">I", 1) + struct.pack(">I", 21) + b"Authentication failed"
+                )
+                await writer.drain()
+                return
+            state.authenticated += 1
+            writer.write(struct.pack(">I", 0))
             await writer.drain()
-        writer.close()
-        await writer.wait_closed()
+            while data := await reader.read(65536):
+                state.received += data
+                writer.write(data)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+            await writer.wait_closed()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     state.port = server.sockets[0].getsockname()[1]
     yield state
     server.close()
     await server.wait_closed()
+
+
+async def browser_opening(connection: Any, version: bytes = GREETING) -> None:
+    """What noVNC does first: the proxy greets it as a server that asks for no password."""
+    assert await connection.receive_from(timeout=5) == GREETING
+    await connection.send_to(bytes_data=version)
+    if version == b"RFB 003.003\n":
+        assert await connection.receive_from(timeout=2) == struct.pack(">I", 1)
+        return
+    assert await connection.receive_from(timeout=2) == b"\x01\x01"  # one type: None
+    await connection.send_to(bytes_data=b"\x01")
+    if version == GREETING:
+        assert await connection.receive_from(timeout=2) == struct.pack(">I", 0)
 
 
 @pytest.fixture
@@ -89,7 +135,7 @@ def student_with_desktop(status: DesktopStatus = DesktopStatus.STARTED) -> tuple
         hardware=HardwareProfileFactory.create(),
         status=status,
         hypervisor=HypervisorFactory.create(),
-        graphics_password="12345678",
+        graphics_password=PASSWORD,
     )
     return owner, desktop
 
@@ -132,16 +178,89 @@ async def test_the_owner_gets_a_byte_pipe_to_the_desktops_vnc_port(
     connection = communicator(owner, await issue(owner, desktop))
     connected, _ = await connection.connect()
     assert connected
-    assert await connection.receive_from(timeout=2) == GREETING
+    await browser_opening(connection)
+    # The proxy signed in with the desktop's password before the browser said anything.
+    assert vnc_server.authenticated == 1 and vnc_server.versions == [GREETING]
     payload = bytes(range(256)) * 64
     await connection.send_to(bytes_data=payload)
     echoed = b""
     while len(echoed) < len(payload):
         echoed += await connection.receive_from(timeout=2)
     assert echoed == payload
+    assert bytes(vnc_server.received) == payload
     assert ports_asked == [desktop.domain_name]
     assert vnc_server.connections == 1
     await connection.disconnect()
+
+
+@pytest.mark.parametrize("version", [b"RFB 003.003\n", b"RFB 003.007\n"])
+async def test_older_viewers_get_the_same_password_free_opening(
+    vnc_server: StandInVnc, ports_asked: list[str], version: bytes
+) -> None:
+    owner, desktop = await student_with_desktop()
+    connection = communicator(owner, await issue(owner, desktop))
+    assert (await connection.connect())[0]
+    await browser_opening(connection, version)
+    await connection.send_to(bytes_data=b"\x01")  # ClientInit: shared
+    assert await connection.receive_from(timeout=2) == b"\x01"
+    await connection.disconnect()
+
+
+async def test_the_browsers_opening_may_arrive_in_pieces_with_its_client_init(
+    vnc_server: StandInVnc, ports_asked: list[str]
+) -> None:
+    owner, desktop = await student_with_desktop()
+    connection = communicator(owner, await issue(owner, desktop))
+    assert (await connection.connect())[0]
+    assert await connection.receive_from(timeout=5) == GREETING
+    await connection.send_to(bytes_data=GREETING[:5])
+    await connection.send_to(bytes_data=GREETING[5:])
+    assert await connection.receive_from(timeout=2) == b"\x01\x01"
+    await connection.send_to(bytes_data=b"\x01\x01")  # security choice and ClientInit at once
+    assert await connection.receive_from(timeout=2) == struct.pack(">I", 0)
+    assert await connection.receive_from(timeout=2) == b"\x01"
+    await connection.disconnect()
+
+
+async def test_a_browser_that_insists_on_a_password_type_is_dropped(
+    vnc_server: StandInVnc, ports_asked: list[str]
+) -> None:
+    owner, desktop = await student_with_desktop()
+    connection = communicator(owner, await issue(owner, desktop))
+    assert (await connection.connect())[0]
+    assert await connection.receive_from(timeout=5) == GREETING
+    await connection.send_to(bytes_data=GREETING)
+    assert await connection.receive_from(timeout=2) == b"\x01\x01"
+    await connection.send_to(bytes_data=b"\x02")
+    message = await connection.receive_output(timeout=2)
+    assert message == {"type": "websocket.close", "code": 1002}
+    assert vnc_server.received == bytearray()
+
+
+@database_sync_to_async
+def set_password(desktop: Desktop, password: str) -> None:
+    Desktop.objects.filter(pk=desktop.pk).update(graphics_password=password)
+
+
+async def test_a_display_that_refuses_the_password_is_reported(
+    vnc_server: StandInVnc, ports_asked: list[str]
+) -> None:
+    owner, desktop = await student_with_desktop()
+    token = await issue(owner, desktop)
+    await set_password(desktop, "wrong")
+    code, reason = await closed_with(communicator(owner, token))
+    assert code == CLOSE_UNREACHABLE and "did not accept the viewer" in reason
+    assert vnc_server.auth_attempts == 1 and vnc_server.authenticated == 0
+
+
+async def test_when_tls_is_required_a_display_without_it_never_gets_the_password(
+    vnc_server: StandInVnc, ports_asked: list[str], settings: Any
+) -> None:
+    settings.ISARD_VIEWER_TLS = "required"
+    owner, desktop = await student_with_desktop()
+    code, reason = await closed_with(communicator(owner, await issue(owner, desktop)))
+    assert code == CLOSE_UNREACHABLE and "cannot be reached securely" in reason
+    assert vnc_server.connections == 1 and vnc_server.auth_attempts == 0
 
 
 async def test_a_token_works_for_one_connection_only(
@@ -151,7 +270,7 @@ async def test_a_token_works_for_one_connection_only(
     token = await issue(owner, desktop)
     first = communicator(owner, token)
     assert (await first.connect())[0]
-    assert await first.receive_from(timeout=2) == GREETING
+    await browser_opening(first)
     code, reason = await closed_with(communicator(owner, token))
     assert code == CLOSE_REFUSED
     assert "already used" in reason
@@ -228,7 +347,11 @@ async def test_the_websocket_closes_when_the_guests_vnc_server_closes(
 ) -> None:
     async def greet_and_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(GREETING)
-        await writer.drain()
+        await reader.readexactly(12)
+        writer.write(b"\x01\x01")  # None: the proxy signs in without a password
+        await reader.readexactly(1)
+        writer.write(struct.pack(">I", 0))
+        await reader.readexactly(1)  # the browser's ClientInit, relayed
         writer.close()
         await writer.wait_closed()
 
@@ -242,7 +365,8 @@ async def test_the_websocket_closes_when_the_guests_vnc_server_closes(
     owner, desktop = await student_with_desktop()
     connection = communicator(owner, await issue(owner, desktop))
     assert (await connection.connect())[0]
-    assert await connection.receive_from(timeout=2) == GREETING
+    await browser_opening(connection)
+    await connection.send_to(bytes_data=b"\x01")
     message = await connection.receive_output(timeout=2)
     assert message == {"type": "websocket.close", "code": 1000}
     await connection.disconnect()
@@ -262,5 +386,40 @@ async def test_a_viewer_does_not_need_redis(
     owner, desktop = await student_with_desktop()
     connection = communicator(owner, await issue(owner, desktop))
     assert (await connection.connect())[0]
-    assert await connection.receive_from(timeout=2) == GREETING
+    await browser_opening(connection)
     await connection.disconnect()
+
+
+async def test_a_tls_display_with_the_platforms_certificates_missing_is_explained(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, tmp_path: Any
+) -> None:
+    settings.ISARD_PKI_DIR = tmp_path / "no-pki-yet"
+
+    async def vencrypt_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(GREETING)
+        await reader.readexactly(12)
+        writer.write(b"\x01\x13")  # VeNCrypt only, as QEMU with vnc_tls
+        try:
+            await reader.readexactly(1)
+            writer.write(b"\x00\x02")
+            await reader.readexactly(2)
+            writer.write(b"\x00\x01" + struct.pack(">I", 261))
+            await reader.read(4)
+        except asyncio.IncompleteReadError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(vencrypt_only, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(
+        libvirt_driver,
+        "graphics_ports",
+        lambda uri, name: libvirt_driver.GraphicsPorts(None, None, port, "127.0.0.1"),
+    )
+    owner, desktop = await student_with_desktop()
+    code, reason = await closed_with(communicator(owner, await issue(owner, desktop)))
+    assert code == CLOSE_UNREACHABLE and "certificates are not set up" in reason
+    # The proxy made no CA of its own: it would trust nothing the hypervisors hold.
+    assert not (tmp_path / "no-pki-yet" / "ca-cert.pem").exists()
+    server.close()
+    await server.wait_closed()

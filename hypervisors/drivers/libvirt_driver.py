@@ -618,3 +618,65 @@ def migrate_domain(
             timer.cancel()
 
     _call(source_uri, f"migrate {name} to {target_uri}", migrate)
+
+
+@dataclass(frozen=True)
+class GuestAddress:
+    """One IP address of a running guest, and who reported it."""
+
+    interface: str
+    mac: str
+    address: str
+    version: int  # 4 or 6
+    source: str  # "agent" (the guest itself) or "lease" (libvirt's DHCP server)
+
+
+def domain_ip_addresses(uri: str, name: str) -> list[GuestAddress]:
+    """The running guest's IP addresses: what its guest agent reports, else its DHCP leases.
+
+    The agent knows every address (static ones too) but runs only in guests that have it
+    installed; the leases cover guests on a libvirt network with DHCP. Loopback and
+    link-local addresses are left out: nobody can connect to them from outside. An empty
+    list means the guest has not reported any address (yet).
+    """
+    import ipaddress
+
+    sources = (
+        ("agent", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT),
+        ("lease", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE),
+    )
+
+    def read(connection: libvirt.virConnect) -> list[GuestAddress]:
+        domain = _lookup(connection, name)
+        for source, flag in sources:
+            try:
+                interfaces = domain.interfaceAddresses(flag) or {}
+            except libvirt.libvirtError as error:
+                if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                # No agent channel, agent not answering, no libvirt network: next source.
+                logger.debug("%s: no addresses from the %s: %s", name, source, error)
+                continue
+            found = []
+            for interface, details in sorted(interfaces.items()):
+                for entry in details.get("addrs") or []:
+                    try:
+                        address = ipaddress.ip_address(entry.get("addr", ""))
+                    except ValueError:
+                        continue
+                    if address.is_loopback or address.is_link_local:
+                        continue
+                    found.append(
+                        GuestAddress(
+                            interface=interface,
+                            mac=details.get("hwaddr") or "",
+                            address=str(address),
+                            version=address.version,
+                            source=source,
+                        )
+                    )
+            if found:
+                return found
+        return []
+
+    return _call(uri, f"addresses of {name}", read)

@@ -356,7 +356,8 @@ def test_the_websocket_proxy_carries_the_real_screen_and_refuses_a_reused_token(
 
     async def through_proxy() -> Any:
         client = RfbClient(await WebsocketTransport.open(url, cookie=cookie, origin=origin))
-        framebuffer = await client.handshake(access.password)
+        framebuffer = await client.handshake("")  # no password: the proxy signed in itself
+        assert client.security_types == {1}  # the browser is offered "None" only
         await client.full_frame()
         await client.close()
         return framebuffer
@@ -384,9 +385,11 @@ def test_the_websocket_proxy_carries_the_real_screen_and_refuses_a_reused_token(
 # --- the native client -------------------------------------------------------------------------
 
 
-def run_remote_viewer(vv_path: Path, wanted: list[str], timeout: float = 60) -> str:
-    """Run remote-viewer on a virtual screen until every `wanted` text is in its log (and a
-    moment more for the channels to settle), then stop it."""
+def run_remote_viewer(
+    vv_path: Path, wanted: list[str], timeout: float = 60, *, any_of: bool = False
+) -> str:
+    """Run remote-viewer on a virtual screen until every `wanted` text (with `any_of`, one
+    of them) is in its log (and a moment more for the channels to settle), then stop it."""
     command = ["xvfb-run", "-a", "-s", "-screen 0 1024x768x24", "remote-viewer", "--debug"]
     process = subprocess.Popen(
         [*command, str(vv_path)],
@@ -408,7 +411,7 @@ def run_remote_viewer(vv_path: Path, wanted: list[str], timeout: float = 60) -> 
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            if all(text in "".join(lines) for text in wanted):
+            if (any if any_of else all)(text in "".join(lines) for text in wanted):
                 time.sleep(2)
                 break
             time.sleep(0.2)
@@ -476,3 +479,46 @@ def test_remote_viewer_opens_the_vv_file_over_tls_with_usb_redirection(
         assert f"{channel}: Using TLS, port {ports.spice_tls_port}" in log, tail
     assert "Using plain text" not in log
     assert not path.exists(), "delete-this-file=1 should have removed the .vv file"
+
+
+def test_a_vv_file_whose_password_expired_is_refused_by_the_spice_server(
+    running_guest: tuple[Any, Desktop], spice_tls: tls.PkiPaths, tmp_path: Path, settings: Any
+) -> None:
+    """QEMU's SPICE server itself enforces the file's expiry (the ticket's lifetime)."""
+    if not (shutil.which("remote-viewer") and shutil.which("xvfb-run")):
+        pytest.fail("needs Debian's virt-viewer and xvfb (`./isardctl test` installs them)")
+    owner, desktop = running_guest
+    settings.ISARD_SPICE_TICKET_SECONDS = 2
+    expired = viewer_vv_build(actor=owner, desktop=desktop)
+    path = tmp_path / expired.filename
+    path.write_text(expired.content)
+    wait_for(lambda: time.time() > expired.expires_at.timestamp() + 1, 10, "the expiry")
+    refused = "main channel: auth failure"
+    log = run_remote_viewer(path, ["main channel: opened", refused], timeout=30, any_of=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "remote-viewer-expired.log").write_text(log)
+    # SPICE's link reply 7 is SPICE_LINK_ERR_PERMISSION_DENIED: the server said no.
+    assert "main-1:0: link result: reply 7" in log, log[-4000:]
+    assert refused in log and "main channel: opened" not in log
+
+    # The same client with a file issued now gets in: it was the expiry, nothing else.
+    settings.ISARD_SPICE_TICKET_SECONDS = 120
+    fresh = viewer_vv_build(actor=owner, desktop=desktop)
+    path.write_text(fresh.content)
+    log = run_remote_viewer(path, ["main channel: opened", refused], timeout=60, any_of=True)
+    assert "main channel: opened" in log and refused not in log, log[-4000:]
+
+
+def test_a_real_guest_without_an_agent_gets_no_rdp_file_but_a_clear_reason(
+    running_guest: tuple[Any, Desktop],
+) -> None:
+    owner, desktop = running_guest
+    # QEMU has no agent channel and no lease for this guest: libvirt says so, we say why.
+    assert libvirt_driver.domain_ip_addresses(SYSTEM_URI, desktop.domain_name) == []
+    client = Client()
+    client.force_login(owner)
+    response = client.get(f"/desktops/{desktop.pk}/viewer.rdp")
+    assert response.status_code == 409
+    assert response.content.decode() == (
+        f"The desktop “{desktop.name}” has not reported an IP address; is the guest agent running?"
+    )

@@ -145,6 +145,7 @@ class RfbClient:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.framebuffer = Framebuffer(0, 0, "")
+        self.security_types: set[int] = set()
 
     async def handshake(self, password: str) -> Framebuffer:
         read, write = self.transport.read_exactly, self.transport.write
@@ -156,6 +157,7 @@ class RfbClient:
         if count == 0:
             raise RfbError(await self._reason())
         types = set(await read(count))
+        self.security_types = types
         if 2 in types:
             await write(b"\x02")
             await write(vnc_auth_response(password, await read(16)))
@@ -166,6 +168,12 @@ class RfbClient:
         (result,) = struct.unpack(">I", await read(4))
         if result != 0:
             raise RfbError(f"authentication failed: {await self._reason()}")
+        return await self.initialise()
+
+    async def initialise(self) -> Framebuffer:
+        """After authentication (here, or by someone else on this stream): ClientInit,
+        ServerInit, the pixel format and the encodings."""
+        read, write = self.transport.read_exactly, self.transport.write
         await write(b"\x01")  # shared session: the browser viewer may be connected too
         width, height = struct.unpack(">HH", await read(4))
         await read(16)
