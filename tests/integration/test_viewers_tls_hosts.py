@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from django.conf import settings as django_settings
+from django.db import connections
 from django.test import Client
 
 from accounts.choices import Role
@@ -206,6 +207,19 @@ def matches_screendump(framebuffer: Framebuffer, dump: tuple[int, int, bytes]) -
     return same_pixels(framebuffer.pixels, rgbx)
 
 
+def closing_connections(call: Callable[[], Any]) -> Callable[[], Any]:
+    """`call`, closing the database connection its thread opened: a connection left open
+    in a finished thread keeps PostgreSQL from dropping the test database."""
+
+    def run() -> Any:
+        try:
+            return call()
+        finally:
+            connections.close_all()
+
+    return run
+
+
 def session_cookie(user: Any) -> str:
     client = Client()
     client.force_login(user)
@@ -231,7 +245,9 @@ def through_proxy(
         await client.handshake("")  # the proxy offers security type None only
         framebuffer = await client.full_frame()
         for index, call in enumerate(while_open or []):
-            while_open[index] = await asyncio.to_thread(call)  # type: ignore[index]
+            while_open[index] = await asyncio.to_thread(  # type: ignore[index]
+                closing_connections(call)
+            )
         await client.close()
         return framebuffer
 
@@ -254,7 +270,7 @@ def open_during(
         client = RfbClient(transport)
         await client.handshake("")
         await client.full_frame()
-        results.append(await asyncio.to_thread(action))
+        results.append(await asyncio.to_thread(closing_connections(action)))
         try:
             for _ in range(100):
                 await client.request(incremental=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,6 @@ REFRESH_SECONDS = 10.0
 
 
 def apply_event(uri: str, domain_name: str, state: libvirt_driver.DomainState) -> None:
-    close_old_connections()
     desktop = desktop_for_domain(domain_name)
     if desktop is None or desktop.hypervisor is None or desktop.hypervisor.uri != uri:
         return
@@ -36,7 +36,6 @@ def apply_event(uri: str, domain_name: str, state: libvirt_driver.DomainState) -
 
 def watched_uris(queue: str | None = None) -> list[str]:
     """The URIs of the hypervisors to listen to now: all, or those of one worker queue."""
-    close_old_connections()
     hypervisors = Hypervisor.objects.order_by("uri")
     if queue is not None:
         hypervisors = hypervisors.filter(queue="" if queue == default_queue() else queue)
@@ -72,9 +71,19 @@ class Command(BaseCommand):
                 watching[0] = uris
                 self.stdout.write(f"listening to {', '.join(sorted(uris)) or 'no hypervisors'}")
 
+        def fresh(function: Callable[..., Any]) -> Callable[..., Any]:
+            """Drop a database connection the server closed before using it (a long-lived
+            process); only here, as tests run these functions inside a transaction."""
+
+            def call(*args: Any) -> Any:
+                close_old_connections()
+                return function(*args)
+
+            return call
+
         libvirt_driver.run_event_loop(
-            partial(watched_uris, queue),
-            apply_event,
+            fresh(partial(watched_uris, queue)),
+            fresh(apply_event),
             stop,
             refresh_seconds=options["refresh_seconds"],
             on_watch=report,
