@@ -37,4 +37,8 @@ def template_dependants(template: Template) -> dict[str, list[str]]:
             f"{d.name} ({d.owner.get_username()})" for d in desktops.select_related("owner")
         ],
         "templates": [t.name for t in children],
+        "deployments": [
+            f"{d.name} ({d.course.name})"
+            for d in template.deployments.filter(deleted_at__isnull=True).select_related("course")
+        ],
     }

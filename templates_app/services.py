@@ -165,11 +165,11 @@ def template_delete(*, actor: User, template: Template) -> Template:
     if not can_manage_template(actor, template):
         raise PermissionDeniedError("This template is not yours.")
     dependants = template_dependants(template)
-    if dependants["desktops"] or dependants["templates"]:
-        count = len(dependants["desktops"]) + len(dependants["templates"])
+    if any(dependants.values()):
+        blocking = ", ".join(f"{len(names)} {kind}" for kind, names in dependants.items() if names)
         raise ConflictError(
-            f"The template “{template.name}” cannot be deleted: {count} desktop(s) or "
-            "template(s) are built on it.",
+            f"The template “{template.name}” cannot be deleted: {blocking} depend on it "
+            f"({'; '.join(name for names in dependants.values() for name in names[:10])}).",
             extra={"dependants": dependants},
         )
     Template.objects.filter(pk=template.pk).update(

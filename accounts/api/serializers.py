@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from accounts.models import ApiToken, Course, CourseMembership, User
+from accounts.models import ApiToken, Course, CourseMembership, Quota, User
 
 
 class LoginSerializer(serializers.Serializer[Any]):
@@ -85,4 +85,42 @@ class MemberSerializer(serializers.ModelSerializer[CourseMembership]):
     class Meta:
         model = CourseMembership
         fields = ["id", "user", "username", "first_name", "last_name", "role"]
+        read_only_fields = fields
+
+
+class UsageLineSerializer(serializers.Serializer[Any]):
+    """One limit: what the person uses, what they may, and which quota says so."""
+
+    kind = serializers.CharField(
+        help_text="desktops, running, vcpus, memory, disk, templates, media"
+    )
+    title = serializers.CharField(help_text="What the limit is about, for people.")
+    in_use = serializers.IntegerField(help_text="Disk in bytes, memory in MiB, else a count.")
+    allowed = serializers.IntegerField(allow_null=True, help_text="null: unlimited")
+    in_use_text = serializers.CharField()
+    allowed_text = serializers.CharField()
+    set_by = serializers.CharField(help_text="The quota that sets this limit, or 'not set'.")
+    full = serializers.BooleanField(help_text="Nothing more of this kind may be added.")
+
+
+class QuotaSerializer(serializers.ModelSerializer[Quota]):
+    scope = serializers.CharField(source="scope_label", read_only=True)
+
+    class Meta:
+        model = Quota
+        fields = [
+            "id",
+            "scope",
+            "user",
+            "course",
+            "school",
+            "role",
+            "max_desktops",
+            "max_running",
+            "max_vcpus",
+            "max_memory_mib",
+            "max_disk_gib",
+            "max_templates",
+            "max_media",
+        ]
         read_only_fields = fields

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib.auth import authenticate, logout
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -27,9 +27,18 @@ from accounts.api.serializers import (
     LoginSerializer,
     MemberSerializer,
     MeSerializer,
+    QuotaSerializer,
+    UsageLineSerializer,
 )
-from accounts.models import ApiToken, Course, CourseMembership, User
-from accounts.permissions import can_manage_course, courses_taught_by, courses_visible_to
+from accounts.models import ApiToken, Course, CourseMembership, Quota, User
+from accounts.permissions import (
+    can_manage_course,
+    courses_taught_by,
+    courses_visible_to,
+    quotas_managed_by,
+    users_visible_to,
+)
+from accounts.quotas import quota_report
 from accounts.tokens import api_token_create, api_token_revoke
 from isard.api.throttling import LoginRateThrottle
 from isard.exceptions import PermissionDeniedError
@@ -110,6 +119,85 @@ class MeView(APIView):
     @extend_schema(responses=MeSerializer, tags=["people"])
     def get(self, request: Request) -> Response:
         return Response(MeSerializer(request_user(request)).data)
+
+
+def _usage_lines(user: User, course: Course | None) -> list[dict[str, Any]]:
+    lines = quota_report([user], course=course)[user.pk]
+    return [
+        {
+            "kind": line.kind.name,
+            "title": line.kind.label,
+            "in_use": line.in_use,
+            "allowed": line.allowed,
+            "in_use_text": line.in_use_text,
+            "allowed_text": line.allowed_text,
+            "set_by": line.set_by,
+            "full": line.full,
+        }
+        for line in lines
+    ]
+
+
+def _course_param(request: Request, actor: User) -> Course | None:
+    raw = request.query_params.get("course") or ""
+    if not raw:
+        return None
+    if not str(raw).isdigit() or int(raw) > 2**63 - 1:
+        raise exceptions.ValidationError({"course": ["A course id."]})
+    course = courses_visible_to(actor).filter(pk=int(raw)).first()
+    if course is None:
+        raise exceptions.NotFound("No such course.")
+    return course
+
+
+class MyUsageView(APIView):
+    """What you use against your limits: in general, or in one course (`?course=<id>`)."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("course", int, required=False)],
+        responses=UsageLineSerializer(many=True),
+        tags=["people"],
+    )
+    def get(self, request: Request) -> Response:
+        actor = request_user(request)
+        lines = _usage_lines(actor, _course_param(request, actor))
+        return Response(UsageLineSerializer(lines, many=True).data)
+
+
+class UserUsageView(APIView):
+    """A person's usage against their limits, for their teachers, school manager, admins."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("course", int, required=False)],
+        responses=UsageLineSerializer(many=True),
+        tags=["people"],
+    )
+    def get(self, request: Request, user_id: int) -> Response:
+        actor = request_user(request)
+        person = users_visible_to(actor).filter(pk=user_id).first()
+        if person is None:
+            raise exceptions.NotFound("No such person.")
+        lines = _usage_lines(person, _course_param(request, actor))
+        return Response(UsageLineSerializer(lines, many=True).data)
+
+
+@extend_schema(tags=["people"])
+class QuotaViewSet(viewsets.ReadOnlyModelViewSet):
+    """Quotas you may set (admins: all; school managers: their school's). Read-only here;
+    they are edited in the administration."""
+
+    serializer_class = QuotaSerializer
+    lookup_value_regex = "[0-9]+"
+    ordering_fields = ["id"]
+    ordering = ["id"]
+    filterset_fields = ["user", "course", "school", "role"]
+
+    def get_queryset(self) -> QuerySet[Quota]:
+        if getattr(self, "swagger_fake_view", False):
+            return Quota.objects.none()
+        return quotas_managed_by(request_user(self.request)).select_related(
+            "user", "course", "school"
+        )
 
 
 @extend_schema(tags=["people"])

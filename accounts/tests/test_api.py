@@ -168,3 +168,40 @@ def test_schema_and_documentation_are_served_by_the_platform_itself(client: Any)
         # Every script and style the page loads is one of the platform's static files.
         for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
             assert finders.find(asset.removeprefix("/static/")), asset
+
+
+def test_my_usage_against_limits_names_the_quota_that_sets_each(north: Campus) -> None:
+    from accounts.models import Quota
+
+    Quota.objects.create(course=north.course, role="student", max_running=2, max_desktops=3)
+    body = client_for(north.student).get("/api/v1/me/usage/", {"course": north.course.pk})
+    assert body.status_code == 200, body.content
+    lines = {line["kind"]: line for line in body.json()}
+    assert lines["desktops"]["in_use"] == 1 and lines["desktops"]["allowed"] == 3
+    assert lines["running"]["allowed"] == 2
+    assert north.course.name in lines["running"]["set_by"]
+    assert lines["vcpus"]["allowed"] is None and lines["vcpus"]["allowed_text"] == "unlimited"
+
+
+def test_usage_of_others_is_for_their_teacher_and_manager_only(
+    north: Campus, south: Campus
+) -> None:
+    url = f"/api/v1/users/{north.student.pk}/usage/"
+    assert client_for(north.teacher).get(url).status_code == 200
+    assert client_for(north.manager).get(url).status_code == 200
+    assert_error(client_for(north.other_student).get(url), 404)
+    assert_error(client_for(north.other_teacher).get(url), 404)
+    assert_error(client_for(south.manager).get(url), 404)
+    assert_error(client_for(north.student).get("/api/v1/me/usage/", {"course": "x"}), 400)
+    assert_error(
+        client_for(north.student).get("/api/v1/me/usage/", {"course": south.course.pk}), 404
+    )
+
+
+def test_quotas_are_listed_to_those_who_set_them(north: Campus, south: Campus) -> None:
+    from accounts.models import Quota
+
+    mine = Quota.objects.create(school=north.school, max_desktops=5)
+    Quota.objects.create(school=south.school, max_desktops=9)
+    assert ids(client_for(north.manager).get("/api/v1/quotas/")) == {mine.pk}
+    assert ids(client_for(north.student).get("/api/v1/quotas/")) == set()

@@ -76,6 +76,7 @@ class TemplateTreeSerializer(serializers.Serializer[Any]):
 class TemplateDependantsSerializer(serializers.Serializer[Any]):
     desktops = serializers.ListField(child=serializers.CharField())
     templates = serializers.ListField(child=serializers.CharField())
+    deployments = serializers.ListField(child=serializers.CharField())
 
 
 class HardwareProfileSerializer(serializers.ModelSerializer[HardwareProfile]):

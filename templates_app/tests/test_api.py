@@ -81,7 +81,11 @@ def test_a_template_something_depends_on_cannot_be_deleted(north: Campus) -> Non
     body = assert_error(client.delete(url(template)), 409)
     assert body["extra"]["dependants"]["desktops"] == ["north-student desktop (north-student)"]
     dependants = client.get(url(template, "dependants")).json()
-    assert dependants == {"desktops": ["north-student desktop (north-student)"], "templates": []}
+    assert dependants == {
+        "desktops": ["north-student desktop (north-student)"],
+        "templates": [],
+        "deployments": [],
+    }
 
 
 def test_tree_shows_ancestors_and_the_children_one_may_see(north: Campus) -> None:
