@@ -183,11 +183,14 @@ async def test_the_owner_gets_a_byte_pipe_to_the_desktops_vnc_port(
     assert vnc_server.authenticated == 1 and vnc_server.versions == [GREETING]
     payload = bytes(range(256)) * 64
     await connection.send_to(bytes_data=payload)
+    # The first byte is the browser's ClientInit: the proxy always asks for a shared
+    # session (b"\x00", exclusive, would disconnect every other viewer); the rest is as sent.
+    relayed = b"\x01" + payload[1:]
     echoed = b""
     while len(echoed) < len(payload):
         echoed += await connection.receive_from(timeout=2)
-    assert echoed == payload
-    assert bytes(vnc_server.received) == payload
+    assert echoed == relayed
+    assert bytes(vnc_server.received) == relayed
     assert ports_asked == [desktop.domain_name]
     assert vnc_server.connections == 1
     await connection.disconnect()
