@@ -24,7 +24,14 @@ from desktops.models import Desktop, DesktopEvent, ViewerToken
 from desktops.viewers import viewer_token_issue
 from tests.integration import test_viewers
 from tests.integration.conftest import wait_for
-from tests.integration.test_viewers import AsgiServer, vga_text
+from tests.integration.test_viewers import (
+    ARTIFACTS,
+    AsgiServer,
+    canvas_matches_screen,
+    sign_in,
+    vga_text,
+    wait_for_state,
+)
 from tests.integration.test_viewers_rfb import (
     DESKTOP_SIZE,
     PIXEL_FORMAT,
@@ -41,6 +48,7 @@ direct_tasks = test_viewers.direct_tasks
 spice_tls = test_viewers.spice_tls
 running_guest = test_viewers.running_guest
 platform_server = test_viewers.platform_server
+chromium = test_viewers.chromium
 
 KEY_RETURN = 0xFF0D
 
@@ -139,3 +147,28 @@ def test_a_teachers_view_only_look_keeps_the_student_connected_and_drops_the_tea
     assert look_token.view_only and look_token.used_at is not None
     audit = DesktopEvent.objects.filter(desktop=desktop, actor=teacher).get()
     assert audit.reason.startswith("view-only look at the screen by tom from ")
+
+
+def test_chromium_opens_the_teachers_look_view_only_with_a_banner(
+    running_guest: tuple[Any, Desktop], platform_server: AsgiServer, chromium: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    student, desktop = running_guest
+    course = CourseFactory.create(school=student.school)
+    teacher = UserFactory.create(role=Role.TEACHER, school=student.school, username="tom")
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    Desktop.objects.filter(pk=desktop.pk).update(course=course)
+    sign_in(chromium, platform_server, teacher)
+
+    chromium.get(f"{platform_server.base_url}/desktops/{desktop.pk}/viewer/")
+
+    status = wait_for_state(chromium, "connected")
+    assert status == f"Looking at (view only) QEMU ({desktop.domain_name})"
+    banner = chromium.find_element(By.ID, "view-only")
+    assert banner.is_displayed() and "View only" in banner.text
+    assert not chromium.find_elements(By.ID, "ctrl-alt-del")
+    wait_for(lambda: canvas_matches_screen(chromium, desktop) > 0.99, 30, "the canvas")
+    ARTIFACTS.mkdir(exist_ok=True)
+    chromium.save_screenshot(str(ARTIFACTS / "viewer-view-only-chromium.png"))
+    assert desktop.graphics_password not in chromium.page_source
