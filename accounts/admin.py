@@ -51,7 +51,7 @@ from accounts.services import (
 )
 from isard.exceptions import ApplicationError
 
-# Managers reach the admin without `is_staff` (the LDAP role groups make them).
+# Managers and teachers reach the admin without `is_staff` (the LDAP role groups make them).
 admin.site.has_permission = admin_site_has_permission  # type: ignore[method-assign]
 admin.site.login_form = IsardAdminAuthenticationForm
 
