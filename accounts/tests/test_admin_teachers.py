@@ -301,3 +301,46 @@ def test_a_teacher_starts_only_their_courses_desktops_from_the_admin(north: Camp
     north.other_student_desktop.refresh_from_db()
     assert north.student_desktop.status == DesktopStatus.STARTING
     assert north.other_student_desktop.status == DesktopStatus.STOPPED
+
+
+def test_a_teacher_makes_a_template_of_their_own_stopped_desktop_only(north: Campus) -> None:
+    own = Desktop.objects.create(
+        name="my prepared desktop",
+        owner=north.teacher,
+        hardware=north.hardware,
+        status=DesktopStatus.STOPPED,
+    )
+    client = signed_in(north.teacher)
+
+    client.post(
+        changelist_url(Desktop),
+        {"action": "make_template", "_selected_action": [own.pk, north.student_desktop.pk]},
+    )
+
+    own.refresh_from_db()
+    north.student_desktop.refresh_from_db()
+    assert own.status == DesktopStatus.CREATING_TEMPLATE
+    assert north.student_desktop.status == DesktopStatus.STOPPED  # only the owner's own
+    assert north.teacher.templates.filter(name__startswith="my prepared desktop (").exists()
+
+
+def test_only_an_administrator_shares_a_template_with_everyone_from_the_admin(
+    north: Campus, admin: User
+) -> None:
+    template = north.teacher_template
+    form = template_form(
+        template,
+        owner=north.teacher.pk,
+        hardware=north.hardware.pk,
+        progress_percent=0,
+        shared_with_everyone="on",
+    )
+    by_manager = signed_in(north.manager).post(change_url(template), form)
+    assert by_manager.status_code == 302, by_manager.content.decode()[:3000]
+    template.refresh_from_db()
+    assert not template.shared_with_everyone  # read-only for them: the field was ignored
+
+    by_admin = signed_in(admin).post(change_url(template), form)
+    assert by_admin.status_code == 302, by_admin.content.decode()[:3000]
+    template.refresh_from_db()
+    assert template.shared_with_everyone
