@@ -1,6 +1,7 @@
 """The admin of people, courses, quotas, codes and the directory, scoped by role.
 
-See `accounts.admin_scope`: administrators see everything, a school manager their school.
+See `accounts.admin_scope`: administrators see everything, a school manager their school,
+a teacher the courses they teach (members read-only, enrolment codes through actions).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from accounts.services import (
 )
 from isard.exceptions import ApplicationError
 
-# Managers reach the admin without `is_staff` (the LDAP role groups make them).
+# Managers and teachers reach the admin without `is_staff` (the LDAP role groups make them).
 admin.site.has_permission = admin_site_has_permission  # type: ignore[method-assign]
 admin.site.login_form = IsardAdminAuthenticationForm
 
@@ -171,26 +172,30 @@ class SchoolAdmin(ScopedModelAdmin):
 
 
 class MembershipInline(RoleScopedMixin, admin.TabularInline):
+    """Managers enrol people by hand; teachers see their classes (students join by code)."""
+
     manager_access: ClassVar[ManagerAccess] = "write"
+    teacher_access: ClassVar[ManagerAccess] = "read"
     model = CourseMembership
     extra = 1
     autocomplete_fields = ("user",)
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(course__school_id=actor.school_id)
+        return queryset.filter(course__in=permissions.courses_taught_by(actor))
 
 
 class EnrolmentCodeInline(RoleScopedMixin, admin.TabularInline):
     """The course's codes, read-only: the actions of the course list change them."""
 
     manager_access: ClassVar[ManagerAccess] = "read"
+    teacher_access: ClassVar[ManagerAccess] = "read"
     model = EnrolmentCode
     extra = 0
     fields = ("role", "shown_code", "enabled", "updated_at", "updated_by")
     readonly_fields = fields
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(course__school_id=actor.school_id)
+        return queryset.filter(course__in=permissions.courses_taught_by(actor))
 
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return False
@@ -208,8 +213,12 @@ class EnrolmentCodeInline(RoleScopedMixin, admin.TabularInline):
 
 @admin.register(Course)
 class CourseAdmin(ScopedModelAdmin):
+    """Managers run their school's courses; a teacher sees the courses they teach, with
+    their members (read-only) and codes, which the actions regenerate or disable."""
+
     manager_access: ClassVar[ManagerAccess] = "write"
-    list_display = ("name", "school")
+    teacher_access: ClassVar[ManagerAccess] = "act"
+    list_display = ("name", "school", "student_count", "student_code")
     list_filter = (("school", admin.RelatedOnlyFieldListFilter),)
     search_fields = ("name",)
     inlines = [MembershipInline, EnrolmentCodeInline]
@@ -217,7 +226,20 @@ class CourseAdmin(ScopedModelAdmin):
     actions = ["new_student_codes", "new_teacher_codes", "disable_codes"]
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(pk__in=permissions.courses_visible_to(actor).values("pk"))
+        # Taught, not merely visible: a teacher enrolled as a student somewhere does not
+        # manage that course (for a manager both are their school's courses).
+        return queryset.filter(pk__in=permissions.courses_taught_by(actor).values("pk"))
+
+    @admin.display(description="students")
+    def student_count(self, course: Course) -> int:
+        return course.memberships.filter(role=CourseRole.STUDENT).count()
+
+    @admin.display(description="student code")
+    def student_code(self, course: Course) -> str:
+        code = EnrolmentCode.objects.filter(course=course, role=CourseRole.STUDENT).first()
+        if code is None:
+            return "-"
+        return format_code(code.code) if code.enabled else f"{format_code(code.code)} (disabled)"
 
     def save_model(self, request: HttpRequest, obj: Course, form: ModelForm, change: bool) -> None:
         if not permissions.manages_school(_actor(request), obj.school_id):

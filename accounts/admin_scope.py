@@ -1,11 +1,14 @@
 """The Django admin, scoped by the role policy (`accounts.permissions`).
 
-Administrators see and change everything. A school manager sees only their school: each
-ModelAdmin says what a manager may do with its model (`manager_access`: nothing, look, or
-change) and which rows are theirs (`scope_queryset`); the choices of every foreign key to
-people, courses, schools, templates, desktops and media are narrowed the same way, so a
-manager can neither see nor pick another school's rows. Anyone else (a teacher with
-`is_staff`) sees nothing here: their pages are the classroom pages and the API.
+Administrators see and change everything. A school manager sees only their school, and a
+teacher only their own things: the courses they teach (members and codes), their
+templates and media, the desktops of their courses and their own, the deployments they
+own or co-teach. Each ModelAdmin says what a manager and a teacher may do with its model
+(`manager_access`, `teacher_access`: nothing, look, run actions, or change) and which
+rows are theirs (`scope_queryset`, written with `accounts.permissions`, the one policy);
+the choices of every foreign key to people, courses, schools, templates, desktops and
+media are narrowed the same way, so nobody can see or pick another school's (or another
+teacher's) rows. Students never enter the admin, even with `is_staff`.
 
 Django's per-model permissions are not used for these roles: the role decides, in one
 place, instead of permission rows that could disagree with the services.
@@ -25,7 +28,8 @@ from accounts import permissions
 from accounts.choices import Role
 from accounts.models import Course, School, User
 
-ManagerAccess = Literal["none", "read", "write"]
+#: What a role may do with a model in the admin (see `RoleScopedMixin`).
+ManagerAccess = Literal["none", "read", "act", "write"]
 
 
 def request_actor(request: HttpRequest) -> User | None:
@@ -34,19 +38,24 @@ def request_actor(request: HttpRequest) -> User | None:
 
 
 def admin_site_has_permission(request: HttpRequest) -> bool:
-    """Administrators and school managers may use the admin, even without `is_staff`
-    (a manager made by the LDAP role groups); other staff too, to see nothing."""
+    """Administrators, school managers and teachers may use the admin, with or without
+    `is_staff` (the directory's role groups make managers and teachers without it); the
+    role decides (`permissions.admin_role`), so a student with `is_staff` stays out."""
     actor = request_actor(request)
-    return actor is not None and (actor.is_staff or permissions.uses_admin(actor))
+    return actor is not None and permissions.uses_admin(actor)
 
 
 class IsardAdminAuthenticationForm(AdminAuthenticationForm):
-    """The admin's login, open to managers as well as staff."""
+    """The admin's login: for the roles that use the admin, whatever their `is_staff`."""
 
     def confirm_login_allowed(self, user: Any) -> None:
-        if isinstance(user, User) and user.is_active and permissions.uses_admin(user):
+        if isinstance(user, User) and permissions.uses_admin(user):
             return
-        super().confirm_login_allowed(user)
+        raise forms.ValidationError(
+            self.error_messages["invalid_login"],
+            code="invalid_login",
+            params={"username": self.username_field.verbose_name},
+        )
 
 
 def _templates_choosable(actor: User) -> QuerySet[Any]:
@@ -83,36 +92,54 @@ def scoped_choices(actor: User, model: type[Model]) -> QuerySet[Any] | None:
 
 
 class RoleScopedMixin:
-    """For ModelAdmin and inlines: what a manager may do, and on which rows."""
+    """For ModelAdmin and inlines: what a manager and a teacher may do, and on which rows.
+
+    Each role gets one of four levels per model: "none" (not shown), "read" (look),
+    "act" (look and run the list's actions, which call services that check the person
+    again; no form changes), "write" (look, add, change, delete, act).
+    """
 
     manager_access: ClassVar[ManagerAccess] = "none"
+    teacher_access: ClassVar[ManagerAccess] = "none"
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        """The rows a manager sees (called only for managers)."""
+        """The rows a manager or a teacher sees (never called for administrators)."""
         return queryset.none()
+
+    def access_for(self, actor: User | None) -> ManagerAccess | Literal["all"]:
+        """The level that applies to `actor` on this model ("all" for administrators)."""
+        role = permissions.admin_role(actor) if actor is not None else None
+        if role == "admin":
+            return "all"
+        if role == "manager":
+            return self.manager_access
+        if role == "teacher":
+            return self.teacher_access
+        return "none"
 
     # --- rows ----------------------------------------------------------------------------
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         queryset = super().get_queryset(request)  # type: ignore[misc]
         actor = request_actor(request)
-        if actor is not None and actor.is_admin:
+        access = self.access_for(actor)
+        if access == "all":
             return queryset
-        if actor is not None and permissions.is_manager(actor) and self.manager_access != "none":
+        if actor is not None and access != "none":
             return self.scope_queryset(actor, queryset)
         return queryset.none()
 
     # --- what may be done ------------------------------------------------------------------
 
-    def _allows(self, request: HttpRequest, write: bool) -> bool:
-        actor = request_actor(request)
-        if actor is None:
-            return False
-        if actor.is_admin:
+    def _allows(self, request: HttpRequest, write: bool, act: bool = False) -> bool:
+        access = self.access_for(request_actor(request))
+        if access in ("all", "write"):
             return True
-        if not permissions.is_manager(actor):
+        if write:
             return False
-        return self.manager_access == "write" or (self.manager_access == "read" and not write)
+        if act:
+            return access == "act"
+        return access in ("read", "act")
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self._allows(request, write=False)
@@ -130,7 +157,7 @@ class RoleScopedMixin:
         return self._allows(request, write=True)
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        if not self._allows(request, write=True):
+        if not (self._allows(request, write=True) or self._allows(request, False, act=True)):
             return {}
         return super().get_actions(request)  # type: ignore[misc]
 

@@ -10,6 +10,9 @@ Roles (see `accounts.choices.Role`):
   teacher can start, stop or recreate a class's desktops;
 - student: their own desktops, and templates shared with them.
 
+The Django admin follows the same rules (`admin_role`, `accounts.admin_scope`): admins,
+managers and teachers use it, each seeing only the rows above; students never do.
+
 Each rule is written once as a `Q` over the model, so a list (`*_visible_to`) and a
 single check (`can_*`) can never disagree. Objects a user may not see are reported as
 "not found" by callers, so that ids of other people's objects leak nothing.
@@ -17,7 +20,7 @@ single check (`can_*`) can never disagree. Objects a user may not see are report
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from django.db.models import Q, QuerySet
 
@@ -235,6 +238,32 @@ def can_assign_role(actor: User, *, role: str, school_id: int | None, superuser:
     )
 
 
+def is_teacher(actor: User) -> bool:
+    """A teacher and nothing more (a manager or an administrator has their own column)."""
+    return actor.role == Role.TEACHER and not actor.is_admin
+
+
+AdminRole = Literal["admin", "manager", "teacher"]
+
+
+def admin_role(actor: User) -> AdminRole | None:
+    """Which column of the admin's rules applies to the person; None: they may not use it.
+
+    The role decides, not `is_staff`: a teacher or manager made by the directory (who has
+    no `is_staff`) signs in to the admin like one made by hand, and a student stays out
+    even with `is_staff` set by mistake.
+    """
+    if not actor.is_active:
+        return None
+    if actor.is_admin:
+        return "admin"
+    if is_manager(actor):
+        return "manager"
+    if is_teacher(actor):
+        return "teacher"
+    return None
+
+
 def uses_admin(actor: User) -> bool:
-    """The Django admin is for administrators and school managers."""
-    return actor.is_active and (actor.is_admin or is_manager(actor))
+    """The Django admin is for administrators, school managers and teachers (each scoped)."""
+    return admin_role(actor) is not None

@@ -1,22 +1,39 @@
+"""Desktops, deployments and viewer tokens in the admin, scoped by role.
+
+A teacher sees their own desktops and those of the courses they teach, and acts on them
+through the desktop services (start, shut down, force off, recycle, restore, make a
+template of their own stopped desktop); a started desktop of someone else has a
+"view only" link to its screen. Deployments (desktops/deployments.py) are listed for the
+people who may act on them (owner, co-teachers, the school's manager, admins), and every
+change goes through an action that calls one deployment service: the admin never edits a
+deployment's rows itself.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
 from accounts import permissions
 from accounts.admin_scope import ManagerAccess, RoleScopedMixin, ScopedModelAdmin
 from accounts.models import User
-from desktops import services
-from desktops.models import Desktop, DesktopEvent
+from desktops import deployments, services
+from desktops.choices import DesktopStatus
+from desktops.models import Deployment, Desktop, DesktopEvent, ViewerToken
 from isard.exceptions import ApplicationError
 
 
 class DesktopEventInline(RoleScopedMixin, admin.TabularInline):
     manager_access: ClassVar[ManagerAccess] = "read"
+    teacher_access: ClassVar[ManagerAccess] = "read"
     model = DesktopEvent
     extra = 0
     can_delete = False
@@ -68,6 +85,7 @@ def make_template(
 @admin.register(Desktop)
 class DesktopAdmin(ScopedModelAdmin):
     manager_access: ClassVar[ManagerAccess] = "write"
+    teacher_access: ClassVar[ManagerAccess] = "act"
     list_display = (
         "name",
         "owner",
@@ -76,9 +94,12 @@ class DesktopAdmin(ScopedModelAdmin):
         "status",
         "hypervisor",
         "status_changed_at",
+        "screen",
     )
     list_filter = ("status", "hypervisor", ("course", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "owner__username")
+    # The graphics password never leaves the server (the viewer proxy signs in itself).
+    exclude = ("graphics_password",)
     readonly_fields = (
         "uuid",
         "status",
@@ -87,7 +108,7 @@ class DesktopAdmin(ScopedModelAdmin):
         "disk",
         "hypervisor",
         "deleted_at",
-        "graphics_password",
+        "screen",
     )
     inlines = [DesktopEventInline]
     actions = [
@@ -98,16 +119,170 @@ class DesktopAdmin(ScopedModelAdmin):
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(pk__in=permissions.desktops_visible_to(actor).values("pk"))
 
+    @admin.display(description="screen")
+    def screen(self, desktop: Desktop) -> SafeString:
+        """The browser viewer: the owner's own, view-only for anyone else who may act on
+        it (`desktops.viewer_views`); the viewer page checks the person again."""
+        if desktop.pk is None or desktop.status != DesktopStatus.STARTED:
+            return format_html("{}", "-")
+        return format_html(
+            '<a href="{}" target="_blank" rel="noopener">open (view only unless yours)</a>',
+            reverse("desktop-viewer", args=[desktop.pk]),
+        )
+
+
+# --- deployments ---------------------------------------------------------------------------
+
+
+def _deployment_action(
+    description: str, act: Callable[[User, Deployment], deployments.BulkOutcome]
+) -> Any:
+    """An admin action that runs one deployment service per selected deployment and says,
+    per desktop, what was refused."""
+
+    def run(
+        modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Deployment]
+    ) -> None:
+        actor = cast(User, request.user)
+        for deployment in queryset:
+            try:
+                outcome = act(actor, deployment)
+            except ApplicationError as error:
+                modeladmin.message_user(request, f"{deployment}: {error.message}", messages.ERROR)
+                continue
+            modeladmin.message_user(
+                request, f"{deployment}: {len(outcome.changed)} desktop(s) changed."
+            )
+            for desktop, reason in outcome.refused:
+                modeladmin.message_user(request, f"{desktop}: {reason}", messages.WARNING)
+
+    run.__name__ = "deployment_" + "".join(c if c.isalnum() else "_" for c in description.lower())
+    run.short_description = description  # type: ignore[attr-defined]
+    return run
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(ScopedModelAdmin):
+    """A course's deployments with each student's desktop and its status.
+
+    Read-only for everyone, administrators included: deployments are made on the course
+    page or through the API (they need a template and the students), and every change is
+    an action that calls `desktops.deployments`, which checks the person again.
+    """
+
+    manager_access: ClassVar[ManagerAccess] = "act"
+    teacher_access: ClassVar[ManagerAccess] = "act"
+    list_display = ("name", "course", "template", "owner", "visible", "desktop_statuses")
+    list_filter = ("visible", ("course", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("name", "course__name")
+    fields = (
+        "name",
+        "description",
+        "course",
+        "template",
+        "owner",
+        "co_teachers",
+        "whole_course",
+        "visible",
+        "deleted_at",
+        "created_at",
+        "student_desktops",
+    )
+    readonly_fields = fields
+    actions = [
+        _deployment_action(
+            "Start every desktop",
+            lambda actor, d: deployments.deployment_start(actor=actor, deployment=d),
+        ),
+        _deployment_action(
+            "Shut down every desktop",
+            lambda actor, d: deployments.deployment_stop(actor=actor, deployment=d),
+        ),
+        _deployment_action(
+            "Force off every desktop",
+            lambda actor, d: deployments.deployment_stop(actor=actor, deployment=d, force=True),
+        ),
+        _deployment_action(
+            "Hide from the students (shuts their desktops down)",
+            lambda actor, d: deployments.deployment_set_visible(
+                actor=actor, deployment=d, visible=False
+            ),
+        ),
+        _deployment_action(
+            "Show to the students",
+            lambda actor, d: deployments.deployment_set_visible(
+                actor=actor, deployment=d, visible=True
+            ),
+        ),
+        _deployment_action(
+            "Create the missing desktops (students who joined later)",
+            lambda actor, d: deployments.deployment_create_missing(actor=actor, deployment=d),
+        ),
+        _deployment_action(
+            "Recreate every desktop (stopped ones; the old go to the recycle bin)",
+            lambda actor, d: deployments.deployment_recreate(actor=actor, deployment=d),
+        ),
+        _deployment_action(
+            "Delete (to the recycle bin, with its desktops)",
+            lambda actor, d: deployments.deployment_delete(actor=actor, deployment=d),
+        ),
+    ]
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(pk__in=deployments.deployments_visible_to(actor).values("pk"))
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        # Read-only forms, but the actions are the way to act, for every role that sees it.
+        if not self.has_view_permission(request):
+            return {}
+        return admin.ModelAdmin.get_actions(self, request)
+
+    @admin.display(description="desktops")
+    def desktop_statuses(self, deployment: Deployment) -> str:
+        desktops = list(deployments.deployment_desktops(deployment))
+        started = sum(1 for d in desktops if d.status == DesktopStatus.STARTED)
+        return f"{len(desktops)} ({started} started)"
+
+    @admin.display(description="students' desktops")
+    def student_desktops(self, deployment: Deployment) -> SafeString:
+        rows = format_html_join(
+            "",
+            "<tr><th scope='row'>{}</th><td><a href='{}'>{}</a></td><td>{}</td></tr>",
+            (
+                (
+                    desktop.owner.get_username(),
+                    reverse("admin:desktops_desktop_change", args=[desktop.pk]),
+                    desktop.name,
+                    DesktopStatus(desktop.status).label,
+                )
+                for desktop in deployments.deployment_desktops(deployment)
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th scope='col'>student</th><th scope='col'>desktop</th>"
+            "<th scope='col'>status</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
 
 # Issue 5: the audit of viewer tokens.
-from desktops.models import ViewerToken  # noqa: E402
 
 
 @admin.register(ViewerToken)
 class ViewerTokenAdmin(ScopedModelAdmin):
-    """Who opened which desktop's viewer, when and from where (read-only audit)."""
+    """Who opened which desktop's viewer, when, from where, and whether view-only."""
 
     manager_access: ClassVar[ManagerAccess] = "read"
+    teacher_access: ClassVar[ManagerAccess] = "read"
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(desktop__in=permissions.desktops_visible_to(actor))
@@ -116,18 +291,20 @@ class ViewerTokenAdmin(ScopedModelAdmin):
         "desktop",
         "user",
         "protocol",
+        "view_only",
         "created_at",
         "expires_at",
         "used_at",
         "used_from",
     )
-    list_filter = ("protocol",)
+    list_filter = ("protocol", "view_only")
     search_fields = ("desktop__name", "user__username", "used_from")
     readonly_fields = (
         "key_hash",
         "user",
         "desktop",
         "protocol",
+        "view_only",
         "created_at",
         "expires_at",
         "used_at",

@@ -121,6 +121,9 @@ class ViewerToken(models.Model):
     )
     desktop = models.ForeignKey(Desktop, on_delete=models.CASCADE, related_name="viewer_tokens")
     protocol = models.CharField(max_length=16, choices=ViewerProtocol.choices)
+    #: Issued to someone other than the owner (the course's teacher): the proxy joins the
+    #: display as a shared client and drops every key, pointer and clipboard event.
+    view_only = models.BooleanField(default=False)
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
     used_at = models.DateTimeField(null=True, blank=True)

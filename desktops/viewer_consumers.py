@@ -5,11 +5,14 @@ names the only port this connection may reach. The proxy signs in to that displa
 (`desktops.viewer_rfb`: VeNCrypt x509 TLS when offered, and required when the hop leaves
 this machine; then VNC authentication with the password only the server knows), greets
 the browser as a server that asks for no password, and from the browser's ClientInit on
-relays bytes unchanged. A refusal is sent as a websocket close
-code after accepting, so the page can say why (a refused handshake only shows the browser
-a failed connection). Daphne drops close reasons, so the reason comes first, as the
-connection's only text frame: `{"type": "refused", "code": ..., "message": ...}` (noVNC
-ignores text frames). The codes:
+relays its bytes through `ClientMessages`: the session is always a shared one (a teacher's
+look never disconnects the student), and a view-only token's input never reaches the
+display (only screen requests pass). The display's bytes come back unchanged.
+
+A refusal is sent as a websocket close code after accepting, so the page can say why (a
+refused handshake only shows the browser a failed connection). Daphne drops close
+reasons, so the reason comes first, as the connection's only text frame:
+`{"type": "refused", "code": ..., "message": ...}` (noVNC ignores text frames). The codes:
 
 - 4401 not signed in, 4403 the token is not this person's, expired or already used,
 - 4409 the desktop is not running or has no display, 4502 its screen does not answer or
@@ -29,6 +32,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from desktops.viewer_rfb import (
     BrowserGreeting,
+    ClientMessages,
+    RfbClientMessageError,
     RfbHandshakeError,
     RfbNotEncryptedError,
     UpstreamTls,
@@ -82,6 +87,7 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
     pump: asyncio.Task[None] | None = None
     target: ViewerTarget | None = None
     greeting: BrowserGreeting | None = None
+    client_messages: ClientMessages | None = None
 
     def _subprotocol(self) -> str | None:
         # Old noVNC versions ask for "binary"; a browser drops a connection whose accepted
@@ -162,13 +168,15 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
         self.reader = upstream.reader
         await self.accept(subprotocol=self._subprotocol())
         logger.info(
-            "viewer of %s (user %s) connected to %s:%s (%s)",
+            "viewer of %s (user %s%s) connected to %s:%s (%s)",
             target.domain_name,
             target.user_id,
+            ", view only" if target.view_only else "",
             target.host,
             target.port,
             "TLS" if upstream.encrypted else "loopback, no TLS",
         )
+        self.client_messages = ClientMessages(view_only=target.view_only)
         # The browser meets a server that needs no password: the proxy signed in already.
         self.greeting = BrowserGreeting()
         await self.send(bytes_data=BrowserGreeting.GREETING)
@@ -215,6 +223,16 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
             self.pump = asyncio.create_task(self._pump_from_desktop(self.reader))
             if not data:
                 return
+        assert self.client_messages is not None
+        try:
+            data = self.client_messages.feed(data)
+        except RfbClientMessageError as error:
+            logger.info("viewer: closing a view-only viewer: %s", error)
+            await self._close_desktop_side()
+            await self.close(code=1002)
+            return
+        if not data:
+            return
         self.writer.write(data)
         await self.writer.drain()
 

@@ -4,7 +4,10 @@ The proxy speaks RFB's opening with QEMU as a client: VeNCrypt with x509 certifi
 the server offers it (TLS checked against the platform CA, with the proxy's own client
 certificate), then VNC authentication with the desktop's password, which only the server
 knows. It then presents the browser with a server that asks for no password (security
-type None) and relays everything after that unchanged. So the graphics password never
+type None) and relays everything after that (`ClientMessages`): the browser's ClientInit
+always asks for a shared session, so that one viewer never disconnects another, and for
+a view-only viewer every input message (keys, pointer, clipboard, power and resize
+requests) is dropped here, whatever the page in the browser does. So the graphics password never
 reaches a browser, and the bytes between the proxy and a hypervisor are encrypted
 whenever they leave this machine: a display that offers no TLS there is refused.
 
@@ -245,3 +248,127 @@ class BrowserGreeting:
         self.done = True
         self.leftover = bytes(self.buffer)
         self.buffer.clear()
+
+
+# --- the browser's messages, after its security choice ------------------------------------
+
+MSG_SET_PIXEL_FORMAT = 0
+MSG_SET_ENCODINGS = 2
+MSG_FRAMEBUFFER_UPDATE_REQUEST = 3
+MSG_KEY_EVENT = 4
+MSG_POINTER_EVENT = 5
+MSG_CLIENT_CUT_TEXT = 6
+MSG_ENABLE_CONTINUOUS_UPDATES = 150
+MSG_CLIENT_FENCE = 248
+MSG_XVP = 250
+MSG_SET_DESKTOP_SIZE = 251
+MSG_QEMU = 255
+QEMU_EXTENDED_KEY_EVENT = 0
+QEMU_AUDIO = 1
+
+#: What a view-only viewer may still send: how it wants the screen, never anything that
+#: changes the guest (keys, pointer, clipboard, xvp power actions, display size, audio).
+VIEW_ONLY_ALLOWED = frozenset(
+    {
+        MSG_SET_PIXEL_FORMAT,
+        MSG_SET_ENCODINGS,
+        MSG_FRAMEBUFFER_UPDATE_REQUEST,
+        MSG_ENABLE_CONTINUOUS_UPDATES,
+        MSG_CLIENT_FENCE,
+    }
+)
+SHARED = 1
+
+
+class RfbClientMessageError(Exception):
+    """The browser sent a message the view-only filter cannot measure: the connection must
+    close, as the filter cannot find where the next message starts."""
+
+
+def client_message_size(buffer: bytes | bytearray) -> int | None:
+    """The length of the client-to-server message at the start of `buffer` (RFC 6143 7.5
+    and the registered extensions noVNC and QEMU speak); None: more bytes are needed."""
+    if not buffer:
+        return None
+    kind = buffer[0]
+    fixed = {
+        MSG_SET_PIXEL_FORMAT: 20,
+        MSG_FRAMEBUFFER_UPDATE_REQUEST: 10,
+        MSG_KEY_EVENT: 8,
+        MSG_POINTER_EVENT: 6,
+        MSG_ENABLE_CONTINUOUS_UPDATES: 10,
+        MSG_XVP: 4,
+    }
+    if kind in fixed:
+        return fixed[kind]
+    if kind == MSG_SET_ENCODINGS:
+        if len(buffer) < 4:
+            return None
+        (count,) = struct.unpack(">H", buffer[2:4])
+        return 4 + 4 * count
+    if kind == MSG_CLIENT_CUT_TEXT:
+        if len(buffer) < 8:
+            return None
+        (length,) = struct.unpack(">i", buffer[4:8])  # negative: extended clipboard
+        return 8 + abs(length)
+    if kind == MSG_CLIENT_FENCE:
+        return 9 + buffer[8] if len(buffer) >= 9 else None
+    if kind == MSG_SET_DESKTOP_SIZE:
+        return 8 + 16 * buffer[6] if len(buffer) >= 8 else None
+    if kind == MSG_QEMU:
+        if len(buffer) < 2:
+            return None
+        if buffer[1] == QEMU_EXTENDED_KEY_EVENT:
+            return 12
+        if buffer[1] == QEMU_AUDIO:
+            if len(buffer) < 4:
+                return None
+            (operation,) = struct.unpack(">H", buffer[2:4])
+            return 10 if operation == 2 else 4
+        raise RfbClientMessageError(f"unknown QEMU client message {buffer[1]}")
+    raise RfbClientMessageError(f"unknown client message type {kind}")
+
+
+class ClientMessages:
+    """The browser's bytes on their way to the display, from its ClientInit on.
+
+    The ClientInit's shared flag is always set: QEMU's default policy disconnects every
+    other viewer when one asks for exclusive access, and a teacher's look must never cut
+    off the student (nor a student's reconnect the teacher). For a view-only viewer, each
+    message is measured and only those in `VIEW_ONLY_ALLOWED` are passed on; input is
+    dropped and counted in `dropped`. Otherwise the bytes pass unchanged.
+    """
+
+    def __init__(self, *, view_only: bool) -> None:
+        self.view_only = view_only
+        self.buffer = bytearray()
+        self.client_init_seen = False
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Take what arrived (messages may be split or joined) and return what to forward."""
+        if self.client_init_seen and not self.view_only:
+            return data
+        self.buffer += data
+        out = bytearray()
+        if not self.client_init_seen:
+            if not self.buffer:
+                return b""
+            del self.buffer[:1]
+            out.append(SHARED)
+            self.client_init_seen = True
+            if not self.view_only:
+                out += self.buffer
+                self.buffer.clear()
+                return bytes(out)
+        while self.buffer:
+            size = client_message_size(self.buffer)
+            if size is None or len(self.buffer) < size:
+                break
+            message = bytes(self.buffer[:size])
+            del self.buffer[:size]
+            if message[0] in VIEW_ONLY_ALLOWED:
+                out += message
+            else:
+                self.dropped += 1
+        return bytes(out)

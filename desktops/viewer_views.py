@@ -4,6 +4,9 @@ Thin: each view loads the desktop and calls one service in `desktops.viewers`; r
 come back as the service's `ApplicationError` and are shown with its status code.
 Responses that carry a token are never cached. No response carries the graphics password:
 the proxy signs in to the display itself.
+
+The browser viewer is interactive for the desktop's owner and view-only for anyone else
+(the course's teacher, who may act on the desktop: the service decides who may look).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
+from accounts.permissions import can_act_on_desktop
 from desktops.models import Desktop
 from desktops.viewers import (
     BrowserViewerAccess,
@@ -44,16 +48,26 @@ def _access_payload(access: BrowserViewerAccess) -> dict[str, object]:
         "name": access.desktop_name,
         "path": access.websocket_path,
         "expires_at": access.expires_at.isoformat(),
+        "view_only": access.view_only,
     }
+
+
+def _issue(request: HttpRequest, desktop_id: int) -> BrowserViewerAccess:
+    """The owner's token, or a view-only one for someone else who may act on the desktop;
+    anyone else is refused as a stranger to it (by the service, which checks again)."""
+    actor = _user(request)
+    desktop = _desktop(desktop_id)
+    view_only = desktop.owner_id != actor.pk and can_act_on_desktop(actor, desktop)
+    return viewer_token_issue(actor=actor, desktop=desktop, view_only=view_only)
 
 
 @never_cache
 @login_required
 @require_GET
 def viewer_page(request: HttpRequest, desktop_id: int) -> HttpResponse:
-    """The noVNC page for the owner's running desktop."""
+    """The noVNC page for a running desktop: the owner's, or a view-only look."""
     try:
-        access = viewer_token_issue(actor=_user(request), desktop=_desktop(desktop_id))
+        access = _issue(request, desktop_id)
     except ApplicationError as error:
         return render(
             request,
@@ -63,6 +77,7 @@ def viewer_page(request: HttpRequest, desktop_id: int) -> HttpResponse:
         )
     context = {
         "access": _access_payload(access),
+        "view_only": access.view_only,
         "desktop_name": access.desktop_name,
         "token_url": reverse("desktop-viewer-token", args=[access.desktop_id]),
         "vv_url": reverse("desktop-viewer-vv", args=[access.desktop_id]),
@@ -77,7 +92,7 @@ def viewer_page(request: HttpRequest, desktop_id: int) -> HttpResponse:
 def viewer_token(request: HttpRequest, desktop_id: int) -> JsonResponse:
     """A new token for the viewer page to reconnect with (to wherever the desktop runs now)."""
     try:
-        access = viewer_token_issue(actor=_user(request), desktop=_desktop(desktop_id))
+        access = _issue(request, desktop_id)
     except ApplicationError as error:
         return JsonResponse(
             {"message": error.message, "extra": error.extra}, status=error.status_code

@@ -1,7 +1,12 @@
 """Opening a desktop's screen: viewer tokens for the browser, `.vv` files for remote-viewer.
 
 Browser: the owner's viewer page gets a single-use token that lives a minute
-(`ISARD_VIEWER_TOKEN_SECONDS`). noVNC opens `/ws/viewer/<token>/`; the proxy consumes the
+(`ISARD_VIEWER_TOKEN_SECONDS`). Anyone else who may act on the desktop (the course's
+teacher, the school's manager, an administrator: `can_act_on_desktop`) gets a view-only
+token instead: the proxy joins the display as a shared client, so the owner's session
+stays, and drops every key, pointer and clipboard event from that side
+(`desktops.viewer_rfb.ViewOnlyFilter`); each such look is recorded in the desktop's events
+with who looked. noVNC opens `/ws/viewer/<token>/`; the proxy consumes the
 token (`viewer_token_consume`) and connects only to the VNC port of the desktop the token
 names, on the hypervisor it runs on at that moment (so a reconnect follows a desktop that
 moved). The proxy signs in to that display itself with the desktop's VNC password, over
@@ -69,6 +74,7 @@ class BrowserViewerAccess:
     websocket_path: str
     desktop_id: int
     desktop_name: str
+    view_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class ViewerTarget:
     user_id: int
     password: str = field(default="", repr=False)
     require_tls: bool = True
+    #: Drop the browser's input, and join as a shared client (never exclusive).
+    view_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,12 +155,40 @@ def _refuse(
     return error(message, extra={"reason": reason})
 
 
+def _check_view_only_allowed(*, actor: User, desktop: Desktop, client: str = "") -> None:
+    """A view-only look is for someone who may act on the desktop and is not its owner."""
+    if desktop.owner_id == actor.pk:
+        raise _refuse(
+            "own-desktop",
+            f"“{desktop.name}” is your own desktop: open it with the ordinary viewer.",
+            user=actor,
+            desktop=desktop,
+            client=client,
+        )
+    if not can_act_on_desktop(actor, desktop):
+        raise _refuse(
+            "not-allowed",
+            f"Only the teachers of the course may look at the screen of “{desktop.name}”.",
+            user=actor,
+            desktop=desktop,
+            client=client,
+        )
+
+
 def _check_viewable(
-    *, actor: User, desktop: Desktop, protocol: ViewerProtocol | None, client: str = ""
+    *,
+    actor: User,
+    desktop: Desktop,
+    protocol: ViewerProtocol | None,
+    client: str = "",
+    view_only: bool = False,
 ) -> Hypervisor:
-    """The checks every viewer path shares: the owner only, a running desktop, its display
-    (`protocol` None: a path that needs no display of the hypervisor's, such as RDP)."""
-    if desktop.owner_id != actor.pk:
+    """The checks every viewer path shares: the owner only (or, `view_only`, someone else
+    who may act on it), a running desktop, its display (`protocol` None: a path that
+    needs no display of the hypervisor's, such as RDP)."""
+    if view_only:
+        _check_view_only_allowed(actor=actor, desktop=desktop, client=client)
+    elif desktop.owner_id != actor.pk:
         raise _refuse(
             "not-owner",
             f"Only the owner of the desktop “{desktop.name}” may open its viewer.",
@@ -160,7 +196,7 @@ def _check_viewable(
             desktop=desktop,
             client=client,
         )
-    if not can_act_on_desktop(actor, desktop):
+    elif not can_act_on_desktop(actor, desktop):
         # The owner's own desktop, in a deployment the teacher has hidden for now.
         raise _refuse(
             "hidden",
@@ -212,10 +248,14 @@ def _record(desktop: Desktop, reason: str, actor: User) -> None:
 
 
 def viewer_token_issue(
-    *, actor: User, desktop: Desktop, now: datetime | None = None
+    *, actor: User, desktop: Desktop, view_only: bool = False, now: datetime | None = None
 ) -> BrowserViewerAccess:
-    """Give the desktop's owner a single-use token for the browser viewer, and its password."""
-    _check_viewable(actor=actor, desktop=desktop, protocol=ViewerProtocol.BROWSER_VNC)
+    """Give the desktop's owner a single-use token for the browser viewer; with
+    `view_only`, give one to someone else who may act on the desktop (its course's
+    teacher) to look at its screen without touching it or disconnecting the owner."""
+    _check_viewable(
+        actor=actor, desktop=desktop, protocol=ViewerProtocol.BROWSER_VNC, view_only=view_only
+    )
     now = now or timezone.now()
     token = secrets.token_urlsafe(32)
     expires_at = now + token_lifetime()
@@ -224,6 +264,7 @@ def viewer_token_issue(
         user=actor,
         desktop=desktop,
         protocol=ViewerProtocol.BROWSER_VNC,
+        view_only=view_only,
         created_at=now,
         expires_at=expires_at,
     )
@@ -235,6 +276,7 @@ def viewer_token_issue(
         websocket_path=websocket_path(token),
         desktop_id=desktop.pk,
         desktop_name=desktop.name,
+        view_only=view_only,
     )
 
 
@@ -312,9 +354,19 @@ def viewer_token_consume(
             client=client,
         )
     desktop.refresh_from_db()
-    hypervisor = _check_viewable(actor=user, desktop=desktop, protocol=protocol, client=client)
-    target = viewer_target(desktop=desktop, hypervisor=hypervisor, user=user)
-    _record(desktop, f"browser viewer opened from {client or 'an unknown address'}", user)
+    # Checked again at connection time: a teacher who left the course since cannot look.
+    hypervisor = _check_viewable(
+        actor=user, desktop=desktop, protocol=protocol, client=client, view_only=record.view_only
+    )
+    target = viewer_target(
+        desktop=desktop, hypervisor=hypervisor, user=user, view_only=record.view_only
+    )
+    where = client or "an unknown address"
+    if record.view_only:
+        looker = user.get_username()
+        _record(desktop, f"view-only look at the screen by {looker} from {where}", user)
+    else:
+        _record(desktop, f"browser viewer opened from {where}", user)
     return target
 
 
@@ -376,7 +428,9 @@ def graphics_host(*, hypervisor: Hypervisor, listen: str | None) -> str:
     return urlsplit(hypervisor.uri).hostname or "127.0.0.1"
 
 
-def viewer_target(*, desktop: Desktop, hypervisor: Hypervisor, user: User) -> ViewerTarget:
+def viewer_target(
+    *, desktop: Desktop, hypervisor: Hypervisor, user: User, view_only: bool = False
+) -> ViewerTarget:
     """Ask the desktop's hypervisor which VNC port its running guest has."""
     try:
         ports = libvirt_driver.graphics_ports(hypervisor.uri, desktop.domain_name)
@@ -401,6 +455,7 @@ def viewer_target(*, desktop: Desktop, hypervisor: Hypervisor, user: User) -> Vi
         user_id=user.pk,
         password=desktop.graphics_password,
         require_tls=viewer_tls_required(host=host),
+        view_only=view_only,
     )
 
 

@@ -23,8 +23,8 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 
-from accounts.choices import Role
-from accounts.tests.factories import UserFactory
+from accounts.choices import CourseRole, Role
+from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from desktops.viewer_consumers import (
@@ -183,11 +183,14 @@ async def test_the_owner_gets_a_byte_pipe_to_the_desktops_vnc_port(
     assert vnc_server.authenticated == 1 and vnc_server.versions == [GREETING]
     payload = bytes(range(256)) * 64
     await connection.send_to(bytes_data=payload)
+    # The first byte is the browser's ClientInit: the proxy always asks for a shared
+    # session (b"\x00", exclusive, would disconnect every other viewer); the rest is as sent.
+    relayed = b"\x01" + payload[1:]
     echoed = b""
     while len(echoed) < len(payload):
         echoed += await connection.receive_from(timeout=2)
-    assert echoed == payload
-    assert bytes(vnc_server.received) == payload
+    assert echoed == relayed
+    assert bytes(vnc_server.received) == relayed
     assert ports_asked == [desktop.domain_name]
     assert vnc_server.connections == 1
     await connection.disconnect()
@@ -423,3 +426,38 @@ async def test_a_tls_display_with_the_platforms_certificates_missing_is_explaine
     assert not (tmp_path / "no-pki-yet" / "ca-cert.pem").exists()
     server.close()
     await server.wait_closed()
+
+
+@database_sync_to_async
+def teacher_of(desktop: Desktop) -> tuple[Any, str]:
+    """A teacher of the desktop's course, and a view-only token of theirs for it."""
+    course = CourseFactory.create(school=desktop.owner.school)
+    Desktop.objects.filter(pk=desktop.pk).update(course=course)
+    desktop.refresh_from_db()
+    teacher = UserFactory.create(role=Role.TEACHER, school=desktop.owner.school)
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    return teacher, viewer_token_issue(actor=teacher, desktop=desktop, view_only=True).token
+
+
+async def test_a_view_only_viewer_joins_shared_and_its_input_never_reaches_the_display(
+    vnc_server: StandInVnc, ports_asked: list[str]
+) -> None:
+    _owner, desktop = await student_with_desktop()
+    teacher, token = await teacher_of(desktop)
+    connection = communicator(teacher, token)
+    assert (await connection.connect())[0]
+    await browser_opening(connection)
+    key_down = struct.pack(">BBxxI", 4, 1, 0x61)
+    pointer = struct.pack(">BBHH", 5, 1, 10, 10)
+    update_request = struct.pack(">BBHHHH", 3, 0, 0, 0, 640, 480)
+    # An exclusive ClientInit (noVNC's `shared: false`), typing, clicking, and a request
+    # for the screen: only the shared ClientInit and the screen request go on.
+    await connection.send_to(bytes_data=b"\x00" + key_down + pointer[:2])
+    await connection.send_to(bytes_data=pointer[2:] + update_request + key_down)
+    expected = b"\x01" + update_request
+    echoed = b""
+    while len(echoed) < len(expected):
+        echoed += await connection.receive_from(timeout=2)
+    assert echoed == expected
+    assert bytes(vnc_server.received) == expected
+    await connection.disconnect()
