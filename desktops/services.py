@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -22,6 +22,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from accounts.models import Course, User
 from accounts.permissions import can_act_on_desktop, can_manage_course
@@ -53,6 +55,7 @@ from isard.exceptions import (
     NoCapacityError,
     NotFoundError,
     PermissionDeniedError,
+    TaskQueueUnavailableError,
 )
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media, Template
@@ -228,18 +231,89 @@ def _check_can_act(actor: User, desktop: Desktop) -> None:
         raise PermissionDeniedError("This desktop is not yours.")
 
 
-def send_task(task_name: str, args: list[Any], options: dict[str, Any]) -> None:
+# --- sending tasks, and what happens when the task queue is unreachable ------------------
+#
+# A task is sent after the transaction that moved the desktop to a busy status commits (so
+# the worker never sees a status that is not there yet). If Redis cannot take it, the
+# request must not hang and the desktop must not stay busy for ever: the broker's sockets
+# time out (settings: CELERY_BROKER_TRANSPORT_OPTIONS), the sender's `undo` puts the
+# desktop back, and the person gets TaskQueueUnavailableError (503). What `undo` does:
+# - a new desktop (creating, no disk, no domain) is removed again: nothing existed yet;
+# - any other desktop goes back to the status it had when the table allows it (a start
+#   back to stopped or failed, a shutdown back to started), else it fails with the reason
+#   (a force-off or a delete); the reconciliation corrects "failed" to "started" for a
+#   guest that still runs, once the queue is back.
+
+#: Errors that mean the broker did not take the message (kombu re-raises Redis's own).
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, RedisError, OSError)
+
+
+def task_queue_unreachable_message(error: BaseException) -> str:
+    return f"The task queue is unreachable ({error}); nothing was done, try again in a moment."
+
+
+def send_task(
+    task_name: str,
+    args: list[Any],
+    options: dict[str, Any],
+    on_failure: Callable[[str], None] | None = None,
+) -> None:
+    """Send a Celery task now; if the broker cannot take it, undo and raise a 503 error.
+
+    The result is ignored: the services record every outcome in the database, and
+    subscribing to a result in Redis is what made a send wait ~20 s on a dead broker.
+    """
     from isard.celery import app
 
-    app.send_task(task_name, args=args, **options)
+    try:
+        app.send_task(task_name, args=args, ignore_result=True, **options)
+    except _BROKER_ERRORS as error:
+        message = task_queue_unreachable_message(error)
+        logger.error("could not send %s%s: %s", task_name, args, error)
+        if on_failure is not None:
+            on_failure(message)
+        raise TaskQueueUnavailableError(message, extra={"task": task_name}) from error
 
 
-def _schedule(task_name: str, *args: Any, **options: Any) -> None:
+def _schedule(
+    task_name: str, *args: Any, undo: Callable[[str], None] | None = None, **options: Any
+) -> None:
     """Send a Celery task once the current transaction has committed.
 
-    A `partial` of `send_task` (not a lambda) so tests can see what was scheduled.
+    A `partial` of `send_task` (not a lambda) so tests can see what was scheduled. `undo`
+    is called with the reason if the task could not be sent (see above).
     """
-    transaction.on_commit(partial(send_task, task_name, list(args), options))
+    transaction.on_commit(partial(send_task, task_name, list(args), options, on_failure=undo))
+
+
+def _undo_creation(desktop_ids: Sequence[int]) -> Callable[[str], None]:
+    """An `undo` for new desktops: remove those still creating with nothing made yet."""
+
+    def undo(reason: str) -> None:
+        removed, _ = Desktop.objects.filter(
+            pk__in=list(desktop_ids), status=S.CREATING, disk__isnull=True
+        ).delete()
+        logger.warning("removed %s new desktops: %s", removed, reason)
+
+    return undo
+
+
+def _undo_transition(desktop: Desktop, previous: DesktopStatus) -> Callable[[str], None]:
+    """An `undo` for a busy status: back to `previous` if the table allows, else failed."""
+    busy = DesktopStatus(desktop.status)
+
+    def undo(reason: str) -> None:
+        current = Desktop.objects.filter(pk=desktop.pk).first()
+        if current is None or current.status != busy:
+            return  # someone else moved it meanwhile
+        target = previous if previous in TRANSITIONS[busy] else S.FAILED
+        try:
+            desktop_transition(desktop=current, to=target, reason=reason)
+        except ConflictError:
+            pass
+        desktop.refresh_from_db()
+
+    return undo
 
 
 # --- placement: the fleet's balancer ---------------------------------------------------
@@ -386,7 +460,7 @@ def desktop_create(
             status=S.CREATING,
         )
         DesktopEvent.objects.create(desktop=desktop, to_status=S.CREATING, actor=actor)
-        _schedule("desktops.tasks.provision_desktop", desktop.pk)
+        _schedule("desktops.tasks.provision_desktop", desktop.pk, undo=_undo_creation([desktop.pk]))
     return desktop
 
 
@@ -419,7 +493,7 @@ def desktop_create_from_media(
         )
         desktop.media.add(media)
         DesktopEvent.objects.create(desktop=desktop, to_status=S.CREATING, actor=actor)
-        _schedule("desktops.tasks.provision_desktop", desktop.pk)
+        _schedule("desktops.tasks.provision_desktop", desktop.pk, undo=_undo_creation([desktop.pk]))
     return desktop
 
 
@@ -524,7 +598,8 @@ def desktops_create_bulk(
         DesktopEvent.objects.bulk_create(
             [DesktopEvent(desktop=d, to_status=S.CREATING, actor=actor) for d in desktops]
         )
-        _schedule("desktops.tasks.provision_desktops", [d.pk for d in desktops])
+        ids = [d.pk for d in desktops]
+        _schedule("desktops.tasks.provision_desktops", ids, undo=_undo_creation(ids))
     return desktops
 
 
@@ -650,6 +725,7 @@ def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
             "it cannot start now.",
             extra={"status": desktop.status},
         )
+    previous = DesktopStatus(desktop.status)
     try:
         with transaction.atomic():
             quota_check(
@@ -664,7 +740,11 @@ def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
                 actor=actor,
                 graphics_password=_new_graphics_password(),
             )
-            _schedule("desktops.tasks.boot_desktop", desktop.pk)
+            _schedule(
+                "desktops.tasks.boot_desktop",
+                desktop.pk,
+                undo=_undo_transition(desktop, previous),
+            )
     except ConflictError:
         desktop.refresh_from_db()
         if desktop.status in (S.STARTING, S.STARTED):
@@ -733,12 +813,15 @@ def desktop_boot(*, desktop_id: int, hypervisor_id: int | None = None) -> Deskto
 def desktop_shutdown(*, actor: User, desktop: Desktop) -> Desktop:
     """Ask the guest to power off; it is forced off after the configured timeout."""
     _check_can_act(actor, desktop)
+    previous = DesktopStatus(desktop.status)
     with transaction.atomic():
         desktop_transition(desktop=desktop, to=S.SHUTTING_DOWN, actor=actor)
-        _schedule("desktops.tasks.shutdown_desktop", desktop.pk)
+        undo = _undo_transition(desktop, previous)
+        _schedule("desktops.tasks.shutdown_desktop", desktop.pk, undo=undo)
         _schedule(
             "desktops.tasks.shutdown_timeout",
             desktop.pk,
+            undo=undo,
             countdown=settings.ISARD_SHUTDOWN_TIMEOUT_SECONDS,
         )
     return desktop
@@ -779,9 +862,14 @@ def desktop_shutdown_timeout(*, desktop_id: int) -> Desktop:
 def desktop_stop(*, actor: User, desktop: Desktop) -> Desktop:
     """Force the desktop off at once (pulling the plug)."""
     _check_can_act(actor, desktop)
+    previous = DesktopStatus(desktop.status)
     with transaction.atomic():
         desktop_transition(desktop=desktop, to=S.STOPPING, actor=actor)
-        _schedule("desktops.tasks.force_off_desktop", desktop.pk)
+        _schedule(
+            "desktops.tasks.force_off_desktop",
+            desktop.pk,
+            undo=_undo_transition(desktop, previous),
+        )
     return desktop
 
 
@@ -826,9 +914,12 @@ def desktop_delete(*, actor: User, desktop: Desktop) -> Desktop:
     _check_can_act(actor, desktop)
     if desktop.status in (S.STARTED, S.SHUTTING_DOWN, S.STARTING, S.STOPPING):
         raise ConflictError(f"Stop the desktop “{desktop.name}” before deleting it.")
+    previous = DesktopStatus(desktop.status)
     with transaction.atomic():
         desktop_transition(desktop=desktop, to=S.DELETING, actor=actor)
-        _schedule("desktops.tasks.delete_desktop", desktop.pk)
+        _schedule(
+            "desktops.tasks.delete_desktop", desktop.pk, undo=_undo_transition(desktop, previous)
+        )
     return desktop
 
 

