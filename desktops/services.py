@@ -532,6 +532,9 @@ def desktop_provision(*, desktop_id: int, hypervisor_id: int | None = None) -> D
             assert template is not None and template.disk is not None
             disk = disk_create_overlay(parent=template.disk)
         desktop.disk = disk
+        # Linked at once: if this worker dies now, the recovery finds the disk and the
+        # host of the half-made desktop and removes them (`desktops_recover_stuck`).
+        Desktop.objects.filter(pk=desktop.pk).update(disk=disk, hypervisor=hypervisor)
         _define(desktop, hypervisor)
     except (ApplicationError, libvirt_driver.DriverError) as error:
         if hypervisor is not None:
@@ -540,6 +543,8 @@ def desktop_provision(*, desktop_id: int, hypervisor_id: int | None = None) -> D
             except libvirt_driver.DriverError:
                 pass
         if disk is not None:
+            Desktop.objects.filter(pk=desktop.pk).update(disk=None, hypervisor=None)
+            desktop.disk = None
             Path(disk.path).unlink(missing_ok=True)
             disk.delete()
         message = error.message if isinstance(error, ApplicationError) else str(error)
@@ -687,24 +692,39 @@ def desktops_provision_bulk(
                 shape_key(spec),
             )
         )
+    made_ids = {job[0] for job in jobs}
+    planned = [d for d in desktops if d.pk in made_ids]
+    if planned:
+        # Recorded and linked before any file is made: if this worker dies during the I/O,
+        # the recovery finds each half-made disk and domain (`desktops_recover_stuck`).
+        for desktop in planned:
+            desktop.hypervisor = hosts[desktop.pk]
+        with transaction.atomic():
+            Disk.objects.bulk_create([d.disk for d in planned if d.disk is not None])
+            Desktop.objects.bulk_update(planned, ["disk", "hypervisor"])
     if jobs:
         with ThreadPoolExecutor(max_workers=settings.ISARD_PROVISION_CONCURRENCY) as executor:
             outcomes = list(executor.map(lambda job: (job[0], _provision_io(*job[1:])), jobs))
         failures.update({desktop_id: message for desktop_id, message in outcomes if message})
-    made_ids = {job[0] for job in jobs}
-    made = [d for d in desktops if d.pk in made_ids and d.pk not in failures]
+    made = [d for d in planned if d.pk not in failures]
     for desktop in made:
         assert desktop.disk is not None
         desktop.disk.actual_size_bytes = Path(desktop.disk.path).stat().st_blocks * 512
+    unmade = [d for d in planned if d.pk in failures]
     with transaction.atomic():
-        Disk.objects.bulk_create([d.disk for d in made if d.disk is not None])
+        if unmade:
+            # Their files are gone already (`_provision_io`); their rows go too.
+            Desktop.objects.filter(pk__in=[d.pk for d in unmade]).update(disk=None, hypervisor=None)
+            Disk.objects.filter(pk__in=[d.disk.pk for d in unmade if d.disk is not None]).delete()
+        made_disks = [d.disk for d in made if d.disk is not None]
+        Disk.objects.bulk_update(made_disks, ["actual_size_bytes"])
         desktops_transition(
             changes=[(d, {"disk": d.disk, "hypervisor": hosts[d.pk]}) for d in made],
             to=S.STOPPED,
         )
         for desktop in desktops:
             if desktop.pk in failures:
-                desktop.disk = None
+                desktop.disk = desktop.hypervisor = None
                 desktops_transition(
                     changes=[(desktop, {})], to=S.FAILED, reason=failures[desktop.pk]
                 )
@@ -712,6 +732,26 @@ def desktops_provision_bulk(
 
 
 # --- start / stop -------------------------------------------------------------------------
+
+
+def missing_disk_files(disk: Disk | None) -> list[str]:
+    """The files of `disk` and of the template disks under it that cannot be opened.
+
+    A stat and an open per level (no subprocess): cheap enough for every start. A disk
+    deleted or made unreadable behind isard's back is found here, before any status
+    changes, instead of by qemu in front of a class.
+    """
+    missing: list[str] = []
+    seen: set[int] = set()
+    while disk is not None and disk.pk not in seen:
+        seen.add(disk.pk)
+        try:
+            with open(disk.path, "rb") as image:
+                image.read(4)
+        except OSError as error:
+            missing.append(f"{disk.path} ({error.strerror or error})")
+        disk = disk.parent
+    return missing
 
 
 def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
@@ -724,6 +764,14 @@ def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
             f"The desktop “{desktop.name}” is {DesktopStatus(desktop.status).label.lower()}; "
             "it cannot start now.",
             extra={"status": desktop.status},
+        )
+    missing = missing_disk_files(desktop.disk)
+    if missing:
+        logger.error("desktop %s cannot start, missing: %s", desktop.pk, "; ".join(missing))
+        raise ConflictError(
+            f"The desktop “{desktop.name}” cannot start: the disk or its template is missing "
+            f"({'; '.join(missing)}). Nothing was changed; an administrator must restore it.",
+            extra={"missing": missing},
         )
     previous = DesktopStatus(desktop.status)
     try:
@@ -1098,6 +1146,8 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
                 desktop_transition(desktop=desktop, to=S.STARTED, reason="recovered: it is running")
             elif desktop.status == S.STOPPING and off:
                 desktop_transition(desktop=desktop, to=S.STOPPED, reason="recovered: it is off")
+            elif desktop.status == S.CREATING:
+                _recover_creation(desktop)
             else:
                 action = DesktopStatus(desktop.status).label.lower()
                 desktop_transition(
@@ -1109,3 +1159,31 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
         except ConflictError:
             continue  # it moved on by itself meanwhile
     return settled
+
+
+def _recover_creation(desktop: Desktop) -> None:
+    """Fail a provisioning that died mid-way and remove its half-made disk and domain.
+
+    The failure is recorded first (a conditional update): a provisioning that was only
+    slow and finishes later then finds the desktop failed and changes nothing. What it
+    had made is removed after: the domain on the host it was placed on, the overlay file
+    and its row. The desktop has nothing of its own yet, so nothing is lost.
+    """
+    disk = Disk.objects.filter(pk=desktop.disk_id).first() if desktop.disk_id else None
+    hypervisor = desktop.hypervisor
+    desktop_transition(
+        desktop=desktop,
+        to=S.FAILED,
+        reason="“creating” did not finish (the worker may have stopped); delete it and "
+        "create it again.",
+        disk=None,
+        hypervisor=None,
+    )
+    if hypervisor is not None:
+        try:
+            libvirt_driver.undefine_domain(hypervisor.uri, desktop.domain_name)
+        except libvirt_driver.DriverError as error:
+            logger.warning("could not undefine %s: %s", desktop.domain_name, error)
+    if disk is not None:
+        Path(disk.path).unlink(missing_ok=True)
+        disk.delete()

@@ -281,6 +281,138 @@ def test_health_reports_redis_down_without_hanging(
     assert report["checks"]["redis"]["ok"] is False
 
 
+# --- 3. the desktops' storage pool is full ----------------------------------------------
+
+
+@pytest.fixture
+def small_desktops_pool(pools: dict[str, Any]) -> Iterator[Path]:
+    """A tmpfs of 700 KiB mounted over the desktops pool: room for three overlays (root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a file system needs root (CI runs as root)")
+    directory = Path(pools["desktops"].path)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=700k,mode=0755", "isard-test-full", str(directory)],
+        check=True,
+    )
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "--lazy", str(directory)], check=True)
+
+
+def _fill(directory: Path) -> None:
+    """Write until the file system says it is full."""
+    descriptor = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(descriptor, b"\1" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _domain_defined(desktop: Desktop, uri: str = "test:///default") -> bool:
+    from hypervisors.drivers import libvirt_driver
+
+    state = libvirt_driver.domain_state(uri, desktop.domain_name)
+    return bool(state != libvirt_driver.DomainState.MISSING)
+
+
+@pytest.mark.django_db
+def test_a_desktop_created_on_a_full_pool_fails_with_the_reason_and_leaves_nothing(
+    small_desktops_pool: Path, test_hypervisor: Any, base_template: Any, run: Any
+) -> None:
+    from accounts.choices import Role
+    from hypervisors.models import Disk
+
+    _fill(small_desktops_pool)
+    disks_before = Disk.objects.count()
+    owner = UserFactory.create(role=Role.ADMIN)
+    desktop = run(services.desktop_create, actor=owner, template=base_template, name="full")
+    desktop.refresh_from_db()
+    assert desktop.status == S.FAILED
+    assert "No space left on device" in desktop.status_reason, desktop.status_reason
+    assert desktop.disk is None
+    assert Disk.objects.count() == disks_before
+    assert sorted(p.name for p in small_desktops_pool.iterdir()) == ["filler"]
+    assert not _domain_defined(desktop)
+
+
+@pytest.mark.django_db
+def test_a_class_on_a_nearly_full_pool_gets_what_fits_and_each_other_desktop_says_why(
+    small_desktops_pool: Path, test_hypervisor: Any, base_template: Any, run: Any
+) -> None:
+    """Decision: the desktops that fit are made; each of the others fails with the reason."""
+    from accounts.choices import CourseRole, Role
+    from accounts.tests.factories import CourseFactory
+
+    course = CourseFactory.create()
+    teacher = UserFactory.create(role=Role.TEACHER)
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    students = [MembershipFactory.create(course=course).user for _ in range(6)]
+    run(
+        services.desktops_create_bulk,
+        actor=teacher,
+        template=base_template,
+        owners=students,
+        name="lab",
+        course=course,
+    )
+    desktops = list(Desktop.objects.filter(course=course).select_related("disk"))
+    made = [d for d in desktops if d.status == S.STOPPED]
+    failed = [d for d in desktops if d.status == S.FAILED]
+    assert len(made) + len(failed) == 6
+    assert made and failed, [d.status_reason for d in desktops]
+    for desktop in failed:
+        assert "No space left on device" in desktop.status_reason, desktop.status_reason
+        assert desktop.disk is None and desktop.hypervisor is None
+        assert not _domain_defined(desktop)
+    files = {p for p in small_desktops_pool.iterdir()}
+    assert files == {Path(d.disk.path) for d in made if d.disk is not None}
+    for desktop in made:
+        assert _domain_defined(desktop)
+
+
+# --- 4. a template's disk deleted behind isard's back -------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_start_on_a_deleted_template_disk_is_refused_and_the_admin_health_names_it(
+    test_hypervisor: Any, base_template: Any, run: Any, tmp_path: Path
+) -> None:
+    from isard.exceptions import ConflictError
+    from isard.health import check_disks
+
+    owner = UserFactory.create()
+    base_template.shared_with_everyone = True
+    base_template.save()
+    desktop = run(services.desktop_create, actor=owner, template=base_template, name="mine")
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert check_disks()["ok"] is True
+    template_file = Path(base_template.disk.path)
+    kept = tmp_path / "kept.qcow2"
+    template_file.rename(kept)
+    try:
+        with pytest.raises(ConflictError, match="the disk or its template is missing"):
+            run(services.desktop_start, actor=owner, desktop=desktop)
+        desktop.refresh_from_db()
+        assert desktop.status == S.STOPPED  # nothing changed, nothing lost
+        assert Path(desktop.disk.path).exists()
+        report = check_disks()
+        assert report["ok"] is False
+        assert report["missing_count"] == 1
+        assert report["missing"][0].startswith(str(template_file))
+    finally:
+        kept.rename(template_file)
+    # The admin puts the file back: the same desktop starts.
+    run(services.desktop_start, actor=owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED, desktop.status_reason
+    run(services.desktop_stop, actor=owner, desktop=desktop)
+
+
 # Helpers used by the scenarios below.
 
 
