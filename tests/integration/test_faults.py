@@ -368,7 +368,7 @@ def test_a_class_on_a_nearly_full_pool_gets_what_fits_and_each_other_desktop_say
         assert "No space left on device" in desktop.status_reason, desktop.status_reason
         assert desktop.disk is None and desktop.hypervisor is None
         assert not _domain_defined(desktop)
-    files = {p for p in small_desktops_pool.iterdir()}
+    files = set(small_desktops_pool.iterdir())
     assert files == {Path(d.disk.path) for d in made if d.disk is not None}
     for desktop in made:
         assert _domain_defined(desktop)
