@@ -20,9 +20,11 @@ What isard promises (README, "When things go wrong"):
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -411,6 +413,255 @@ def test_a_start_on_a_deleted_template_disk_is_refused_and_the_admin_health_name
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
     run(services.desktop_stop, actor=owner, desktop=desktop)
+
+
+# --- 2. and 6. a libvirt daemon and a Celery worker of the test's own ---------------------
+
+
+@pytest.fixture(scope="module")
+def own_libvirtd() -> Iterator[Any]:
+    """A per-user libvirt daemon (as in test_multihost): safe to kill, freeze and restart.
+
+    Never the system libvirtd, which other tests and agents use.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("making the daemon's user needs root (CI runs as root)")
+    from tests.integration.test_multihost import SessionDaemon
+
+    daemon = SessionDaemon(
+        "isard-hv-f", display_ports=(16100, 16199), migration_ports=(49400, 49449)
+    )
+    daemon.prepare()
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        _signal_daemon(daemon, signal.SIGCONT)
+        daemon.shut_down()
+
+
+def _daemon_pid(daemon: Any) -> int:
+    return int((daemon.runtime_dir / "libvirt" / "libvirtd.pid").read_text().strip())
+
+
+def _signal_daemon(daemon: Any, signum: signal.Signals) -> None:
+    try:
+        os.kill(_daemon_pid(daemon), signum)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+
+
+@pytest.fixture
+def host_on_own_libvirtd(own_libvirtd: Any, pools: dict[str, Any], storage_root: Path) -> Any:
+    from hypervisors.choices import Accelerator, HypervisorState
+    from hypervisors.tests.factories import HypervisorFactory
+
+    logs = storage_root / "logs"
+    logs.mkdir(exist_ok=True)
+    logs.chmod(0o777)  # the daemon's qemu runs as its own user
+    own_libvirtd.start()
+    own_libvirtd.remove_guests()
+    host = HypervisorFactory.create(
+        name="faults",
+        uri=own_libvirtd.uri,
+        accelerator=Accelerator.QEMU,
+        state=HypervisorState.ONLINE,
+        free_memory_mib=4096,
+        memory_mib=4096,
+        cpus=2,
+    )
+    host.storage_pools.set(list(pools.values()))
+    yield host
+    own_libvirtd.start()
+    own_libvirtd.remove_guests()
+
+
+@pytest.mark.django_db
+def test_libvirtd_killed_during_a_start_fails_it_with_the_reason_and_the_host_comes_back(
+    host_on_own_libvirtd: Any, own_libvirtd: Any, base_template: Any, run: Any, settings: Any
+) -> None:
+    from hypervisors.choices import HypervisorState
+    from hypervisors.drivers import libvirt_driver
+    from hypervisors.services import hypervisors_monitor
+
+    settings.ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = 0
+    owner = UserFactory.create()
+    base_template.shared_with_everyone = True
+    base_template.save()
+    desktop = run(services.desktop_create, actor=owner, template=base_template, name="mine")
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED, desktop.status_reason
+    os.chmod(desktop.disk.path, 0o666)
+    # The start is accepted, then the daemon dies before the worker's boot reaches it.
+    with run.capture(execute=False) as callbacks:
+        services.desktop_start(actor=owner, desktop=desktop)
+    own_libvirtd.kill_libvirtd()
+    try:
+        run.process(callbacks)
+        desktop.refresh_from_db()
+        assert desktop.status == S.FAILED
+        assert desktop.status_reason.startswith("Could not start on faults"), desktop.status_reason
+        assert hypervisors_monitor()["faults"] == HypervisorState.OFFLINE
+    finally:
+        own_libvirtd.start()
+    # The daemon is back: the host is online again, no half-made domain runs, and the
+    # same desktop starts.
+    assert hypervisors_monitor()["faults"] == HypervisorState.ONLINE
+    state = libvirt_driver.domain_state(own_libvirtd.uri, desktop.domain_name)
+    assert state != libvirt_driver.DomainState.RUNNING
+    run(services.desktop_start, actor=owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED, desktop.status_reason
+    run(services.desktop_stop, actor=owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+
+
+_WORKER_SETUP = """
+import os, sys
+import django
+django.setup()
+from pathlib import Path
+from accounts.choices import Role
+from accounts.tests.factories import UserFactory
+from hypervisors.choices import Accelerator, HypervisorState
+from hypervisors.models import Hypervisor
+from hypervisors.services import storage_pools_ensure
+from templates_app.services import template_register_base
+from templates_app.tests.factories import HardwareProfileFactory
+pools = storage_pools_ensure(root=Path(os.environ["ISARD_STORAGE_ROOT"]))
+host = Hypervisor.objects.create(
+    name="faults", uri=sys.argv[1], accelerator=Accelerator.QEMU,
+    state=HypervisorState.ONLINE, memory_mib=4096, free_memory_mib=4096, cpus=2,
+)
+host.storage_pools.set(list(pools.values()))
+template_register_base(
+    name="Base", image=Path(sys.argv[2]), hardware=HardwareProfileFactory.create(networks=[])
+)
+UserFactory.create(username="owner", role=Role.ADMIN)
+"""
+
+_WORKER_CREATE = """
+import django
+django.setup()
+from accounts.models import User
+from desktops.services import desktop_create
+from templates_app.models import Template
+desktop = desktop_create(
+    actor=User.objects.get(username="owner"), template=Template.objects.get(), name="victim"
+)
+print(desktop.pk)
+"""
+
+_WORKER_RECOVER = """
+from datetime import timedelta
+import django
+django.setup()
+from django.utils import timezone
+from desktops.services import desktops_recover_stuck
+print(desktops_recover_stuck(now=timezone.now() + timedelta(minutes=10)))
+"""
+
+
+def test_a_worker_killed_mid_provisioning_leaves_no_stuck_desktop_disk_or_domain(
+    own_libvirtd: Any, own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    """kill -9 a real Celery worker while its provisioning waits on a frozen libvirtd.
+
+    The worker and the test share a SQLite file (the test's own database is in memory);
+    the steps run as scripts against it, the checks read it directly.
+    """
+    import sqlite3
+    import sys
+
+    from hypervisors.drivers import libvirt_driver
+
+    root = Path(__file__).resolve().parents[2]
+    storage = Path(tempfile.mkdtemp(dir="/var/tmp/isard-tests"))
+    storage.chmod(0o755)
+    database = tmp_path / "isard.sqlite3"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "REDIS_URL": own_redis.url,
+        "ISARD_STORAGE_ROOT": str(storage),
+        "DJANGO_SETTINGS_MODULE": "isard.settings",
+        "PYTHONPATH": str(root),
+    }
+
+    def script(code: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+    def row(sql: str, *params: Any) -> Any:
+        with sqlite3.connect(database) as connection:
+            return connection.execute(sql, params).fetchone()
+
+    own_libvirtd.start()
+    own_libvirtd.remove_guests()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=env, check=True
+        )
+        base = tmp_path / "base.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+        script(_WORKER_SETUP, own_libvirtd.uri, str(base))
+        _signal_daemon(own_libvirtd, signal.SIGSTOP)  # libvirt now hangs, as a stuck host
+        desktop_id = int(script(_WORKER_CREATE))
+        worker = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "celery", "-A", "isard", "worker", "--pool=prefork"),
+                *("--concurrency=1", "--loglevel=WARNING", "--hostname=faults@%h"),
+                *("--without-mingle", "--without-gossip"),
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+        def disk_linked() -> Any:
+            found = row("SELECT disk_id FROM desktops_desktop WHERE id = ?", desktop_id)
+            return found and found[0]
+
+        disk_id = wait_for(disk_linked, 90, "the worker to make the overlay")
+        (overlay,) = row("SELECT path FROM hypervisors_disk WHERE id = ?", disk_id)
+        assert Path(overlay).exists()
+        os.killpg(worker.pid, signal.SIGKILL)  # mid-task: define_domain waits on libvirt
+        worker.wait(timeout=10)
+        _signal_daemon(own_libvirtd, signal.SIGCONT)
+        assert row("SELECT status FROM desktops_desktop WHERE id = ?", desktop_id) == (S.CREATING,)
+
+        assert script(_WORKER_RECOVER) == "1"
+        status, reason, linked = row(
+            "SELECT status, status_reason, disk_id FROM desktops_desktop WHERE id = ?",
+            desktop_id,
+        )
+        assert status == S.FAILED
+        assert "did not finish" in reason
+        assert linked is None
+        assert row("SELECT COUNT(*) FROM hypervisors_disk WHERE id = ?", disk_id) == (0,)
+        assert not Path(overlay).exists()
+        (uuid,) = row("SELECT uuid FROM desktops_desktop WHERE id = ?", desktop_id)
+        name = f"{libvirt_driver.DOMAIN_PREFIX}{uuid}"
+        assert name not in libvirt_driver.list_domain_states(own_libvirtd.uri)
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+        _signal_daemon(own_libvirtd, signal.SIGCONT)
+        own_libvirtd.remove_guests()
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 # Helpers used by the scenarios below.
