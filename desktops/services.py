@@ -38,7 +38,6 @@ from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xm
 from hypervisors.models import Disk, Hypervisor, StoragePool
 from hypervisors.services import (
     disk_create_empty,
-    disk_create_overlay,
     disk_path,
     disk_refresh_actual_size,
     hypervisor_hand_off,
@@ -526,17 +525,19 @@ def desktop_provision(*, desktop_id: int, hypervisor_id: int | None = None) -> D
                 "desktops.tasks.provision_desktop", desktop.pk, hypervisor=hypervisor
             ):
                 return desktop
+        # The disk is recorded and linked to the desktop, with its host, before its file
+        # is made: if this worker dies mid-way, the recovery finds what was made and
+        # removes it (`desktops_recover_stuck`).
         if from_media:
             disk = disk_create_empty(size_bytes=desktop.hardware.disk_size_gib * 1024**3)
+            Desktop.objects.filter(pk=desktop.pk).update(disk=disk, hypervisor=hypervisor)
         else:
             assert template is not None and template.disk is not None
-            disk = disk_create_overlay(parent=template.disk)
+            disk = _overlay_recorded_first(desktop, template.disk, hypervisor)
         desktop.disk = disk
-        # Linked at once: if this worker dies now, the recovery finds the disk and the
-        # host of the half-made desktop and removes them (`desktops_recover_stuck`).
-        Desktop.objects.filter(pk=desktop.pk).update(disk=disk, hypervisor=hypervisor)
         _define(desktop, hypervisor)
     except (ApplicationError, libvirt_driver.DriverError) as error:
+        disk = disk or Disk.objects.filter(desktops=desktop.pk).first()
         if hypervisor is not None:
             try:
                 libvirt_driver.undefine_domain(hypervisor.uri, desktop.domain_name)
@@ -550,6 +551,27 @@ def desktop_provision(*, desktop_id: int, hypervisor_id: int | None = None) -> D
         message = error.message if isinstance(error, ApplicationError) else str(error)
         return _fail(desktop, f"Could not create the desktop: {message}")
     return desktop_transition(desktop=desktop, to=S.STOPPED, disk=disk, hypervisor=hypervisor)
+
+
+def _overlay_recorded_first(desktop: Desktop, parent: Disk, hypervisor: Hypervisor) -> Disk:
+    """The desktop's overlay on `parent`: its row and link first, then the file."""
+    pool = pool_for(PoolPurpose.DESKTOPS)
+    path = disk_path(pool)
+    disk = Disk.objects.create(
+        pool=pool,
+        path=str(path),
+        format="qcow2",
+        parent=parent,
+        virtual_size_bytes=parent.virtual_size_bytes,
+    )
+    Desktop.objects.filter(pk=desktop.pk).update(disk=disk, hypervisor=hypervisor)
+    try:
+        qemu_img.create_overlay(path, Path(parent.path), backing_format=parent.format)
+    except qemu_img.QemuImgError as error:
+        raise InfrastructureError(f"could not create the disk: {error}") from error
+    disk.actual_size_bytes = path.stat().st_blocks * 512
+    disk.save(update_fields=["actual_size_bytes"])
+    return disk
 
 
 def desktops_create_bulk(
