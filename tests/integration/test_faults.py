@@ -664,6 +664,147 @@ def test_a_worker_killed_mid_provisioning_leaves_no_stuck_desktop_disk_or_domain
         shutil.rmtree(storage, ignore_errors=True)
 
 
+# --- 5. PostgreSQL unreachable, then restarted, while the worker runs tasks ---------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own on a loopback port (never the machine's)."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"postgres://isard@127.0.0.1:{self.port}/isard"
+
+    def _pg(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+
+    def create(self) -> None:
+        subprocess.run(["chown", "postgres:postgres", str(self.directory)], check=True)
+        self.directory.chmod(0o700)
+        self._pg(str(PG_BIN / "initdb"), "-D", str(self.directory / "data"), "-A", "trust")
+        self.start()
+        self._pg(str(PG_BIN / "createuser"), "-h", "127.0.0.1", "-p", str(self.port), "-s", "isard")
+        self._pg(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "isard")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        data, log = str(self.directory / "data"), str(self.directory / "log")
+        self._pg(str(PG_BIN / "pg_ctl"), "-D", data, "-o", options, "-w", "-l", log, "start")
+
+    def stop(self) -> None:
+        data = str(self.directory / "data")
+        self._pg(str(PG_BIN / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.directory / "data" / "postmaster.pid").exists()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    if os.geteuid() != 0 or not (PG_BIN / "initdb").exists():
+        pytest.skip("a PostgreSQL cluster of the test's own needs root and PostgreSQL 15")
+    cluster = OwnPostgres(directory=Path(tempfile.mkdtemp(prefix="isard-faults-pg.")))
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        if cluster.running():
+            cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+
+
+def test_provisioning_survives_postgresql_down_then_restarted_under_a_real_worker(
+    own_postgres: OwnPostgres, own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    """The engine tasks retry on OperationalError: a database back within seconds loses
+    nothing, and a restart under a running worker does not break its next task."""
+    import sys
+
+    import psycopg
+
+    root = Path(__file__).resolve().parents[2]
+    storage = Path(tempfile.mkdtemp(dir="/var/tmp/isard-tests"))
+    storage.chmod(0o755)
+    log = tmp_path / "worker.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": own_postgres.url,
+        "REDIS_URL": own_redis.url,
+        "ISARD_STORAGE_ROOT": str(storage),
+        "DJANGO_SETTINGS_MODULE": "isard.settings",
+        "PYTHONPATH": str(root),
+    }
+
+    def script(code: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+    def status(desktop_id: int) -> str | None:
+        try:
+            with psycopg.connect(own_postgres.url.replace("postgres://", "postgresql://")) as db:
+                found = db.execute(
+                    "SELECT status FROM desktops_desktop WHERE id = %s", (desktop_id,)
+                ).fetchone()
+        except psycopg.OperationalError:
+            return None
+        return str(found[0]) if found else None
+
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=env, check=True
+        )
+        base = tmp_path / "base.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+        script(_WORKER_SETUP, "test:///default", str(base))
+        first = int(script(_WORKER_CREATE))  # queued; no worker yet
+        own_postgres.stop()
+        with open(log, "wb") as output:
+            worker = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "celery", "-A", "isard", "worker", "--pool=solo"),
+                    *("--loglevel=INFO", "--hostname=faults-pg@%h"),
+                    *("--without-mingle", "--without-gossip"),
+                ],
+                cwd=root,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(lambda: b"Retry in" in log.read_bytes(), 60, "the task to fail and retry")
+        own_postgres.start()
+        wait_for(lambda: status(first) == S.STOPPED, 60, "the retried provisioning")
+
+        own_postgres.stop()  # a restart under the running worker and its old connection
+        own_postgres.start()
+        second = int(script(_WORKER_CREATE))
+        wait_for(lambda: status(second) == S.STOPPED, 60, "provisioning after a restart")
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+        shutil.rmtree(storage, ignore_errors=True)
+
+
 # Helpers used by the scenarios below.
 
 
