@@ -32,8 +32,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def broker_down() -> Iterator[None]:
     """The Celery app sends to a loopback port where nothing listens (connection refused)."""
-    from isard.celery import app
+    from isard.celery import app as celery_app
 
+    app: Any = celery_app  # its connection pools are private attributes
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again when the block ends
@@ -102,7 +103,7 @@ def test_an_action_whose_task_cannot_be_sent_puts_the_desktop_back_or_fails_it(
     desktop.refresh_from_db()
     assert desktop.status == after
     assert "task queue is unreachable" in desktop.status_reason
-    assert Path(desktop.disk.path).exists()  # nothing lost
+    assert desktop.disk is not None and Path(desktop.disk.path).exists()  # nothing lost
 
 
 def test_a_new_desktop_whose_task_cannot_be_sent_is_removed_again(
