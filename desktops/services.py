@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -1141,12 +1142,47 @@ def desktop_get(*, actor: User, desktop_id: int) -> Desktop:
 STUCK_AFTER = timedelta(minutes=5)
 
 
+#: How long the stuck-desktop sweep waits for one host's libvirt before moving on.
+RECOVERY_LIBVIRT_TIMEOUT_SECONDS = 5.0
+
+
+class _NoAnswer(Exception):
+    """A libvirt call of the sweep did not return in time (a hung daemon)."""
+
+
+def _within(seconds: float, call: Callable[..., Any], *args: Any) -> Any:
+    """Run a libvirt call in a daemon thread; raise _NoAnswer if it takes longer.
+
+    libvirt calls have no timeout: a frozen daemon (stopped, or a host whose network
+    went away) would block the sweep, and every desktop after it, for ever. The abandoned
+    thread stays blocked; being a daemon thread it holds nothing else up.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call(*args)
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="isard-recovery-libvirt", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise _NoAnswer(f"no answer from libvirt within {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def desktops_recover_stuck(*, now: datetime | None = None) -> int:
     """Settle desktops whose task died mid-way (a worker killed, a database error).
 
     A busy status normally lasts seconds. Past `STUCK_AFTER`, what the hypervisor really
     runs decides when it can (a start that did happen becomes STARTED); otherwise the
-    desktop fails with a reason that says what to do. Nothing is deleted.
+    desktop fails with a reason that says what to do. A desktop that was being created
+    loses what its task had made (see `_recover_creation`); nothing else is deleted. A
+    host that does not answer costs the sweep `RECOVERY_LIBVIRT_TIMEOUT_SECONDS`, once.
     """
     limit = (now or timezone.now()) - STUCK_AFTER
     stuck = Desktop.objects.filter(
@@ -1154,13 +1190,24 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
         status_changed_at__lt=limit,
     ).select_related("hypervisor")
     settled = 0
+    silent_hosts: set[int] = set()
     for desktop in stuck:
         state = libvirt_driver.DomainState.OTHER
-        if desktop.hypervisor is not None:
+        host = desktop.hypervisor
+        host_answers = host is not None and host.pk not in silent_hosts
+        if host is not None and host_answers:
             try:
-                state = libvirt_driver.domain_state(desktop.hypervisor.uri, desktop.domain_name)
+                state = _within(
+                    RECOVERY_LIBVIRT_TIMEOUT_SECONDS,
+                    libvirt_driver.domain_state,
+                    host.uri,
+                    desktop.domain_name,
+                )
+            except _NoAnswer:
+                silent_hosts.add(host.pk)
+                host_answers = False
             except libvirt_driver.DriverError:
-                pass
+                host_answers = False
         running = state == libvirt_driver.DomainState.RUNNING
         off = state in (libvirt_driver.DomainState.SHUTOFF, libvirt_driver.DomainState.MISSING)
         try:
@@ -1169,7 +1216,7 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
             elif desktop.status == S.STOPPING and off:
                 desktop_transition(desktop=desktop, to=S.STOPPED, reason="recovered: it is off")
             elif desktop.status == S.CREATING:
-                _recover_creation(desktop)
+                _recover_creation(desktop, host_answers=host_answers)
             else:
                 action = DesktopStatus(desktop.status).label.lower()
                 desktop_transition(
@@ -1183,29 +1230,40 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
     return settled
 
 
-def _recover_creation(desktop: Desktop) -> None:
+def _recover_creation(desktop: Desktop, *, host_answers: bool) -> None:
     """Fail a provisioning that died mid-way and remove its half-made disk and domain.
 
     The failure is recorded first (a conditional update): a provisioning that was only
     slow and finishes later then finds the desktop failed and changes nothing. What it
-    had made is removed after: the domain on the host it was placed on, the overlay file
-    and its row. The desktop has nothing of its own yet, so nothing is lost.
+    had made is removed after: the overlay file and its row, and the domain on the host
+    it was placed on. If that host does not answer, the desktop keeps its host, so that
+    deleting the desktop later removes the domain there. The desktop has nothing of its
+    own yet, so nothing is lost.
     """
     disk = Disk.objects.filter(pk=desktop.disk_id).first() if desktop.disk_id else None
     hypervisor = desktop.hypervisor
+    undefined = False
     desktop_transition(
         desktop=desktop,
         to=S.FAILED,
         reason="“creating” did not finish (the worker may have stopped); delete it and "
         "create it again.",
         disk=None,
-        hypervisor=None,
     )
-    if hypervisor is not None:
+    if hypervisor is not None and host_answers:
         try:
-            libvirt_driver.undefine_domain(hypervisor.uri, desktop.domain_name)
-        except libvirt_driver.DriverError as error:
+            _within(
+                RECOVERY_LIBVIRT_TIMEOUT_SECONDS,
+                libvirt_driver.undefine_domain,
+                hypervisor.uri,
+                desktop.domain_name,
+            )
+            undefined = True
+        except (_NoAnswer, libvirt_driver.DriverError) as error:
             logger.warning("could not undefine %s: %s", desktop.domain_name, error)
+    if hypervisor is None or undefined:
+        Desktop.objects.filter(pk=desktop.pk).update(hypervisor=None)
+        desktop.hypervisor = None
     if disk is not None:
         Path(disk.path).unlink(missing_ok=True)
         disk.delete()

@@ -563,6 +563,18 @@ print(desktops_recover_stuck(now=timezone.now() + timedelta(minutes=10)))
 """
 
 
+_WORKER_DELETE = """
+import sys
+import django
+django.setup()
+from desktops.models import Desktop
+from desktops.services import desktop_delete, desktop_recycle
+desktop = Desktop.objects.get(pk=int(sys.argv[1]))
+desktop_delete(actor=desktop.owner, desktop=desktop)
+print(desktop_recycle(desktop_id=desktop.pk).status)
+"""
+
+
 def test_a_worker_killed_mid_provisioning_leaves_no_stuck_desktop_disk_or_domain(
     own_libvirtd: Any, own_redis: OwnRedis, tmp_path: Path
 ) -> None:
@@ -639,12 +651,13 @@ def test_a_worker_killed_mid_provisioning_leaves_no_stuck_desktop_disk_or_domain
         assert Path(overlay).exists()
         os.killpg(worker.pid, signal.SIGKILL)  # mid-task: define_domain waits on libvirt
         worker.wait(timeout=10)
-        _signal_daemon(own_libvirtd, signal.SIGCONT)
         assert row("SELECT status FROM desktops_desktop WHERE id = ?", desktop_id) == (S.CREATING,)
 
+        # The sweep runs while the host is still frozen: it must not hang on it.
         assert script(_WORKER_RECOVER) == "1"
-        status, reason, linked = row(
-            "SELECT status, status_reason, disk_id FROM desktops_desktop WHERE id = ?",
+        status, reason, linked, host = row(
+            "SELECT status, status_reason, disk_id, hypervisor_id FROM desktops_desktop"
+            " WHERE id = ?",
             desktop_id,
         )
         assert status == S.FAILED
@@ -652,6 +665,11 @@ def test_a_worker_killed_mid_provisioning_leaves_no_stuck_desktop_disk_or_domain
         assert linked is None
         assert row("SELECT COUNT(*) FROM hypervisors_disk WHERE id = ?", disk_id) == (0,)
         assert not Path(overlay).exists()
+        # The domain may have been defined there: the desktop keeps its host, so that
+        # deleting it removes the domain once the host answers again.
+        assert host is not None
+        _signal_daemon(own_libvirtd, signal.SIGCONT)
+        assert script(_WORKER_DELETE, str(desktop_id)) == S.DELETED
         (uuid,) = row("SELECT uuid FROM desktops_desktop WHERE id = ?", desktop_id)
         name = f"{libvirt_driver.DOMAIN_PREFIX}{uuid}"
         assert name not in libvirt_driver.list_domain_states(own_libvirtd.uri)
