@@ -144,3 +144,35 @@ def test_a_provisioning_that_died_after_its_disk_and_domain_is_failed_and_cleane
     assert not Disk.objects.filter(pk=disk_id).exists()
     state = libvirt_driver.domain_state("test:///default", desktop.domain_name)
     assert state == libvirt_driver.DomainState.MISSING
+
+
+def test_a_deployment_made_while_the_queue_is_down_gets_its_desktops_later(
+    north: Any,
+    test_hypervisor: Any,
+    base_template: Any,
+    broker_down: None,
+    django_capture_on_commit_callbacks: Any,
+    run: Any,
+) -> None:
+    """The deployment row stays (empty); "create the missing desktops" completes it."""
+    from desktops import deployments
+    from desktops.models import Deployment
+
+    base_template.shared_with_everyone = True
+    base_template.save()
+    with pytest.raises(TaskQueueUnavailableError):
+        _sent_for_real(
+            django_capture_on_commit_callbacks,
+            deployments.deployment_create,
+            actor=north.teacher,
+            course=north.course,
+            template=base_template,
+            name="Lab",
+        )
+    deployment = Deployment.objects.get(name="Lab")
+    assert not Desktop.objects.filter(deployment=deployment).exists()
+    assert deployments.deployment_missing_students(deployment) == [north.student]
+    # The queue is back (the `run` fixture sends tasks by running them here).
+    outcome = run(deployments.deployment_create_missing, actor=north.teacher, deployment=deployment)
+    assert [d.owner for d in outcome.changed] == [north.student]
+    assert Desktop.objects.get(deployment=deployment).status == S.STOPPED
