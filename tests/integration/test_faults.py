@@ -741,11 +741,12 @@ def own_postgres() -> Iterator[OwnPostgres]:
         shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
-def test_provisioning_survives_postgresql_down_then_restarted_under_a_real_worker(
+def test_provisioning_survives_postgresql_and_redis_restarted_under_a_real_worker(
     own_postgres: OwnPostgres, own_redis: OwnRedis, tmp_path: Path
 ) -> None:
     """The engine tasks retry on OperationalError: a database back within seconds loses
-    nothing, and a restart under a running worker does not break its next task."""
+    nothing; a database or a Redis restarted under a running worker does not break its
+    next task."""
     import sys
 
     import psycopg
@@ -816,6 +817,12 @@ def test_provisioning_survives_postgresql_down_then_restarted_under_a_real_worke
         own_postgres.start()
         second = int(script(_WORKER_CREATE))
         wait_for(lambda: status(second) == S.STOPPED, 60, "provisioning after a restart")
+
+        # Redis restarted under the running worker: it reconnects and takes the next task.
+        own_redis.kill()
+        own_redis.start()
+        third = int(script(_WORKER_CREATE))
+        wait_for(lambda: status(third) == S.STOPPED, 90, "provisioning after Redis restarted")
     finally:
         if worker is not None and worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
