@@ -25,15 +25,15 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from django.utils import timezone
 
 from accounts.tests.factories import MembershipFactory, UserFactory
 from desktops import services
@@ -477,14 +477,15 @@ def host_on_own_libvirtd(own_libvirtd: Any, pools: dict[str, Any], storage_root:
 
 
 @pytest.mark.django_db
-def test_libvirtd_killed_during_a_start_fails_it_with_the_reason_and_the_host_comes_back(
+def test_libvirtd_killed_during_a_start_or_while_it_runs_then_back_statuses_follow(
     host_on_own_libvirtd: Any, own_libvirtd: Any, base_template: Any, run: Any, settings: Any
 ) -> None:
     from hypervisors.choices import HypervisorState
     from hypervisors.drivers import libvirt_driver
     from hypervisors.services import hypervisors_monitor
+    from hypervisors.tasks import reconcile_all_hypervisors
 
-    settings.ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = 0
+    settings.ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = 0  # the start's failure: at once
     owner = UserFactory.create()
     base_template.shared_with_everyone = True
     base_template.save()
@@ -510,6 +511,25 @@ def test_libvirtd_killed_during_a_start_fails_it_with_the_reason_and_the_host_co
     state = libvirt_driver.domain_state(own_libvirtd.uri, desktop.domain_name)
     assert state != libvirt_driver.DomainState.RUNNING
     run(services.desktop_start, actor=owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED, desktop.status_reason
+
+    # The daemon dies while the desktop runs: its guest's qemu goes on running.
+    settings.ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = 30
+    own_libvirtd.kill_libvirtd()
+    try:
+        # Within the grace the host is not offline yet and the desktop keeps its status.
+        assert hypervisors_monitor()["faults"] != HypervisorState.OFFLINE
+        desktop.refresh_from_db()
+        assert desktop.status == S.STARTED
+        later = timezone.now() + timedelta(seconds=31)
+        assert hypervisors_monitor(now=later)["faults"] == HypervisorState.OFFLINE
+        desktop.refresh_from_db()
+        assert desktop.status == S.UNKNOWN
+        assert "has not answered" in desktop.status_reason
+    finally:
+        own_libvirtd.start()
+    reconcile_all_hypervisors()  # back: the host is online and the guest still runs
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
     run(services.desktop_stop, actor=owner, desktop=desktop)
@@ -828,28 +848,3 @@ def test_provisioning_survives_postgresql_and_redis_restarted_under_a_real_worke
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=10)
         shutil.rmtree(storage, ignore_errors=True)
-
-
-# Helpers used by the scenarios below.
-
-
-@contextmanager
-def undone(action: Any) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        action()
-
-
-def _age(desktop: Desktop, seconds: float) -> None:
-    """Pretend the desktop entered its status `seconds` ago (for the stuck-desktop sweep)."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    Desktop.objects.filter(pk=desktop.pk).update(
-        status_changed_at=timezone.now() - timedelta(seconds=seconds)
-    )
-
-
-_ = (time,)
