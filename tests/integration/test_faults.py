@@ -191,6 +191,27 @@ def test_a_start_with_redis_down_answers_503_and_leaves_the_desktop_stopped(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_dashboards_start_button_with_redis_down_says_why(
+    north: Campus, queue_on_own_redis: OwnRedis
+) -> None:
+    from django.test import Client
+    from django.urls import reverse
+
+    desktop = north.student_desktop
+    browser = Client()
+    browser.force_login(north.student)
+    queue_on_own_redis.kill()
+    response = browser.post(
+        reverse("desktop-action", args=[desktop.pk, "start"]),
+        headers={"accept": "application/json"},
+    )
+    assert response.status_code == 503
+    assert "task queue is unreachable" in response.json()["message"]
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_shutdown_with_redis_down_leaves_the_desktop_started(
     north: Campus, queue_on_own_redis: OwnRedis
 ) -> None:
