@@ -176,3 +176,27 @@ def test_a_deployment_made_while_the_queue_is_down_gets_its_desktops_later(
     outcome = run(deployments.deployment_create_missing, actor=north.teacher, deployment=deployment)
     assert [d.owner for d in outcome.changed] == [north.student]
     assert Desktop.objects.get(deployment=deployment).status == S.STOPPED
+
+
+def test_a_template_asked_for_while_the_queue_is_down_is_not_made_and_the_desktop_stops(
+    desktop: Desktop, broker_down: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    from accounts.choices import Role
+    from templates_app.models import Template
+    from templates_app.services import template_from_desktop
+
+    desktop.owner.role = Role.TEACHER
+    desktop.owner.save()
+    templates_before = Template.objects.count()
+    with pytest.raises(TaskQueueUnavailableError):
+        _sent_for_real(
+            django_capture_on_commit_callbacks,
+            template_from_desktop,
+            actor=desktop.owner,
+            desktop_id=desktop.pk,
+            name="Mine as a template",
+        )
+    assert Template.objects.count() == templates_before
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert "task queue is unreachable" in desktop.status_reason
