@@ -152,7 +152,7 @@ def main() -> None:
 
         # Tasks run here, at once, instead of through a Celery worker.
         app.loader.import_default_modules()
-        services.send_task = lambda name, args, opts: (  # type: ignore[assignment]
+        services.send_task = lambda name, args, opts, **_: (
             None if opts.get("countdown") else app.tasks[name](*args)
         )
         storage_pools_ensure()

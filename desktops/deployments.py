@@ -30,7 +30,12 @@ from desktops.services import (
     desktop_stop,
     desktops_create_bulk,
 )
-from isard.exceptions import ApplicationError, ConflictError, PermissionDeniedError
+from isard.exceptions import (
+    ApplicationError,
+    ConflictError,
+    PermissionDeniedError,
+    TaskQueueUnavailableError,
+)
 from templates_app.choices import TemplateStatus
 from templates_app.models import Template
 from templates_app.selectors import template_is_visible_to
@@ -250,9 +255,18 @@ def _each(
     act: Callable[[Desktop], Desktop],
 ) -> BulkOutcome:
     outcome = BulkOutcome(deployment=deployment)
+    queue_down: TaskQueueUnavailableError | None = None
     for desktop in desktops:
+        if queue_down is not None:
+            # Each try would wait for the broker's timeout again: a class of thirty would
+            # hang the request. The rest are refused with the same reason at once.
+            outcome.refused.append((desktop, queue_down.message))
+            continue
         try:
             outcome.changed.append(act(desktop))
+        except TaskQueueUnavailableError as error:
+            queue_down = error
+            outcome.refused.append((desktop, error.message))
         except ApplicationError as error:
             outcome.refused.append((desktop, error.message))
     return outcome

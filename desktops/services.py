@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -22,6 +23,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from accounts.models import Course, User
 from accounts.permissions import can_act_on_desktop, can_manage_course
@@ -36,7 +39,6 @@ from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xm
 from hypervisors.models import Disk, Hypervisor, StoragePool
 from hypervisors.services import (
     disk_create_empty,
-    disk_create_overlay,
     disk_path,
     disk_refresh_actual_size,
     hypervisor_hand_off,
@@ -53,6 +55,7 @@ from isard.exceptions import (
     NoCapacityError,
     NotFoundError,
     PermissionDeniedError,
+    TaskQueueUnavailableError,
 )
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media, Template
@@ -228,18 +231,89 @@ def _check_can_act(actor: User, desktop: Desktop) -> None:
         raise PermissionDeniedError("This desktop is not yours.")
 
 
-def send_task(task_name: str, args: list[Any], options: dict[str, Any]) -> None:
+# --- sending tasks, and what happens when the task queue is unreachable ------------------
+#
+# A task is sent after the transaction that moved the desktop to a busy status commits (so
+# the worker never sees a status that is not there yet). If Redis cannot take it, the
+# request must not hang and the desktop must not stay busy for ever: the broker's sockets
+# time out (settings: CELERY_BROKER_TRANSPORT_OPTIONS), the sender's `undo` puts the
+# desktop back, and the person gets TaskQueueUnavailableError (503). What `undo` does:
+# - a new desktop (creating, no disk, no domain) is removed again: nothing existed yet;
+# - any other desktop goes back to the status it had when the table allows it (a start
+#   back to stopped or failed, a shutdown back to started), else it fails with the reason
+#   (a force-off or a delete); the reconciliation corrects "failed" to "started" for a
+#   guest that still runs, once the queue is back.
+
+#: Errors that mean the broker did not take the message (kombu re-raises Redis's own).
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuOperationalError, RedisError, OSError)
+
+
+def task_queue_unreachable_message(error: BaseException) -> str:
+    return f"The task queue is unreachable ({error}); nothing was done, try again in a moment."
+
+
+def send_task(
+    task_name: str,
+    args: list[Any],
+    options: dict[str, Any],
+    on_failure: Callable[[str], None] | None = None,
+) -> None:
+    """Send a Celery task now; if the broker cannot take it, undo and raise a 503 error.
+
+    The result is ignored: the services record every outcome in the database, and
+    subscribing to a result in Redis is what made a send wait ~20 s on a dead broker.
+    """
     from isard.celery import app
 
-    app.send_task(task_name, args=args, **options)
+    try:
+        app.send_task(task_name, args=args, ignore_result=True, **options)
+    except _BROKER_ERRORS as error:
+        message = task_queue_unreachable_message(error)
+        logger.error("could not send %s%s: %s", task_name, args, error)
+        if on_failure is not None:
+            on_failure(message)
+        raise TaskQueueUnavailableError(message, extra={"task": task_name}) from error
 
 
-def _schedule(task_name: str, *args: Any, **options: Any) -> None:
+def _schedule(
+    task_name: str, *args: Any, undo: Callable[[str], None] | None = None, **options: Any
+) -> None:
     """Send a Celery task once the current transaction has committed.
 
-    A `partial` of `send_task` (not a lambda) so tests can see what was scheduled.
+    A `partial` of `send_task` (not a lambda) so tests can see what was scheduled. `undo`
+    is called with the reason if the task could not be sent (see above).
     """
-    transaction.on_commit(partial(send_task, task_name, list(args), options))
+    transaction.on_commit(partial(send_task, task_name, list(args), options, on_failure=undo))
+
+
+def _undo_creation(desktop_ids: Sequence[int]) -> Callable[[str], None]:
+    """An `undo` for new desktops: remove those still creating with nothing made yet."""
+
+    def undo(reason: str) -> None:
+        removed, _ = Desktop.objects.filter(
+            pk__in=list(desktop_ids), status=S.CREATING, disk__isnull=True
+        ).delete()
+        logger.warning("removed %s new desktops: %s", removed, reason)
+
+    return undo
+
+
+def _undo_transition(desktop: Desktop, previous: DesktopStatus) -> Callable[[str], None]:
+    """An `undo` for a busy status: back to `previous` if the table allows, else failed."""
+    busy = DesktopStatus(desktop.status)
+
+    def undo(reason: str) -> None:
+        current = Desktop.objects.filter(pk=desktop.pk).first()
+        if current is None or current.status != busy:
+            return  # someone else moved it meanwhile
+        target = previous if previous in TRANSITIONS[busy] else S.FAILED
+        try:
+            desktop_transition(desktop=current, to=target, reason=reason)
+        except ConflictError:
+            pass
+        desktop.refresh_from_db()
+
+    return undo
 
 
 # --- placement: the fleet's balancer ---------------------------------------------------
@@ -386,7 +460,7 @@ def desktop_create(
             status=S.CREATING,
         )
         DesktopEvent.objects.create(desktop=desktop, to_status=S.CREATING, actor=actor)
-        _schedule("desktops.tasks.provision_desktop", desktop.pk)
+        _schedule("desktops.tasks.provision_desktop", desktop.pk, undo=_undo_creation([desktop.pk]))
     return desktop
 
 
@@ -419,7 +493,7 @@ def desktop_create_from_media(
         )
         desktop.media.add(media)
         DesktopEvent.objects.create(desktop=desktop, to_status=S.CREATING, actor=actor)
-        _schedule("desktops.tasks.provision_desktop", desktop.pk)
+        _schedule("desktops.tasks.provision_desktop", desktop.pk, undo=_undo_creation([desktop.pk]))
     return desktop
 
 
@@ -452,25 +526,53 @@ def desktop_provision(*, desktop_id: int, hypervisor_id: int | None = None) -> D
                 "desktops.tasks.provision_desktop", desktop.pk, hypervisor=hypervisor
             ):
                 return desktop
+        # The disk is recorded and linked to the desktop, with its host, before its file
+        # is made: if this worker dies mid-way, the recovery finds what was made and
+        # removes it (`desktops_recover_stuck`).
         if from_media:
             disk = disk_create_empty(size_bytes=desktop.hardware.disk_size_gib * 1024**3)
+            Desktop.objects.filter(pk=desktop.pk).update(disk=disk, hypervisor=hypervisor)
         else:
             assert template is not None and template.disk is not None
-            disk = disk_create_overlay(parent=template.disk)
+            disk = _overlay_recorded_first(desktop, template.disk, hypervisor)
         desktop.disk = disk
         _define(desktop, hypervisor)
     except (ApplicationError, libvirt_driver.DriverError) as error:
+        disk = disk or Disk.objects.filter(desktops=desktop.pk).first()
         if hypervisor is not None:
             try:
                 libvirt_driver.undefine_domain(hypervisor.uri, desktop.domain_name)
             except libvirt_driver.DriverError:
                 pass
         if disk is not None:
+            Desktop.objects.filter(pk=desktop.pk).update(disk=None, hypervisor=None)
+            desktop.disk = None
             Path(disk.path).unlink(missing_ok=True)
             disk.delete()
         message = error.message if isinstance(error, ApplicationError) else str(error)
         return _fail(desktop, f"Could not create the desktop: {message}")
     return desktop_transition(desktop=desktop, to=S.STOPPED, disk=disk, hypervisor=hypervisor)
+
+
+def _overlay_recorded_first(desktop: Desktop, parent: Disk, hypervisor: Hypervisor) -> Disk:
+    """The desktop's overlay on `parent`: its row and link first, then the file."""
+    pool = pool_for(PoolPurpose.DESKTOPS)
+    path = disk_path(pool)
+    disk = Disk.objects.create(
+        pool=pool,
+        path=str(path),
+        format="qcow2",
+        parent=parent,
+        virtual_size_bytes=parent.virtual_size_bytes,
+    )
+    Desktop.objects.filter(pk=desktop.pk).update(disk=disk, hypervisor=hypervisor)
+    try:
+        qemu_img.create_overlay(path, Path(parent.path), backing_format=parent.format)
+    except qemu_img.QemuImgError as error:
+        raise InfrastructureError(f"could not create the disk: {error}") from error
+    disk.actual_size_bytes = path.stat().st_blocks * 512
+    disk.save(update_fields=["actual_size_bytes"])
+    return disk
 
 
 def desktops_create_bulk(
@@ -524,7 +626,8 @@ def desktops_create_bulk(
         DesktopEvent.objects.bulk_create(
             [DesktopEvent(desktop=d, to_status=S.CREATING, actor=actor) for d in desktops]
         )
-        _schedule("desktops.tasks.provision_desktops", [d.pk for d in desktops])
+        ids = [d.pk for d in desktops]
+        _schedule("desktops.tasks.provision_desktops", ids, undo=_undo_creation(ids))
     return desktops
 
 
@@ -612,24 +715,39 @@ def desktops_provision_bulk(
                 shape_key(spec),
             )
         )
+    made_ids = {job[0] for job in jobs}
+    planned = [d for d in desktops if d.pk in made_ids]
+    if planned:
+        # Recorded and linked before any file is made: if this worker dies during the I/O,
+        # the recovery finds each half-made disk and domain (`desktops_recover_stuck`).
+        for desktop in planned:
+            desktop.hypervisor = hosts[desktop.pk]
+        with transaction.atomic():
+            Disk.objects.bulk_create([d.disk for d in planned if d.disk is not None])
+            Desktop.objects.bulk_update(planned, ["disk", "hypervisor"])
     if jobs:
         with ThreadPoolExecutor(max_workers=settings.ISARD_PROVISION_CONCURRENCY) as executor:
             outcomes = list(executor.map(lambda job: (job[0], _provision_io(*job[1:])), jobs))
         failures.update({desktop_id: message for desktop_id, message in outcomes if message})
-    made_ids = {job[0] for job in jobs}
-    made = [d for d in desktops if d.pk in made_ids and d.pk not in failures]
+    made = [d for d in planned if d.pk not in failures]
     for desktop in made:
         assert desktop.disk is not None
         desktop.disk.actual_size_bytes = Path(desktop.disk.path).stat().st_blocks * 512
+    unmade = [d for d in planned if d.pk in failures]
     with transaction.atomic():
-        Disk.objects.bulk_create([d.disk for d in made if d.disk is not None])
+        if unmade:
+            # Their files are gone already (`_provision_io`); their rows go too.
+            Desktop.objects.filter(pk__in=[d.pk for d in unmade]).update(disk=None, hypervisor=None)
+            Disk.objects.filter(pk__in=[d.disk.pk for d in unmade if d.disk is not None]).delete()
+        made_disks = [d.disk for d in made if d.disk is not None]
+        Disk.objects.bulk_update(made_disks, ["actual_size_bytes"])
         desktops_transition(
             changes=[(d, {"disk": d.disk, "hypervisor": hosts[d.pk]}) for d in made],
             to=S.STOPPED,
         )
         for desktop in desktops:
             if desktop.pk in failures:
-                desktop.disk = None
+                desktop.disk = desktop.hypervisor = None
                 desktops_transition(
                     changes=[(desktop, {})], to=S.FAILED, reason=failures[desktop.pk]
                 )
@@ -637,6 +755,26 @@ def desktops_provision_bulk(
 
 
 # --- start / stop -------------------------------------------------------------------------
+
+
+def missing_disk_files(disk: Disk | None) -> list[str]:
+    """The files of `disk` and of the template disks under it that cannot be opened.
+
+    A stat and an open per level (no subprocess): cheap enough for every start. A disk
+    deleted or made unreadable behind isard's back is found here, before any status
+    changes, instead of by qemu in front of a class.
+    """
+    missing: list[str] = []
+    seen: set[int] = set()
+    while disk is not None and disk.pk not in seen:
+        seen.add(disk.pk)
+        try:
+            with open(disk.path, "rb") as image:
+                image.read(4)
+        except OSError as error:
+            missing.append(f"{disk.path} ({error.strerror or error})")
+        disk = disk.parent
+    return missing
 
 
 def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
@@ -650,6 +788,15 @@ def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
             "it cannot start now.",
             extra={"status": desktop.status},
         )
+    missing = missing_disk_files(desktop.disk)
+    if missing:
+        logger.error("desktop %s cannot start, missing: %s", desktop.pk, "; ".join(missing))
+        raise ConflictError(
+            f"The desktop “{desktop.name}” cannot start: the disk or its template is missing "
+            f"({'; '.join(missing)}). Nothing was changed; an administrator must restore it.",
+            extra={"missing": missing},
+        )
+    previous = DesktopStatus(desktop.status)
     try:
         with transaction.atomic():
             quota_check(
@@ -664,7 +811,11 @@ def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
                 actor=actor,
                 graphics_password=_new_graphics_password(),
             )
-            _schedule("desktops.tasks.boot_desktop", desktop.pk)
+            _schedule(
+                "desktops.tasks.boot_desktop",
+                desktop.pk,
+                undo=_undo_transition(desktop, previous),
+            )
     except ConflictError:
         desktop.refresh_from_db()
         if desktop.status in (S.STARTING, S.STARTED):
@@ -733,12 +884,15 @@ def desktop_boot(*, desktop_id: int, hypervisor_id: int | None = None) -> Deskto
 def desktop_shutdown(*, actor: User, desktop: Desktop) -> Desktop:
     """Ask the guest to power off; it is forced off after the configured timeout."""
     _check_can_act(actor, desktop)
+    previous = DesktopStatus(desktop.status)
     with transaction.atomic():
         desktop_transition(desktop=desktop, to=S.SHUTTING_DOWN, actor=actor)
-        _schedule("desktops.tasks.shutdown_desktop", desktop.pk)
+        undo = _undo_transition(desktop, previous)
+        _schedule("desktops.tasks.shutdown_desktop", desktop.pk, undo=undo)
         _schedule(
             "desktops.tasks.shutdown_timeout",
             desktop.pk,
+            undo=undo,
             countdown=settings.ISARD_SHUTDOWN_TIMEOUT_SECONDS,
         )
     return desktop
@@ -779,9 +933,14 @@ def desktop_shutdown_timeout(*, desktop_id: int) -> Desktop:
 def desktop_stop(*, actor: User, desktop: Desktop) -> Desktop:
     """Force the desktop off at once (pulling the plug)."""
     _check_can_act(actor, desktop)
+    previous = DesktopStatus(desktop.status)
     with transaction.atomic():
         desktop_transition(desktop=desktop, to=S.STOPPING, actor=actor)
-        _schedule("desktops.tasks.force_off_desktop", desktop.pk)
+        _schedule(
+            "desktops.tasks.force_off_desktop",
+            desktop.pk,
+            undo=_undo_transition(desktop, previous),
+        )
     return desktop
 
 
@@ -826,9 +985,12 @@ def desktop_delete(*, actor: User, desktop: Desktop) -> Desktop:
     _check_can_act(actor, desktop)
     if desktop.status in (S.STARTED, S.SHUTTING_DOWN, S.STARTING, S.STOPPING):
         raise ConflictError(f"Stop the desktop “{desktop.name}” before deleting it.")
+    previous = DesktopStatus(desktop.status)
     with transaction.atomic():
         desktop_transition(desktop=desktop, to=S.DELETING, actor=actor)
-        _schedule("desktops.tasks.delete_desktop", desktop.pk)
+        _schedule(
+            "desktops.tasks.delete_desktop", desktop.pk, undo=_undo_transition(desktop, previous)
+        )
     return desktop
 
 
@@ -980,12 +1142,47 @@ def desktop_get(*, actor: User, desktop_id: int) -> Desktop:
 STUCK_AFTER = timedelta(minutes=5)
 
 
+#: How long the stuck-desktop sweep waits for one host's libvirt before moving on.
+RECOVERY_LIBVIRT_TIMEOUT_SECONDS = 5.0
+
+
+class _NoAnswer(Exception):
+    """A libvirt call of the sweep did not return in time (a hung daemon)."""
+
+
+def _within(seconds: float, call: Callable[..., Any], *args: Any) -> Any:
+    """Run a libvirt call in a daemon thread; raise _NoAnswer if it takes longer.
+
+    libvirt calls have no timeout: a frozen daemon (stopped, or a host whose network
+    went away) would block the sweep, and every desktop after it, for ever. The abandoned
+    thread stays blocked; being a daemon thread it holds nothing else up.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call(*args)
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="isard-recovery-libvirt", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise _NoAnswer(f"no answer from libvirt within {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def desktops_recover_stuck(*, now: datetime | None = None) -> int:
     """Settle desktops whose task died mid-way (a worker killed, a database error).
 
     A busy status normally lasts seconds. Past `STUCK_AFTER`, what the hypervisor really
     runs decides when it can (a start that did happen becomes STARTED); otherwise the
-    desktop fails with a reason that says what to do. Nothing is deleted.
+    desktop fails with a reason that says what to do. A desktop that was being created
+    loses what its task had made (see `_recover_creation`); nothing else is deleted. A
+    host that does not answer costs the sweep `RECOVERY_LIBVIRT_TIMEOUT_SECONDS`, once.
     """
     limit = (now or timezone.now()) - STUCK_AFTER
     stuck = Desktop.objects.filter(
@@ -993,13 +1190,24 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
         status_changed_at__lt=limit,
     ).select_related("hypervisor")
     settled = 0
+    silent_hosts: set[int] = set()
     for desktop in stuck:
         state = libvirt_driver.DomainState.OTHER
-        if desktop.hypervisor is not None:
+        host = desktop.hypervisor
+        host_answers = host is not None and host.pk not in silent_hosts
+        if host is not None and host_answers:
             try:
-                state = libvirt_driver.domain_state(desktop.hypervisor.uri, desktop.domain_name)
+                state = _within(
+                    RECOVERY_LIBVIRT_TIMEOUT_SECONDS,
+                    libvirt_driver.domain_state,
+                    host.uri,
+                    desktop.domain_name,
+                )
+            except _NoAnswer:
+                silent_hosts.add(host.pk)
+                host_answers = False
             except libvirt_driver.DriverError:
-                pass
+                host_answers = False
         running = state == libvirt_driver.DomainState.RUNNING
         off = state in (libvirt_driver.DomainState.SHUTOFF, libvirt_driver.DomainState.MISSING)
         try:
@@ -1007,6 +1215,8 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
                 desktop_transition(desktop=desktop, to=S.STARTED, reason="recovered: it is running")
             elif desktop.status == S.STOPPING and off:
                 desktop_transition(desktop=desktop, to=S.STOPPED, reason="recovered: it is off")
+            elif desktop.status == S.CREATING:
+                _recover_creation(desktop, host_answers=host_answers)
             else:
                 action = DesktopStatus(desktop.status).label.lower()
                 desktop_transition(
@@ -1018,3 +1228,42 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
         except ConflictError:
             continue  # it moved on by itself meanwhile
     return settled
+
+
+def _recover_creation(desktop: Desktop, *, host_answers: bool) -> None:
+    """Fail a provisioning that died mid-way and remove its half-made disk and domain.
+
+    The failure is recorded first (a conditional update): a provisioning that was only
+    slow and finishes later then finds the desktop failed and changes nothing. What it
+    had made is removed after: the overlay file and its row, and the domain on the host
+    it was placed on. If that host does not answer, the desktop keeps its host, so that
+    deleting the desktop later removes the domain there. The desktop has nothing of its
+    own yet, so nothing is lost.
+    """
+    disk = Disk.objects.filter(pk=desktop.disk_id).first() if desktop.disk_id else None
+    hypervisor = desktop.hypervisor
+    undefined = False
+    desktop_transition(
+        desktop=desktop,
+        to=S.FAILED,
+        reason="“creating” did not finish (the worker may have stopped); delete it and "
+        "create it again.",
+        disk=None,
+    )
+    if hypervisor is not None and host_answers:
+        try:
+            _within(
+                RECOVERY_LIBVIRT_TIMEOUT_SECONDS,
+                libvirt_driver.undefine_domain,
+                hypervisor.uri,
+                desktop.domain_name,
+            )
+            undefined = True
+        except (_NoAnswer, libvirt_driver.DriverError) as error:
+            logger.warning("could not undefine %s: %s", desktop.domain_name, error)
+    if hypervisor is None or undefined:
+        Desktop.objects.filter(pk=desktop.pk).update(hypervisor=None)
+        desktop.hypervisor = None
+    if disk is not None:
+        Path(disk.path).unlink(missing_ok=True)
+        disk.delete()

@@ -55,6 +55,12 @@ class InfrastructureError(ApplicationError):
     status_code = 502
 
 
+class TaskQueueUnavailableError(ApplicationError):
+    """The Celery broker (Redis) could not take a task: nothing was done, try again later."""
+
+    status_code = 503
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         return Response({"message": exc.message, "extra": exc.extra}, status=exc.status_code)

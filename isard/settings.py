@@ -122,6 +122,25 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A broker that is down or hung must not hang the request that sends a task: sockets
+# time out, and a publish is retried briefly (about a second in all) before the sender
+# gets an error it turns into "the task queue is unreachable" (see README, "When things
+# go wrong"). Workers reconnect on their own with the same bounded sockets.
+ISARD_BROKER_SOCKET_TIMEOUT_SECONDS = env.float("ISARD_BROKER_SOCKET_TIMEOUT_SECONDS", default=3.0)
+CELERY_BROKER_CONNECTION_TIMEOUT = ISARD_BROKER_SOCKET_TIMEOUT_SECONDS
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": ISARD_BROKER_SOCKET_TIMEOUT_SECONDS,
+    "socket_connect_timeout": ISARD_BROKER_SOCKET_TIMEOUT_SECONDS,
+}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = CELERY_BROKER_TRANSPORT_OPTIONS
+CELERY_REDIS_SOCKET_TIMEOUT = ISARD_BROKER_SOCKET_TIMEOUT_SECONDS
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = ISARD_BROKER_SOCKET_TIMEOUT_SECONDS
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 
 CHANNEL_LAYERS = {
     "default": {
@@ -183,6 +202,11 @@ CACHES = {
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "isard",
         "TIMEOUT": 300,
+        # A hung Redis must not hang every API request (the rate limits count here).
+        "OPTIONS": {
+            "socket_timeout": ISARD_BROKER_SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": ISARD_BROKER_SOCKET_TIMEOUT_SECONDS,
+        },
     },
 }
 

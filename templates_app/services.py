@@ -71,7 +71,7 @@ def template_from_desktop(
     """
     from desktops.choices import DesktopStatus
     from desktops.models import Desktop
-    from desktops.services import _schedule, desktop_transition
+    from desktops.services import _schedule, _undo_transition, desktop_transition
 
     desktop = Desktop.objects.select_related("template", "hardware").get(pk=desktop_id)
     if desktop.owner_id != actor.pk and not actor.is_admin:
@@ -94,7 +94,15 @@ def template_from_desktop(
             hardware=desktop.hardware,
             status=TemplateStatus.CREATING,
         )
-        _schedule("templates_app.tasks.make_template", template.pk, desktop.pk)
+        put_back = _undo_transition(desktop, DesktopStatus.STOPPED)
+
+        def undo(reason: str) -> None:
+            # The task queue is unreachable: nothing was made, so the new row goes and
+            # the desktop is stopped again, as it was (see desktops.services.send_task).
+            Template.objects.filter(pk=template.pk, status=TemplateStatus.CREATING).delete()
+            put_back(reason)
+
+        _schedule("templates_app.tasks.make_template", template.pk, desktop.pk, undo=undo)
     return template
 
 

@@ -100,14 +100,31 @@ def test_start_on_a_deleting_desktop_is_refused_with_a_clear_error(
         services.desktop_start(actor=student, desktop=desktop)
 
 
-def test_missing_template_file_is_detected_before_start(
+def test_a_start_is_refused_when_the_template_file_is_missing_and_nothing_changes(
     run: Any, desktop: Desktop, student: Any, base_template: Any
 ) -> None:
     Path(base_template.disk.path).unlink()
-    run(services.desktop_start, actor=student, desktop=desktop)
+    sent_before = list(run.sent)
+    with pytest.raises(ConflictError, match="the disk or its template is missing") as refused:
+        run(services.desktop_start, actor=student, desktop=desktop)
+    assert refused.value.extra["missing"][0].startswith(base_template.disk.path)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+    assert run.sent == sent_before
+    assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
+
+
+def test_a_template_file_that_vanishes_before_the_boot_fails_the_start_with_the_reason(
+    run: Any, desktop: Desktop, student: Any, base_template: Any
+) -> None:
+    """Between the request and the worker's boot: the worker's own check catches it."""
+    with run.capture(execute=False) as callbacks:
+        services.desktop_start(actor=student, desktop=desktop)
+    Path(base_template.disk.path).unlink()
+    run.process(callbacks)
     desktop.refresh_from_db()
     assert desktop.status == S.FAILED
-    assert "missing" in desktop.status_reason
+    assert "disk or its template is missing" in desktop.status_reason
     assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
 
 

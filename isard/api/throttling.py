@@ -6,14 +6,31 @@ as DRF's own classes do), so that they can be changed in settings and in tests.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
+from redis.exceptions import RedisError
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
+logger = logging.getLogger(__name__)
+
 
 class SettingsRateThrottle(SimpleRateThrottle):
+    def allow_request(self, request: Request, view: Any) -> bool:
+        """Count the request; with the cache (Redis) unreachable, let it through.
+
+        Rate limits protect the hypervisors from floods; they are not worth a 500 on
+        every request while Redis is down. The request goes on to its service, which
+        answers with what really failed (a start: "the task queue is unreachable").
+        """
+        try:
+            return bool(super().allow_request(request, view))
+        except RedisError as error:
+            logger.warning("rate limits not counted, the cache is unreachable: %s", error)
+            return True
+
     def get_rate(self) -> str | None:
         rates: dict[str, str] = getattr(settings, "ISARD_API_THROTTLE_RATES", {})
         return rates.get(self.scope or "") or None

@@ -70,7 +70,7 @@ def test_every_part_healthy_gives_200(celery_worker: None, healthy_host: Any) ->
     body = response.json()
     assert response.status_code == 200, body
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "redis", "celery", "hypervisors"}
+    assert set(body["checks"]) == {"database", "redis", "celery", "hypervisors", "disks"}
     assert body["checks"]["celery"]["workers"]
     assert body["checks"]["hypervisors"]["hosts"]["local"]["accelerator"] == "qemu"
 

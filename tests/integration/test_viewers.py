@@ -140,7 +140,7 @@ def direct_tasks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     app.loader.import_default_modules()
     sent: list[str] = []
 
-    def send(task_name: str, args: list[Any], options: dict[str, Any]) -> None:
+    def send(task_name: str, args: list[Any], options: dict[str, Any], **_: Any) -> None:
         sent.append(task_name)
         if not options.get("countdown"):
             app.tasks[task_name](*args)
