@@ -28,7 +28,7 @@ def school() -> School:
 
 @pytest.fixture
 def course(school: School) -> Course:
-    return CourseFactory.create(school=school, name="1A")
+    return CourseFactory.create(school=school, name="Latin 1A")
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_only_the_courses_teachers_change_its_codes(
     MembershipFactory.create(course=course, user=student)
 
     for person in (other_teacher, student):
-        with pytest.raises(PermissionDeniedError, match="Only the teachers of “1A”"):
+        with pytest.raises(PermissionDeniedError, match="Only the teachers of “Latin 1A”"):
             enrolment_code_regenerate(actor=person, course=course, role=CourseRole.STUDENT)
         with pytest.raises(PermissionDeniedError):
             enrolment_code_disable(actor=person, course=course, role=CourseRole.STUDENT)
@@ -86,7 +86,7 @@ def test_a_disabled_code_is_refused_until_regenerated(
     enrolment_code_disable(actor=teacher, course=course, role=CourseRole.STUDENT)
     person = UserFactory.create(school=course.school)
 
-    with pytest.raises(ConflictError, match="The code for “1A” has been disabled"):
+    with pytest.raises(ConflictError, match="The code for “Latin 1A” has been disabled"):
         course_join_with_code(user=person, code=student_code)
 
     fresh = enrolment_code_regenerate(actor=teacher, course=course, role=CourseRole.STUDENT)
@@ -114,7 +114,7 @@ def test_a_teacher_code_makes_a_student_a_teacher_and_a_student_code_never_demot
     person.refresh_from_db()
     assert person.role == Role.TEACHER
     again = course_join_with_code(user=person, code=student_code)
-    assert not again.changed and str(again) == "You are already in “1A” as a teacher."
+    assert not again.changed and str(again) == "You are already in “Latin 1A” as a teacher."
     assert role_in(person, course) == CourseRole.TEACHER
 
 
@@ -152,7 +152,7 @@ def test_sign_up_with_a_student_code_lands_in_the_course(
     )
 
     assert response.redirect_chain[-1][0] == reverse("accounts:home")
-    assert "You joined “1A” as a student." in response.content.decode()
+    assert "You joined “Latin 1A” as a student." in response.content.decode()
     user = User.objects.get(username="newkid")
     assert (user.role, user.school, role_in(user, course)) == (
         Role.STUDENT,
@@ -251,7 +251,7 @@ def test_sign_in_with_a_code_joins_the_course(
     )
 
     assert response.redirect_chain[-1][0] == reverse("accounts:home")
-    assert "You joined “1A” as a student." in response.content.decode()
+    assert "You joined “Latin 1A” as a student." in response.content.decode()
     assert role_in(person, course) == CourseRole.STUDENT
 
 
@@ -288,7 +288,7 @@ def test_join_page_puts_a_signed_in_person_in_the_course(
     right = client.post(reverse("accounts:join"), {"code": student_code}, follow=True)
 
     assert "is not valid" in wrong.content.decode()
-    assert "You joined “1A” as a student." in right.content.decode()
+    assert "You joined “Latin 1A” as a student." in right.content.decode()
     assert role_in(person, course) == CourseRole.STUDENT
 
 
@@ -313,7 +313,9 @@ def test_a_teacher_regenerates_and_disables_codes_on_the_home_page(
     regenerated = client.post(url, {"action": "regenerate"}, follow=True)
     new_code = EnrolmentCode.objects.get(course=course, role=CourseRole.STUDENT).code
     assert new_code != student_code
-    assert f"New student code for “1A”: {format_code(new_code)}." in regenerated.content.decode()
+    assert (
+        f"New student code for “Latin 1A”: {format_code(new_code)}." in regenerated.content.decode()
+    )
     client.post(url, {"action": "disable"})
     assert not EnrolmentCode.objects.get(course=course, role=CourseRole.STUDENT).enabled
 
@@ -331,7 +333,7 @@ def test_a_student_cannot_change_a_courses_codes_through_the_page(
         follow=True,
     )
 
-    assert "Only the teachers of “1A” can change its codes." in response.content.decode()
+    assert "Only the teachers of “Latin 1A” can change its codes." in response.content.decode()
     assert EnrolmentCode.objects.get(course=course, role=CourseRole.STUDENT).code == student_code
 
 
@@ -351,6 +353,6 @@ def test_a_teacher_neither_sees_nor_changes_another_teachers_course_codes(
     )
 
     assert "2B" in home
-    assert format_code(student_code) not in home and "1A" not in home
-    assert "Only the teachers of “1A” can change its codes." in changed.content.decode()
+    assert format_code(student_code) not in home and "Latin 1A" not in home
+    assert "Only the teachers of “Latin 1A” can change its codes." in changed.content.decode()
     assert EnrolmentCode.objects.get(course=course, role=CourseRole.STUDENT).enabled

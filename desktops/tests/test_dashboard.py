@@ -161,7 +161,7 @@ def course(student: Any) -> Any:
     from accounts.choices import CourseRole
     from accounts.tests.factories import CourseFactory, MembershipFactory
 
-    course = CourseFactory.create(name="1A", school=student.school)
+    course = CourseFactory.create(name="Latin 1A", school=student.school)
     teacher = UserFactory.create(username="tess", role=Role.TEACHER, school=student.school)
     MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
     MembershipFactory.create(course=course, user=student)
@@ -178,7 +178,7 @@ def test_teacher_sees_the_class_and_starts_a_students_desktop(
 ) -> None:
     Desktop.objects.filter(pk=desktop.pk).update(course=course)
     teacher = client_for(teacher_of(course))
-    assert "1A" in teacher.get("/courses/").content.decode()
+    assert "Latin 1A" in teacher.get("/courses/").content.decode()
     page = teacher.get(f"/courses/{course.pk}/").content.decode()
     assert f'id="desktop-{desktop.pk}"' in page and "ana" in page
     assert f"/ws/desktops/?course={course.pk}" in page
@@ -195,7 +195,7 @@ def test_another_teacher_and_the_students_cannot_open_a_course_page(
     stranger = UserFactory.create(username="otto", role=Role.TEACHER, school=student.school)
     for person in (stranger, student):
         assert client_for(person).get(f"/courses/{course.pk}/").status_code == 404
-        assert "1A" not in client_for(person).get("/courses/").content.decode()
+        assert "Latin 1A" not in client_for(person).get("/courses/").content.decode()
     response = client_for(stranger).post(f"/desktops/{desktop.pk}/stop/", headers=JSON)
     assert response.status_code == 404
 
@@ -207,7 +207,7 @@ def test_the_school_manager_sees_every_course_of_the_school_only(course: Any, st
     manager = UserFactory.create(username="mia", role=Role.MANAGER, school=student.school)
     elsewhere = CourseFactory.create(name="Elsewhere 2B")
     listing = client_for(manager).get("/courses/").content.decode()
-    assert "1A" in listing and "Elsewhere 2B" not in listing
+    assert "Latin 1A" in listing and "Elsewhere 2B" not in listing
     assert client_for(manager).get(f"/courses/{elsewhere.pk}/").status_code == 404
 
 
