@@ -390,7 +390,7 @@ def course_deploy(request: HttpRequest, course_id: int) -> HttpResponse:
             request,
             f"“{deployment.name}”: {len(created)} desktop(s) are being created for the class.",
         )
-    return redirect("course-detail", course_id=course.pk)
+    return redirect("course-page", course_id=course.pk)
 
 
 @login_required
@@ -406,4 +406,4 @@ def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> 
         messages.error(request, error.message)
     else:
         messages.success(request, _outcome_message(deployment.name, action, outcome))
-    return redirect("course-detail", course_id=deployment.course_id)
+    return redirect("course-page", course_id=deployment.course_id)

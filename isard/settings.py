@@ -110,7 +110,7 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 # People sign in on the accounts pages (local or directory accounts, optionally a course
 # code); the admin has its own login for staff.
 LOGIN_URL = "accounts:sign-in"
-LOGIN_REDIRECT_URL = "accounts:home"
+LOGIN_REDIRECT_URL = "dashboard"  # a student signs in to see their desktops
 
 # Redis serves three purposes: the Celery broker and result store, and the Channels layer.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")

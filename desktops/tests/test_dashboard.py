@@ -189,6 +189,21 @@ def test_teacher_sees_the_class_and_starts_a_students_desktop(
 
 
 @pytest.mark.django_db
+def test_the_pages_link_to_the_course_pages_not_to_the_api(
+    desktop: Desktop, course: Any, student: Any
+) -> None:
+    """The API's router also names routes "course-list" and "course-detail": the pages'
+    links once led a teacher from "My courses" into the API's browsable JSON."""
+    teacher = client_for(teacher_of(course))
+    listing = teacher.get("/courses/").content.decode()
+    assert f'href="/courses/{course.pk}/"' in listing
+    assert 'href="/courses/"' in listing  # the navigation's "My courses"
+    assert "/api/v1/courses/" not in listing
+    page = teacher.get(f"/courses/{course.pk}/").content.decode()
+    assert 'href="/courses/"' in page and "/api/v1/courses/" not in page
+
+
+@pytest.mark.django_db
 def test_another_teacher_and_the_students_cannot_open_a_course_page(
     desktop: Desktop, course: Any, student: Any
 ) -> None:
