@@ -1,0 +1,300 @@
+"""Issue 8 in a real browser: a teacher deploys a template, a student starts and opens it.
+
+Headless Chromium (Debian's, through Selenium and chromedriver) uses the pages as people
+do: the real sign-in page, the course page's deploy form, sign out, the student's
+dashboard, the Start button, the "Open in the browser" link. Behind it: the real ASGI
+application in Daphne, the Redis channel layer carrying live status to the pages'
+websockets, the real tasks, and a real TCG guest made from the demo template.
+
+The tasks the services schedule wait in a queue until the test runs them, in this
+process (a worker of concurrency one). So the test knows that a status the page shows
+after that came over the websocket: nothing else asks the server after the click was
+answered, and a marker set on `window` proves the page never reloaded.
+
+Screenshots of the main pages (sign-in, course page with the live desktop, install media,
+the dashboard on a laptop and on a phone, the viewer) are kept in `test-artifacts/`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accounts.choices import CourseRole, Role
+from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop
+from desktops.services import serial_log_path
+from hypervisors.drivers import libvirt_driver
+from hypervisors.guest_image import GUEST_READY_MARKER
+from tests.integration.browser import (
+    ARTIFACTS,
+    AsgiServer,
+    canvas_matches_screen,
+    direct_framebuffer,
+    new_chromium,
+    vga_text,
+    wait_for_state,
+)
+from tests.integration.conftest import SYSTEM_URI, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+PASSWORD = "a classroom passphrase"
+
+
+class TaskQueue:
+    """Tasks the services schedule, held until the test runs them (in order, here)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, list[Any]]] = []
+        self.done: list[str] = []
+        self.lock = threading.Lock()
+
+    def send(self, task_name: str, args: list[Any], options: dict[str, Any]) -> None:
+        if options.get("countdown"):
+            return  # retries and later checks: not part of this story
+        with self.lock:  # Daphne's threads schedule tasks too
+            self.waiting.append((task_name, args))
+
+    def run_all(self) -> list[str]:
+        """Run every waiting task, and those they schedule in turn; return their names."""
+        from isard.celery import app
+
+        app.loader.import_default_modules()
+        ran: list[str] = []
+        while True:
+            with self.lock:
+                if not self.waiting:
+                    return ran
+                task_name, args = self.waiting.pop(0)
+            app.tasks[task_name](*args)
+            ran.append(task_name)
+            self.done.append(task_name)
+
+
+@pytest.fixture
+def queued_tasks(monkeypatch: pytest.MonkeyPatch) -> TaskQueue:
+    from desktops import services
+
+    queue = TaskQueue()
+    monkeypatch.setattr(services, "send_task", queue.send)
+    return queue
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    driver = new_chromium(tmp_path / "chromium-profile", 1280, 900)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def no_guest_left_behind() -> Iterator[None]:
+    yield
+    for desktop in Desktop.objects.all():
+        libvirt_driver.undefine_domain(SYSTEM_URI, desktop.domain_name)
+
+
+# --- what a page shows --------------------------------------------------------------------------
+
+#: Problems a person using a keyboard or a screen reader, or with weak eyes, would meet:
+#: form controls without a label, buttons and links without a name, text whose contrast
+#: with its background is under WCAG AA (4.5:1, or 3:1 for large text), and an element
+#: wider than the window (cut off on a phone).
+AUDIT_JS = (Path(__file__).parent / "audit.js").read_text()
+
+
+def audit(driver: Any) -> list[str]:
+    return list(driver.execute_script(AUDIT_JS))
+
+
+def keep(driver: Any, name: str) -> None:
+    """A screenshot of the page as it is, kept as a test artifact."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def find(driver: Any, css: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def wait_until(driver: Any, condition: Any, what: str, timeout: float = 60) -> Any:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
+    except TimeoutException:
+        keep(driver, "failed")
+        page = driver.find_element("tag name", "body").text[:2000]
+        pytest.fail(f"waited {timeout:.0f} s for {what}; at {driver.current_url}:\n{page}")
+
+
+def card_status(driver: Any, desktop: Desktop) -> str:
+    return str(find(driver, f"#desktop-{desktop.pk} [data-role=status]").text)
+
+
+def path_of(driver: Any) -> str:
+    return str(driver.execute_script("return location.pathname"))
+
+
+def mark_page(driver: Any) -> None:
+    """A marker that only this page load has: a reload or a navigation loses it."""
+    driver.execute_script("window.__sameLoad = 'still here'")
+
+
+def page_never_reloaded(driver: Any) -> bool:
+    return bool(driver.execute_script("return window.__sameLoad === 'still here'"))
+
+
+def sign_in_with_keyboard(driver: Any, server: AsgiServer, username: str) -> None:
+    """The real sign-in page, used as a keyboard user does: type, Tab, type, Enter."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    assert path_of(driver) == "/accounts/login/"
+    find(driver, "#id_username").click()
+    ActionChains(driver).send_keys(username, Keys.TAB, PASSWORD, Keys.ENTER).perform()
+    wait_until(driver, lambda d: path_of(d) != "/accounts/login/", f"{username} to sign in")
+
+
+# --- the story ---------------------------------------------------------------------------------
+
+
+def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_desktop_in_chromium(
+    demo_template: Any,
+    spice_tls: Any,
+    platform_server: AsgiServer,
+    queued_tasks: TaskQueue,
+    browser: Any,
+    no_guest_left_behind: None,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    course = CourseFactory.create(name="1A")
+    teacher = UserFactory.create(
+        username="tere", first_name="Tere", role=Role.TEACHER, school=course.school
+    )
+    student = UserFactory.create(
+        username="ana", first_name="Ana", role=Role.STUDENT, school=course.school
+    )
+    for person in (teacher, student):
+        person.set_password(PASSWORD)
+        person.save()
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    MembershipFactory.create(course=course, user=student, role=CourseRole.STUDENT)
+    base = platform_server.base_url
+
+    # The teacher asks for the course list and is sent to the sign-in page first.
+    browser.get(f"{base}/courses/")
+    assert path_of(browser) == "/accounts/login/"
+    assert audit(browser) == []
+    keep(browser, "sign-in")
+    find(browser, "#id_username").send_keys("tere")
+    find(browser, "#id_password").send_keys(PASSWORD)
+    find(browser, "form button[type=submit]").click()
+    wait_until(browser, lambda d: path_of(d) == "/courses/", "the course list")
+
+    browser.find_element(By.LINK_TEXT, "1A").click()
+    wait_until(browser, lambda d: path_of(d) == f"/courses/{course.pk}/", "the course page")
+    Select(find(browser, "#deploy-template")).select_by_visible_text(demo_template.name)
+    find(browser, "form.deploy button[type=submit]").click()
+    wait_until(
+        browser,
+        lambda d: "1 desktop(s) are being created" in find(d, ".messages").text,
+        "the deployment to be made",
+    )
+    desktop = Desktop.objects.get(owner=student, course=course)
+    assert desktop.status == DesktopStatus.CREATING
+    assert card_status(browser, desktop) == "Creating"
+    assert find(browser, f"#desktop-{desktop.pk} progress").is_displayed()
+    wait_until(browser, lambda d: find(d, "#live").get_attribute("data-state") == "live", "live")
+    mark_page(browser)
+
+    # The worker creates the disk and defines the domain: the course page follows live.
+    assert any(name.startswith("desktops.tasks.provision") for name in queued_tasks.run_all())
+    wait_until(browser, lambda d: card_status(d, desktop) == "Stopped", "the card to be Stopped")
+    assert not find(browser, f"#desktop-{desktop.pk} progress").is_displayed()
+    assert page_never_reloaded(browser)
+    assert audit(browser) == []
+    keep(browser, "course-page")
+
+    browser.find_element(By.LINK_TEXT, "Install media").click()
+    wait_until(browser, lambda d: path_of(d) == "/media/", "the install media page")
+    assert audit(browser) == []
+    keep(browser, "install-media")
+
+    find(browser, "header form button[type=submit]").click()  # Sign out
+    wait_until(browser, lambda d: path_of(d) == "/accounts/login/", "the sign-in page again")
+    browser.get(f"{base}/courses/")
+    assert path_of(browser) == "/accounts/login/", "the teacher is still signed in"
+
+    # The student, with the keyboard only, lands on their dashboard.
+    browser.get(f"{base}/accounts/login/")
+    sign_in_with_keyboard(browser, platform_server, "ana")
+    assert path_of(browser) == "/"
+    wait_until(browser, lambda d: find(d, "#live").get_attribute("data-state") == "live", "live")
+    assert card_status(browser, desktop) == "Stopped"
+    mark_page(browser)
+    start = find(browser, f"#desktop-{desktop.pk} form[action$='/start/'] button")
+    start.send_keys(Keys.ENTER)
+    wait_until(browser, lambda d: "is starting" in find(d, "#notice").text, "the answer")
+    assert card_status(browser, desktop) == "Starting"
+    assert find(browser, f"#desktop-{desktop.pk} progress").is_displayed()
+
+    # The worker boots the guest; only the websocket can tell the page.
+    assert "desktops.tasks.boot_desktop" in queued_tasks.run_all()
+    desktop.refresh_from_db()
+    assert desktop.status == DesktopStatus.STARTED, desktop.status_reason
+    wait_until(browser, lambda d: card_status(d, desktop) == "Started", "the card to be Started")
+    assert page_never_reloaded(browser)
+    assert path_of(browser) == "/"
+    # The card's buttons changed with it, and keyboard focus did not fall off the page.
+    actions = find(browser, f"#desktop-{desktop.pk} [data-role=actions]").text
+    assert "Open in the browser" in actions and "Start" not in actions
+    assert audit(browser) == []
+    keep(browser, "dashboard")
+
+    # On a phone: nothing cut off, every button big enough for a thumb.
+    browser.set_window_size(390, 844)
+    wait_until(browser, lambda d: d.execute_script("return innerWidth") <= 390, "a narrow window")
+    assert audit(browser) == []
+    small = browser.execute_script(
+        """return [...document.querySelectorAll("button, .button, input, select, nav a")]
+          .filter((el) => el.offsetParent !== null)
+          .map((el) => [el.textContent.trim() || el.name, el.getBoundingClientRect().height])
+          .filter(([, height]) => height < 40)"""
+    )
+    assert small == []
+    keep(browser, "dashboard-phone")
+    browser.set_window_size(1280, 900)
+
+    # The viewer, from the card's link, in a new tab: the guest's console, pixel for pixel.
+    log = serial_log_path(desktop)
+    wait_for(
+        lambda: log.exists() and GUEST_READY_MARKER in log.read_text(errors="replace"),
+        180,
+        "the guest to boot",
+    )
+    assert GUEST_READY_MARKER in vga_text(desktop)
+    dashboard_tab = browser.current_window_handle
+    browser.find_element(By.LINK_TEXT, "Open in the browser").click()
+    wait_until(browser, lambda d: len(d.window_handles) == 2, "the viewer's tab")
+    browser.switch_to.window(next(h for h in browser.window_handles if h != dashboard_tab))
+    assert path_of(browser) == f"/desktops/{desktop.pk}/viewer/"
+    assert wait_for_state(browser, "connected") == f"Connected to QEMU ({desktop.domain_name})"
+    wait_for(lambda: canvas_matches_screen(browser, desktop) > 0.99, 30, "the canvas")
+    assert direct_framebuffer(desktop).non_background_ratio() > 0.005  # text, not a blank
+    assert audit(browser) == []
+    keep(browser, "viewer")
