@@ -11,9 +11,14 @@
   const cards = document.getElementById("cards");
   const csrf = () => document.querySelector("input[name=csrfmiddlewaretoken]").value;
 
-  function say(message, ok) {
+  const announcer = document.getElementById("announce");
+
+  // `about` is the desktop a success message is about: it goes away once that desktop
+  // moves on, so "is starting" does not linger beside a card that says "Started".
+  function say(message, ok, about) {
     notice.textContent = message;
     notice.className = "notice " + (ok ? "ok" : "error");
+    notice.dataset.about = ok && about ? String(about) : "";
     notice.hidden = false;
   }
 
@@ -52,8 +57,17 @@
       return;
     }
     if (card.dataset.status === desktop.status) return;
+    const previous = card.dataset.status;
     card.dataset.status = desktop.status;
     card.querySelector("[data-role=status]").textContent = desktop.status_label;
+    if (notice.dataset.about === String(desktop.id) && previous && !working.has(desktop.status)) {
+      notice.hidden = true;
+      notice.dataset.about = "";
+    }
+    // Screen readers hear the change once, in a polite live region (not every badge).
+    if (announcer) announcer.textContent = `${card.querySelector("h3").textContent}: ${desktop.status_label}`;
+    // Keyboard focus stays in the card when its buttons are replaced under it.
+    const hadFocus = card.contains(document.activeElement) && document.activeElement !== document.body;
     const reason = card.querySelector("[data-role=reason]");
     reason.textContent = desktop.status_reason || "";
     reason.hidden = !desktop.status_reason;
@@ -67,6 +81,15 @@
       link.textContent = "Make a template";
       actions.append(link);
     }
+    const onHeading = document.activeElement === card.querySelector("h3");
+    if (hadFocus && (onHeading || !card.contains(document.activeElement))) focusInto(card);
+  }
+
+  function focusInto(card) {
+    const first = card.querySelector("[data-role=actions] a, [data-role=actions] button");
+    const heading = card.querySelector("h3");
+    if (!first) heading.tabIndex = -1;
+    (first || heading).focus();
   }
 
   document.addEventListener("submit", async (event) => {
@@ -74,6 +97,7 @@
     if (!(form instanceof HTMLFormElement) || !("async" in form.dataset)) return;
     event.preventDefault();
     const data = new FormData(form);
+    const card = form.closest(".card");
     if (!data.has("csrfmiddlewaretoken")) data.append("csrfmiddlewaretoken", csrf());
     for (const control of form.querySelectorAll("button")) control.disabled = true;
     try {
@@ -82,8 +106,11 @@
         credentials: "same-origin",
       });
       const body = await response.json().catch(() => ({ message: "The server did not answer." }));
-      say(body.message, response.ok);
+      say(body.message, response.ok, body.desktop && body.desktop.id);
       if (body.desktop) update(body.desktop);
+      // The pressed button may be gone (or was blurred when disabled): stay in the card.
+      const lost = !document.activeElement || document.activeElement === document.body;
+      if (card && card.isConnected && lost) focusInto(card);
       if (response.ok && form.closest(".new-desktop")) form.reset();
       if (response.ok && "reload" in form.dataset) reloadCards();
     } catch (error) {

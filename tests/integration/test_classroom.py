@@ -17,6 +17,7 @@ the dashboard on a laptop and on a phone, the viewer) are kept in `test-artifact
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,9 +117,18 @@ def audit(driver: Any) -> list[str]:
 
 
 def keep(driver: Any, name: str) -> None:
-    """A screenshot of the page as it is, kept as a test artifact."""
+    """A screenshot of the whole page as it is (not just the window), kept as an artifact."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
     ARTIFACTS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    (ARTIFACTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+def focused_text(driver: Any) -> str:
+    return str(driver.execute_script("return document.activeElement.textContent.trim()"))
 
 
 def find(driver: Any, css: str) -> Any:
@@ -252,6 +262,8 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     wait_until(browser, lambda d: "is starting" in find(d, "#notice").text, "the answer")
     assert card_status(browser, desktop) == "Starting"
     assert find(browser, f"#desktop-{desktop.pk} progress").is_displayed()
+    # The Start button is gone with its status; keyboard focus stayed on the card.
+    assert focused_text(browser) == desktop.name
 
     # The worker boots the guest; only the websocket can tell the page.
     assert "desktops.tasks.boot_desktop" in queued_tasks.run_all()
@@ -260,15 +272,21 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     wait_until(browser, lambda d: card_status(d, desktop) == "Started", "the card to be Started")
     assert page_never_reloaded(browser)
     assert path_of(browser) == "/"
-    # The card's buttons changed with it, and keyboard focus did not fall off the page.
+    # The card's buttons changed with it, and a keyboard user is on the one to press next.
     actions = find(browser, f"#desktop-{desktop.pk} [data-role=actions]").text
     assert "Open in the browser" in actions and "Start" not in actions
+    assert focused_text(browser) == "Open in the browser"
+    assert find(browser, "#announce").text == f"{desktop.name}: Started"
+    assert not find(browser, "#notice").is_displayed(), "“is starting” outlived the start"
     assert audit(browser) == []
     keep(browser, "dashboard")
 
     # On a phone: nothing cut off, every button big enough for a thumb.
-    browser.set_window_size(390, 844)
-    wait_until(browser, lambda d: d.execute_script("return innerWidth") <= 390, "a narrow window")
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+    assert browser.execute_script("return innerWidth") == 390
     assert audit(browser) == []
     small = browser.execute_script(
         """return [...document.querySelectorAll("button, .button, input, select, nav a")]
@@ -278,7 +296,7 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     )
     assert small == []
     keep(browser, "dashboard-phone")
-    browser.set_window_size(1280, 900)
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
     # The viewer, from the card's link, in a new tab: the guest's console, pixel for pixel.
     log = serial_log_path(desktop)
