@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,20 @@ def keep(driver: Any, name: str) -> None:
     )
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+@contextmanager
+def phone_screen(driver: Any) -> Iterator[None]:
+    """The page as a phone shows it: 390x844 CSS pixels, mobile viewport rules."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+    try:
+        assert driver.execute_script("return innerWidth") == 390
+        yield
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def focused_text(driver: Any) -> str:
@@ -239,6 +254,9 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     assert page_never_reloaded(browser)
     assert audit(browser) == []
     keep(browser, "course-page")
+    with phone_screen(browser):
+        assert audit(browser) == []
+        keep(browser, "course-page-phone")
 
     browser.find_element(By.LINK_TEXT, "Install media").click()
     wait_until(browser, lambda d: path_of(d) == "/media/", "the install media page")
@@ -282,21 +300,16 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     keep(browser, "dashboard")
 
     # On a phone: nothing cut off, every button big enough for a thumb.
-    browser.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
-    )
-    assert browser.execute_script("return innerWidth") == 390
-    assert audit(browser) == []
-    small = browser.execute_script(
-        """return [...document.querySelectorAll("button, .button, input, select, nav a")]
-          .filter((el) => el.offsetParent !== null)
-          .map((el) => [el.textContent.trim() || el.name, el.getBoundingClientRect().height])
-          .filter(([, height]) => height < 40)"""
-    )
-    assert small == []
-    keep(browser, "dashboard-phone")
-    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    with phone_screen(browser):
+        assert audit(browser) == []
+        small = browser.execute_script(
+            """return [...document.querySelectorAll("button, .button, input, select, nav a")]
+              .filter((el) => el.offsetParent !== null)
+              .map((el) => [el.textContent.trim() || el.name, el.getBoundingClientRect().height])
+              .filter(([, height]) => height < 40)"""
+        )
+        assert small == []
+        keep(browser, "dashboard-phone")
 
     # The viewer, from the card's link, in a new tab: the guest's console, pixel for pixel.
     log = serial_log_path(desktop)
