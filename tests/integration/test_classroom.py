@@ -329,3 +329,73 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     assert direct_framebuffer(desktop).non_background_ratio() > 0.005  # text, not a blank
     assert audit(browser) == []
     keep(browser, "viewer")
+
+
+def test_a_student_creates_deletes_and_restores_a_desktop_live_and_is_told_why_one_is_refused(
+    base_template: Any,
+    test_hypervisor: Any,
+    platform_server: AsgiServer,
+    queued_tasks: TaskQueue,
+    browser: Any,
+    no_guest_left_behind: None,
+) -> None:
+    """The dashboard's other everyday actions, on libvirt's test driver (no guest boots)."""
+    from selenium.webdriver.support.ui import Select
+
+    from accounts.models import Quota
+    from tests.integration.browser import sign_in
+
+    student = UserFactory.create(username="ana", role=Role.STUDENT)
+    Quota.objects.create(user=student, max_desktops=1)
+    sign_in(browser, platform_server, student)
+    browser.get(f"{platform_server.base_url}/")
+    wait_until(browser, lambda d: find(d, "#live").get_attribute("data-state") == "live", "live")
+    assert "You have no desktops yet" in find(browser, "#cards").text
+    mark_page(browser)
+
+    Select(find(browser, "#new-template")).select_by_visible_text(base_template.name)
+    find(browser, "#new-name").send_keys("Networks lab")
+    find(browser, ".new-desktop button[type=submit]").click()
+    wait_until(browser, lambda d: "is being created" in find(d, "#notice").text, "the answer")
+    desktop = Desktop.objects.get(owner=student)
+    wait_until(browser, lambda d: card_status(d, desktop) == "Creating", "the new card")
+    assert find(browser, f"#desktop-{desktop.pk} progress").is_displayed()
+    assert find(browser, "#new-name").get_attribute("value") == ""  # the form is ready again
+    queued_tasks.run_all()
+    wait_until(browser, lambda d: card_status(d, desktop) == "Stopped", "the card to be Stopped")
+    assert not find(browser, f"#desktop-{desktop.pk} progress").is_displayed()
+
+    # Over the quota: the refusal says which limit, in an alert, and nothing changes.
+    find(browser, "#new-name").send_keys("One too many")
+    find(browser, ".new-desktop button[type=submit]").click()
+    wait_until(browser, lambda d: "error" in find(d, "#notice").get_attribute("class"), "refusal")
+    refusal = find(browser, "#notice")
+    assert refusal.get_attribute("role") == "alert"
+    assert "allows 1 desktop" in refusal.text, refusal.text
+    assert Desktop.objects.filter(owner=student).count() == 1
+    assert audit(browser) == []
+
+    # Delete: to the recycle bin, live; restore: back, live.
+    find(browser, f"#desktop-{desktop.pk} form[action$='/delete/'] button").click()
+    wait_until(browser, lambda d: "recycle bin" in find(d, "#notice").text, "the answer")
+    queued_tasks.run_all()
+    wait_until(
+        browser,
+        lambda d: d.find_elements(
+            "css selector", f"section[aria-labelledby=bin-heading] #desktop-{desktop.pk}"
+        ),
+        "the card in the recycle bin",
+    )
+    assert "Removed for good on" in find(browser, f"#desktop-{desktop.pk}").text
+    assert audit(browser) == []
+    keep(browser, "dashboard-recycle-bin")
+    find(browser, f"#desktop-{desktop.pk} form[action$='/restore/'] button").click()
+    wait_until(
+        browser,
+        lambda d: (
+            not d.find_elements("css selector", "section[aria-labelledby=bin-heading]")
+            and card_status(d, desktop) == "Stopped"
+        ),
+        "the card back among my desktops",
+    )
+    assert page_never_reloaded(browser)
