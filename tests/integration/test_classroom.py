@@ -399,3 +399,25 @@ def test_a_student_creates_deletes_and_restores_a_desktop_live_and_is_told_why_o
         "the card back among my desktops",
     )
     assert page_never_reloaded(browser)
+
+
+def test_an_admin_watches_the_hypervisors_load_change_without_reloading(
+    test_hypervisor: Any, platform_server: AsgiServer, browser: Any
+) -> None:
+    """The admin's host list follows the monitor: what it writes shows up by itself."""
+    from hypervisors.models import Hypervisor
+    from tests.integration.browser import sign_in
+
+    admin = UserFactory.create(username="root", role=Role.ADMIN, school=None, is_staff=True)
+    Hypervisor.objects.filter(pk=test_hypervisor.pk).update(cpu_load=0.12)
+    sign_in(browser, platform_server, admin)
+    browser.get(f"{platform_server.base_url}/admin/hypervisors/hypervisor/")
+    row = f"#result_list tbody tr:has(a[href$='/{test_hypervisor.pk}/change/'])"
+    assert "12%" in find(browser, row).text
+    mark_page(browser)
+
+    # The monitor's next sample (`hypervisor_refresh` writes these columns every round).
+    Hypervisor.objects.filter(pk=test_hypervisor.pk).update(cpu_load=0.37)
+    wait_until(browser, lambda d: "37%" in find(d, row).text, "the new load", timeout=40)
+    assert page_never_reloaded(browser)
+    keep(browser, "admin-hypervisors")
