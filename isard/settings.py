@@ -126,7 +126,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # channels_redis blocks on BZPOPMIN for 5 s waiting for messages; redis-py 8 gives
+        # sockets a 5 s read timeout by default, which killed every idle websocket
+        # consumer. A longer read timeout still notices a Redis that stopped answering.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
     },
 }
 
