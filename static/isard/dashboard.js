@@ -65,7 +65,10 @@
       notice.dataset.about = "";
     }
     // Screen readers hear the change once, in a polite live region (not every badge).
-    if (announcer) announcer.textContent = `${card.querySelector("h3").textContent}: ${desktop.status_label}`;
+    if (announcer) {
+      const why = desktop.status_reason ? ` ${desktop.status_reason}` : "";
+      announcer.textContent = `${card.querySelector("h3").textContent}: ${desktop.status_label}.${why}`;
+    }
     // Keyboard focus stays in the card when its buttons are replaced under it.
     const hadFocus = card.contains(document.activeElement) && document.activeElement !== document.body;
     const reason = card.querySelector("[data-role=reason]");

@@ -294,7 +294,7 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     actions = find(browser, f"#desktop-{desktop.pk} [data-role=actions]").text
     assert "Open in the browser" in actions and "Start" not in actions
     assert focused_text(browser) == "Open in the browser"
-    assert find(browser, "#announce").text == f"{desktop.name}: Started"
+    assert find(browser, "#announce").text == f"{desktop.name}: Started."
     assert not find(browser, "#notice").is_displayed(), "“is starting” outlived the start"
     assert audit(browser) == []
     keep(browser, "dashboard")
@@ -398,6 +398,23 @@ def test_a_student_creates_deletes_and_restores_a_desktop_live_and_is_told_why_o
         ),
         "the card back among my desktops",
     )
+
+    # No host can take it: the worker's placement refuses, and the card says why, live.
+    from hypervisors.choices import HypervisorState
+    from hypervisors.models import Hypervisor
+
+    Hypervisor.objects.filter(pk=test_hypervisor.pk).update(state=HypervisorState.OFFLINE)
+    find(browser, f"#desktop-{desktop.pk} form[action$='/start/'] button").click()
+    wait_until(browser, lambda d: card_status(d, desktop) == "Starting", "the start to be taken")
+    queued_tasks.run_all()
+    wait_until(browser, lambda d: card_status(d, desktop) == "Failed", "the card to be Failed")
+    desktop.refresh_from_db()
+    reason = find(browser, f"#desktop-{desktop.pk} [data-role=reason]")
+    assert reason.is_displayed() and reason.text == desktop.status_reason != ""
+    assert find(browser, "#announce").text == f"Networks lab: Failed. {desktop.status_reason}"
+    assert "Start" in find(browser, f"#desktop-{desktop.pk} [data-role=actions]").text
+    assert audit(browser) == []
+    keep(browser, "dashboard-refusal")
     assert page_never_reloaded(browser)
 
 
