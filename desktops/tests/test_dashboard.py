@@ -186,6 +186,12 @@ def test_teacher_sees_the_class_and_starts_a_students_desktop(
     assert response.status_code == 202
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED
+    # The viewers open only for the owner: the teacher's card offers no link that says no.
+    page = teacher.get(f"/courses/{course.pk}/").content.decode()
+    assert "Force off" in page and "data-foreign" in page
+    assert f"/desktops/{desktop.pk}/viewer" not in page
+    own = client_for(desktop.owner).get("/").content.decode()
+    assert f'href="/desktops/{desktop.pk}/viewer/"' in own and "data-foreign" not in own
 
 
 @pytest.mark.django_db

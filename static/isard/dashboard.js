@@ -9,6 +9,8 @@
   const notice = document.getElementById("notice");
   const live = document.getElementById("live");
   const cards = document.getElementById("cards");
+  // Only a desktop's owner opens its screen; a teacher's view of a student's card lacks them.
+  const OWNER_ONLY = new Set(["open", "vv"]);
   const csrf = () => document.querySelector("input[name=csrfmiddlewaretoken]").value;
 
   const announcer = document.getElementById("announce");
@@ -44,9 +46,27 @@
     return form;
   }
 
-  async function reloadCards() {
-    const response = await fetch("?fragment=cards", { headers: { Accept: "text/html" } });
-    if (response.ok) cards.innerHTML = await response.text();
+  // One fetch at a time: a snapshot naming thirty new desktops asks for one more, not thirty.
+  let reloading = null;
+  let reloadAgain = false;
+  function reloadCards() {
+    if (reloading) {
+      reloadAgain = true;
+      return reloading;
+    }
+    reloading = (async () => {
+      try {
+        do {
+          reloadAgain = false;
+          const response = await fetch("?fragment=cards", { headers: { Accept: "text/html" } });
+          if (response.ok) cards.innerHTML = await response.text();
+          recount();
+        } while (reloadAgain);
+      } finally {
+        reloading = null;
+      }
+    })();
+    return reloading;
   }
 
   function update(desktop) {
@@ -76,7 +96,9 @@
     reason.hidden = !desktop.status_reason;
     card.querySelector("[data-role=working]").hidden = !working.has(desktop.status);
     const actions = card.querySelector("[data-role=actions]");
-    actions.replaceChildren(...(actionsByStatus[desktop.status] || []).map((a) => button(card, a)));
+    const allowed = (actionsByStatus[desktop.status] || []).filter(
+      (action) => !("foreign" in card.dataset && OWNER_ONLY.has(action)));
+    actions.replaceChildren(...allowed.map((a) => button(card, a)));
     if (desktop.status === "stopped" && card.dataset.templateUrl) {
       const link = document.createElement("a");
       link.className = "button";
@@ -86,6 +108,18 @@
     }
     const onHeading = document.activeElement === card.querySelector("h3");
     if (hadFocus && (onHeading || !card.contains(document.activeElement))) focusInto(card);
+    recount();
+  }
+
+  // The course page's deployments say how many of their desktops exist and run.
+  function recount() {
+    for (const deployment of document.querySelectorAll(".deployment[data-deployment]")) {
+      const mine = [...cards.querySelectorAll(`.card[data-deployment="${deployment.dataset.deployment}"]`)]
+        .filter((card) => card.dataset.status !== "deleted");
+      const running = mine.filter((card) => card.dataset.status === "started").length;
+      const counts = deployment.querySelector("[data-role=counts]");
+      if (counts) counts.textContent = `${mine.length} desktop${mine.length === 1 ? "" : "s"}, ${running} running`;
+    }
   }
 
   function focusInto(card) {

@@ -39,6 +39,7 @@ from tests.integration.browser import (
     canvas_matches_screen,
     direct_framebuffer,
     new_chromium,
+    sign_in,
     vga_text,
     wait_for_state,
 )
@@ -202,6 +203,8 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     queued_tasks: TaskQueue,
     browser: Any,
     no_guest_left_behind: None,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -268,6 +271,16 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     browser.get(f"{base}/courses/")
     assert path_of(browser) == "/accounts/login/", "the teacher is still signed in"
 
+    # The teacher keeps the course page open in a browser of their own, to watch the class.
+    teacher_view = new_chromium(tmp_path / "teacher-profile", 1280, 900)
+    request.addfinalizer(teacher_view.quit)
+    sign_in(teacher_view, platform_server, teacher)
+    teacher_view.get(f"{base}/courses/{course.pk}/")
+    wait_until(teacher_view, lambda d: find(d, "#live").get_attribute("data-state") == "live", "")
+    mark_page(teacher_view)
+    counts = f"#deployment-{desktop.deployment_id} [data-role=counts]"
+    assert find(teacher_view, counts).text == "1 desktop, 0 running"
+
     # The student, with the keyboard only, lands on their dashboard.
     browser.get(f"{base}/accounts/login/")
     sign_in_with_keyboard(browser, platform_server, "ana")
@@ -296,6 +309,14 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     assert focused_text(browser) == "Open in the browser"
     assert find(browser, "#announce").text == f"{desktop.name}: Started."
     assert not find(browser, "#notice").is_displayed(), "“is starting” outlived the start"
+    # The teacher saw it too, live: the card and the deployment's count; but no viewer
+    # link on a student's card (the viewers open for the owner only).
+    wait_until(teacher_view, lambda d: card_status(d, desktop) == "Started", "the teacher's card")
+    assert find(teacher_view, counts).text == "1 desktop, 1 running"
+    teacher_actions = find(teacher_view, f"#desktop-{desktop.pk} [data-role=actions]").text
+    assert "Shut down" in teacher_actions and "Open in the browser" not in teacher_actions
+    assert page_never_reloaded(teacher_view)
+    keep(teacher_view, "course-page-live")
     assert audit(browser) == []
     keep(browser, "dashboard")
 
@@ -343,7 +364,6 @@ def test_a_student_creates_deletes_and_restores_a_desktop_live_and_is_told_why_o
     from selenium.webdriver.support.ui import Select
 
     from accounts.models import Quota
-    from tests.integration.browser import sign_in
 
     student = UserFactory.create(username="ana", role=Role.STUDENT)
     Quota.objects.create(user=student, max_desktops=1)
@@ -423,7 +443,6 @@ def test_an_admin_watches_the_hypervisors_load_change_without_reloading(
 ) -> None:
     """The admin's host list follows the monitor: what it writes shows up by itself."""
     from hypervisors.models import Hypervisor
-    from tests.integration.browser import sign_in
 
     admin = UserFactory.create(username="root", role=Role.ADMIN, school=None, is_staff=True)
     Hypervisor.objects.filter(pk=test_hypervisor.pk).update(cpu_load=0.12)
