@@ -265,6 +265,9 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     wait_until(browser, lambda d: path_of(d) == "/media/", "the install media page")
     assert audit(browser) == []
     keep(browser, "install-media")
+    browser.find_element(By.LINK_TEXT, "My templates").click()
+    wait_until(browser, lambda d: path_of(d) == "/templates/", "the templates page")
+    assert audit(browser) == []
 
     find(browser, "header form button[type=submit]").click()  # Sign out
     wait_until(browser, lambda d: path_of(d) == "/accounts/login/", "the sign-in page again")
