@@ -182,6 +182,7 @@ def test_teacher_sees_the_class_and_starts_a_students_desktop(
     page = teacher.get(f"/courses/{course.pk}/").content.decode()
     assert f'id="desktop-{desktop.pk}"' in page and "ana" in page
     assert f"/ws/desktops/?course={course.pk}" in page
+    assert f'href="/accounts/#course-{course.pk}">Enrolment codes' in page
     response = run(teacher.post, f"/desktops/{desktop.pk}/start/", headers=JSON)
     assert response.status_code == 202
     desktop.refresh_from_db()

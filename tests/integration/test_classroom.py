@@ -440,6 +440,13 @@ def test_a_student_creates_deletes_and_restores_a_desktop_live_and_is_told_why_o
     keep(browser, "dashboard-refusal")
     assert page_never_reloaded(browser)
 
+    # The people pages share the layout, and its checks, on a laptop and on a phone.
+    for page in ("/accounts/", "/accounts/join/", "/accounts/password/"):
+        browser.get(f"{platform_server.base_url}{page}")
+        assert audit(browser) == [], page
+        with phone_screen(browser):
+            assert audit(browser) == [], page
+
 
 def test_an_admin_watches_the_hypervisors_load_change_without_reloading(
     test_hypervisor: Any, platform_server: AsgiServer, browser: Any
