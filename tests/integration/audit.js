@@ -18,6 +18,10 @@ for (const el of document.querySelectorAll("button, a[href], summary")) {
   if (!(el.textContent.trim() || el.getAttribute("aria-label") || el.getAttribute("title")))
     problems.push("no name: " + describe(el));
 }
+// Focus follows the page's order: no positive tabindex reorders it.
+for (const el of document.querySelectorAll("[tabindex]")) {
+  if (el.tabIndex > 0) problems.push("tabindex > 0: " + describe(el));
+}
 const rgba = (text) => (text.match(/[\d.]+/g) || []).map(Number);
 const luminance = ([r, g, b]) => {
   const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };

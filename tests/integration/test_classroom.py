@@ -374,6 +374,14 @@ def test_a_student_creates_deletes_and_restores_a_desktop_live_and_is_told_why_o
     browser.get(f"{platform_server.base_url}/")
     wait_until(browser, lambda d: find(d, "#live").get_attribute("data-state") == "live", "live")
     assert "You have no desktops yet" in find(browser, "#cards").text
+    # The first Tab reaches "Skip to the content", which takes the keyboard past the menu.
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert focused_text(browser) == "Skip to the content"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    assert browser.execute_script("return document.activeElement.id") == "main"
     mark_page(browser)
 
     Select(find(browser, "#new-template")).select_by_visible_text(base_template.name)
