@@ -18,6 +18,8 @@ the dashboard on a laptop and on a phone, the viewer) are kept in `test-artifact
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -261,8 +263,24 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
         assert audit(browser) == []
         keep(browser, "course-page-phone")
 
+    # An install ISO, uploaded in chunks (8 MiB each) with a progress bar.
     browser.find_element(By.LINK_TEXT, "Install media").click()
     wait_until(browser, lambda d: path_of(d) == "/media/", "the install media page")
+    iso = tmp_path / "rescue.iso"
+    iso.write_bytes(os.urandom(20 * 1024 * 1024 + 12345))
+    find(browser, "#upload-file").send_keys(str(iso))
+    find(browser, "#upload button[type=submit]").click()
+    wait_until(browser, lambda d: find(d, "#upload-progress").is_displayed(), "the progress bar")
+    wait_until(browser, lambda d: "Reloading" in find(d, "#upload-progress").text, "the upload")
+    assert find(browser, "#upload-bar").get_attribute("value") == "100"
+    keep(browser, "install-media-uploaded")
+    assert "templates_app.tasks.verify_media_upload" in queued_tasks.run_all()
+    wait_until(browser, lambda d: find(d, "#upload-progress").get_attribute("hidden"), "reload")
+    browser.refresh()
+    assert not find(browser, "#upload-cancel").is_displayed(), "Pause, with nothing to pause"
+    media_row = find(browser, "tr[data-media]")
+    assert media_row.get_attribute("data-status") == "ready"
+    assert hashlib.sha256(iso.read_bytes()).hexdigest()[:16] in media_row.text
     assert audit(browser) == []
     keep(browser, "install-media")
     browser.find_element(By.LINK_TEXT, "My templates").click()
