@@ -235,6 +235,8 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     find(browser, "#id_password").send_keys(PASSWORD)
     find(browser, "form button[type=submit]").click()
     wait_until(browser, lambda d: path_of(d) == "/courses/", "the course list")
+    with phone_screen(browser):
+        assert audit(browser) == []
 
     browser.find_element(By.LINK_TEXT, "1A").click()
     wait_until(browser, lambda d: path_of(d) == f"/courses/{course.pk}/", "the course page")
@@ -283,9 +285,14 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     assert hashlib.sha256(iso.read_bytes()).hexdigest()[:16] in media_row.text
     assert audit(browser) == []
     keep(browser, "install-media")
+    with phone_screen(browser):
+        assert audit(browser) == []
+        keep(browser, "install-media-phone")
     browser.find_element(By.LINK_TEXT, "My templates").click()
     wait_until(browser, lambda d: path_of(d) == "/templates/", "the templates page")
     assert audit(browser) == []
+    with phone_screen(browser):
+        assert audit(browser) == []
 
     find(browser, "header form button[type=submit]").click()  # Sign out
     wait_until(browser, lambda d: path_of(d) == "/accounts/login/", "the sign-in page again")
