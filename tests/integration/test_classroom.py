@@ -500,3 +500,61 @@ def test_an_admin_watches_the_hypervisors_load_change_without_reloading(
     wait_until(browser, lambda d: "37%" in find(d, row).text, "the new load", timeout=40)
     assert page_never_reloaded(browser)
     keep(browser, "admin-hypervisors")
+
+
+def test_a_teacher_makes_a_template_of_a_desktop_and_shares_it_with_the_class(
+    base_template: Any,
+    test_hypervisor: Any,
+    platform_server: AsgiServer,
+    queued_tasks: TaskQueue,
+    browser: Any,
+    no_guest_left_behind: None,
+) -> None:
+    """From the card's "Make a template" to the template shared with a course (test driver)."""
+    from selenium.webdriver.common.by import By
+
+    from desktops.services import desktop_create
+    from templates_app.models import Template
+    from templates_app.selectors import templates_visible_to
+
+    course = CourseFactory.create(name="2B")
+    teacher = UserFactory.create(username="tere", role=Role.TEACHER, school=course.school)
+    student = UserFactory.create(username="ana", role=Role.STUDENT, school=course.school)
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    MembershipFactory.create(course=course, user=student, role=CourseRole.STUDENT)
+    desktop = desktop_create(actor=teacher, template=base_template, name="Lesson prep")
+    queued_tasks.run_all()
+    sign_in(browser, platform_server, teacher)
+    browser.get(f"{platform_server.base_url}/")
+    assert card_status(browser, desktop) == "Stopped"
+
+    browser.find_element(By.LINK_TEXT, "Make a template").click()
+    wait_until(browser, lambda d: path_of(d) == f"/desktops/{desktop.pk}/template/", "the form")
+    assert audit(browser) == []
+    name = find(browser, "#template-name")
+    name.clear()
+    name.send_keys("Networks, lesson 1")
+    find(browser, "main form button[type=submit]").click()
+    wait_until(browser, lambda d: path_of(d) == "/", "the dashboard again")
+    assert "is being made" in find(browser, ".messages").text
+    wait_until(browser, lambda d: find(d, "#live").get_attribute("data-state") == "live", "live")
+    assert card_status(browser, desktop) == "Creating template"
+    assert find(browser, f"#desktop-{desktop.pk} progress").is_displayed()
+    mark_page(browser)
+
+    queued_tasks.run_all()
+    wait_until(browser, lambda d: card_status(d, desktop) == "Stopped", "the desktop back")
+    assert page_never_reloaded(browser)
+    template = Template.objects.get(name="Networks, lesson 1")
+    assert template.get_status_display() == "Ready"
+
+    browser.find_element(By.LINK_TEXT, "My templates").click()
+    article = f"#template-{template.pk}"
+    assert "Ready" in find(browser, article).text
+    assert not templates_visible_to(student).filter(pk=template.pk).exists()
+    find(browser, f"{article} input[name=courses][value='{course.pk}']").click()
+    find(browser, f"{article} button[type=submit]").click()
+    wait_until(browser, lambda d: "is shared with 2B." in find(d, ".messages").text, "the sharing")
+    assert templates_visible_to(student).filter(pk=template.pk).exists()
+    assert audit(browser) == []
+    keep(browser, "templates")
