@@ -316,3 +316,52 @@ class ViewerTokenAdmin(ScopedModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(DesktopEvent)
+class DesktopEventAdmin(ScopedModelAdmin):
+    """The event log: every status change and notable action of every desktop, newest
+    first, to answer "what happened to this class's desktops this morning". Read-only: an
+    audit that could be edited would prove nothing."""
+
+    manager_access: ClassVar[ManagerAccess] = "read"
+    list_display = (
+        "created_at",
+        "desktop",
+        "owner",
+        "course",
+        "from_status",
+        "to_status",
+        "reason",
+        "actor",
+    )
+    list_filter = (
+        "to_status",
+        ("desktop__course", admin.RelatedOnlyFieldListFilter),
+        ("desktop__hypervisor", admin.RelatedOnlyFieldListFilter),
+    )
+    search_fields = ("desktop__name", "desktop__owner__username", "actor__username", "reason")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at", "-pk")
+    list_select_related = ("desktop__owner", "desktop__course", "actor")
+    readonly_fields = ("created_at", "desktop", "from_status", "to_status", "reason", "actor")
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(desktop__in=permissions.desktops_visible_to(actor))
+
+    @admin.display(description="owner", ordering="desktop__owner__username")
+    def owner(self, event: DesktopEvent) -> str:
+        return event.desktop.owner.get_username()
+
+    @admin.display(description="course", ordering="desktop__course__name")
+    def course(self, event: DesktopEvent) -> str:
+        return event.desktop.course.name if event.desktop.course else "-"
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

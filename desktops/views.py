@@ -43,6 +43,9 @@ ACTIONS_BY_STATUS: dict[str, list[str]] = {
     S.DELETED: ["restore"],
 }
 
+#: What only a desktop's owner may do (its screen, its .vv file).
+OWNER_ONLY_ACTIONS = frozenset({"open", "vv"})
+
 ACTION_LABELS = {
     "start": "Start",
     "open": "Open in the browser",
@@ -89,17 +92,24 @@ def desktop_card(desktop: Desktop, viewer: User | None = None) -> dict[str, Any]
     "make a template" (a page of its own, as it asks for a name).
     """
     payload = services.desktop_status_payload(desktop)
+    # Only the owner opens a desktop's screen (the viewers refuse anyone else): a teacher
+    # looking at a student's card gets no link that would only say no.
+    foreign = viewer is not None and desktop.owner_id != viewer.pk
+    actions = [
+        action
+        for action in ACTIONS_BY_STATUS.get(desktop.status, [])
+        if not (foreign and action in OWNER_ONLY_ACTIONS)
+    ]
     purge_at = None
     if desktop.deleted_at is not None:
         purge_at = desktop.deleted_at + timedelta(days=settings.ISARD_RECYCLE_RETENTION_DAYS)
     payload.update(
         template=desktop.template.name if desktop.template else "",
         owner_name=desktop.owner.get_full_name() or desktop.owner.get_username(),
-        actions=ACTIONS_BY_STATUS.get(desktop.status, []),
-        buttons=[
-            {"action": action, "label": ACTION_LABELS[action]}
-            for action in ACTIONS_BY_STATUS.get(desktop.status, [])
-        ],
+        actions=actions,
+        buttons=[{"action": action, "label": ACTION_LABELS[action]} for action in actions],
+        foreign=foreign,
+        deployment=desktop.deployment_id,
         working=desktop.status in WORKING,
         purge_at=purge_at,
         viewer_url=reverse("desktop-viewer", args=[desktop.pk]),
@@ -237,7 +247,7 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
         .select_related("template", "owner")
         .order_by("owner__username", "name", "pk")
     )
-    cards = [desktop_card(d) for d in desktops]
+    cards = [desktop_card(d, _user(request)) for d in desktops]
     memberships = course.memberships.select_related("user").order_by("role", "user__username")
     with_desktop = {card["owner"] for card in cards if card["status"] != S.DELETED}
     context = {
@@ -390,7 +400,7 @@ def course_deploy(request: HttpRequest, course_id: int) -> HttpResponse:
             request,
             f"“{deployment.name}”: {len(created)} desktop(s) are being created for the class.",
         )
-    return redirect("course-detail", course_id=course.pk)
+    return redirect("course-page", course_id=course.pk)
 
 
 @login_required
@@ -406,4 +416,4 @@ def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> 
         messages.error(request, error.message)
     else:
         messages.success(request, _outcome_message(deployment.name, action, outcome))
-    return redirect("course-detail", course_id=deployment.course_id)
+    return redirect("course-page", course_id=deployment.course_id)

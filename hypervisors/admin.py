@@ -44,21 +44,22 @@ class HypervisorEventInline(RoleScopedMixin, admin.TabularInline):
 
 @admin.register(Hypervisor)
 class HypervisorAdmin(ReadOnlyForManagersAdmin):
+    # What an administrator watches first (state and load), then what describes the host.
     list_display = (
         "name",
-        "uri",
-        "queue",
-        "mode",
         "state",
-        "accelerator",
-        "cpus",
-        "memory_mib",
+        "mode",
+        "cpu_load_percent",
         "memory_in_use",
         "memory_booked",
-        "cpu_load_percent",
         "desktops_here",
         "drain",
         "last_seen_at",
+        "accelerator",
+        "cpus",
+        "memory_mib",
+        "queue",
+        "uri",
     )
     list_filter = ("mode", "state", "accelerator")
     readonly_fields = (
@@ -82,6 +83,10 @@ class HypervisorAdmin(ReadOnlyForManagersAdmin):
     )
     exclude = ("cpu_busy_ns", "cpu_total_ns")
     inlines = (HypervisorEventInline,)
+
+    class Media:
+        js = ("isard/admin_live.js",)  # the load columns follow the monitor without a reload
+
     actions = (
         "drain_migrate_or_stop",
         "drain_migrate",
@@ -180,6 +185,9 @@ class HypervisorAdmin(ReadOnlyForManagersAdmin):
 class StoragePoolAdmin(ReadOnlyForManagersAdmin):
     list_display = ("name", "purpose", "path", "shared", "disk_count", "used", "filesystem_free")
     readonly_fields = ("disk_count", "used", "virtual", "filesystem_free")
+
+    class Media:
+        js = ("isard/admin_live.js",)
 
     @admin.display(description="disks")
     def disk_count(self, pool: StoragePool) -> int:

@@ -110,7 +110,7 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 # People sign in on the accounts pages (local or directory accounts, optionally a course
 # code); the admin has its own login for staff.
 LOGIN_URL = "accounts:sign-in"
-LOGIN_REDIRECT_URL = "accounts:home"
+LOGIN_REDIRECT_URL = "dashboard"  # a student signs in to see their desktops
 
 # Redis serves three purposes: the Celery broker and result store, and the Channels layer.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -145,7 +145,10 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # channels_redis blocks on BZPOPMIN for 5 s waiting for messages; redis-py 8 gives
+        # sockets a 5 s read timeout by default, which killed every idle websocket
+        # consumer. A longer read timeout still notices a Redis that stopped answering.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
     },
 }
 

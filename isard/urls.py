@@ -29,8 +29,14 @@ urlpatterns = [
         name="media-upload-finish",
     ),
     path("media/install/", template_views.media_install_desktop, name="media-install"),
-    path("courses/", desktop_views.course_list, name="course-list"),
-    path("courses/<int:course_id>/", desktop_views.course_detail, name="course-detail"),
+    path("templates/", template_views.template_list, name="template-page-list"),
+    path(
+        "templates/<int:template_id>/sharing/",
+        template_views.template_sharing,
+        name="template-page-sharing",
+    ),
+    path("courses/", desktop_views.course_list, name="course-page-list"),
+    path("courses/<int:course_id>/", desktop_views.course_detail, name="course-page"),
     path("courses/<int:course_id>/deploy/", desktop_views.course_deploy, name="course-deploy"),
     path(
         "deployments/<int:deployment_id>/<slug:action>/",

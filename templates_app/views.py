@@ -21,7 +21,7 @@ from accounts.models import User
 from desktops.services import desktop_create_from_media
 from isard.exceptions import ApplicationError, NotFoundError, PermissionDeniedError
 from templates_app import services
-from templates_app.choices import MediaStatus
+from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media
 
 
@@ -151,3 +151,59 @@ def media_install_desktop(request: HttpRequest) -> HttpResponse:
         "and open it to install.",
     )
     return redirect("dashboard")
+
+
+# --- teachers' templates: what they made, its state, and who may use it ----------------------
+
+
+@login_required
+@require_GET
+def template_list(request: HttpRequest) -> HttpResponse:
+    """My templates: their state (with progress while one is made) and their sharing."""
+    from accounts.permissions import courses_visible_to, templates_managed_by
+
+    user = _user(request)
+    if not user.is_teacher:
+        return render(request, "desktops/not_found.html", {"what": "page"}, status=404)
+    templates = (
+        templates_managed_by(user)
+        .exclude(status=TemplateStatus.DELETED)
+        .select_related("parent", "owner")
+        .prefetch_related("shared_courses")
+        .order_by("name", "pk")
+    )
+    context = {
+        "templates": templates,
+        "courses": courses_visible_to(user).order_by("name"),
+    }
+    return render(request, "templates_app/templates.html", context)
+
+
+@login_required
+@require_POST
+def template_sharing(request: HttpRequest, template_id: int) -> HttpResponse:
+    """Share one of my templates with the courses ticked (and only those)."""
+    from accounts.models import Course
+    from accounts.permissions import templates_managed_by
+
+    user = _user(request)
+    template = templates_managed_by(user).filter(pk=template_id).first()
+    if template is None:
+        return render(request, "desktops/not_found.html", {"what": "template"}, status=404)
+    ids = [int(value) for value in request.POST.getlist("courses") if value.isdigit()]
+    try:
+        # Unknown or foreign course ids go to the service, which refuses them by name.
+        template = services.template_set_sharing(
+            actor=user, template=template, courses=list(Course.objects.filter(pk__in=ids))
+        )
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        names = ", ".join(course.name for course in template.shared_courses.order_by("name"))
+        messages.success(
+            request,
+            f"“{template.name}” is shared with {names}."
+            if names
+            else f"“{template.name}” is shared with no course.",
+        )
+    return redirect("template-page-list")

@@ -250,7 +250,7 @@ def test_sign_in_with_a_code_joins_the_course(
         follow=True,
     )
 
-    assert response.redirect_chain[-1][0] == reverse("accounts:home")
+    assert response.redirect_chain[-1][0] == reverse("dashboard")
     assert "You joined “Latin 1A” as a student." in response.content.decode()
     assert role_in(person, course) == CourseRole.STUDENT
 

@@ -116,3 +116,25 @@ async def test_teacher_follows_their_courses_desktops_and_another_teacher_is_ref
     assert message["desktop"]["status"] == "starting"
     assert message["desktop"]["course"] == course.pk
     await teacher_socket.disconnect()
+
+
+async def test_an_idle_socket_stays_open_longer_than_the_layers_blocking_read() -> None:
+    """channels_redis waits for messages with BZPOPMIN for `brpop_timeout` seconds; redis-py
+    8 gives every socket a 5-second read timeout by default, so an idle dashboard's
+    consumer died with "Timeout reading from Redis" every few seconds and the page kept
+    reconnecting. Found by the classroom browser test."""
+    import asyncio
+
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    assert layer is not None
+    owner, desktop = await make()
+    mine = connect(owner)
+    assert (await mine.connect())[0]
+    await mine.receive_json_from()  # the snapshot
+    await asyncio.sleep(layer.brpop_timeout + 2)  # idle through a whole blocking read
+    await start(desktop)
+    message = await mine.receive_json_from(timeout=5)
+    assert message["desktop"]["status"] == "starting"
+    await mine.disconnect()

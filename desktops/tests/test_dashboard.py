@@ -182,10 +182,35 @@ def test_teacher_sees_the_class_and_starts_a_students_desktop(
     page = teacher.get(f"/courses/{course.pk}/").content.decode()
     assert f'id="desktop-{desktop.pk}"' in page and "ana" in page
     assert f"/ws/desktops/?course={course.pk}" in page
+    assert f'href="/accounts/#course-{course.pk}">Enrolment codes' in page
     response = run(teacher.post, f"/desktops/{desktop.pk}/start/", headers=JSON)
     assert response.status_code == 202
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED
+    # The owner's viewers are the owner's: the teacher's card offers the view-only look
+    # at the screen, not "Open in the browser" or the .vv file.
+    page = teacher.get(f"/courses/{course.pk}/").content.decode()
+    assert "Force off" in page and "data-foreign" in page
+    assert "Look at the screen (view only)" in page
+    assert "Open in the browser</a>" not in page
+    assert f"/desktops/{desktop.pk}/viewer.vv" not in page
+    own = client_for(desktop.owner).get("/").content.decode()
+    assert f'href="/desktops/{desktop.pk}/viewer/"' in own and "data-foreign" not in own
+
+
+@pytest.mark.django_db
+def test_the_pages_link_to_the_course_pages_not_to_the_api(
+    desktop: Desktop, course: Any, student: Any
+) -> None:
+    """The API's router also names routes "course-list" and "course-detail": the pages'
+    links once led a teacher from "My courses" into the API's browsable JSON."""
+    teacher = client_for(teacher_of(course))
+    listing = teacher.get("/courses/").content.decode()
+    assert f'href="/courses/{course.pk}/"' in listing
+    assert 'href="/courses/"' in listing  # the navigation's "My courses"
+    assert "/api/v1/courses/" not in listing
+    page = teacher.get(f"/courses/{course.pk}/").content.decode()
+    assert 'href="/courses/"' in page and "/api/v1/courses/" not in page
 
 
 @pytest.mark.django_db

@@ -9,11 +9,18 @@
   const notice = document.getElementById("notice");
   const live = document.getElementById("live");
   const cards = document.getElementById("cards");
+  // Only a desktop's owner opens its screen; a teacher's view of a student's card lacks them.
+  const OWNER_ONLY = new Set(["open", "vv"]);
   const csrf = () => document.querySelector("input[name=csrfmiddlewaretoken]").value;
 
-  function say(message, ok) {
+  const announcer = document.getElementById("announce");
+
+  // `about` is the desktop a success message is about: it goes away once that desktop
+  // moves on, so "is starting" does not linger beside a card that says "Started".
+  function say(message, ok, about) {
     notice.textContent = message;
     notice.className = "notice " + (ok ? "ok" : "error");
+    notice.dataset.about = ok && about ? String(about) : "";
     notice.hidden = false;
   }
 
@@ -39,9 +46,27 @@
     return form;
   }
 
-  async function reloadCards() {
-    const response = await fetch("?fragment=cards", { headers: { Accept: "text/html" } });
-    if (response.ok) cards.innerHTML = await response.text();
+  // One fetch at a time: a snapshot naming thirty new desktops asks for one more, not thirty.
+  let reloading = null;
+  let reloadAgain = false;
+  function reloadCards() {
+    if (reloading) {
+      reloadAgain = true;
+      return reloading;
+    }
+    reloading = (async () => {
+      try {
+        do {
+          reloadAgain = false;
+          const response = await fetch("?fragment=cards", { headers: { Accept: "text/html" } });
+          if (response.ok) cards.innerHTML = await response.text();
+          recount();
+        } while (reloadAgain);
+      } finally {
+        reloading = null;
+      }
+    })();
+    return reloading;
   }
 
   function update(desktop) {
@@ -52,14 +77,28 @@
       return;
     }
     if (card.dataset.status === desktop.status) return;
+    const previous = card.dataset.status;
     card.dataset.status = desktop.status;
     card.querySelector("[data-role=status]").textContent = desktop.status_label;
+    if (notice.dataset.about === String(desktop.id) && previous && !working.has(desktop.status)) {
+      notice.hidden = true;
+      notice.dataset.about = "";
+    }
+    // Screen readers hear the change once, in a polite live region (not every badge).
+    if (announcer) {
+      const why = desktop.status_reason ? ` ${desktop.status_reason}` : "";
+      announcer.textContent = `${card.querySelector("h3").textContent}: ${desktop.status_label}.${why}`;
+    }
+    // Keyboard focus stays in the card when its buttons are replaced under it.
+    const hadFocus = card.contains(document.activeElement) && document.activeElement !== document.body;
     const reason = card.querySelector("[data-role=reason]");
     reason.textContent = desktop.status_reason || "";
     reason.hidden = !desktop.status_reason;
     card.querySelector("[data-role=working]").hidden = !working.has(desktop.status);
     const actions = card.querySelector("[data-role=actions]");
-    actions.replaceChildren(...(actionsByStatus[desktop.status] || []).map((a) => button(card, a)));
+    const allowed = (actionsByStatus[desktop.status] || []).filter(
+      (action) => !("foreign" in card.dataset && OWNER_ONLY.has(action)));
+    actions.replaceChildren(...allowed.map((a) => button(card, a)));
     if (desktop.status === "stopped" && card.dataset.templateUrl) {
       const link = document.createElement("a");
       link.className = "button";
@@ -67,6 +106,27 @@
       link.textContent = "Make a template";
       actions.append(link);
     }
+    const onHeading = document.activeElement === card.querySelector("h3");
+    if (hadFocus && (onHeading || !card.contains(document.activeElement))) focusInto(card);
+    recount();
+  }
+
+  // The course page's deployments say how many of their desktops exist and run.
+  function recount() {
+    for (const deployment of document.querySelectorAll(".deployment[data-deployment]")) {
+      const mine = [...cards.querySelectorAll(`.card[data-deployment="${deployment.dataset.deployment}"]`)]
+        .filter((card) => card.dataset.status !== "deleted");
+      const running = mine.filter((card) => card.dataset.status === "started").length;
+      const counts = deployment.querySelector("[data-role=counts]");
+      if (counts) counts.textContent = `${mine.length} desktop${mine.length === 1 ? "" : "s"}, ${running} running`;
+    }
+  }
+
+  function focusInto(card) {
+    const first = card.querySelector("[data-role=actions] a, [data-role=actions] button");
+    const heading = card.querySelector("h3");
+    if (!first) heading.tabIndex = -1;
+    (first || heading).focus();
   }
 
   document.addEventListener("submit", async (event) => {
@@ -74,6 +134,7 @@
     if (!(form instanceof HTMLFormElement) || !("async" in form.dataset)) return;
     event.preventDefault();
     const data = new FormData(form);
+    const card = form.closest(".card");
     if (!data.has("csrfmiddlewaretoken")) data.append("csrfmiddlewaretoken", csrf());
     for (const control of form.querySelectorAll("button")) control.disabled = true;
     try {
@@ -82,8 +143,11 @@
         credentials: "same-origin",
       });
       const body = await response.json().catch(() => ({ message: "The server did not answer." }));
-      say(body.message, response.ok);
+      say(body.message, response.ok, body.desktop && body.desktop.id);
       if (body.desktop) update(body.desktop);
+      // The pressed button may be gone (or was blurred when disabled): stay in the card.
+      const lost = !document.activeElement || document.activeElement === document.body;
+      if (card && card.isConnected && lost) focusInto(card);
       if (response.ok && form.closest(".new-desktop")) form.reset();
       if (response.ok && "reload" in form.dataset) reloadCards();
     } catch (error) {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +112,52 @@ def guests(run: Any) -> Any:
 
     for desktop in Desktop.objects.all():
         libvirt_driver.undefine_domain(SYSTEM_URI, desktop.domain_name)
+
+
+# --- the platform in Daphne, tasks run directly, headless Chromium (browser tests) ---------
+
+
+@pytest.fixture
+def platform_server() -> Any:
+    from tests.integration.browser import AsgiServer
+
+    return AsgiServer.get()
+
+
+@pytest.fixture
+def direct_tasks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Run each task the services schedule at once, in this process (not through Redis)."""
+    from desktops import services
+    from isard.celery import app
+
+    app.loader.import_default_modules()
+    sent: list[str] = []
+
+    def send(task_name: str, args: list[Any], options: dict[str, Any], **_: Any) -> None:
+        sent.append(task_name)
+        if not options.get("countdown"):
+            app.tasks[task_name](*args)
+
+    monkeypatch.setattr(services, "send_task", send)
+    return sent
+
+
+@pytest.fixture
+def spice_tls() -> Any:
+    """SPICE over TLS on the local libvirtd, before any guest starts (quick when done)."""
+    from isard import tls
+
+    paths = tls.pki_paths()
+    tls.local_spice_tls_ensure(paths=paths)
+    return paths
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Any]:
+    from tests.integration.browser import new_chromium
+
+    driver = new_chromium(tmp_path / "chromium-profile")
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -51,18 +51,15 @@ from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import GUEST_READY_MARKER
 from hypervisors.models import Hypervisor
 from isard import tls
-from tests.integration.conftest import wait_for
-from tests.integration.test_multihost import SessionDaemon
-from tests.integration.test_viewers import (  # noqa: F401  (fixtures)
+from tests.integration.browser import (
     CANVAS_PIXELS,
     AsgiServer,
-    chromium,
-    direct_tasks,
-    platform_server,
     same_pixels,
     sign_in,
     wait_for_state,
 )
+from tests.integration.conftest import wait_for
+from tests.integration.test_multihost import SessionDaemon
 from tests.integration.test_viewers_rfb import (
     Framebuffer,
     RfbClient,
@@ -294,9 +291,9 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
     tls_hosts: tuple[Hypervisor, Hypervisor],
     module_pki: tls.PkiPaths,
     tiny_image: Path,
-    direct_tasks: list[str],  # noqa: F811
-    platform_server: AsgiServer,  # noqa: F811
-    chromium: Any,  # noqa: F811
+    direct_tasks: list[str],
+    platform_server: AsgiServer,
+    chromium: Any,
     caplog: pytest.LogCaptureFixture,
     storage_root: Path,
 ) -> None:

@@ -23,8 +23,7 @@ from accounts.tests.factories import CourseFactory, MembershipFactory, UserFacto
 from desktops.models import Desktop, DesktopEvent, ViewerToken
 from desktops.viewers import viewer_token_issue
 from tests.integration import test_viewers
-from tests.integration.conftest import wait_for
-from tests.integration.test_viewers import (
+from tests.integration.browser import (
     ARTIFACTS,
     AsgiServer,
     canvas_matches_screen,
@@ -32,6 +31,7 @@ from tests.integration.test_viewers import (
     vga_text,
     wait_for_state,
 )
+from tests.integration.conftest import wait_for
 from tests.integration.test_viewers_rfb import (
     DESKTOP_SIZE,
     PIXEL_FORMAT,
@@ -43,12 +43,9 @@ from tests.integration.test_viewers_rfb import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-# The guest, the tasks run directly, SPICE TLS and the Daphne server of test_viewers.py.
-direct_tasks = test_viewers.direct_tasks
-spice_tls = test_viewers.spice_tls
+# The guest of test_viewers.py; the tasks run directly, SPICE TLS, the Daphne server and
+# Chromium are fixtures of tests/integration/conftest.py.
 running_guest = test_viewers.running_guest
-platform_server = test_viewers.platform_server
-chromium = test_viewers.chromium
 
 KEY_RETURN = 0xFF0D
 
