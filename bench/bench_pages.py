@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, scratch_directory, setup_django
 
-REDIS_DB = "redis://127.0.0.1:6379/5"  # its own, as it flushes it
+REDIS_DB = "redis://127.0.0.1:6379/5"  # its own by default, as it flushes it
 
 WRK_SCRIPT = """
 local cookies = {}
@@ -223,6 +223,11 @@ def main() -> None:
         help="each student waits a random time in this range between requests "
         "(0 0: no pause, every connection as fast as it can)",
     )
+    parser.add_argument(
+        "--redis-url",
+        default=REDIS_DB,
+        help="a Redis database of its own: it is flushed at the end",
+    )
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
     think = (options.think_ms[0], options.think_ms[1])
@@ -231,7 +236,7 @@ def main() -> None:
     work = scratch_directory()
     processes: list[Any] = []
     try:
-        setup_django(work, REDIS_DB)
+        setup_django(work, options.redis_url)
         from django.conf import settings
 
         cookies = make_class(options.students)
@@ -305,7 +310,7 @@ def main() -> None:
             stop(process)
         import redis
 
-        redis.Redis.from_url(REDIS_DB).flushdb()
+        redis.Redis.from_url(options.redis_url).flushdb()
         shutil.rmtree(work, ignore_errors=True)
 
 
