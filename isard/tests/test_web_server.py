@@ -208,7 +208,7 @@ def test_https_is_served_with_a_certificate_of_the_platform_ca_and_django_sees_i
 def test_a_status_change_reaches_websockets_over_wss_on_every_worker(
     web_platform: WebPlatform,
 ) -> None:
-    from channels_redis.core import RedisChannelLayer
+    from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped]
     from websockets.sync.client import connect
 
     from desktops.services import owner_group
