@@ -207,6 +207,8 @@ CACHES = {
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "isard",
         "TIMEOUT": 300,
+        # One pool per process, not per thread: Daphne runs each request in a new thread.
+        "OPTIONS": {"pool_class": "isard.cache.SharedConnectionPool"},
     },
 }
 
