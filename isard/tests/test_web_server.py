@@ -259,3 +259,17 @@ def test_a_worker_that_dies_is_replaced_and_the_site_keeps_answering(
     for _ in range(6):
         assert web_platform.get("/", secure=True)[0] == 200
         assert web_platform.get("/", secure=False)[0] == 200
+
+
+def test_sighup_replaces_every_worker_and_the_site_keeps_answering(
+    web_platform: WebPlatform,
+) -> None:
+    """How a rotated certificate is loaded (README: Serving HTTPS and wss)."""
+    old = set(web_platform.workers())
+    os.kill(web_platform.process.pid, signal.SIGHUP)
+    wait_until(
+        lambda: not old & set(web_platform.workers()) and len(web_platform.workers()) == 2,
+        "two new workers",
+    )
+    wait_until(lambda: web_platform.get("/", secure=True)[0] == 200, "HTTPS after SIGHUP")
+    assert web_platform.process.poll() is None
