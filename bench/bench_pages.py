@@ -1,20 +1,22 @@
 """200 students on their dashboards at once: latency of the pages and the API they use.
 
-Ours: the platform as `isardctl up` runs it (Daphne serving Django over ASGI), with 200
+Ours: the platform as `isardctl up` runs it (`manage.py isard_web`: one Daphne process per
+CPU on a shared socket, serving Django over ASGI; `--workers N` to choose), with 200
 students who each own a desktop in one course, signed in with real sessions. `wrk` on
 loopback keeps 200 connections busy, each request as the next student in turn, on:
 - `/` (the dashboard page: the student's desktops and the templates shared with them),
 - `/api/v1/desktops/` (what the mobile client and the live page poll), when the API is
   installed.
 
-Baseline: the same Daphne serving a bare ASGI application that answers a fixed page of
+Baseline: one Daphne process serving a bare ASGI application that answers a fixed page of
 the same size, with no Django at all: what the server and the loopback cost by
 themselves. Both run in the same run, one after the other; the report gives p50 / p95 /
 p99 and our p95 as a ratio of the baseline's.
 
 Target (issue 8): p95 under 100 ms at 200 concurrent students.
 
-    .venv/bin/python bench/bench_pages.py [--students 200] [--seconds 15] [--json out.json]
+    .venv/bin/python bench/bench_pages.py [--students 200] [--seconds 15] [--workers N]
+        [--think-ms MIN MAX] [--redis-url URL] [--json out.json]
 
 Needs `wrk` (Debian package `wrk`).
 """
@@ -22,6 +24,7 @@ Needs `wrk` (Debian package `wrk`).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -37,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, scratch_directory, setup_django
 
-REDIS_DB = "redis://127.0.0.1:6379/5"  # its own, as it flushes it
+REDIS_DB = "redis://127.0.0.1:6379/5"  # its own by default, as it flushes it
 
 WRK_SCRIPT = """
 local cookies = {}
@@ -97,8 +100,20 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
+def fetch(port: int, path: str, cookie: str) -> tuple[int, str | None, bytes]:
+    """One GET as a student, without following redirects."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"Cookie": cookie, "Accept": "text/html"})
+        response = connection.getresponse()
+        return response.status, response.getheader("Location"), response.read()
+    finally:
+        connection.close()
+
+
 def make_class(students: int) -> list[str]:
     """A course of `students`, each with a desktop, signed in: their session cookies."""
+    from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
 
@@ -116,6 +131,9 @@ def make_class(students: int) -> list[str]:
     template = Template.objects.create(
         name="bench template", owner=teacher, hardware=hardware, shared_with_everyone=True
     )
+    backend = "accounts.backends.LocalAccountBackend"
+    if backend not in settings.AUTHENTICATION_BACKENDS:
+        raise SystemExit(f"{backend} is not in AUTHENTICATION_BACKENDS: update the benchmark")
     cookies = []
     for index in range(students):
         student = UserFactory.create(username=f"bench-student-{index}")
@@ -130,7 +148,9 @@ def make_class(students: int) -> list[str]:
         )
         session = SessionStore()
         session[SESSION_KEY] = str(student.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        # The backend that signs local accounts in; a session naming one the settings do
+        # not list is no session at all.
+        session[BACKEND_SESSION_KEY] = backend
         session[HASH_SESSION_KEY] = student.get_session_auth_hash()
         session.create()
         cookies.append(f"sessionid={session.session_key}")
@@ -201,6 +221,24 @@ def serve(application: str, port: int, environment: dict[str, str], cwd: Path) -
     )
 
 
+def serve_platform(port: int, workers: int, environment: dict[str, str], log: Path) -> Any:
+    """The platform's web tier as the Procfile runs it, plain HTTP only (loopback)."""
+    return subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), "manage.py", "isard_web"],
+        cwd=ROOT,
+        env=dict(
+            environment,
+            ISARD_BIND="127.0.0.1",
+            ISARD_PORT=str(port),
+            ISARD_TLS_PORT="0",
+            ISARD_WEB_WORKERS=str(workers),
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),  # a pipe nobody reads would stall the server once full
+        start_new_session=True,
+    )
+
+
 def stop(process: Any) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -223,6 +261,14 @@ def main() -> None:
         help="each student waits a random time in this range between requests "
         "(0 0: no pause, every connection as fast as it can)",
     )
+    parser.add_argument(
+        "--redis-url",
+        default=REDIS_DB,
+        help="a Redis database of its own: it is flushed at the end",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="Daphne processes of ours (0: one per CPU)"
+    )
     parser.add_argument("--json", type=Path)
     options = parser.parse_args()
     think = (options.think_ms[0], options.think_ms[1])
@@ -231,7 +277,7 @@ def main() -> None:
     work = scratch_directory()
     processes: list[Any] = []
     try:
-        setup_django(work, REDIS_DB)
+        setup_django(work, options.redis_url)
         from django.conf import settings
 
         cookies = make_class(options.students)
@@ -243,28 +289,26 @@ def main() -> None:
             ISARD_DEBUG="false",  # as deployed: no debug toolbar work per request
         )
         port = free_port()
-        ours = serve("isard.asgi:application", port, environment, ROOT)
+        ours = serve_platform(port, options.workers, environment, work / "platform.log")
         processes.append(ours)
         wait_for_port(port)
 
-        import urllib.request
+        # Every student must get the page itself: a redirect to the sign-in page (a session
+        # the platform does not accept) would be measured as a fast, empty "success".
+        paths = ["/", "/api/v1/desktops/"]
+        page_size = 0
+        for path in paths:
+            for cookie in (cookies[0], cookies[-1]):
+                status, location, body = fetch(port, path, cookie)
+                if status != 200:
+                    raise SystemExit(
+                        f"{path} answered {status} {location or ''} to a signed-in student: "
+                        "fix the benchmark's sessions before measuring"
+                    )
+                if path == "/":
+                    page_size = len(body)
 
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/", headers={"Cookie": cookies[0]}
-        )
-        with urllib.request.urlopen(request) as response:
-            page_size = len(response.read())
-        paths = ["/"]
-        probe = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v1/desktops/", headers={"Cookie": cookies[0]}
-        )
-        try:
-            with urllib.request.urlopen(probe) as response:
-                if response.status == 200:
-                    paths.append("/api/v1/desktops/")
-        except OSError:
-            pass  # the API is not installed in this checkout
-
+        load_before = " ".join(f"{value:.2f}" for value in os.getloadavg())
         results: dict[str, Any] = {}
         for path in paths:
             results[path] = run_wrk(
@@ -285,8 +329,10 @@ def main() -> None:
 
         database = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
         pause = f"pausing {think[0] / 1000:g}–{think[1] / 1000:g} s" if think[1] else "no pause"
+        workers = options.workers or os.cpu_count()
         print(
-            f"| {options.students} students {pause}, {options.seconds} s each ({database}) "
+            f"| {options.students} students {pause}, {options.seconds} s each ({database}, "
+            f"{workers} Daphne workers; load before: {load_before}) "
             "| requests | errors | p50 | p95 | p99 | p95 vs bare |"
         )
         print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -305,7 +351,7 @@ def main() -> None:
             stop(process)
         import redis
 
-        redis.Redis.from_url(REDIS_DB).flushdb()
+        redis.Redis.from_url(options.redis_url).flushdb()
         shutil.rmtree(work, ignore_errors=True)
 
 

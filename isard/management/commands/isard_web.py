@@ -1,0 +1,44 @@
+"""Serve the platform: plain HTTP on ISARD_PORT, HTTPS and wss on ISARD_TLS_PORT, with one
+Daphne child per CPU (ISARD_WEB_WORKERS). The `web:` line of the Procfile runs this."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from isard.webserver import WebConfig, WebServerError, serve, web_config_from_settings
+
+
+class Command(BaseCommand):
+    help = "Run the web tier: Daphne children on shared HTTP and HTTPS sockets."
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--workers", type=int, help="Daphne children (default: ISARD_WEB_WORKERS)"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        config = web_config_from_settings()
+        if options["workers"] is not None:
+            config = WebConfig(
+                listeners=config.listeners,
+                workers=options["workers"],
+                tls_cert_file=config.tls_cert_file,
+                tls_key_file=config.tls_key_file,
+                access_log=config.access_log,
+            )
+        logging.getLogger("isard.web").info(
+            "serving %s with %d Daphne workers",
+            " and ".join(listener.url for listener in config.listeners),
+            config.workers,
+        )
+        try:
+            status = serve(config)
+        except WebServerError as error:
+            raise CommandError(error.message) from error
+        if status:
+            sys.exit(status)

@@ -1,0 +1,275 @@
+"""The web tier as `./isardctl up` runs it: `manage.py isard_web` with two Daphne workers.
+
+The server is a real subprocess tree (the parent holding the sockets, two children), on a
+SQLite file of its own (the test database lives in this process's memory) and on the
+Redis database of the tests, with a CA and host certificate made for the test by
+`isard.tls`. A student's session is written into that database before the server starts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from isard import tls
+
+ROOT = Path(settings.BASE_DIR)
+
+SEED = """
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+from accounts.tests.factories import UserFactory
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop
+from templates_app.models import Template
+from templates_app.tests.factories import HardwareProfileFactory
+
+student = UserFactory.create(username="web-student")
+hardware = HardwareProfileFactory.create()
+template = Template.objects.create(name="web template", owner=student, hardware=hardware)
+for name in ("first desktop", "second desktop"):
+    Desktop.objects.create(name=name, owner=student, template=template, hardware=hardware,
+                           status=DesktopStatus.STOPPED)
+session = SessionStore()
+session[SESSION_KEY] = str(student.pk)
+session[BACKEND_SESSION_KEY] = "accounts.backends.LocalAccountBackend"
+session[HASH_SESSION_KEY] = student.get_session_auth_hash()
+session.create()
+print("SEED", student.pk, session.session_key)
+"""
+
+
+@dataclass
+class WebPlatform:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    https_port: int
+    ca_file: Path
+    cookie: str
+    student_id: int
+    environment: dict[str, str]
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def get(self, path: str, *, secure: bool) -> tuple[int, bytes]:
+        connection: http.client.HTTPConnection
+        if secure:
+            connection = http.client.HTTPSConnection(
+                "localhost", self.https_port, context=self.tls_context(), timeout=30
+            )
+        else:
+            connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
+        try:
+            connection.request("GET", path, headers={"Cookie": self.cookie})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def workers(self) -> list[int]:
+        """The pids of the parent's children (its Daphne workers)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def answers(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def web_platform(tmp_path: Path) -> Iterator[WebPlatform]:
+    paths = tls.PkiPaths(tmp_path / "pki")
+    tls.host_certificate_issue(paths=paths, names=tls.HostNames(dns=("localhost",)))
+    environment = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="isard.settings",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'web.sqlite3'}",
+        REDIS_URL=settings.REDIS_URL,
+        ISARD_PKI_DIR=str(paths.directory),
+        ISARD_STORAGE_ROOT=str(tmp_path / "storage"),
+        ISARD_BIND="127.0.0.1",
+        ISARD_PORT=str(free_port()),
+        ISARD_TLS_BIND="127.0.0.1",
+        ISARD_TLS_PORT=str(free_port()),
+        ISARD_WEB_WORKERS="2",
+        ISARD_WEB_ACCESS_LOG="false",
+        ISARD_DEBUG="false",
+    )
+    python = sys.executable
+    subprocess.run(
+        [python, "manage.py", "migrate", "--no-input", "-v0"],
+        cwd=ROOT,
+        env=environment,
+        check=True,
+    )
+    seeded = subprocess.run(
+        [python, "manage.py", "shell", "-c", SEED],
+        cwd=ROOT,
+        env=environment,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    _, student_id, session_key = next(
+        line for line in seeded.stdout.splitlines() if line.startswith("SEED ")
+    ).split()
+    log = (tmp_path / "web.log").open("wb")
+    process = subprocess.Popen(
+        [python, "manage.py", "isard_web"],
+        cwd=ROOT,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    platform = WebPlatform(
+        process=process,
+        http_port=int(environment["ISARD_PORT"]),
+        https_port=int(environment["ISARD_TLS_PORT"]),
+        ca_file=paths.ca_cert,
+        cookie=f"sessionid={session_key}",
+        student_id=int(student_id),
+        environment=environment,
+    )
+    try:
+        wait_until(lambda: len(platform.workers()) == 2, "two web workers")
+        # The workers adopt the sockets once Django is loaded: wait for a real answer.
+        wait_until(lambda: platform.get("/health/", secure=False)[0] in (200, 503), "HTTP")
+        yield platform
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.close()
+    assert process.returncode == 0, (tmp_path / "web.log").read_text()[-3000:]
+
+
+def test_https_is_served_with_a_certificate_of_the_platform_ca_and_django_sees_it_secure(
+    web_platform: WebPlatform,
+) -> None:
+    status, body = web_platform.get("/", secure=True)
+    assert status == 200
+    assert b"first desktop" in body
+
+    # DRF builds the next page's link from request.is_secure(): https on the TLS port,
+    # http on the plain one, with no proxy header involved.
+    status, body = web_platform.get("/api/v1/desktops/?page_size=1", secure=True)
+    assert status == 200
+    assert json.loads(body)["next"].startswith(f"https://localhost:{web_platform.https_port}/")
+    status, body = web_platform.get("/api/v1/desktops/?page_size=1", secure=False)
+    assert json.loads(body)["next"].startswith(f"http://127.0.0.1:{web_platform.http_port}/")
+
+    # Verification means something: a client that trusts only the system CAs refuses it.
+    untrusting = ssl.create_default_context()
+    with (
+        pytest.raises(ssl.SSLCertVerificationError),
+        socket.create_connection(("127.0.0.1", web_platform.https_port), timeout=10) as raw,
+        untrusting.wrap_socket(raw, server_hostname="localhost"),
+    ):
+        pass
+
+
+def test_a_status_change_reaches_websockets_over_wss_on_every_worker(
+    web_platform: WebPlatform,
+) -> None:
+    from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped]
+    from websockets.sync.client import connect
+
+    from desktops.services import owner_group
+
+    url = f"wss://localhost:{web_platform.https_port}/ws/desktops/"
+    headers = {
+        "Cookie": web_platform.cookie,
+        "Origin": f"https://localhost:{web_platform.https_port}",
+    }
+    # Several connections, so that both workers hold some (the kernel hands each to
+    # whichever worker accepts first); each must get the snapshot and the broadcast.
+    sockets = [
+        connect(url, ssl=web_platform.tls_context(), additional_headers=headers, open_timeout=30)
+        for _ in range(6)
+    ]
+    try:
+        for websocket in sockets:
+            snapshot = json.loads(websocket.recv(timeout=30))
+            assert snapshot["type"] == "snapshot"
+            assert sorted(d["name"] for d in snapshot["desktops"]) == [
+                "first desktop",
+                "second desktop",
+            ]
+        # Sent from this process, as the Celery worker sends it: only Redis connects us.
+        layer = RedisChannelLayer(hosts=[web_platform.environment["REDIS_URL"]])
+        from asgiref.sync import async_to_sync
+
+        event = {"type": "desktop.status", "desktop": {"id": 1, "status": "started"}}
+        async_to_sync(layer.group_send)(owner_group(web_platform.student_id), event)
+        for websocket in sockets:
+            message = json.loads(websocket.recv(timeout=30))
+            assert message == {"type": "status", "desktop": {"id": 1, "status": "started"}}
+    finally:
+        for websocket in sockets:
+            websocket.close()
+
+
+def test_a_worker_that_dies_is_replaced_and_the_site_keeps_answering(
+    web_platform: WebPlatform,
+) -> None:
+    first, second = web_platform.workers()
+    os.kill(first, signal.SIGKILL)
+    wait_until(
+        lambda: first not in web_platform.workers() and len(web_platform.workers()) == 2,
+        "a replacement worker",
+    )
+    assert second in web_platform.workers()
+    for _ in range(6):
+        assert web_platform.get("/", secure=True)[0] == 200
+        assert web_platform.get("/", secure=False)[0] == 200
+
+
+def test_sighup_replaces_every_worker_and_the_site_keeps_answering(
+    web_platform: WebPlatform,
+) -> None:
+    """How a rotated certificate is loaded (README: Serving HTTPS and wss)."""
+    old = set(web_platform.workers())
+    os.kill(web_platform.process.pid, signal.SIGHUP)
+    wait_until(
+        lambda: not old & set(web_platform.workers()) and len(web_platform.workers()) == 2,
+        "two new workers",
+    )
+    wait_until(lambda: web_platform.get("/", secure=True)[0] == 200, "HTTPS after SIGHUP")
+    assert web_platform.process.poll() is None
