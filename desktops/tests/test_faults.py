@@ -46,6 +46,8 @@ def broker_down() -> Iterator[None]:
             app._pool.force_close_all()
         app._pool = None
         app.amqp._producer_pool = None
+        # The control mailbox (health's ping) caches the producer pool it first saw.
+        app.control.mailbox.__dict__.pop("producer_pool", None)
 
     app.conf["broker_url"] = f"redis://127.0.0.1:{port}/0"
     reset()

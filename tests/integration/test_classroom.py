@@ -60,7 +60,7 @@ class TaskQueue:
         self.done: list[str] = []
         self.lock = threading.Lock()
 
-    def send(self, task_name: str, args: list[Any], options: dict[str, Any]) -> None:
+    def send(self, task_name: str, args: list[Any], options: dict[str, Any], **_: Any) -> None:
         if options.get("countdown"):
             return  # retries and later checks: not part of this story
         with self.lock:  # Daphne's threads schedule tasks too

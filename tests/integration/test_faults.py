@@ -120,6 +120,8 @@ def _reset_celery_connections(app: Any) -> None:
         app._pool.force_close_all()
     app._pool = None
     app.amqp._producer_pool = None
+    # The control mailbox (health's ping) caches the producer pool it first saw.
+    app.control.mailbox.__dict__.pop("producer_pool", None)
 
 
 @pytest.fixture
