@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
+from kombu import pools as kombu_pools
 
 from accounts.tests.factories import UserFactory
 from desktops import services
@@ -42,8 +43,9 @@ def broker_down() -> Iterator[None]:
     previous = app.conf.broker_url
 
     def reset() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
+        # The app's pool is kombu's global one for the URL: closing it alone would leave
+        # the closed pool in kombu's registry for the next test to acquire from.
+        kombu_pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
         # The control mailbox (health's ping) caches the producer pool it first saw.

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import redis
 from django.utils import timezone
+from kombu import pools as kombu_pools
 
 from accounts.tests.factories import MembershipFactory, UserFactory
 from desktops import services
@@ -116,8 +117,9 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 def _reset_celery_connections(app: Any) -> None:
     """Drop the app's pooled broker connections, so the next send connects anew."""
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # The app's pool is kombu's global one for the URL: closing it alone would leave
+    # the closed pool in kombu's registry for the next test to acquire from.
+    kombu_pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
     # The control mailbox (health's ping) caches the producer pool it first saw.
