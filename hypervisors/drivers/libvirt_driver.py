@@ -164,6 +164,9 @@ def host_info(uri: str) -> HostInfo:
 _validated_shapes: set[tuple[str, str]] = set()
 
 
+_validation_lock = threading.Lock()
+
+
 def define_domain(uri: str, xml: str, *, shape: str | None = None) -> None:
     """Define (or redefine) a persistent domain, validating the XML against libvirt's schema.
 
@@ -171,14 +174,19 @@ def define_domain(uri: str, xml: str, *, shape: str | None = None) -> None:
     it run once per distinct shape of XML. libvirt's parser still checks every definition.
     """
     validate = shape is None or (uri, shape) not in _validated_shapes
-    flags = libvirt.VIR_DOMAIN_DEFINE_VALIDATE if validate else 0
-
-    def define(connection: libvirt.virConnect) -> None:
-        connection.defineXMLFlags(xml, flags)
-
-    _call(uri, "define domain", define)
-    if validate and shape is not None:
-        _validated_shapes.add((uri, shape))
+    if not validate:
+        _call(uri, "define domain", lambda connection: connection.defineXMLFlags(xml, 0))
+        return
+    # One schema validation at a time in this process: libxml2's RelaxNG set-up is not
+    # thread-safe, and with an in-process driver (test:///) a class provisioned by several
+    # threads failed at random with "Unable to parse RNG ... 'unsignedInt' is not
+    # exported". A thread that waited finds the shape validated and skips the schema.
+    with _validation_lock:
+        validate = shape is None or (uri, shape) not in _validated_shapes
+        flags = libvirt.VIR_DOMAIN_DEFINE_VALIDATE if validate else 0
+        _call(uri, "define domain", lambda connection: connection.defineXMLFlags(xml, flags))
+        if validate and shape is not None:
+            _validated_shapes.add((uri, shape))
 
 
 def _lookup(connection: libvirt.virConnect, name: str) -> libvirt.virDomain:
