@@ -338,11 +338,13 @@ def boot_probe(
     except FileNotFoundError:
         pass
     connection = connect(uri)
-    started = time.monotonic()
     try:
         domain = connection.createXML(xml, 0)
     except libvirt.libvirtError as error:
         return False, f"could not start: {_libvirt_error_message(error)}"
+    # The clock starts once the guest runs: on a fresh host libvirtd may first spend a
+    # minute probing QEMU's capabilities inside createXML, which is not boot time.
+    started = time.monotonic()
     try:
         while time.monotonic() - started < timeout:
             try:
