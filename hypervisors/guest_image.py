@@ -127,8 +127,9 @@ _BOOT_COUNT_RE = re.compile(re.escape(GUEST_READY_MARKER) + r" boots=(\d+)")
 # Kernel command line.  `console=ttyS0` last makes the serial port
 # /dev/console (init's stdout) while tty0 still gets kernel messages for the
 # viewer; `quiet` keeps the serial log short, which matters under TCG where
-# every emulated UART byte costs time.
-_KERNEL_CMDLINE = "console=tty0 console=ttyS0 quiet loglevel=3"
+# every emulated UART byte costs time; `consoleblank=0` keeps the screen a
+# viewer shows from going black after an idle spell.
+_KERNEL_CMDLINE = "console=tty0 console=ttyS0 quiet loglevel=3 consoleblank=0"
 
 # The guest's /init.  `@MODULES@` is replaced by the module names in load
 # order.  Kept POSIX-sh/busybox-ash compatible; it must never exit, because
@@ -222,7 +223,8 @@ else
         sleep 0.1
         i=$((i + 1))
     done
-    echo "ISARD-GUEST-READY boots=$n" > /dev/ttyS0
+    # The screen first, the serial marker last: whoever waits for the marker
+    # (a test, the readiness probe) then finds the same text on the screen.
     printf '\033[2J\033[H' > /dev/tty0
     cat > /dev/tty0 <<EOF
 
@@ -235,6 +237,7 @@ else
   Press the ACPI power button (Shut down) to power off cleanly.
 
 EOF
+    echo "ISARD-GUEST-READY boots=$n" > /dev/ttyS0
 fi
 
 # An interactive shell on the first VT, restarted forever: init must not exit.

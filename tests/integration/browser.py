@@ -94,24 +94,27 @@ class AsgiServer:
         return len(protocols)
 
 
-def vga_text(desktop: Desktop) -> str:
-    """The characters on the guest's VGA text screen, read from its memory through QEMU."""
+def vga_text_on(uri: str, domain: str) -> str:
+    """The characters in the guest's VGA text memory, read through QEMU's monitor.
+
+    All 32 KiB of it, not the first screenful: Linux's vgacon scrolls by moving the
+    display's start address through that memory, so once a guest has printed more than
+    a screen (a kernel warning under a loaded TCG host is enough) the visible screen no
+    longer begins at 0xb8000.
+    """
     output = subprocess.run(
-        [
-            "virsh",
-            "-c",
-            SYSTEM_URI,
-            "qemu-monitor-command",
-            desktop.domain_name,
-            "--hmp",
-            "xp /4000bx 0xb8000",
-        ],
+        ["virsh", "-c", uri, "qemu-monitor-command", domain, "--hmp", "xp /32768bx 0xb8000"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     values = [int(token, 16) for line in output.splitlines() for token in line.split()[1:]]
     return "".join(chr(value) if 32 <= value < 127 else " " for value in values[0::2])
+
+
+def vga_text(desktop: Desktop) -> str:
+    """The characters in the VGA text memory of a desktop on the local system daemon."""
+    return vga_text_on(SYSTEM_URI, desktop.domain_name)
 
 
 def direct_framebuffer(desktop: Desktop) -> Any:

@@ -56,6 +56,7 @@ from tests.integration.browser import (
     AsgiServer,
     same_pixels,
     sign_in,
+    vga_text_on,
     wait_for_state,
 )
 from tests.integration.conftest import wait_for
@@ -172,13 +173,6 @@ def monitor(uri: str, domain: str, command: str) -> str:
         text=True,
         check=True,
     ).stdout
-
-
-def vga_text(uri: str, domain: str) -> str:
-    """The characters on the guest's VGA text screen, read from its memory through QEMU."""
-    output = monitor(uri, domain, "xp /4000bx 0xb8000")
-    values = [int(token, 16) for line in output.splitlines() for token in line.split()[1:]]
-    return "".join(chr(value) if 32 <= value < 127 else " " for value in values[0::2])
 
 
 def screendump(uri: str, domain: str, directory: Path) -> tuple[int, int, bytes]:
@@ -322,7 +316,7 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
         "the guest to boot",
     )
     wait_for(
-        lambda: GUEST_READY_MARKER in vga_text(source.uri, desktop.domain_name),
+        lambda: GUEST_READY_MARKER in vga_text_on(source.uri, desktop.domain_name),
         60,
         "the marker on the guest's screen",
     )
@@ -441,7 +435,7 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
         moved = through_proxy(platform_server, owner, desktop)
     assert moved.name == f"QEMU ({desktop.domain_name})"
     assert f"connected to 127.0.0.1:{new_port} (TLS)" in caplog.text
-    assert GUEST_READY_MARKER in vga_text(target.uri, desktop.domain_name)
+    assert GUEST_READY_MARKER in vga_text_on(target.uri, desktop.domain_name)
     wait_for(
         lambda: (
             matches_screendump(
