@@ -32,16 +32,26 @@ from common import ROOT, URI, host_and_template, scratch_directory, setup_django
 
 REDIS_DB = "redis://127.0.0.1:6379/8"  # its own, as it flushes it
 BOOT_TIMEOUT = 300.0
+LOG_KEEP = ROOT / "var" / "bench-class-start"
 
 
-def wait_all_booted(logs: list[Path], started: float) -> list[float]:
-    """Seconds from `started` until each log shows the guest's ready line."""
+class NotAllBooted(SystemExit):
+    """Some guests never printed their ready line; the message says which, and what they did."""
+
+
+def wait_all_booted(phase: str, logs: list[Path], started: float) -> list[float]:
+    """Seconds from `started` until each log shows the guest's ready line.
+
+    On a timeout the guests that did not make it are named with their domain state and
+    the end of their serial log, and every log is copied to `LOG_KEEP`, so a starved
+    guest can be told from a stuck one after the scratch directory is gone.
+    """
     from hypervisors.guest_image import GUEST_READY_MARKER
 
     done: dict[int, float] = {}
     while len(done) < len(logs):
         if time.perf_counter() - started > BOOT_TIMEOUT:
-            raise SystemExit(f"only {len(done)} of {len(logs)} guests booted in {BOOT_TIMEOUT} s")
+            raise NotAllBooted(not_booted_report(phase, logs, done))
         for index, log in enumerate(logs):
             if index in done:
                 continue
@@ -52,6 +62,28 @@ def wait_all_booted(logs: list[Path], started: float) -> list[float]:
                 pass
         time.sleep(0.05)
     return [done[i] for i in range(len(logs))]
+
+
+def not_booted_report(phase: str, logs: list[Path], done: dict[int, float]) -> str:
+    keep = LOG_KEEP / phase
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir(parents=True)
+    lines = [f"{phase}: only {len(done)} of {len(logs)} guests booted in {BOOT_TIMEOUT:.0f} s"]
+    for index, log in enumerate(logs):
+        if log.exists():
+            shutil.copy(log, keep / log.name)
+        if index in done:
+            continue
+        domain = log.name.split(".")[0]
+        state = subprocess.run(
+            ["virsh", "-c", URI, "domstate", "--reason", domain],
+            capture_output=True,
+            text=True,
+        )
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        lines.append(f"  {domain}: {(state.stdout or state.stderr).strip()}; log ends {tail}")
+    lines.append(f"serial logs kept in {keep}")
+    return "\n".join(lines)
 
 
 def bare(base: Path, work: Path, count: int, domain_type: str) -> dict[str, Any]:
@@ -88,7 +120,7 @@ def bare(base: Path, work: Path, count: int, domain_type: str) -> dict[str, Any]
         for domain in domains:
             domain.create()
         requests_done = time.perf_counter() - started
-        boots = wait_all_booted(logs, started)
+        boots = wait_all_booted("bare baseline", logs, started)
     finally:
         for domain in domains:
             if domain.isActive():
@@ -122,11 +154,11 @@ def ours(template: Any, teacher: Any, course: Any, students: list[Any]) -> dict[
         desktop_start(actor=student, desktop=desktop)
     requests_done = time.perf_counter() - started
     try:
-        boots = wait_all_booted(logs, started)
+        boots = wait_all_booted("isard", logs, started)
         statuses = dict.fromkeys(DesktopStatus, 0)
         for desktop in Desktop.objects.filter(pk__in=[d.pk for d in desktops]):
             statuses[DesktopStatus(desktop.status)] += 1
-    except SystemExit:
+    except NotAllBooted:
         for desktop in Desktop.objects.filter(pk__in=[d.pk for d in desktops]):
             if desktop.status != DesktopStatus.STARTED:
                 print(f"{desktop.owner}: {desktop.status} {desktop.status_reason}", file=sys.stderr)
