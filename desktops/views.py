@@ -76,6 +76,16 @@ DONE_MESSAGES = {
 }
 
 
+def _card_tables() -> dict[str, Any]:
+    """What every page of cards hands to dashboard.js (and `_cards.html`)."""
+    return {
+        "actions_by_status": ACTIONS_BY_STATUS,
+        "action_labels": ACTION_LABELS,
+        "working_statuses": sorted(WORKING),
+        "retention_days": settings.ISARD_RECYCLE_RETENTION_DAYS,
+    }
+
+
 def _user(request: HttpRequest) -> User:
     assert isinstance(request.user, User)  # login_required let only signed-in users in
     return request.user
@@ -143,10 +153,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "active": [c for c in cards if c["status"] != S.DELETED],
         "recycled": [c for c in cards if c["status"] == S.DELETED],
         "templates": templates_visible_to(user).order_by("name"),
-        "actions_by_status": ACTIONS_BY_STATUS,
-        "action_labels": ACTION_LABELS,
-        "working_statuses": sorted(WORKING),
-        "retention_days": settings.ISARD_RECYCLE_RETENTION_DAYS,
+        **_card_tables(),
     }
     if request.GET.get("fragment") == "cards":
         return render(request, "desktops/_cards.html", context)
@@ -281,10 +288,7 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
             ("delete", "Delete all"),
         ],
         "socket_path": f"/ws/desktops/?course={course.pk}",
-        "actions_by_status": ACTIONS_BY_STATUS,
-        "action_labels": ACTION_LABELS,
-        "working_statuses": sorted(WORKING),
-        "retention_days": settings.ISARD_RECYCLE_RETENTION_DAYS,
+        **_card_tables(),
     }
     if request.GET.get("fragment") == "cards":
         return render(request, "desktops/_cards.html", context)
