@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from kombu import pools as kombu_pools
 
 from accounts.tests.factories import UserFactory
 from desktops import services
@@ -24,6 +23,7 @@ from desktops.models import Desktop
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Disk
 from isard.exceptions import TaskQueueUnavailableError
+from tests.celery_broker import celery_broker
 
 S = DesktopStatus
 
@@ -33,31 +33,11 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def broker_down() -> Iterator[None]:
     """The Celery app sends to a loopback port where nothing listens (connection refused)."""
-    from isard.celery import app as celery_app
-
-    app: Any = celery_app  # its connection pools are private attributes
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again when the block ends
-    app.loader.import_default_modules()
-    previous = app.conf.broker_url
-
-    def reset() -> None:
-        # The app's pool is kombu's global one for the URL: closing it alone would leave
-        # the closed pool in kombu's registry for the next test to acquire from.
-        kombu_pools.reset()
-        app._pool = None
-        app.amqp._producer_pool = None
-        # The control mailbox (health's ping) caches the producer pool it first saw.
-        app.control.mailbox.__dict__.pop("producer_pool", None)
-
-    app.conf["broker_url"] = f"redis://127.0.0.1:{port}/0"
-    reset()
-    try:
+    with celery_broker(f"redis://127.0.0.1:{port}/0"):
         yield
-    finally:
-        app.conf["broker_url"] = previous
-        reset()
 
 
 @pytest.fixture

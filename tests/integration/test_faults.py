@@ -34,7 +34,6 @@ from typing import Any
 import pytest
 import redis
 from django.utils import timezone
-from kombu import pools as kombu_pools
 
 from accounts.tests.factories import MembershipFactory, UserFactory
 from desktops import services
@@ -43,6 +42,7 @@ from desktops.deployments import deployment_start
 from desktops.models import Deployment, Desktop
 from isard.api.testing import Campus, client_for
 from isard.exceptions import TaskQueueUnavailableError
+from tests.celery_broker import celery_broker
 from tests.integration.conftest import wait_for
 
 S = DesktopStatus
@@ -115,35 +115,17 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
         server.kill()
 
 
-def _reset_celery_connections(app: Any) -> None:
-    """Drop the app's pooled broker connections, so the next send connects anew."""
-    # The app's pool is kombu's global one for the URL: closing it alone would leave
-    # the closed pool in kombu's registry for the next test to acquire from.
-    kombu_pools.reset()
-    app._pool = None
-    app.amqp._producer_pool = None
-    # The control mailbox (health's ping) caches the producer pool it first saw.
-    app.control.mailbox.__dict__.pop("producer_pool", None)
-
-
 @pytest.fixture
 def queue_on_own_redis(own_redis: OwnRedis, settings: Any) -> Iterator[OwnRedis]:
     """Point the Celery app (broker) and the cache (rate limits) at the test's Redis."""
-    from isard.celery import app
-
-    app.loader.import_default_modules()
-    previous = app.conf.broker_url
     settings.CACHES = {
         "default": {**settings.CACHES["default"], "LOCATION": own_redis.url},
     }
-    app.conf["broker_url"] = own_redis.url
-    _reset_celery_connections(app)
-    try:
-        yield own_redis
-    finally:
-        own_redis.thaw()
-        app.conf["broker_url"] = previous
-        _reset_celery_connections(app)
+    with celery_broker(own_redis.url):
+        try:
+            yield own_redis
+        finally:
+            own_redis.thaw()
 
 
 def _queued(server: OwnRedis, queue: str = "celery") -> list[str]:
