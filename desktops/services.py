@@ -1080,7 +1080,10 @@ def desktop_sync_state(
             "" if status in (S.SHUTTING_DOWN, S.STOPPING) else f"the guest powered off ({source})"
         )
     elif state == DomainState.CRASHED and status in (S.STARTED, S.SHUTTING_DOWN, S.UNKNOWN):
-        target, reason = S.FAILED, f"the guest crashed ({source})"
+        target = S.FAILED
+        reason = f"its operating system crashed ({source}); start it again"
+    elif state == DomainState.CRASHED and status == S.STOPPING:
+        target = S.STOPPED  # it was being forced off anyway
     elif state == DomainState.MISSING and status in (
         S.STARTED,
         S.SHUTTING_DOWN,

@@ -88,7 +88,8 @@ _COMMAND_PACKAGES: Mapping[str, str] = {
 # Kernel modules the guest needs, in a valid load order for Debian's kernels.
 # virtio-blk (disk) + vfat (its filesystem; the default codepage/iocharset of
 # Debian's kernels are cp437/ascii) + evdev/button (the ACPI power button as
-# /dev/input/eventN, so `virsh shutdown` works).  The real order is taken from
+# /dev/input/eventN, so `virsh shutdown` works) + pvpanic/pvpanic_mmio (QEMU's ISA pvpanic
+# device, so a kernel panic reaches libvirt as a crash).  The real order is taken from
 # modules.dep when available; this one is the fallback.
 _GUEST_MODULES: tuple[str, ...] = (
     "virtio_ring",
@@ -103,6 +104,8 @@ _GUEST_MODULES: tuple[str, ...] = (
     "nls_ascii",
     "evdev",
     "button",
+    "pvpanic",
+    "pvpanic_mmio",
 )
 
 _BUSYBOX = Path("/bin/busybox")

@@ -292,6 +292,25 @@ def test_reconcile_notices_a_guest_that_powered_off_and_a_domain_that_vanished(
     assert "vanished" in desktop.status_reason
 
 
+def test_a_crash_fails_a_running_desktop_with_why_but_only_stops_one_being_forced_off(
+    run: Any, desktop: Desktop, student: Any
+) -> None:
+    crashed = libvirt_driver.DomainState.CRASHED
+    run(services.desktop_start, actor=student, desktop=desktop)
+    libvirt_driver.destroy_domain("test:///default", desktop.domain_name)  # as on_crash does
+    desktop.refresh_from_db()
+    desktop = services.desktop_sync_state(desktop=desktop, state=crashed, source="libvirt event")
+    assert desktop.status == S.FAILED
+    assert desktop.status_reason == "its operating system crashed (libvirt event); start it again"
+
+    run(services.desktop_start, actor=student, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED, desktop.status_reason
+    services.desktop_transition(desktop=desktop, to=S.STOPPING)
+    desktop = services.desktop_sync_state(desktop=desktop, state=crashed, source="libvirt event")
+    assert desktop.status == S.STOPPED  # the student wanted it off: no failure to report
+
+
 def test_a_desktop_stuck_starting_is_settled_by_what_the_hypervisor_runs(
     run: Any, desktop: Desktop, student: Any
 ) -> None:

@@ -171,6 +171,9 @@ def build_domain_xml(spec: DomainSpec) -> str:
     video = _sub(devices, "video")
     _sub(video, "model", type=spec.video_model)
     _sub(devices, "memballoon", model="virtio")
+    # pvpanic: a guest kernel that panics tells QEMU, libvirt reports the domain crashed
+    # and the desktop says its system crashed, instead of "started" beside a dead screen.
+    _sub(devices, "panic", model="isa")
 
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")

@@ -263,7 +263,10 @@ def undefine_domain(uri: str, name: str) -> None:
 
 
 def _state_of(domain: libvirt.virDomain) -> DomainState:
-    state, _reason = domain.state()
+    state, reason = domain.state()
+    if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
+        # `on_crash` destroys a panicked guest at once: it is off because it crashed.
+        return DomainState.CRASHED
     return _STATE_MAP.get(state, DomainState.OTHER)
 
 

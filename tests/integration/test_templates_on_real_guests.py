@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,16 @@ from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
-from desktops.services import desktop_create, desktop_delete, desktop_purge, desktop_restore
+from desktops.services import (
+    desktop_create,
+    desktop_delete,
+    desktop_purge,
+    desktop_restore,
+    desktops_reconcile,
+    serial_log_path,
+)
 from hypervisors.drivers import libvirt_driver
+from hypervisors.management.commands.isard_events import apply_event
 from isard.exceptions import ConflictError
 from templates_app.models import Template
 from templates_app.services import template_delete, template_from_desktop
@@ -136,3 +145,55 @@ def test_a_template_with_dependants_cannot_be_deleted(
     lesson.refresh_from_db()
     assert lesson.status == "ready"
     assert Path(lesson.disk.path).exists()  # type: ignore[union-attr]
+
+
+# Keys for `virsh send-key`, by character, for typing a line into the guest's shell.
+_KEYS = {
+    " ": ["KEY_SPACE"],
+    "/": ["KEY_SLASH"],
+    "-": ["KEY_MINUS"],
+    ">": ["KEY_LEFTSHIFT", "KEY_DOT"],
+    "\n": ["KEY_ENTER"],
+}
+
+
+def type_into_guest(domain: str, text: str) -> None:
+    """Type `text` on the guest's keyboard, as a student at its screen would."""
+    for character in text:
+        keys = _KEYS.get(character, [f"KEY_{character.upper()}"])
+        subprocess.run(["virsh", "-c", URI, "send-key", domain, *keys], check=True)
+
+
+def test_a_guest_kernel_that_panics_is_reported_as_crashed_at_once_and_starts_again(
+    run: Any, guests: Any, demo_template: Template
+) -> None:
+    """pvpanic: the panic reaches libvirt, the event listener fails the desktop with why."""
+    from hypervisors.tests.test_events import Listener
+
+    student = UserFactory.create(role=Role.STUDENT)
+    desktop = new_desktop(run, student, demo_template, "mine")
+    assert guests.boot(desktop, student) == 1
+    listener = Listener()
+    listener.thread.start()
+    try:
+        listener.listen_to(URI)
+        # The student crashes the guest's kernel from its shell (a driver bug would do).
+        type_into_guest(desktop.domain_name, "echo c > /proc/sysrq-trigger\n")
+        listener.heard(desktop.domain_name, "crashed")
+    finally:
+        listener.stop.set()
+        listener.thread.join(timeout=30)
+    assert "Kernel panic" in serial_log_path(desktop).read_text(errors="replace")
+    crashed = libvirt_driver.DomainState.CRASHED
+    assert libvirt_driver.domain_state(URI, desktop.domain_name) == crashed
+    # What the event listener does with it (`isard_events`' handler), and the next
+    # reconciliation agrees.
+    apply_event(URI, desktop.domain_name, libvirt_driver.DomainState.CRASHED)
+    desktop.refresh_from_db()
+    assert desktop.status == DesktopStatus.FAILED
+    assert desktop.status_reason == "its operating system crashed (libvirt event); start it again"
+    desktops_reconcile(hypervisor=desktop.hypervisor)
+    desktop.refresh_from_db()
+    assert desktop.status == DesktopStatus.FAILED
+    # Nothing was lost: the student starts it again on the same disk.
+    assert guests.boot(desktop, student) == 2
