@@ -192,6 +192,7 @@ def test_a_guest_kernel_that_panics_is_reported_as_crashed_at_once_and_starts_ag
     desktop.refresh_from_db()
     assert desktop.status == DesktopStatus.FAILED
     assert desktop.status_reason == "its operating system crashed (libvirt event); start it again"
+    assert desktop.hypervisor is not None
     desktops_reconcile(hypervisor=desktop.hypervisor)
     desktop.refresh_from_db()
     assert desktop.status == DesktopStatus.FAILED
