@@ -216,6 +216,12 @@ ISARD_REBALANCE_ENABLED = env.bool("ISARD_REBALANCE_ENABLED", default=True)
 ISARD_REBALANCE_MAX_MOVES = env.int("ISARD_REBALANCE_MAX_MOVES", default=4)
 ISARD_REBALANCE_THRESHOLD = env.float("ISARD_REBALANCE_THRESHOLD", default=0.25)
 ISARD_MIGRATION_TIMEOUT_SECONDS = env.int("ISARD_MIGRATION_TIMEOUT_SECONDS", default=300)
+# How long one libvirt call may take before its host counts as hung (a daemon stopped, not
+# dead; a host whose network went away): the call fails with "did not answer in N s" and
+# the worker is free again. Generous: starting a guest on a loaded host takes seconds.
+ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS = env.float("ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS", default=60.0)
+if ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS <= 0:
+    raise ImproperlyConfigured("ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS must be more than 0 seconds.")
 # How many disks and domains a worker makes at once when a class gets its desktops.
 ISARD_PROVISION_CONCURRENCY = env.int("ISARD_PROVISION_CONCURRENCY", default=4)
 # How long a graceful (ACPI) shutdown may take before the desktop is forced off.

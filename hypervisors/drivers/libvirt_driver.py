@@ -3,6 +3,12 @@
 Every call takes a libvirt URI, so the same functions serve the local host, remote hosts
 and libvirt's `test:///` driver. Failures surface as `DriverError` with libvirt's own
 message, so services can record a reason a person can read.
+
+libvirt calls have no timeout of their own, so every call here is bounded (`_call`,
+`ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS`): a daemon that hangs raises `HypervisorHungError`
+instead of blocking the worker that reached it. Three callers have limits of their own:
+the accelerator probe and live migrations (longer, see their docstrings) and the event
+listener (which never waits on a host at all, see `run_event_loop`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import enum
 import logging
 import math
 import os
+import queue
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -36,6 +43,11 @@ class DriverError(Exception):
 
 class DomainNotFoundError(DriverError):
     pass
+
+
+class HypervisorHungError(DriverError):
+    """The libvirt daemon did not answer in time: stopped, overloaded, or its host's
+    network went away. Callers treat it as any other failure of the host."""
 
 
 class DomainState(enum.StrEnum):
@@ -79,61 +91,328 @@ class GraphicsPorts:
 
 # libvirt connections are thread-safe; one per URI per process is enough. Guarded by a
 # lock because Celery threads and the Channels event loop's executors share this module.
+# The lock is never held across a libvirt call: opening a connection to a hung daemon
+# blocks, and it must block only the callers of that URI (`_opening_locks`), not all.
 _connections: dict[str, libvirt.virConnect] = {}
 _connections_lock = threading.Lock()
+_opening_locks: dict[str, threading.Lock] = {}
+
+#: How long a libvirt call may take when the setting is not available (no Django).
+DEFAULT_CALL_TIMEOUT_SECONDS = 60.0
+#: Calls to one URI that may be left waiting on a daemon that stopped answering. Past
+#: that, further calls fail at once instead of leaving one more thread behind each.
+MAX_ABANDONED_CALLS_PER_URI = 4
+
+
+def call_timeout_seconds() -> float:
+    """How long one libvirt call may take (`ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS`)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return float(
+            getattr(settings, "ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS", DEFAULT_CALL_TIMEOUT_SECONDS)
+        )
+    except ImproperlyConfigured:  # used outside Django (a benchmark script)
+        return DEFAULT_CALL_TIMEOUT_SECONDS
 
 
 def _libvirt_error_message(error: libvirt.libvirtError) -> str:
     return error.get_error_message() or str(error)
 
 
-def connect(uri: str) -> libvirt.virConnect:
-    """Return a live connection to `uri`, reopening it if the daemon went away."""
-    with _connections_lock:
-        connection = _connections.get(uri)
-        if connection is not None:
+def _let_go(connection: libvirt.virConnect, *, close: bool) -> None:
+    """Release a connection from a thread of its own.
+
+    Closing a connection to a hung daemon blocks (it is a call to the daemon), and so
+    does dropping its last reference (libvirt-python closes it then). The caller must
+    not wait for either.
+    """
+
+    def release(connection: libvirt.virConnect | None) -> None:
+        if close and connection is not None:
             try:
-                if connection.isAlive():
-                    return connection
+                connection.close()
             except libvirt.libvirtError:
                 pass
-            _connections.pop(uri, None)
+        connection = None  # the last reference may go here, in this thread
+
+    threading.Thread(
+        target=release, args=(connection,), name="isard-libvirt-release", daemon=True
+    ).start()
+
+
+def _cached(uri: str) -> libvirt.virConnect | None:
+    """The cached connection to `uri` if it is alive; a dead one is dropped."""
+    with _connections_lock:
+        connection = _connections.get(uri)
+    if connection is None:
+        return None
+    try:
+        # Local: asks the client library whether the socket is open, not the daemon.
+        if connection.isAlive():
+            return connection
+    except libvirt.libvirtError:
+        pass
+    with _connections_lock:
+        if _connections.get(uri) is connection:
+            del _connections[uri]
+    _let_go(connection, close=False)
+    return None
+
+
+def connect(uri: str) -> libvirt.virConnect:
+    """Return a live connection to `uri`, reopening it if the daemon went away.
+
+    Opening has no timeout of its own: call it through `_call` (which bounds it) unless
+    the caller bounds it otherwise. One thread at a time opens a given URI.
+    """
+    connection = _cached(uri)
+    if connection is not None:
+        return connection
+    with _connections_lock:
+        opening = _opening_locks.setdefault(uri, threading.Lock())
+    with opening:
+        connection = _cached(uri)
+        if connection is not None:
+            return connection  # another thread opened it meanwhile
         try:
             connection = libvirt.open(uri)
         except libvirt.libvirtError as error:
             raise DriverError(
                 f"cannot connect to {uri}: {_libvirt_error_message(error)}"
             ) from error
-        _connections[uri] = connection
+        with _connections_lock:
+            _connections[uri] = connection
         return connection
 
 
 def forget_connection(uri: str) -> None:
-    """Drop the cached connection (after a host was found dead, so the next call reopens)."""
+    """Drop the cached connection (after a host was found dead, so the next call reopens).
+
+    It is closed in the background: closing a connection to a hung daemon would block.
+    """
     with _connections_lock:
         connection = _connections.pop(uri, None)
     if connection is not None:
+        _let_go(connection, close=True)
+
+
+def _drop_hung_connection(uri: str) -> None:
+    """Drop the cached connection of a daemon that stopped answering, without closing it.
+
+    The thread still waiting on it keeps its own reference; the connection closes when
+    that call returns (the daemon answered again) or fails.
+    """
+    with _connections_lock:
+        connection = _connections.pop(uri, None)
+    if connection is not None:
+        _let_go(connection, close=False)
+
+
+# --- bounded calls ----------------------------------------------------------------------------
+
+
+class _CallState(enum.Enum):
+    QUEUED = enum.auto()
+    RUNNING = enum.auto()
+    DONE = enum.auto()
+    CANCELLED = enum.auto()  # given up before it ran: it never runs
+    ABANDONED = enum.auto()  # given up while it ran: its result is thrown away
+
+
+class _Latch:
+    """Set once, waited on with a timeout: a `threading.Event` at half the cost (a bare
+    lock instead of a condition variable), which is most of a call's hand-off."""
+
+    __slots__ = ("_is_set", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._is_set = False
+
+    def set(self) -> None:
+        self._is_set = True
+        self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._is_set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._lock.release()  # for any other waiter
+            return True
+        return False
+
+
+class _BoundedCall:
+    """One libvirt call run by a `_CallThreads` thread while its caller waits."""
+
+    __slots__ = ("error", "finished", "result", "started", "state", "uri", "work")
+
+    def __init__(self, uri: str, work: Callable[[_BoundedCall], object]) -> None:
+        self.uri = uri
+        self.work = work
+        self.state = _CallState.QUEUED
+        self.started = 0.0
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.finished = _Latch()
+
+    def given_up(self) -> bool:
+        with _calls_lock:
+            return self.state == _CallState.ABANDONED
+
+    def run(self) -> None:
+        with _calls_lock:
+            if self.state == _CallState.CANCELLED:
+                return
+            self.state = _CallState.RUNNING
+            self.started = time.monotonic()
         try:
-            connection.close()
-        except libvirt.libvirtError:
-            pass
+            self.result = self.work(self)
+        except BaseException as error:  # handed to the caller's thread
+            self.error = error
+        with _calls_lock:
+            if self.state == _CallState.ABANDONED:
+                waiting = _abandoned_calls.get(self.uri)
+                if waiting is not None:
+                    waiting.discard(self)
+                    if not waiting:
+                        del _abandoned_calls[self.uri]
+                # Nobody will read them; do not keep the connection alive through them.
+                self.result = self.error = None
+            self.state = _CallState.DONE
+        self.finished.set()
 
 
-def _call(uri: str, what: str, operation: Callable[[libvirt.virConnect], T]) -> T:
-    connection = connect(uri)
-    try:
-        return operation(connection)
-    except libvirt.libvirtError as error:
-        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            raise DomainNotFoundError(f"{what}: {_libvirt_error_message(error)}") from error
-        if error.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE):
-            forget_connection(uri)
-        raise DriverError(f"{what}: {_libvirt_error_message(error)}") from error
+class _CallThreads:
+    """The threads that run libvirt calls: an idle one takes a call, else a new one starts.
+
+    Not a fixed-size pool (ThreadPoolExecutor): a thread stuck on a hung daemon would hold
+    its slot, and a few stuck calls would block every call to every host. Here a stuck
+    thread is simply not idle; `MAX_ABANDONED_CALLS_PER_URI` bounds how many can pile up.
+    Handing a call to an idle thread costs about 15 µs; starting a thread per call cost
+    about 450 µs on the 2-core test machine. Idle threads exit after `idle_seconds`.
+    """
+
+    def __init__(self, idle_seconds: float = 60.0) -> None:
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._calls: queue.SimpleQueue[_BoundedCall] = queue.SimpleQueue()
+        # Threads waiting for a call minus calls waiting for a thread.
+        self._idle = 0
+
+    def submit(self, call: _BoundedCall) -> None:
+        with self._lock:
+            self._calls.put(call)
+            if self._idle > 0:
+                self._idle -= 1
+                return
+        threading.Thread(target=self._serve, name="isard-libvirt-call", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                call = self._calls.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # more threads wait than calls: this one may go
+                        self._idle -= 1
+                        return
+                continue  # a call arrived for this thread just now
+            call.run()
+            del call
+            with self._lock:
+                self._idle += 1
 
 
-def ping(uri: str) -> str:
-    """Return the host name if the daemon answers, else raise `DriverError`."""
-    return _call(uri, "ping", lambda c: c.getHostname())
+_calls_lock = threading.Lock()
+_abandoned_calls: dict[str, set[_BoundedCall]] = {}
+_call_threads = _CallThreads()
+
+
+def _bounded(uri: str, what: str, work: Callable[[_BoundedCall], T], timeout: float) -> T:
+    """Run `work` in a call thread and wait at most `timeout` seconds for it.
+
+    libvirt calls have no timeout: a daemon that hangs (stopped, not dead; a host whose
+    network went away) would block the caller for ever, and with it a Celery worker
+    process. On timeout the call is given up: `HypervisorHungError`, the URI's cached
+    connection is dropped (not closed: that would block too), and the thread is left to
+    finish or fail on its own, its result thrown away. A call that reached the daemon may
+    still take effect when it answers again: a start then runs a guest whose desktop
+    says failed, and the reconciliation (`desktop_sync_state`) makes it started.
+    """
+    with _calls_lock:
+        waiting = _abandoned_calls.get(uri)
+        if waiting is not None and len(waiting) >= MAX_ABANDONED_CALLS_PER_URI:
+            oldest = time.monotonic() - min(call.started for call in waiting)
+            raise HypervisorHungError(
+                f"{what}: the libvirt daemon at {uri} is not answering "
+                f"({len(waiting)} calls have waited for it, the oldest for {oldest:.0f} s)"
+            )
+    call = _BoundedCall(uri, work)
+    _call_threads.submit(call)
+    if not call.finished.wait(timeout):
+        with _calls_lock:
+            if call.state == _CallState.QUEUED:
+                call.state = _CallState.CANCELLED
+            elif call.state == _CallState.RUNNING:
+                call.state = _CallState.ABANDONED
+                _abandoned_calls.setdefault(uri, set()).add(call)
+            gave_up = call.state != _CallState.DONE
+        if gave_up:
+            _drop_hung_connection(uri)
+            message = f"{what}: the libvirt daemon at {uri} did not answer in {timeout:g} s"
+            logger.warning("%s", message)
+            raise HypervisorHungError(message)
+        call.finished.wait()  # it finished between the wait and the lock
+    if call.error is not None:
+        error, call.error = call.error, None
+        raise error
+    return call.result  # type: ignore[return-value]
+
+
+def _call(
+    uri: str,
+    what: str,
+    operation: Callable[[libvirt.virConnect], T],
+    *,
+    timeout: float | None = None,
+) -> T:
+    """Connect to `uri` and run `operation`, within `timeout` (default: the setting).
+
+    libvirt's errors become `DriverError` (`DomainNotFoundError` for a missing domain); a
+    daemon that does not answer in time, `HypervisorHungError`.
+    """
+
+    def work(call: _BoundedCall) -> T:
+        connection = connect(uri)
+        if call.given_up():
+            # Opening took past the caller's patience: it has failed already, so the
+            # operation (a start, say) must not happen behind its back.
+            raise HypervisorHungError(f"{what}: given up while connecting to {uri}")
+        try:
+            return operation(connection)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise DomainNotFoundError(f"{what}: {_libvirt_error_message(error)}") from error
+            if error.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE):
+                forget_connection(uri)
+            raise DriverError(f"{what}: {_libvirt_error_message(error)}") from error
+
+    return _bounded(uri, what, work, call_timeout_seconds() if timeout is None else timeout)
+
+
+def ping(uri: str, *, timeout: float | None = None) -> str:
+    """Return the host name if the daemon answers, else raise `DriverError`.
+
+    `timeout` shortens the wait for callers that only report (the health page).
+    """
+    return _call(uri, "ping", lambda c: c.getHostname(), timeout=timeout)
 
 
 def _version_string(number: int) -> str:
@@ -335,46 +614,59 @@ def boot_probe(
     Returns (booted, detail). This is how the accelerator is found: libvirt's capabilities
     list KVM on hosts where nested KVM crashes or hangs every real guest, so only a real
     boot tells.
+
+    The whole probe is bounded by `timeout` plus three ordinary call timeouts, not one:
+    on a fresh host libvirtd may first spend a minute probing QEMU inside `createXML`.
+    A daemon that hangs raises `HypervisorHungError`; the abandoned probe destroys its
+    guest by itself if the daemon answers again.
     """
     try:
         os.unlink(serial_log)
     except FileNotFoundError:
         pass
-    connection = connect(uri)
-    try:
-        domain = connection.createXML(xml, 0)
-    except libvirt.libvirtError as error:
-        return False, f"could not start: {_libvirt_error_message(error)}"
-    # The clock starts once the guest runs: on a fresh host libvirtd may first spend a
-    # minute probing QEMU's capabilities inside createXML, which is not boot time.
-    started = time.monotonic()
-    try:
-        while time.monotonic() - started < timeout:
-            try:
-                with open(serial_log, "rb") as log:
-                    if marker.encode() in log.read():
-                        return True, f"booted in {time.monotonic() - started:.1f} s"
-            except FileNotFoundError:
-                pass
-            try:
-                state = _state_of(domain)
-            except libvirt.libvirtError:
-                return False, "the guest vanished during boot"
-            if state in (DomainState.CRASHED, DomainState.SHUTOFF):
-                return False, f"the guest stopped during boot ({state.value})"
-            if state == DomainState.PAUSED:
-                # KVM pauses a guest on an internal error ("emulation failure").
-                return False, "the guest was paused by an emulation error during boot"
-            time.sleep(0.1)
-        return False, f"no boot marker after {timeout:.0f} s"
-    finally:
+
+    def probe(call: _BoundedCall) -> tuple[bool, str]:
+        connection = connect(uri)
         try:
-            domain.destroy()
-        except libvirt.libvirtError:
-            pass
+            domain = connection.createXML(xml, 0)
+        except libvirt.libvirtError as error:
+            return False, f"could not start: {_libvirt_error_message(error)}"
+        # The clock starts once the guest runs: on a fresh host libvirtd may first spend a
+        # minute probing QEMU's capabilities inside createXML, which is not boot time.
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < timeout and not call.given_up():
+                try:
+                    with open(serial_log, "rb") as log:
+                        if marker.encode() in log.read():
+                            return True, f"booted in {time.monotonic() - started:.1f} s"
+                except FileNotFoundError:
+                    pass
+                try:
+                    state = _state_of(domain)
+                except libvirt.libvirtError:
+                    return False, "the guest vanished during boot"
+                if state in (DomainState.CRASHED, DomainState.SHUTOFF):
+                    return False, f"the guest stopped during boot ({state.value})"
+                if state == DomainState.PAUSED:
+                    # KVM pauses a guest on an internal error ("emulation failure").
+                    return False, "the guest was paused by an emulation error during boot"
+                time.sleep(0.1)
+            return False, f"no boot marker after {timeout:.0f} s"
+        finally:
+            try:
+                domain.destroy()
+            except libvirt.libvirtError:
+                pass
+
+    return _bounded(uri, "boot probe", probe, 3 * call_timeout_seconds() + timeout)
 
 
 LifecycleCallback = Callable[[str, str, DomainState], None]
+
+#: How long the event listener waits for a connection it is opening before it goes back
+#: to the hosts it listens to (it looks again at the next refresh).
+OPEN_WAIT_SECONDS = 1.0
 
 
 def run_event_loop(
@@ -393,9 +685,22 @@ def run_event_loop(
     that dropped are reopened at the same time. `on_watch`, if given, is told the URIs
     listened to after each refresh. If `uris()` fails (the database is briefly away), the
     hosts listened to stay as they were.
+
+    One thread serves every host, so it must never wait on one, but an ordinary call
+    timeout does not fit either: this thread dispatches the events of all hosts, and
+    even a bounded wait on a hung host would hold up the others every refresh. So:
+    - opening a connection (the only call with no bound at all) runs in a call thread;
+      the loop waits for it at most `OPEN_WAIT_SECONDS` and then looks again at each
+      refresh. A host whose daemon hangs costs that once, not at every refresh, and at
+      most one opening per host is under way;
+    - every call on an open connection is bounded by its keep-alive (5 s, 3 missed):
+      libvirt's client closes a connection whose daemon stops answering, even in the
+      middle of a call, and the next refresh drops it and opens it again. Local drivers
+      have no keep-alive but no daemon to hang either.
     """
     libvirt.virEventRegisterDefaultImpl()
     registered: dict[str, tuple[libvirt.virConnect, int]] = {}
+    opening: dict[str, _BoundedCall] = {}
 
     def callback(
         connection: libvirt.virConnect, domain: libvirt.virDomain, event: int, detail: int, uri: str
@@ -431,24 +736,9 @@ def run_event_loop(
         except libvirt.libvirtError:
             return False
 
-    def refresh() -> None:
-        try:
-            wanted = set(uris())
-        except Exception as error:
-            logger.warning(
-                "cannot read the hypervisors to listen to (%s); keeping the current ones", error
-            )
-            wanted = set(registered)
-        for uri in [uri for uri in registered if uri not in wanted or not alive(uri)]:
-            unregister(uri)
-            if uri not in wanted:
-                logger.info("stopped listening to %s", uri)
-        for uri in sorted(wanted - set(registered)):
-            try:
-                connection = libvirt.open(uri)
-            except libvirt.libvirtError as error:
-                logger.warning("cannot listen to %s: %s", uri, _libvirt_error_message(error))
-                continue
+    def listen(uri: str) -> Callable[[_BoundedCall], tuple[libvirt.virConnect, int]]:
+        def work(_call: _BoundedCall) -> tuple[libvirt.virConnect, int]:
+            connection = libvirt.open(uri)
             try:
                 # A dead remote host is noticed in seconds, not at the next TCP timeout.
                 # Local drivers (test:///, qemu:/// in-process) have no keep-alive.
@@ -459,12 +749,53 @@ def run_event_loop(
                 callback_id = connection.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, uri
                 )
-            except libvirt.libvirtError as error:
-                logger.warning("cannot listen to %s: %s", uri, _libvirt_error_message(error))
+            except libvirt.libvirtError:
                 connection.close()
-                continue
-            registered[uri] = (connection, callback_id)
-            logger.info("listening to lifecycle events of %s", uri)
+                raise
+            return connection, callback_id
+
+        return work
+
+    def collect(uri: str, wanted: set[str]) -> None:
+        """Take the outcome of a finished opening of `uri`."""
+        call = opening.pop(uri)
+        if call.error is not None:
+            error = call.error
+            message = (
+                _libvirt_error_message(error)
+                if isinstance(error, libvirt.libvirtError)
+                else str(error)
+            )
+            logger.warning("cannot listen to %s: %s", uri, message)
+            return
+        registered[uri] = call.result  # type: ignore[assignment]
+        if uri not in wanted:
+            unregister(uri)  # removed while it was being opened
+            return
+        logger.info("listening to lifecycle events of %s", uri)
+
+    def refresh() -> None:
+        try:
+            wanted = set(uris())
+        except Exception as error:
+            logger.warning(
+                "cannot read the hypervisors to listen to (%s); keeping the current ones", error
+            )
+            wanted = set(registered) | set(opening)
+        for uri in [uri for uri in registered if uri not in wanted or not alive(uri)]:
+            unregister(uri)
+            if uri not in wanted:
+                logger.info("stopped listening to %s", uri)
+        started = []
+        for uri in sorted(wanted - set(registered) - set(opening)):
+            opening[uri] = _BoundedCall(uri, listen(uri))
+            _call_threads.submit(opening[uri])
+            started.append(opening[uri])
+        deadline = time.monotonic() + OPEN_WAIT_SECONDS
+        for call in started:
+            call.finished.wait(max(deadline - time.monotonic(), 0.0))
+        for uri in [uri for uri, call in opening.items() if call.finished.is_set()]:
+            collect(uri, wanted)
         if on_watch is not None:
             on_watch(frozenset(registered))
 
@@ -481,6 +812,9 @@ def run_event_loop(
             libvirt.virEventRunDefaultImpl()
     finally:
         libvirt.virEventRemoveTimeout(timer)
+        for uri in [uri for uri, call in opening.items() if call.finished.is_set()]:
+            collect(uri, set())
+        # An opening still under way belongs to a hung host; it ends with the process.
         for uri in list(registered):
             unregister(uri)
 
@@ -600,8 +934,13 @@ def migrate_domain(
     `target_address` is where the source sends the memory (the target listens there);
     blank lets libvirt use the target's host name. A migration that does not finish
     within `timeout` is aborted and the guest goes on running on the source.
+
+    Not bounded by the ordinary call timeout: a live migration of a busy guest takes
+    minutes. The wait is `timeout` (when the abort is sent) plus one call timeout for the
+    abort to take effect; past that the source daemon counts as hung. The target is
+    reached first with the ordinary timeout, so a hung target fails at once.
     """
-    target = connect(target_uri)
+    target = _call(target_uri, f"connect to {target_uri}", lambda connection: connection)
     flags = libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     if live:
         flags |= libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_AUTO_CONVERGE
@@ -630,7 +969,12 @@ def migrate_domain(
         finally:
             timer.cancel()
 
-    _call(source_uri, f"migrate {name} to {target_uri}", migrate)
+    _call(
+        source_uri,
+        f"migrate {name} to {target_uri}",
+        migrate,
+        timeout=timeout + call_timeout_seconds(),
+    )
 
 
 @dataclass(frozen=True)
