@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +310,52 @@ def test_a_crash_fails_a_running_desktop_with_why_but_only_stops_one_being_force
     services.desktop_transition(desktop=desktop, to=S.STOPPING)
     desktop = services.desktop_sync_state(desktop=desktop, state=crashed, source="libvirt event")
     assert desktop.status == S.STOPPED  # the student wanted it off: no failure to report
+
+
+def test_a_start_the_host_does_not_answer_fails_in_time_and_a_late_start_is_settled(
+    run: Any,
+    desktop: Desktop,
+    student: Any,
+    test_hypervisor: Any,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import libvirt
+
+    settings.ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS = 0.2
+    release = threading.Event()
+    real_create = libvirt.virDomain.create
+
+    def hung_create(domain: libvirt.virDomain) -> int:
+        release.wait(30)  # the daemon got the request, then stopped answering
+        return real_create(domain)
+
+    monkeypatch.setattr(libvirt.virDomain, "create", hung_create)
+    try:
+        run(services.desktop_start, actor=student, desktop=desktop)
+        desktop.refresh_from_db()
+        assert desktop.status == S.FAILED
+        assert desktop.status_reason == (
+            f"Could not start on {test_hypervisor.name}: start {desktop.domain_name}: "
+            "the libvirt daemon at test:///default did not answer in 0.2 s"
+        )
+    finally:
+        release.set()
+
+    # The daemon answers again and does the start after all: the guest runs while its
+    # desktop says failed, until the reconciliation sees it.
+    deadline = time.monotonic() + 5
+    while libvirt_driver.domain_state("test:///default", desktop.domain_name) != (
+        libvirt_driver.DomainState.RUNNING
+    ):
+        assert time.monotonic() < deadline, "the late start did not happen"
+        time.sleep(0.01)
+    services.desktops_reconcile(hypervisor=test_hypervisor)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED
+    assert desktop.status_reason == "running (reconciliation)"
 
 
 def test_a_desktop_stuck_starting_is_settled_by_what_the_hypervisor_runs(
