@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -539,6 +540,77 @@ def test_libvirtd_killed_during_a_start_or_while_it_runs_then_back_statuses_foll
     reconcile_all_hypervisors()  # back: the host is online and the guest still runs
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
+    run(services.desktop_stop, actor=owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED
+
+
+@pytest.mark.django_db
+def test_libvirtd_frozen_a_start_fails_in_time_the_host_goes_offline_then_back_it_starts(
+    host_on_own_libvirtd: Any, own_libvirtd: Any, base_template: Any, run: Any, settings: Any
+) -> None:
+    """SIGSTOP: the daemon's socket still accepts, nothing answers (a hung host).
+
+    Before libvirt calls had a timeout, the start below blocked its worker for ever.
+    """
+    from hypervisors.choices import HypervisorState
+    from hypervisors.drivers import libvirt_driver
+    from hypervisors.services import hypervisors_monitor
+
+    settings.ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS = 3
+    settings.ISARD_HYPERVISOR_SAMPLE_TIMEOUT_SECONDS = 2
+    settings.ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = 30
+    owner = UserFactory.create()
+    base_template.shared_with_everyone = True
+    base_template.save()
+    desktop = run(services.desktop_create, actor=owner, template=base_template, name="mine")
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED, desktop.status_reason
+    os.chmod(desktop.disk.path, 0o666)
+
+    _signal_daemon(own_libvirtd, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        run(services.desktop_start, actor=owner, desktop=desktop)
+        took = time.monotonic() - began
+        desktop.refresh_from_db()
+        assert desktop.status == S.FAILED
+        assert desktop.status_reason.startswith("Could not start on faults: "), (
+            desktop.status_reason
+        )
+        assert f"the libvirt daemon at {own_libvirtd.uri} did not answer in 3 s" in (
+            desktop.status_reason
+        )
+        assert took < 3 + 5, f"the start took {took:.1f} s"
+
+        # The monitor: silent within the grace, offline after it, without hanging.
+        assert hypervisors_monitor()["faults"] != HypervisorState.OFFLINE
+        later = timezone.now() + timedelta(seconds=31)
+        assert hypervisors_monitor(now=later)["faults"] == HypervisorState.OFFLINE
+        # Nothing more is placed there: the next start is refused at once.
+        began = time.monotonic()
+        run(services.desktop_start, actor=owner, desktop=desktop)
+        desktop.refresh_from_db()
+        assert desktop.status == S.FAILED
+        assert "did not answer" not in desktop.status_reason, desktop.status_reason
+        assert time.monotonic() - began < 3
+    finally:
+        _signal_daemon(own_libvirtd, signal.SIGCONT)
+
+    # It answers again: the host is online (once the calls left waiting have finished),
+    # and the same desktop starts.
+    wait_for(
+        lambda: hypervisors_monitor()["faults"] == HypervisorState.ONLINE,
+        30,
+        "the host to be online again",
+    )
+    run(services.desktop_start, actor=owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == S.STARTED, desktop.status_reason
+    assert (
+        libvirt_driver.domain_state(own_libvirtd.uri, desktop.domain_name)
+        == libvirt_driver.DomainState.RUNNING
+    )
     run(services.desktop_stop, actor=owner, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
