@@ -1156,9 +1156,10 @@ class _NoAnswer(Exception):
 def _within(seconds: float, call: Callable[..., Any], *args: Any) -> Any:
     """Run a libvirt call in a daemon thread; raise _NoAnswer if it takes longer.
 
-    libvirt calls have no timeout: a frozen daemon (stopped, or a host whose network
-    went away) would block the sweep, and every desktop after it, for ever. The abandoned
-    thread stays blocked; being a daemon thread it holds nothing else up.
+    The driver's own bound (`ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS`, a minute) suits a start
+    on a loaded host, not a sweep over many desktops: a frozen daemon (stopped, or a host
+    whose network went away) would cost it that much for each silent host. The abandoned thread
+    stays blocked; being a daemon thread it holds nothing else up.
     """
     outcome: dict[str, Any] = {}
 

@@ -37,6 +37,10 @@ def check_celery() -> dict[str, Any]:
     return {"ok": bool(workers), "workers": workers}
 
 
+#: How long the health page waits for each hypervisor's libvirt daemon.
+HEALTH_LIBVIRT_TIMEOUT_SECONDS = 5.0
+
+
 def check_hypervisors() -> dict[str, Any]:
     from hypervisors.drivers import libvirt_driver
     from hypervisors.models import Hypervisor
@@ -49,7 +53,8 @@ def check_hypervisors() -> dict[str, Any]:
             "accelerator": hypervisor.accelerator or None,
         }
         try:
-            libvirt_driver.ping(hypervisor.uri)
+            # A hung host must not hold the health page for a whole call timeout.
+            libvirt_driver.ping(hypervisor.uri, timeout=HEALTH_LIBVIRT_TIMEOUT_SECONDS)
             entry["ok"] = bool(hypervisor.accelerator)
             if not hypervisor.accelerator:
                 entry["error"] = (
