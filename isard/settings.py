@@ -225,7 +225,7 @@ ISARD_SHUTDOWN_TIMEOUT_SECONDS = env.int("ISARD_SHUTDOWN_TIMEOUT_SECONDS", defau
 # and every worker sees the same counts.
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "isard.cache.RedisCache",  # Django's, with its Redis clients reused
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "isard",
         "TIMEOUT": 300,

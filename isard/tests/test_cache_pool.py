@@ -25,3 +25,21 @@ def test_cache_objects_of_different_threads_reuse_one_redis_connection() -> None
     assert len({id(pool) for pool in seen}) == 1
     assert len(seen[0]._available_connections) + len(seen[0]._in_use_connections) == 1
     caches["default"].delete("isard-test-pool")
+
+
+def test_every_command_of_a_process_goes_through_one_redis_client() -> None:
+    """Django's backend made a `redis.Redis` per command; ours keeps one per pool."""
+    cache = caches["default"]
+    cache.set("isard-test-client", [1, 2], timeout=5)
+    assert cache.get("isard-test-client") == [1, 2]
+    clients: list[Any] = []
+
+    def use_cache() -> None:
+        clients.append(caches["default"]._cache.get_client(write=True))  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=use_cache)
+    thread.start()
+    thread.join()
+    assert clients[0] is cache._cache.get_client()  # type: ignore[attr-defined]
+    cache.delete("isard-test-client")
+    assert cache.get("isard-test-client") is None
