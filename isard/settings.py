@@ -114,6 +114,8 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 # code); the admin has its own login for staff.
 LOGIN_URL = "accounts:sign-in"
 LOGIN_REDIRECT_URL = "dashboard"  # a student signs in to see their desktops
+# Sessions in the database, each request's read of its session in plain SQL.
+SESSION_ENGINE = "isard.sessions"
 
 # Redis serves three purposes: the Celery broker and result store, and the Channels layer.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
