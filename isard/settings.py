@@ -94,6 +94,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Django's backend, with closed connections kept for the process's next thread: under
+    # Daphne each request's thread opened (and closed) a connection of its own.
+    DATABASES["default"]["ENGINE"] = "isard.db.sqlite3"
+# Idle SQLite connections each process keeps for reuse (0: open one per thread, as Django).
+ISARD_SQLITE_POOL_SIZE = env.int("ISARD_SQLITE_POOL_SIZE", default=8)
+if ISARD_SQLITE_POOL_SIZE < 0:
+    raise ImproperlyConfigured("ISARD_SQLITE_POOL_SIZE must be 0 (no reuse) or more.")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
