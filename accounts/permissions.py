@@ -144,9 +144,14 @@ def desktops_visible_to(actor: User) -> QuerySet[Desktop]:
     """
     from desktops.models import Desktop
 
-    desktops = Desktop.objects.all()
     rule = _desktops_q(actor)
-    return desktops if rule is None else desktops.filter(rule)
+    if rule is None:
+        return Desktop.objects.all()
+    if sees_own_desktops_only(actor):
+        # Through the person's own desktops: each comes with its owner already in hand
+        # (no join, no query per desktop to show whose it is).
+        return actor.desktops.filter(rule)
+    return Desktop.objects.filter(rule)
 
 
 def can_act_on_desktop(actor: User, desktop: Desktop) -> bool:

@@ -125,7 +125,11 @@ class DesktopViewSet(
     def get_queryset(self) -> QuerySet[Desktop]:
         if getattr(self, "swagger_fake_view", False):
             return Desktop.objects.none()
-        return desktops_listed_for(request_user(self.request)).select_related("owner")
+        user = request_user(self.request)
+        listed = desktops_listed_for(user)
+        if sees_own_desktops_only(user):
+            return listed  # their own: each desktop's owner is known without a join
+        return listed.select_related("owner")
 
     def get_throttles(self) -> list[BaseThrottle]:
         throttles = list(super().get_throttles())
