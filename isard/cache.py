@@ -62,3 +62,9 @@ class RedisCache(django_redis.RedisCache):
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
         super().__init__(server, params)
         self._class = RedisCacheClient
+
+    def redis_client(self) -> redis.Redis:
+        """The Redis client behind the cache, for what its API cannot say in one command
+        (the rate limits' script)."""
+        client: redis.Redis = self._cache.get_client(write=True)  # type: ignore[attr-defined]
+        return client
