@@ -32,13 +32,14 @@ logger = logging.getLogger(__name__)
 
 #: KEYS[1]: the window; ARGV: now, the period in seconds, the limit, a unique member.
 #: Answers [allowed (1/0), requests in the window (this one included when allowed),
-#: the oldest request's time].
+#: the oldest request's time (now, with none: a limit of 0)]. Times go back as strings,
+#: which Redis would otherwise truncate to integers.
 _WINDOW_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
 local count = redis.call('ZCARD', KEYS[1])
 if count >= tonumber(ARGV[3]) then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, count, oldest[2]}
+  return {0, count, oldest[2] or ARGV[1]}
 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))

@@ -73,3 +73,10 @@ def test_another_cache_counts_as_drf_does(settings: Any) -> None:
     results = [UserRateThrottle().allow_request(person(1), None) for _ in range(3)]
     assert results == [True, True, False]
     assert caches["default"].get("throttle_user_1") is not None  # DRF's list of times
+
+
+def test_a_limit_of_zero_refuses_everything(settings: Any) -> None:
+    settings.ISARD_API_THROTTLE_RATES = {**settings.ISARD_API_THROTTLE_RATES, "user": "0/minute"}
+    throttle = UserRateThrottle()
+    assert not throttle.allow_request(person(454545), None)
+    assert throttle.wait() == 60
