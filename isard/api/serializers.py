@@ -30,18 +30,19 @@ def id_field(**kwargs: Any) -> serializers.IntegerField:
     return serializers.IntegerField(min_value=1, max_value=MAX_ID, **kwargs)
 
 
+# For a read-only ModelSerializer: its fields are built from the model once per class.
+#
+# DRF builds a ModelSerializer's fields afresh for every instance (on a list, once per
+# request), reading the model's fields and making each serializer field: about a tenth of
+# the CPU of a request for a short list, which the dashboard and the mobile client poll. A
+# field that only reads is not changed by a request (binding it to its serializer sets
+# attributes on the copy), so each instance gets shallow copies of the fields built the
+# first time. Not for writable fields, whose validation may keep state, nor nested
+# serializers (they keep their own bound fields): both are refused.
+#
+# A comment, not a docstring: drf-spectacular would publish a docstring in the schema as
+# the description of every serializer that has none of its own.
 class FieldsBuiltOnce:
-    """For a read-only ModelSerializer: its fields are built from the model once per class.
-
-    DRF builds a ModelSerializer's fields afresh for every instance (on a list, once per
-    request), reading the model's fields and making each serializer field: about a tenth
-    of the CPU of a request for a short list, which the dashboard and the mobile client
-    poll. A field that only reads is not changed by a request (binding it to its
-    serializer sets attributes on the copy), so each instance gets shallow copies of the
-    fields built the first time. Not for writable fields, whose validation may keep state,
-    nor nested serializers (they keep their own bound fields): both are refused.
-    """
-
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         cls = type(self)
         built: dict[str, serializers.Field[Any, Any, Any, Any]] | None = cls.__dict__.get(

@@ -41,3 +41,10 @@ def test_a_writable_serializer_cannot_build_its_fields_once() -> None:
 
     with pytest.raises(ImproperlyConfigured, match=r"Writable\.name"):
         _ = Writable().fields
+
+
+def test_building_fields_once_leaves_the_published_schema_alone() -> None:
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    assert "description" not in schema["components"]["schemas"]["Desktop"]
