@@ -117,24 +117,41 @@ def _own_desktops_q(actor: User) -> Q:
     return Q(owner=actor) & ~Q(deployment__visible=False)
 
 
+def sees_own_desktops_only(actor: User) -> bool:
+    """A student: their own desktops are all they see, less those of hidden deployments."""
+    return actor.role == Role.STUDENT and not actor.is_admin and not is_manager(actor)
+
+
 def _desktops_q(actor: User) -> Q | None:
     """The desktops the person may see and act on; None means all of them."""
     if actor.is_admin:
         return None
     if is_manager(actor):
         return Q(owner=actor) | Q(owner__school_id=actor.school_id)
-    if actor.role == Role.STUDENT:
+    if sees_own_desktops_only(actor):
         return _own_desktops_q(actor)
     return _own_desktops_q(actor) | Q(course__in=courses_taught_by(actor))
 
 
 def desktops_visible_to(actor: User) -> QuerySet[Desktop]:
-    """Desktops the person may see and act on (owner, their course's teacher, manager)."""
+    """Desktops the person may see and act on (owner, their course's teacher, manager).
+
+    No DISTINCT: every rule above follows single-valued relations only (the owner, their
+    school, the deployment) or tests the course against a subquery, so no desktop can
+    come out twice; a rule that joins a many-valued relation must bring it back. (DISTINCT
+    over every column made the database sort each list, and wrapped its count in a
+    subquery.)
+    """
     from desktops.models import Desktop
 
-    desktops = Desktop.objects.all()
     rule = _desktops_q(actor)
-    return desktops if rule is None else desktops.filter(rule).distinct()
+    if rule is None:
+        return Desktop.objects.all()
+    if sees_own_desktops_only(actor):
+        # Through the person's own desktops: each comes with its owner already in hand
+        # (no join, no query per desktop to show whose it is).
+        return actor.desktops.filter(rule)
+    return Desktop.objects.filter(rule)
 
 
 def can_act_on_desktop(actor: User, desktop: Desktop) -> bool:

@@ -94,6 +94,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Django's backend, with closed connections kept for the process's next thread: under
+    # Daphne each request's thread opened (and closed) a connection of its own.
+    DATABASES["default"]["ENGINE"] = "isard.db.sqlite3"
+# Idle SQLite connections each process keeps for reuse (0: open one per thread, as Django).
+ISARD_SQLITE_POOL_SIZE = env.int("ISARD_SQLITE_POOL_SIZE", default=8)
+if ISARD_SQLITE_POOL_SIZE < 0:
+    raise ImproperlyConfigured("ISARD_SQLITE_POOL_SIZE must be 0 (no reuse) or more.")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
@@ -114,6 +121,8 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 # code); the admin has its own login for staff.
 LOGIN_URL = "accounts:sign-in"
 LOGIN_REDIRECT_URL = "dashboard"  # a student signs in to see their desktops
+# Sessions in the database, each request's read of its session in plain SQL.
+SESSION_ENGINE = "isard.sessions"
 
 # Redis serves three purposes: the Celery broker and result store, and the Channels layer.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -231,7 +240,7 @@ ISARD_SHUTDOWN_TIMEOUT_SECONDS = env.int("ISARD_SHUTDOWN_TIMEOUT_SECONDS", defau
 # and every worker sees the same counts.
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "isard.cache.RedisCache",  # Django's, with its Redis clients reused
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "isard",
         "TIMEOUT": 300,

@@ -8,10 +8,10 @@ from rest_framework import serializers
 
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
-from isard.api.serializers import id_field
+from isard.api.serializers import FieldsBuiltOnce, id_field
 
 
-class DesktopSerializer(serializers.ModelSerializer[Desktop]):
+class DesktopSerializer(FieldsBuiltOnce, serializers.ModelSerializer[Desktop]):
     owner_username = serializers.CharField(source="owner.username", read_only=True)
     status_label = serializers.CharField(source="get_status_display", read_only=True)
 

@@ -263,3 +263,38 @@ def test_the_owner_gets_a_single_use_viewer_token_for_a_running_desktop(north: C
     token = body["path"].removeprefix("/ws/viewer/").strip("/")
     stored = ViewerToken.objects.get(key_hash=hash_token(token))
     assert stored.user == north.student and stored.used_at is None
+
+
+def test_a_students_list_costs_three_queries_however_many_desktops_they_have(
+    north: Campus, django_assert_max_num_queries: Any
+) -> None:
+    """The list the dashboard and the mobile client poll: the session, the person with
+    their school, the desktops (no count for a short page, no query per desktop)."""
+    client = client_for(north.student, token=False)
+    for desktops in (1, 6):
+        while north.student.desktops.count() < desktops:
+            Desktop.objects.create(
+                name="more", owner=north.student, course=north.course, hardware=north.hardware
+            )
+        with django_assert_max_num_queries(3):
+            assert len(ids(client.get("/api/v1/desktops/"))) == desktops
+
+
+def test_a_list_that_names_no_filter_builds_no_filterset(
+    north: Campus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from desktops.api.views import DesktopFilter
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a FilterSet was built")
+
+    client = client_for(north.student)
+    monkeypatch.setattr(DesktopFilter, "__init__", refuse)
+    listed = client.get("/api/v1/desktops/?page_size=10&ordering=-name&search=desk")
+    assert ids(listed) == {north.student_desktop.pk}
+    with pytest.raises(AssertionError, match="FilterSet"):
+        client.get("/api/v1/desktops/?status=stopped")
+    monkeypatch.undo()
+    assert_error(client.get("/api/v1/desktops/?status="), 400)  # named, so checked
+    assert ids(client.get("/api/v1/desktops/?status=failed")) == set()
+    assert_error(client.get("/api/v1/desktops/?course=abc"), 400)

@@ -1,0 +1,1 @@
+"""SQLite with connections reused by the threads of a process (see base.py)."""
