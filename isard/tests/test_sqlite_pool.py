@@ -23,8 +23,17 @@ def database(tmp_path: Path, settings: Any, django_db_blocker: Any) -> Iterator[
 
 def _database(tmp_path: Path, settings: Any) -> Iterator[DatabaseWrapper]:
     settings.ISARD_SQLITE_POOL_SIZE = 2
-    settings_dict = {**connections.settings["default"], "NAME": str(tmp_path / "pool.sqlite3")}
-    settings_dict["ENGINE"] = "isard.db.sqlite3"
+    settings_dict = {
+        **connections.settings["default"],
+        "ENGINE": "isard.db.sqlite3",
+        "NAME": str(tmp_path / "pool.sqlite3"),
+        # The platform's SQLite options (isard/settings.py), whatever database runs the tests.
+        "OPTIONS": {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
     wrapper = DatabaseWrapper(settings_dict, alias="pool-test")
     with wrapper.cursor() as cursor:
         cursor.execute("CREATE TABLE t (x INTEGER)")
