@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, scratch_directory, setup_django
+from common import ROOT, scratch_directory, setup_django, signed_in_class
 
 REDIS_DB = "redis://127.0.0.1:6379/5"  # its own by default, as it flushes it
 
@@ -109,52 +109,6 @@ def fetch(port: int, path: str, cookie: str) -> tuple[int, str | None, bytes]:
         return response.status, response.getheader("Location"), response.read()
     finally:
         connection.close()
-
-
-def make_class(students: int) -> list[str]:
-    """A course of `students`, each with a desktop, signed in: their session cookies."""
-    from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
-
-    from accounts.choices import CourseRole, Role
-    from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
-    from desktops.choices import DesktopStatus
-    from desktops.models import Desktop
-    from templates_app.models import Template
-    from templates_app.tests.factories import HardwareProfileFactory
-
-    hardware = HardwareProfileFactory.create()
-    course = CourseFactory.create(name="bench class")
-    teacher = UserFactory.create(username="bench-teacher", role=Role.TEACHER)
-    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
-    template = Template.objects.create(
-        name="bench template", owner=teacher, hardware=hardware, shared_with_everyone=True
-    )
-    backend = "accounts.backends.LocalAccountBackend"
-    if backend not in settings.AUTHENTICATION_BACKENDS:
-        raise SystemExit(f"{backend} is not in AUTHENTICATION_BACKENDS: update the benchmark")
-    cookies = []
-    for index in range(students):
-        student = UserFactory.create(username=f"bench-student-{index}")
-        MembershipFactory.create(course=course, user=student)
-        Desktop.objects.create(
-            name=f"desktop {index}",
-            owner=student,
-            course=course,
-            template=template,
-            hardware=hardware,
-            status=DesktopStatus.STOPPED,
-        )
-        session = SessionStore()
-        session[SESSION_KEY] = str(student.pk)
-        # The backend that signs local accounts in; a session naming one the settings do
-        # not list is no session at all.
-        session[BACKEND_SESSION_KEY] = backend
-        session[HASH_SESSION_KEY] = student.get_session_auth_hash()
-        session.create()
-        cookies.append(f"sessionid={session.session_key}")
-    return cookies
 
 
 def run_wrk(
@@ -280,7 +234,7 @@ def main() -> None:
         setup_django(work, options.redis_url)
         from django.conf import settings
 
-        cookies = make_class(options.students)
+        cookies = signed_in_class("bench", options.students)
         cookies_file = work / "cookies.txt"
         cookies_file.write_text("\n".join(cookies) + "\n")
         environment = dict(

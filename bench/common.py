@@ -59,3 +59,52 @@ def host_and_template(work: Path) -> Any:
     hypervisor_refresh(hypervisor=host)
     image = build_tiny_linux(work / "tiny.qcow2", kernel_root=guest_kernel_root())
     return template_register_base(name="bench", image=image, hardware=demo_hardware_profile())
+
+
+def signed_in_class(name: str, students: int, desktops_per_student: int = 1) -> list[str]:
+    """A course `name` of `students`, each with desktops and a real session: the cookies.
+
+    The sessions name the platform's own sign-in backend: a session naming a backend the
+    settings do not list is no session at all, and every request would measure a redirect.
+    """
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from accounts.choices import CourseRole, Role
+    from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
+    from desktops.choices import DesktopStatus
+    from desktops.models import Desktop
+    from templates_app.models import Template
+    from templates_app.tests.factories import HardwareProfileFactory
+
+    backend = "accounts.backends.LocalAccountBackend"
+    if backend not in settings.AUTHENTICATION_BACKENDS:
+        raise SystemExit(f"{backend} is not in AUTHENTICATION_BACKENDS: update the benchmark")
+    hardware = HardwareProfileFactory.create()
+    course = CourseFactory.create(name=f"{name} class")
+    teacher = UserFactory.create(username=f"{name}-teacher", role=Role.TEACHER)
+    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+    template = Template.objects.create(
+        name=f"{name} template", owner=teacher, hardware=hardware, shared_with_everyone=True
+    )
+    cookies = []
+    for index in range(students):
+        student = UserFactory.create(username=f"{name}-student-{index}")
+        MembershipFactory.create(course=course, user=student)
+        for number in range(desktops_per_student):
+            Desktop.objects.create(
+                name=f"desktop {index}.{number}",
+                owner=student,
+                course=course,
+                template=template,
+                hardware=hardware,
+                status=DesktopStatus.STOPPED,
+            )
+        session = SessionStore()
+        session[SESSION_KEY] = str(student.pk)
+        session[BACKEND_SESSION_KEY] = backend
+        session[HASH_SESSION_KEY] = student.get_session_auth_hash()
+        session.create()
+        cookies.append(f"sessionid={session.session_key}")
+    return cookies

@@ -29,50 +29,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_directory, setup_django
+from common import scratch_directory, setup_django, signed_in_class
 
 PATHS = ["/api/v1/desktops/", "/"]
-
-
-def make_students(students: int, desktops: int) -> list[bytes]:
-    """Students of one course, each with `desktops` desktops: their session cookies."""
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
-
-    from accounts.choices import CourseRole, Role
-    from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
-    from desktops.choices import DesktopStatus
-    from desktops.models import Desktop
-    from templates_app.models import Template
-    from templates_app.tests.factories import HardwareProfileFactory
-
-    hardware = HardwareProfileFactory.create()
-    course = CourseFactory.create(name="profile class")
-    teacher = UserFactory.create(username="profile-teacher", role=Role.TEACHER)
-    MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
-    template = Template.objects.create(
-        name="profile template", owner=teacher, hardware=hardware, shared_with_everyone=True
-    )
-    cookies = []
-    for index in range(students):
-        student = UserFactory.create(username=f"profile-student-{index}")
-        MembershipFactory.create(course=course, user=student)
-        for number in range(desktops):
-            Desktop.objects.create(
-                name=f"desktop {index}.{number}",
-                owner=student,
-                course=course,
-                template=template,
-                hardware=hardware,
-                status=DesktopStatus.STOPPED,
-            )
-        session = SessionStore()
-        session[SESSION_KEY] = str(student.pk)
-        session[BACKEND_SESSION_KEY] = "accounts.backends.LocalAccountBackend"
-        session[HASH_SESSION_KEY] = student.get_session_auth_hash()
-        session.create()
-        cookies.append(f"sessionid={session.session_key}".encode())
-    return cookies
 
 
 class AsgiClient:
@@ -203,7 +162,8 @@ def main() -> None:
     try:
         setup_django(work, options.redis_url)
         clear_throttles(options.redis_url)
-        cookies = make_students(options.students, options.desktops)
+        signed_in = signed_in_class("profile", options.students, options.desktops)
+        cookies = [cookie.encode() for cookie in signed_in]
         from isard.asgi import application
 
         client = AsgiClient(application)

@@ -129,6 +129,17 @@ def queue_on_own_redis(own_redis: OwnRedis, settings: Any) -> Iterator[OwnRedis]
             own_redis.thaw()
 
 
+def _a_stopped_desktop(run: Any, base_template: Any) -> tuple[Any, Any]:
+    """A person's new desktop from the shared template, created and stopped."""
+    owner = UserFactory.create()
+    base_template.shared_with_everyone = True
+    base_template.save()
+    desktop = run(services.desktop_create, actor=owner, template=base_template, name="mine")
+    desktop.refresh_from_db()
+    assert desktop.status == S.STOPPED, desktop.status_reason
+    return owner, desktop
+
+
 def _queued(server: OwnRedis, queue: str = "celery") -> list[str]:
     """The names of the task messages waiting in `queue` on the test's Redis."""
     import json
@@ -394,12 +405,7 @@ def test_a_start_on_a_deleted_template_disk_is_refused_and_the_admin_health_name
     from isard.exceptions import ConflictError
     from isard.health import check_disks
 
-    owner = UserFactory.create()
-    base_template.shared_with_everyone = True
-    base_template.save()
-    desktop = run(services.desktop_create, actor=owner, template=base_template, name="mine")
-    desktop.refresh_from_db()
-    assert desktop.status == S.STOPPED
+    owner, desktop = _a_stopped_desktop(run, base_template)
     assert check_disks()["ok"] is True
     template_file = Path(base_template.disk.path)
     kept = tmp_path / "kept.qcow2"
@@ -494,12 +500,7 @@ def test_libvirtd_killed_during_a_start_or_while_it_runs_then_back_statuses_foll
     from hypervisors.tasks import reconcile_all_hypervisors
 
     settings.ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = 0  # the start's failure: at once
-    owner = UserFactory.create()
-    base_template.shared_with_everyone = True
-    base_template.save()
-    desktop = run(services.desktop_create, actor=owner, template=base_template, name="mine")
-    desktop.refresh_from_db()
-    assert desktop.status == S.STOPPED, desktop.status_reason
+    owner, desktop = _a_stopped_desktop(run, base_template)
     os.chmod(desktop.disk.path, 0o666)
     # The start is accepted, then the daemon dies before the worker's boot reaches it.
     with run.capture(execute=False) as callbacks:
@@ -560,12 +561,7 @@ def test_libvirtd_frozen_a_start_fails_in_time_the_host_goes_offline_then_back_i
     settings.ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS = 3
     settings.ISARD_HYPERVISOR_SAMPLE_TIMEOUT_SECONDS = 2
     settings.ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = 30
-    owner = UserFactory.create()
-    base_template.shared_with_everyone = True
-    base_template.save()
-    desktop = run(services.desktop_create, actor=owner, template=base_template, name="mine")
-    desktop.refresh_from_db()
-    assert desktop.status == S.STOPPED, desktop.status_reason
+    owner, desktop = _a_stopped_desktop(run, base_template)
     os.chmod(desktop.disk.path, 0o666)
 
     _signal_daemon(own_libvirtd, signal.SIGSTOP)
