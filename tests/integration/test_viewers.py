@@ -306,31 +306,20 @@ def test_a_real_guest_without_an_agent_gets_no_rdp_file_but_a_clear_reason(
     source = agent.find("source")
     assert source is not None and source.get("path"), ET.tostring(agent, encoding="unicode")
 
-    # Asking an agent that is not there must not hold the download up: libvirt knows the
-    # guest never opened the port and fails at once (measured: a few ms, see README).
+    # No agent answers (libvirt knows the guest never opened the port), no lease, no ARP
+    # entry: each source says so and the lookup ends empty. (How long that takes is a
+    # measurement, not a test: see README, "RDP".)
     caplog.set_level("DEBUG", logger="hypervisors.drivers.libvirt_driver")
-    started = time.monotonic()
     assert (
         libvirt_driver.domain_ip_addresses(SYSTEM_URI, desktop.domain_name, sources=("agent",))
         == []
     )
-    agent_seconds = time.monotonic() - started
-    started = time.monotonic()
     assert libvirt_driver.domain_ip_addresses(SYSTEM_URI, desktop.domain_name) == []
-    all_seconds = time.monotonic() - started
-    print(
-        f"agent alone: {agent_seconds * 1000:.1f} ms; "
-        f"agent, lease, arp: {all_seconds * 1000:.1f} ms"
-    )
-    print("\n".join(record.getMessage() for record in caplog.records))
     assert "no addresses from the agent" in caplog.text
-    assert agent_seconds < 1.0 and all_seconds < 2.0
 
     client = Client()
     client.force_login(owner)
-    started = time.monotonic()
     response = client.get(f"/desktops/{desktop.pk}/viewer.rdp")
-    assert time.monotonic() - started < 2.0
     assert response.status_code == 409
     assert response.content.decode() == (
         f"The desktop “{desktop.name}” has not reported an IP address: install the QEMU guest "
