@@ -569,8 +569,9 @@ def viewer_vv_build(
 def viewer_rdp_build(*, actor: User, desktop: Desktop) -> RdpFile:
     """An `.rdp` file for the owner's running desktop, at the address its guest reports.
 
-    Windows guests with the QEMU guest agent report their addresses; guests on a libvirt
-    network with DHCP have a lease. The file connects straight to the guest, so the
+    Windows guests with the QEMU guest agent report their addresses (every domain has the
+    agent's channel); guests on a libvirt network with DHCP have a lease, and guests the
+    host has talked to an entry in its ARP table. The file connects straight to the guest, so the
     client must reach the guests' network, or go through the RD Gateway named in
     `ISARD_RDP_GATEWAY`. The guest's own login applies: the file carries no password.
     """
@@ -584,14 +585,14 @@ def viewer_rdp_build(*, actor: User, desktop: Desktop) -> RdpFile:
     if not addresses:
         raise _refuse(
             "no-address",
-            f"The desktop “{desktop.name}” has not reported an IP address; is the guest "
-            "agent running?",
+            f"The desktop “{desktop.name}” has not reported an IP address: install the QEMU "
+            "guest agent in the guest (or in its template), or wait until it has finished "
+            "booting and try again.",
             user=actor,
             desktop=desktop,
             error=ViewerUnavailableError,
         )
-    # IPv4 first: it is what RDP clients on school networks reach most often.
-    chosen = sorted(addresses, key=lambda found: found.version)[0]
+    chosen = addresses[0]  # IPv4 first, from the best source (see domain_ip_addresses)
     host = f"[{chosen.address}]" if chosen.version == 6 else chosen.address
     lines = [
         f"full address:s:{host}",

@@ -86,7 +86,9 @@ def test_a_guest_without_an_address_gets_a_clear_refusal(
     with pytest.raises(ViewerUnavailableError) as refused:
         viewer_rdp_build(actor=ana, desktop=desktop)
     assert refused.value.message == (
-        "The desktop “Windows” has not reported an IP address; is the guest agent running?"
+        "The desktop “Windows” has not reported an IP address: install the QEMU guest agent "
+        "in the guest (or in its template), or wait until it has finished booting and try "
+        "again."
     )
     assert refused.value.extra["reason"] == "no-address"
     assert DesktopEvent.objects.filter(
@@ -133,5 +135,5 @@ def test_the_rdp_download_is_an_uncached_attachment_or_the_reason_why_not(
     assert response.content.decode().startswith("full address:s:")
     refused = client.get(reverse("desktop-viewer-rdp", args=[without.pk]))
     assert refused.status_code == 409
-    assert "is the guest agent running?" in refused.content.decode()
+    assert "install the QEMU guest agent" in refused.content.decode()
     assert Client().get(reverse("desktop-viewer-rdp", args=[without.pk])).status_code == 302

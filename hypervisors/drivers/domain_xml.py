@@ -157,6 +157,11 @@ def build_domain_xml(spec: DomainSpec) -> str:
         serial = _sub(devices, "serial", type="pty")
         _sub(serial, "target", port="0")
     _sub(devices, "input", type="tablet", bus="usb")
+    # The QEMU guest agent's port (libvirt picks the socket path). A guest with the agent
+    # installed (Windows images usually have it) reports its IP addresses through it,
+    # static ones and those on bridged networks too: what the RDP file connects to.
+    agent = _sub(devices, "channel", type="unix")
+    _sub(agent, "target", type="virtio", name="org.qemu.guest_agent.0")
 
     if spec.spice:
         graphics = _sub(devices, "graphics", type="spice", autoport="yes", **_password(spec))

@@ -21,9 +21,9 @@ import queue
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import libvirt
 
@@ -985,55 +985,127 @@ class GuestAddress:
     mac: str
     address: str
     version: int  # 4 or 6
-    source: str  # "agent" (the guest itself) or "lease" (libvirt's DHCP server)
+    source: str  # "agent" (the guest itself), "lease" (libvirt's DHCP server) or "arp"
 
 
-def domain_ip_addresses(uri: str, name: str) -> list[GuestAddress]:
-    """The running guest's IP addresses: what its guest agent reports, else its DHCP leases.
+#: What `virDomain.interfaceAddresses` returns: interface name -> {"hwaddr": ...,
+#: "addrs": [{"type": ..., "addr": ..., "prefix": ...}]}.
+InterfaceAddresses = Mapping[str, Mapping[str, Any]]
 
-    The agent knows every address (static ones too) but runs only in guests that have it
-    installed; the leases cover guests on a libvirt network with DHCP. Loopback and
-    link-local addresses are left out: nobody can connect to them from outside. An empty
-    list means the guest has not reported any address (yet).
+#: Where a guest's addresses come from, best first. The agent knows every address (static
+#: ones and those on bridged networks too) but runs only in guests that have it installed;
+#: the leases cover guests on a libvirt network with DHCP; the host's ARP table (read by
+#: the daemon, no guest involved) covers guests the host has exchanged packets with.
+ADDRESS_SOURCES = (
+    ("agent", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT),
+    ("lease", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE),
+    ("arp", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP),
+)
+
+#: How long libvirt waits for the guest agent's answer (its default is to block). An
+#: agent that is installed but stuck (a guest under heavy load, a hung service) then costs
+#: the RDP download this much before the leases are asked; a guest without an agent costs
+#: nothing, libvirt knows the agent has not opened its port and says so at once.
+AGENT_TIMEOUT_SECONDS = 3
+
+
+def usable_addresses(source: str, interfaces: InterfaceAddresses) -> list[GuestAddress]:
+    """The addresses in one libvirt answer that a client elsewhere could connect to.
+
+    Loopback, link-local (169.254/16, fe80::/10), unspecified and multicast addresses are
+    left out. IPv4 first: it is what RDP clients on school networks reach most often;
+    otherwise in interface order, as the source reported them.
     """
     import ipaddress
 
-    sources = (
-        ("agent", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT),
-        ("lease", libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE),
-    )
+    found = []
+    for interface, details in sorted(interfaces.items()):
+        for entry in details.get("addrs") or []:
+            try:
+                address = ipaddress.ip_address(entry.get("addr") or "")
+            except ValueError:
+                continue
+            if (
+                address.is_loopback
+                or address.is_link_local
+                or address.is_unspecified
+                or address.is_multicast
+            ):
+                continue
+            found.append(
+                GuestAddress(
+                    interface=interface,
+                    mac=details.get("hwaddr") or "",
+                    address=str(address),
+                    version=address.version,
+                    source=source,
+                )
+            )
+    return sorted(found, key=lambda address: address.version)  # stable: keeps the order
+
+
+def choose_addresses(
+    answers: Iterable[tuple[str, InterfaceAddresses | None]],
+) -> list[GuestAddress]:
+    """The usable addresses of the first source that has any (see `usable_addresses`).
+
+    `answers` are (source, libvirt's answer or None when the source failed), best source
+    first; it is read lazily, so a generator that asks libvirt asks no further than the
+    first source with an address. An empty list: no source reported one.
+    """
+    for source, interfaces in answers:
+        found = usable_addresses(source, interfaces or {})
+        if found:
+            return found
+    return []
+
+
+def choose_address(answers: Iterable[tuple[str, InterfaceAddresses | None]]) -> GuestAddress | None:
+    """The address to connect to: the first of `choose_addresses`, or None."""
+    found = choose_addresses(answers)
+    return found[0] if found else None
+
+
+def domain_ip_addresses(
+    uri: str,
+    name: str,
+    *,
+    agent_timeout: int = AGENT_TIMEOUT_SECONDS,
+    sources: Iterable[str] = ("agent", "lease", "arp"),
+) -> list[GuestAddress]:
+    """The running guest's usable IP addresses, IPv4 first, from the first source that has
+    any: its guest agent, else libvirt's DHCP leases, else the host's ARP table.
+
+    An empty list means the guest has not reported any address (yet). The agent is given
+    `agent_timeout` seconds (`virDomainAgentSetResponseTimeout`, a setting of the running
+    domain; nothing else here talks to the agent), so a stuck agent delays the answer by
+    that much and does not trip the call timeout that would take the host for hung.
+    `sources` narrows the sources asked (in `ADDRESS_SOURCES` order), to time one alone.
+    """
+    wanted = set(sources)
+    flags = [(source, flag) for source, flag in ADDRESS_SOURCES if source in wanted]
 
     def read(connection: libvirt.virConnect) -> list[GuestAddress]:
         domain = _lookup(connection, name)
-        for source, flag in sources:
-            try:
-                interfaces = domain.interfaceAddresses(flag) or {}
-            except libvirt.libvirtError as error:
-                if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-                # No agent channel, agent not answering, no libvirt network: next source.
-                logger.debug("%s: no addresses from the %s: %s", name, source, error)
-                continue
-            found = []
-            for interface, details in sorted(interfaces.items()):
-                for entry in details.get("addrs") or []:
-                    try:
-                        address = ipaddress.ip_address(entry.get("addr", ""))
-                    except ValueError:
-                        continue
-                    if address.is_loopback or address.is_link_local:
-                        continue
-                    found.append(
-                        GuestAddress(
-                            interface=interface,
-                            mac=details.get("hwaddr") or "",
-                            address=str(address),
-                            version=address.version,
-                            source=source,
-                        )
-                    )
-            if found:
-                return found
-        return []
+        try:
+            domain.agentSetResponseTimeout(agent_timeout, 0)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            # The test driver has no agent timeout; a real daemon without one is < 5.10.
+            logger.debug("%s: agent timeout not set: %s", name, error)
+
+        def answers() -> Iterator[tuple[str, InterfaceAddresses | None]]:
+            for source, flag in flags:
+                try:
+                    yield source, domain.interfaceAddresses(flag) or {}
+                except libvirt.libvirtError as error:
+                    if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    # No agent in the guest, agent not answering, no libvirt network.
+                    logger.debug("%s: no addresses from the %s: %s", name, source, error)
+                    yield source, None
+
+        return choose_addresses(answers())
 
     return _call(uri, f"addresses of {name}", read)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,19 @@ def test_a_vnc_password_longer_than_eight_characters_is_refused() -> None:
 
 def test_no_password_attribute_without_a_password() -> None:
     assert "passwd" not in build_domain_xml(PROFILES["default"])
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_domain_has_a_guest_agent_channel(name: str) -> None:
+    devices = ET.fromstring(build_domain_xml(PROFILES[name])).find("devices")
+    assert devices is not None
+    [agent] = [
+        channel
+        for channel in devices.findall("channel")
+        if channel.get("type") == "unix"
+        and (target := channel.find("target")) is not None
+        and target.get("name") == "org.qemu.guest_agent.0"
+    ]
+    target = agent.find("target")
+    assert target is not None and target.get("type") == "virtio"
+    assert agent.find("source") is None  # libvirt chooses the socket path
