@@ -19,6 +19,7 @@ from accounts.choices import CourseRole
 from accounts.forms import JoinCourseForm, SignInForm, SignUpForm
 from accounts.models import Course, CourseMembership, EnrolmentCode, User
 from accounts.permissions import courses_taught_by
+from accounts.rate_limits import Attempt, enrolment_code_attempt_start, sign_in_attempt_start
 from accounts.services import (
     course_join_with_code,
     enrolment_code_disable,
@@ -27,7 +28,8 @@ from accounts.services import (
     user_password_change,
     user_signup_with_code,
 )
-from isard.exceptions import ApplicationError
+from isard.exceptions import ApplicationError, TooManyRequestsError
+from isard.rate_limits import client_address
 
 
 def _user(request: HttpRequest) -> User:
@@ -35,17 +37,60 @@ def _user(request: HttpRequest) -> User:
     return request.user
 
 
+def _refused(
+    request: HttpRequest, template: str, context: dict[str, Any], error: TooManyRequestsError
+) -> HttpResponse:
+    """The same page, unvalidated (nothing is checked while limited), with the wait."""
+    response = render(request, template, {**context, "limited": error.message}, status=429)
+    response["Retry-After"] = str(error.extra["retry_after"])
+    return response
+
+
 class SignInView(LoginView):
-    """Sign in with a username and password (local or directory), and optionally a code."""
+    """Sign in with a username and password (local or directory), and optionally a code.
+
+    Failed sign-ins and wrong codes are limited (accounts.rate_limits): over the limit the
+    page answers 429 without looking at the password or the code."""
 
     form_class = SignInForm
     template_name = "accounts/sign_in.html"
     redirect_authenticated_user = True
+    sign_in_attempt: Attempt | None = None
+    code_attempt: Attempt | None = None
 
     def get_initial(self) -> dict[str, Any]:
         return {"code": self.request.GET.get("code", "")}
 
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        address = client_address(request)
+        username = request.POST.get("username", "")
+        code = request.POST.get("code", "").strip()
+        try:
+            self.sign_in_attempt = sign_in_attempt_start(username=username, address=address)
+            if code:
+                try:
+                    self.code_attempt = enrolment_code_attempt_start(address=address)
+                except TooManyRequestsError:
+                    self.sign_in_attempt.succeeded()  # nothing was tried
+                    raise
+        except TooManyRequestsError as error:
+            form = self.form_class(request, initial={"username": username, "code": code})
+            return _refused(request, self.template_name, self.get_context_data(form=form), error)
+        response: HttpResponse = super().post(request, *args, **kwargs)
+        return response
+
+    def _settle(self, form: SignInForm) -> None:
+        if self.sign_in_attempt is not None and form.get_user() is not None:
+            self.sign_in_attempt.succeeded()
+        if self.code_attempt is not None and "code" not in form.errors:
+            self.code_attempt.succeeded()
+
+    def form_invalid(self, form: SignInForm) -> HttpResponse:  # type: ignore[override]
+        self._settle(form)
+        return super().form_invalid(form)
+
     def form_valid(self, form: SignInForm) -> HttpResponse:  # type: ignore[override]
+        self._settle(form)
         response = super().form_valid(form)
         code = form.cleaned_data.get("code")
         if code:
@@ -98,10 +143,29 @@ def home(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _code_found(form: JoinCourseForm | SignUpForm, attempt: Attempt) -> bool:
+    """Validate the form; a code that exists does not count against the limit."""
+    valid = form.is_valid()
+    if "code" not in form.errors:
+        attempt.succeeded()
+    return valid
+
+
 @login_required
 def join_course(request: HttpRequest) -> HttpResponse:
-    form = JoinCourseForm(request.POST or None, initial={"code": request.GET.get("code", "")})
-    if request.method == "POST" and form.is_valid():
+    """Join a course with a code; wrong codes are limited per person and per address."""
+    if request.method != "POST":
+        form = JoinCourseForm(initial={"code": request.GET.get("code", "")})
+        return render(request, "accounts/join.html", {"form": form})
+    try:
+        attempt = enrolment_code_attempt_start(
+            address=client_address(request), user_id=_user(request).pk
+        )
+    except TooManyRequestsError as error:
+        form = JoinCourseForm(initial={"code": request.POST.get("code", "")})
+        return _refused(request, "accounts/join.html", {"form": form}, error)
+    form = JoinCourseForm(request.POST)
+    if _code_found(form, attempt):
         try:
             enrolment = course_join_with_code(user=_user(request), code=form.cleaned_data["code"])
         except ApplicationError as error:
@@ -113,11 +177,21 @@ def join_course(request: HttpRequest) -> HttpResponse:
 
 
 def sign_up(request: HttpRequest) -> HttpResponse:
-    """A new local account with a course code; the person lands in the course."""
+    """A new local account with a course code; the person lands in the course. Wrong codes
+    are limited per address."""
     if request.user.is_authenticated:
         return redirect("accounts:join")
-    form = SignUpForm(request.POST or None, initial={"code": request.GET.get("code", "")})
-    if request.method == "POST" and form.is_valid():
+    if request.method != "POST":
+        form = SignUpForm(initial={"code": request.GET.get("code", "")})
+        return render(request, "accounts/sign_up.html", {"form": form})
+    try:
+        attempt = enrolment_code_attempt_start(address=client_address(request))
+    except TooManyRequestsError as error:
+        fields = ("code", "username", "first_name", "last_name", "email")
+        form = SignUpForm(initial={name: request.POST.get(name, "") for name in fields})
+        return _refused(request, "accounts/sign_up.html", {"form": form}, error)
+    form = SignUpForm(request.POST)
+    if _code_found(form, attempt):
         data = form.cleaned_data
         try:
             user, enrolment = user_signup_with_code(

@@ -43,6 +43,12 @@ class QuotaExceededError(ApplicationError):
     status_code = 422
 
 
+class TooManyRequestsError(ApplicationError):
+    """Too many attempts in a short time; `extra["retry_after"]` says how many seconds to wait."""
+
+    status_code = 429
+
+
 class NoCapacityError(ApplicationError):
     """No hypervisor can take the desktop right now."""
 

@@ -300,11 +300,25 @@ ISARD_API_THROTTLE_RATES = {
     "desktop_action": env.str("ISARD_API_DESKTOP_ACTION_RATE", default="60/minute"),
     "user": env.str("ISARD_API_USER_RATE", default="1200/minute"),
 }
-for _scope, _rate in ISARD_API_THROTTLE_RATES.items():
+# The pages (accounts.rate_limits) count failures only: failed sign-ins per username, and
+# per client address (a whole school may sign in from one NAT address, hence more); wrong
+# course codes per signed-in person, and per address with the address rate.
+ISARD_SIGNIN_RATE = env.str("ISARD_SIGNIN_RATE", default="10/minute")
+ISARD_SIGNIN_ADDRESS_RATE = env.str("ISARD_SIGNIN_ADDRESS_RATE", default="60/minute")
+ISARD_ENROLMENT_CODE_RATE = env.str("ISARD_ENROLMENT_CODE_RATE", default="10/minute")
+for _name, _rate in [
+    *(
+        (f"ISARD_API_{_scope.upper()}_RATE", _rate)
+        for _scope, _rate in ISARD_API_THROTTLE_RATES.items()
+    ),
+    ("ISARD_SIGNIN_RATE", ISARD_SIGNIN_RATE),
+    ("ISARD_SIGNIN_ADDRESS_RATE", ISARD_SIGNIN_ADDRESS_RATE),
+    ("ISARD_ENROLMENT_CODE_RATE", ISARD_ENROLMENT_CODE_RATE),
+]:
     # DRF would only fail at the first request; a wrong rate stops the start instead.
     if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)s?", _rate):
         raise ImproperlyConfigured(
-            f"ISARD_API_{_scope.upper()}_RATE={_rate!r} is not a rate: write it as "
+            f"{_name}={_rate!r} is not a rate: write it as "
             "N/second, N/minute, N/hour or N/day, e.g. 10/minute."
         )
 # API tokens expire after this many days (0: never).

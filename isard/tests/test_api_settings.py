@@ -31,3 +31,9 @@ def test_negative_token_lifetime_is_refused_and_good_values_pass() -> None:
     assert "ISARD_API_TOKEN_DAYS" in manage_check(ISARD_API_TOKEN_DAYS="-1").stderr
     result = manage_check(ISARD_API_LOGIN_RATE="5/minutes", ISARD_API_TOKEN_DAYS="0")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_pages_rate_that_is_not_one_is_refused_by_name() -> None:
+    result = manage_check(ISARD_SIGNIN_RATE="ten")
+    assert result.returncode != 0
+    assert "ISARD_SIGNIN_RATE='ten' is not a rate" in result.stderr
