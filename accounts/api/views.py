@@ -39,9 +39,11 @@ from accounts.permissions import (
     users_visible_to,
 )
 from accounts.quotas import quota_report
+from accounts.rate_limits import sign_in_attempt_start
 from accounts.tokens import api_token_create, api_token_revoke
 from isard.api.throttling import LoginRateThrottle
 from isard.exceptions import PermissionDeniedError
+from isard.rate_limits import client_address
 
 
 def request_user(request: Request) -> User:
@@ -71,9 +73,15 @@ class LoginView(APIView):
         serializer = LoginSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        # The same windows as the sign-in page: failures per username (from any address)
+        # and per address, whichever way they come in; refused before any password check.
+        attempt = sign_in_attempt_start(
+            username=data["username"], address=client_address(request._request)
+        )
         user = authenticate(request._request, username=data["username"], password=data["password"])
         if not isinstance(user, User) or not user.is_active:
             raise exceptions.AuthenticationFailed("Wrong username or password.")
+        attempt.succeeded()
         token, key = api_token_create(user=user, name=data.get("token_name", ""))
         body = {"token": key, "token_info": token, "user": user}
         return Response(LoginResponseSerializer(body).data, status=status.HTTP_201_CREATED)

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from django.contrib.staticfiles import finders
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -118,6 +120,46 @@ def test_login_is_rate_limited_per_address(north: Campus, settings: Any) -> None
     body = assert_error(response, 429)
     assert body["extra"]["retry_after"] > 0
     assert int(response["Retry-After"]) > 0
+
+
+def test_failed_logins_for_one_person_are_limited_from_any_address_with_the_pages(
+    north: Campus, settings: Any
+) -> None:
+    """A guesser who changes address is still held by the per-username window, which the
+    sign-in page shares: failures through either count together."""
+    settings.ISARD_SIGNIN_RATE = "3/minute"
+    username = north.student.username
+    client = APIClient()
+    for attempt in range(2):
+        wrong = client.post(
+            "/api/v1/auth/login/",
+            {"username": username, "password": "wrong"},
+            REMOTE_ADDR=f"10.0.0.{attempt + 1}",
+        )
+        assert wrong.status_code == 401
+    page = Client().post(
+        reverse("accounts:sign-in"),
+        {"username": username, "password": "wrong"},
+        REMOTE_ADDR="10.0.0.9",
+    )
+    assert page.status_code == 200  # the third failure, on the page
+    response = client.post(
+        "/api/v1/auth/login/",
+        {"username": username, "password": "password"},  # the right one
+        REMOTE_ADDR="10.0.0.20",
+    )
+    body = assert_error(response, 429)
+    assert body["message"].startswith("Too many failed sign-ins in a short time. Wait")
+    assert body["extra"]["retry_after"] > 0
+    assert int(response["Retry-After"]) == body["extra"]["retry_after"]
+    # Someone else signs in as usual.
+    assert login(APIClient(), north.teacher.username).status_code == 201
+
+
+def test_a_successful_login_does_not_count_against_the_person(north: Campus, settings: Any) -> None:
+    settings.ISARD_SIGNIN_RATE = "2/minute"
+    for _ in range(4):
+        assert login(APIClient(), north.student.username).status_code == 201
 
 
 def test_students_see_their_courses_and_not_the_members(north: Campus, south: Campus) -> None:

@@ -9,6 +9,7 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
+from isard.exceptions import TooManyRequestsError
 from isard.exceptions import api_exception_handler as shared_handler
 
 
@@ -16,6 +17,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     response = shared_handler(exc, context)
     if response is not None and isinstance(exc, drf_exceptions.Throttled):
         response.data["extra"] = {"retry_after": getattr(exc, "wait", None)}
+    if response is not None and isinstance(exc, TooManyRequestsError):
+        # A service's own limit (failed sign-ins): the same advice as DRF's throttles give.
+        response["Retry-After"] = str(exc.extra["retry_after"])
     return response
 
 
