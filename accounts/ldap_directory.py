@@ -11,9 +11,9 @@ setting applies at once:
   accounts) try.
 - `read_directory` reads everything the group sync needs in one connection: every person
   under the search base (paged, so a server's size limit does not cut the list short) and
-  each mapped group, groupOfNames or posixGroup as each entry says. Entries that cannot be
-  used (a member that does not exist, a person without a login name...) are returned as
-  `BrokenEntry` items to report, never raised.
+  each mapped group, groupOfNames, groupOfUniqueNames or posixGroup as each entry says.
+  Entries that cannot be used (a member that does not exist, a person without a login
+  name...) are returned as `BrokenEntry` items to report, never raised.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ from django.core import checks
 from django.core.exceptions import ValidationError
 from django.dispatch import receiver
 from django_auth_ldap.backend import LDAPBackend, ldap_error, populate_user
-from django_auth_ldap.config import GroupOfNamesType, LDAPSearch, PosixGroupType
+from django_auth_ldap.config import (
+    GroupOfNamesType,
+    GroupOfUniqueNamesType,
+    LDAPGroupType,
+    LDAPSearch,
+    PosixGroupType,
+)
 from ldap.controls import SimplePagedResultsControl
 
 from accounts.choices import Role
@@ -45,8 +51,9 @@ from isard.exceptions import InfrastructureError
 logger = logging.getLogger(__name__)
 
 GROUP_OF_NAMES = "groupOfNames"
+GROUP_OF_UNIQUE_NAMES = "groupOfUniqueNames"  # members in `uniqueMember` (older directories)
 POSIX_GROUP = "posixGroup"
-GROUP_TYPES = (GROUP_OF_NAMES, POSIX_GROUP)
+GROUP_TYPES = (GROUP_OF_NAMES, GROUP_OF_UNIQUE_NAMES, POSIX_GROUP)
 #: Highest first: someone in several role groups gets the first of these.
 ROLES_BY_RANK = (Role.ADMIN, Role.MANAGER, Role.TEACHER, Role.STUDENT)
 #: Entries per page; below the usual server limits (OpenLDAP 500, Active Directory 1000).
@@ -183,7 +190,12 @@ class LdapConfig:
 
     def auth_ldap_settings(self) -> dict[str, Any]:
         """django-auth-ldap's settings (names without `AUTH_LDAP_`)."""
-        object_class = POSIX_GROUP if self.group_type == POSIX_GROUP else GROUP_OF_NAMES
+        object_class = self.group_type if self.group_type in GROUP_TYPES else GROUP_OF_NAMES
+        group_types: dict[str, LDAPGroupType] = {
+            GROUP_OF_NAMES: GroupOfNamesType(),
+            GROUP_OF_UNIQUE_NAMES: GroupOfUniqueNamesType(),
+            POSIX_GROUP: PosixGroupType(),
+        }
         return {
             "SERVER_URI": self.server_uri,
             "BIND_DN": self.bind_dn,
@@ -200,7 +212,7 @@ class LdapConfig:
                 if self.group_search_base
                 else None
             ),
-            "GROUP_TYPE": PosixGroupType() if object_class == POSIX_GROUP else GroupOfNamesType(),
+            "GROUP_TYPE": group_types[object_class],
         }
 
 
@@ -458,7 +470,9 @@ def read_group(
     is_posix = "posixgroup" in classes
     is_dn_list = bool(classes & {"groupofnames", "groupofuniquenames"})
     if not (is_posix or is_dn_list):
-        snapshot.broken.append(BrokenEntry(group_dn, "is neither a groupOfNames nor a posixGroup"))
+        snapshot.broken.append(
+            BrokenEntry(group_dn, "is not a groupOfNames, groupOfUniqueNames or posixGroup")
+        )
         return None
     members: set[str] = set()
     unresolved: list[str] = []

@@ -95,7 +95,10 @@ class LdapGroupMapping(models.Model):
     group_dn = models.CharField(
         "group DN",
         max_length=512,
-        help_text="A groupOfNames or posixGroup, e.g. cn=math-1a,ou=groups,dc=school,dc=example.",
+        help_text=(
+            "A groupOfNames, groupOfUniqueNames or posixGroup, "
+            "e.g. cn=math-1a,ou=groups,dc=school,dc=example."
+        ),
     )
     school = models.ForeignKey(School, on_delete=models.PROTECT, related_name="ldap_group_mappings")
     course_name = models.CharField(
@@ -161,8 +164,12 @@ class SchoolDirectory(models.Model):
     username_attribute = models.CharField(max_length=100, default="uid")
     group_search_base = models.CharField(max_length=500, blank=True)
     group_type = models.CharField(
-        max_length=16,
-        choices=[("groupOfNames", "groupOfNames"), ("posixGroup", "posixGroup")],
+        max_length=24,
+        choices=[
+            ("groupOfNames", "groupOfNames"),
+            ("groupOfUniqueNames", "groupOfUniqueNames"),
+            ("posixGroup", "posixGroup"),
+        ],
         default="groupOfNames",
     )
     start_tls = models.BooleanField("StartTLS", default=False)

@@ -64,8 +64,8 @@ ISARD_LDAP_USER_FILTER = env.str("ISARD_LDAP_USER_FILTER", default="(uid=%(user)
 # The attribute that holds the login name (uid; sAMAccountName on Active Directory).
 ISARD_LDAP_USERNAME_ATTRIBUTE = env.str("ISARD_LDAP_USERNAME_ATTRIBUTE", default="uid")
 ISARD_LDAP_GROUP_SEARCH_BASE = env.str("ISARD_LDAP_GROUP_SEARCH_BASE", default="")
-# How login finds a person's role groups: groupOfNames or posixGroup. (The group sync
-# recognises both kinds from each group's objectClass.)
+# How login finds a person's role groups: groupOfNames, groupOfUniqueNames or posixGroup.
+# (The group sync recognises every kind from each group's objectClass.)
 ISARD_LDAP_GROUP_TYPE = env.str("ISARD_LDAP_GROUP_TYPE", default="groupOfNames")
 ISARD_LDAP_START_TLS = env.bool("ISARD_LDAP_START_TLS", default=False)
 # The CA that signed the directory's certificate, for StartTLS and ldaps:// (empty: the

@@ -359,6 +359,14 @@ class LdapTree:
         member_dns = [self.member_dn(member) for member in members] or [dn]
         return self.add(dn, {"objectClass": "groupOfNames", "cn": cn, "member": member_dns})
 
+    def add_group_of_unique_names(self, cn: str, members: list[str]) -> str:
+        """A groupOfUniqueNames (members in `uniqueMember`), as older directories keep them."""
+        dn = f"cn={cn},{self.groups_dn}"
+        member_dns = [self.member_dn(member) for member in members] or [dn]
+        return self.add(
+            dn, {"objectClass": "groupOfUniqueNames", "cn": cn, "uniqueMember": member_dns}
+        )
+
     def add_posix_group(self, cn: str, member_uids: list[str], *, gid_number: int = 0) -> str:
         dn = f"cn={cn},{self.groups_dn}"
         self.next_number += 1
@@ -386,6 +394,8 @@ class LdapTree:
         classes = self.connection.search_s(group_dn, ldap.SCOPE_BASE, attrlist=["objectClass"])
         if b"posixGroup" in classes[0][1]["objectClass"]:
             return "memberUid", member.encode()
+        if b"groupOfUniqueNames" in classes[0][1]["objectClass"]:
+            return "uniqueMember", self.member_dn(member).encode()
         return "member", self.member_dn(member).encode()
 
     def modify(self, dn: str, attribute: str, values: list[str]) -> None:

@@ -104,6 +104,25 @@ def test_posix_role_groups_work_at_login(directory: LdapTree, settings: Any) -> 
     assert (erin.role, frank.role) == (Role.TEACHER, Role.ADMIN)
 
 
+def test_group_of_unique_names_role_groups_work_at_login(
+    directory: LdapTree, settings: Any
+) -> None:
+    for uid in ("gina", "hugo"):
+        directory.add_person(uid, password=f"{uid}-password")
+    teachers = directory.add_group_of_unique_names("teachers", ["gina"])
+    settings.ISARD_LDAP_GROUP_TYPE = "groupOfUniqueNames"
+    settings.ISARD_LDAP_ROLE_GROUPS = {"teacher": teachers}
+
+    gina = authenticate(None, username="gina", password="gina-password")
+    hugo = authenticate(None, username="hugo", password="hugo-password")
+
+    assert isinstance(gina, User) and isinstance(hugo, User)
+    assert (gina.role, hugo.role) == (Role.TEACHER, Role.STUDENT)
+    directory.add_member(teachers, "hugo")
+    hugo = authenticate(None, username="hugo", password="hugo-password")
+    assert isinstance(hugo, User) and hugo.role == Role.TEACHER
+
+
 def test_wrong_password_is_refused_and_creates_nobody(
     directory: LdapTree, role_groups: dict[str, str]
 ) -> None:

@@ -92,7 +92,7 @@ def test_checks_name_each_wrong_setting(settings: Any, tmp_path: Any) -> None:
     settings.ISARD_LDAP_START_TLS = True
     settings.ISARD_LDAP_USER_SEARCH_BASE = ""
     settings.ISARD_LDAP_USER_FILTER = "(uid=alice)"
-    settings.ISARD_LDAP_GROUP_TYPE = "groupOfUniqueNames"
+    settings.ISARD_LDAP_GROUP_TYPE = "groupOfMembers"
     settings.ISARD_LDAP_ROLE_GROUPS = {"headmaster": "cn=heads,dc=school,dc=example"}
     settings.ISARD_LDAP_GROUP_SEARCH_BASE = ""
     settings.ISARD_LDAP_CA_CERT_FILE = str(tmp_path / "missing.pem")

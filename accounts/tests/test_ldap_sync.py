@@ -105,6 +105,25 @@ def test_sync_creates_people_courses_and_memberships_from_both_group_kinds(
     assert LdapSyncRun.objects.get().changes == report.change_count
 
 
+def test_a_group_of_unique_names_feeds_its_course_and_follows_its_changes(
+    directory: LdapTree, school: School
+) -> None:
+    for uid in ("ines", "jon", "kim"):
+        directory.add_person(uid)
+    music = directory.add_group_of_unique_names("music", ["ines", "jon"])
+    mapping(music, "Music", school=school)
+
+    report = ldap_sync()
+    assert sorted(report.created_users) == ["ines", "jon"]
+    assert memberships("Music") == {"ines": CourseRole.STUDENT, "jon": CourseRole.STUDENT}
+    assert report.skipped == [] and report.warnings == []
+
+    directory.remove_member(music, "jon")
+    directory.add_member(music, "kim")
+    ldap_sync()
+    assert memberships("Music") == {"ines": CourseRole.STUDENT, "kim": CourseRole.STUDENT}
+
+
 def test_second_sync_changes_nothing(small_school: dict[str, str]) -> None:
     ldap_sync()
 
