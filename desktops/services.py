@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import uuid as uuid_module
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -407,6 +408,7 @@ def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
         graphics_password=desktop.graphics_password,
         graphics_listen=graphics_listen_address(hypervisor),
         usb_redirect_devices=hardware.usb_redirect_devices if hardware.graphics_spice else 0,
+        guest_agent=libvirt_driver.guest_agent_channel_fits(hypervisor.uri),
         serial_log_path=str(serial_log_path(desktop)),
         metadata={"desktop": str(desktop.uuid), "owner": desktop.owner.get_username()},
     )
@@ -1131,7 +1133,80 @@ def desktops_reconcile(*, hypervisor: Hypervisor) -> int:
         before = desktop.status
         after = desktop_sync_state(desktop=desktop, state=state, source="reconciliation").status
         changed += before != after
-    return changed
+    return changed + _follow_guests_running_here(hypervisor=hypervisor, states=states)
+
+
+def _follow_guests_running_here(
+    *, hypervisor: Hypervisor, states: dict[str, libvirt_driver.DomainState]
+) -> int:
+    """Desktops whose guest runs on `hypervisor` while their record names another host.
+
+    A live migration the platform gave up on (its source answered too late) may still
+    finish; so may one that ran while a worker died. Left alone, the desktop would say
+    failed ("vanished" from its old host) while its guest runs here, and its next start
+    would boot the same disk a second time. So the desktop follows its guest, once its
+    recorded host confirms that it does not run it as well. Returns how many moved.
+    """
+    running: dict[str, str] = {}
+    for name, state in states.items():
+        if state != libvirt_driver.DomainState.RUNNING:
+            continue
+        desktop_uuid = name.removeprefix(libvirt_driver.DOMAIN_PREFIX)
+        try:
+            running[str(uuid_module.UUID(desktop_uuid))] = name
+        except ValueError:
+            continue  # not one of ours (a benchmark's or a person's domain)
+    if not running:
+        return 0
+    strays = (
+        Desktop.objects.filter(uuid__in=list(running))
+        .exclude(hypervisor=hypervisor)
+        .exclude(status__in=[S.DELETING, S.DELETED])
+        .select_related("hypervisor")
+    )
+    followed = 0
+    for desktop in strays:
+        recorded = desktop.hypervisor
+        if recorded is not None:
+            try:
+                there = libvirt_driver.domain_state(recorded.uri, desktop.domain_name)
+            except libvirt_driver.DriverError as error:
+                logger.warning(
+                    "%s runs on %s but its record says %s, which does not answer (%s); "
+                    "left for the next reconciliation",
+                    desktop.domain_name,
+                    hypervisor.name,
+                    recorded.name,
+                    error,
+                )
+                continue
+            if there in (libvirt_driver.DomainState.RUNNING, libvirt_driver.DomainState.PAUSED):
+                logger.error(
+                    "%s runs on both %s and %s: left as it is for an administrator",
+                    desktop.domain_name,
+                    hypervisor.name,
+                    recorded.name,
+                )
+                continue
+        with transaction.atomic():
+            moved = Desktop.objects.filter(pk=desktop.pk, hypervisor=recorded).update(
+                hypervisor=hypervisor
+            )
+            if moved:
+                DesktopEvent.objects.create(
+                    desktop=desktop,
+                    from_status=desktop.status,
+                    to_status=desktop.status,
+                    reason=f"found running on {hypervisor.name}, not on "
+                    f"{recorded.name if recorded else 'any host'}: placed there",
+                )
+        if moved:
+            desktop.refresh_from_db()
+            desktop_sync_state(
+                desktop=desktop, state=libvirt_driver.DomainState.RUNNING, source="reconciliation"
+            )
+            followed += 1
+    return followed
 
 
 def desktop_get(*, actor: User, desktop_id: int) -> Desktop:

@@ -42,6 +42,7 @@ class DomainSpec:
     graphics_password: str = ""
     graphics_listen: str = "127.0.0.1"
     usb_redirect_devices: int = 0
+    guest_agent: bool = True
     serial_log_path: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -160,8 +161,9 @@ def build_domain_xml(spec: DomainSpec) -> str:
     # The QEMU guest agent's port (libvirt picks the socket path). A guest with the agent
     # installed (Windows images usually have it) reports its IP addresses through it,
     # static ones and those on bridged networks too: what the RDP file connects to.
-    agent = _sub(devices, "channel", type="unix")
-    _sub(agent, "target", type="virtio", name="org.qemu.guest_agent.0")
+    if spec.guest_agent:
+        agent = _sub(devices, "channel", type="unix")
+        _sub(agent, "target", type="virtio", name="org.qemu.guest_agent.0")
 
     if spec.spice:
         graphics = _sub(devices, "graphics", type="spice", autoport="yes", **_password(spec))

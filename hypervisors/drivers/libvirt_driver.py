@@ -24,6 +24,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -115,6 +116,17 @@ def call_timeout_seconds() -> float:
         )
     except ImproperlyConfigured:  # used outside Django (a benchmark script)
         return DEFAULT_CALL_TIMEOUT_SECONDS
+
+
+def guest_agent_channel_fits(uri: str) -> bool:
+    """Whether a domain on `uri` can have the guest agent's channel.
+
+    libvirt puts the channel's socket under the daemon's own directory: for a per-user
+    (`.../session`) daemon that is under the user's home, and with a domain's name the
+    path easily passes the 108 bytes a UNIX socket path may have ("UNIX socket path ...
+    too long": the guest does not start). System daemons use /var/lib/libvirt, which fits.
+    """
+    return not urlsplit(uri).path.rstrip("/").endswith("/session")
 
 
 def _libvirt_error_message(error: libvirt.libvirtError) -> str:

@@ -91,3 +91,17 @@ def test_every_domain_has_a_guest_agent_channel(name: str) -> None:
     target = agent.find("target")
     assert target is not None and target.get("type") == "virtio"
     assert agent.find("source") is None  # libvirt chooses the socket path
+
+
+def test_no_guest_agent_channel_where_its_socket_path_would_not_fit() -> None:
+    from dataclasses import replace
+
+    from hypervisors.drivers import libvirt_driver
+
+    spec = replace(PROFILES["default"], guest_agent=False)
+    devices = ET.fromstring(build_domain_xml(spec)).find("devices")
+    assert devices is not None and devices.findall("channel[@type='unix']") == []
+    assert libvirt_driver.guest_agent_channel_fits("qemu:///system")
+    assert libvirt_driver.guest_agent_channel_fits("qemu+tls://lab2.school.lan/system")
+    assert not libvirt_driver.guest_agent_channel_fits("qemu:///session")
+    assert not libvirt_driver.guest_agent_channel_fits("qemu+unix:///session?socket=/run/x")

@@ -681,6 +681,59 @@ def test_a_failed_migration_leaves_the_guest_where_it_was(
     assert move.status == MoveStatus.FAILED and "Unsafe migration" in move.detail
 
 
+def test_a_migration_given_up_that_finished_late_is_followed_by_its_desktop(
+    unbalanced: tuple[Hypervisor, Hypervisor],
+    fake_migration: list[tuple[str, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The source answered after the call's time was up: the guest moved all the same."""
+    a, b = unbalanced
+    migrate = libvirt_driver.migrate_domain
+
+    def finished_too_late(source_uri: str, target_uri: str, name: str, **options: Any) -> None:
+        migrate(source_uri, target_uri, name, **options)
+        raise libvirt_driver.HypervisorHungError(
+            f"migrate {name}: the libvirt daemon at {source_uri} did not answer in 60 s"
+        )
+
+    monkeypatch.setattr(libvirt_driver, "migrate_domain", finished_too_late)
+    result = services.hypervisors_rebalance(max_moves=1, threshold=0.1)
+    assert (result.migrated, result.failed) == (0, 1)
+    move = DesktopMove.objects.get()
+    assert move.status == MoveStatus.FAILED
+    desktop = Desktop.objects.get(pk=move.desktop_id)
+    assert desktop.hypervisor == a  # what the platform believes, until it looks
+
+    reconcile_all_hypervisors()
+    desktop.refresh_from_db()
+    assert (desktop.hypervisor, desktop.status) == (b, S.STARTED), desktop.status_reason
+    assert DesktopEvent.objects.filter(
+        desktop=desktop, reason="found running on b, not on a: placed there"
+    ).exists()
+    assert Counter(Desktop.objects.values_list("hypervisor__name", "status")) == {
+        ("a", S.STARTED): 5,
+        ("b", S.STARTED): 1,
+    }
+    # A second look changes nothing.
+    reconcile_all_hypervisors()
+    assert DesktopEvent.objects.filter(reason__startswith="found running on").count() == 1
+
+
+def test_a_guest_running_on_two_hosts_is_left_for_an_administrator(
+    unbalanced: tuple[Hypervisor, Hypervisor], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = unbalanced
+    desktop = Desktop.objects.filter(hypervisor=a).first()
+    assert desktop is not None
+    libvirt_driver.define_domain(b.uri, libvirt_driver.domain_xml(a.uri, desktop.domain_name))
+    libvirt_driver.start_domain(b.uri, desktop.domain_name)
+
+    reconcile_all_hypervisors()
+    desktop.refresh_from_db()
+    assert (desktop.hypervisor, desktop.status) == (a, S.STARTED)
+    assert f"{desktop.domain_name} runs on both b and a" in caplog.text
+
+
 def test_a_stale_report_from_the_old_host_during_migration_is_repaired(
     unbalanced: tuple[Hypervisor, Hypervisor],
     fake_migration: list[tuple[str, str, str]],
