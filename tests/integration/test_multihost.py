@@ -67,6 +67,33 @@ pytestmark = [
 ]
 
 
+def _pid_in(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _running(pid_file: Path) -> bool:
+    pid = _pid_in(pid_file)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal(pid_file: Path, signum: signal.Signals) -> None:
+    pid = _pid_in(pid_file)
+    if pid is not None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def _stop_process(pid_file: Path) -> None:
     """SIGTERM the process named by `pid_file` (a daemon this module started), then wait."""
     try:
@@ -165,6 +192,19 @@ class SessionDaemon:
     def start(self) -> None:
         if self.answers():
             return
+        # A daemon may still run without answering (left frozen by a fault test, or still
+        # exiting): wake it and give it a moment, else stop it, so that a new one can take
+        # its pidfile ("Unable to obtain pidfile" otherwise).
+        pid_file = self.runtime_dir / "libvirt" / "libvirtd.pid"
+        if _running(pid_file):
+            _signal(pid_file, signal.SIGCONT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if self.answers():
+                    return
+                time.sleep(0.2)
+            libvirt_driver.forget_connection(self.uri)
+            _stop_process(pid_file)
         account = self.account
         subprocess.run(
             [
