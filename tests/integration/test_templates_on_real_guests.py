@@ -129,6 +129,7 @@ def test_deleted_desktop_waits_in_the_bin_restores_and_purges(
     assert not Desktop.objects.filter(pk=desktop.pk).exists()
 
 
+@pytest.mark.usefixtures("guests")  # no guest boots; its teardown undefines the domains
 def test_a_template_with_dependants_cannot_be_deleted(
     run: Any, demo_template: Template, teacher: Any
 ) -> None:
