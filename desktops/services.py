@@ -1147,19 +1147,18 @@ def _follow_guests_running_here(
     would boot the same disk a second time. So the desktop follows its guest, once its
     recorded host confirms that it does not run it as well. Returns how many moved.
     """
-    running: dict[str, str] = {}
+    running: set[uuid_module.UUID] = set()
     for name, state in states.items():
         if state != libvirt_driver.DomainState.RUNNING:
             continue
-        desktop_uuid = name.removeprefix(libvirt_driver.DOMAIN_PREFIX)
         try:
-            running[str(uuid_module.UUID(desktop_uuid))] = name
+            running.add(uuid_module.UUID(name.removeprefix(libvirt_driver.DOMAIN_PREFIX)))
         except ValueError:
             continue  # not one of ours (a benchmark's or a person's domain)
     if not running:
         return 0
     strays = (
-        Desktop.objects.filter(uuid__in=list(running))
+        Desktop.objects.filter(uuid__in=running)
         .exclude(hypervisor=hypervisor)
         .exclude(status__in=[S.DELETING, S.DELETED])
         .select_related("hypervisor")
@@ -1193,11 +1192,9 @@ def _follow_guests_running_here(
                 hypervisor=hypervisor
             )
             if moved:
-                DesktopEvent.objects.create(
-                    desktop=desktop,
-                    from_status=desktop.status,
-                    to_status=desktop.status,
-                    reason=f"found running on {hypervisor.name}, not on "
+                _record_event(
+                    desktop,
+                    f"found running on {hypervisor.name}, not on "
                     f"{recorded.name if recorded else 'any host'}: placed there",
                 )
         if moved:
