@@ -15,6 +15,8 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, register
 
+from hypervisors.host_access import kvm_access_problem
+
 TAG = "isard_runtime"
 
 
@@ -70,6 +72,15 @@ def check_libvirt(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         ]
     return []
+
+
+@register(TAG, deploy=True)
+def check_kvm_device(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Only for this machine's own libvirt: a remote host's /dev/kvm is checked there."""
+    if settings.ISARD_LIBVIRT_URI != "qemu:///system":
+        return []
+    problem = kvm_access_problem()
+    return [Error(problem, id="isard.E006")] if problem else []
 
 
 @register(TAG, deploy=True)
