@@ -21,7 +21,7 @@ from hypervisors.choices import Accelerator, HypervisorState
 TEST_STORAGE_PARENT = Path("/var/tmp/isard-tests")
 
 # The API's test fixtures (two schools with people of every role, clients, checks).
-pytest_plugins = ["isard.api.testing"]
+pytest_plugins = ["tests.campus"]
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ from accounts.services import (
     ldap_sync,
     user_password_reset,
 )
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 
 # Managers and teachers reach the admin without `is_staff` (the LDAP role groups make them).
 admin.site.has_permission = admin_site_has_permission  # type: ignore[method-assign]

@@ -8,7 +8,7 @@ from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 
 from accounts.services import enrolment_code_find
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 
 CODE_HELP = "The course code your teacher gave you, like ABCD-EFGH."
 

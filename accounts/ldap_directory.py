@@ -46,7 +46,7 @@ from ldap.controls import SimplePagedResultsControl
 
 from accounts.choices import Role
 from accounts.models import LdapAccount, School, SchoolDirectory, User
-from isard.exceptions import InfrastructureError
+from isard.core.errors import InfrastructureError
 
 logger = logging.getLogger(__name__)
 

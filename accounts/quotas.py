@@ -43,7 +43,7 @@ from django.db.models import Count, Q, Sum
 
 from accounts.choices import Role
 from accounts.models import Course, CourseMembership, Quota, User
-from isard.exceptions import QuotaExceededError
+from isard.core.errors import QuotaExceededError
 
 if TYPE_CHECKING:
     from templates_app.models import HardwareProfile

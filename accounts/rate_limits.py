@@ -2,7 +2,7 @@
 
 Without them a script could guess a password, or a course's enrolment code (which lets
 anyone into the course), as fast as the server answers. The API's login has its own
-throttle (isard.api.throttling); both count in isard.rate_limits' windows.
+throttle (isard.core.api.throttling); both count in isard.core.rate_limits' windows.
 
 Each attempt first takes a place in its windows (per username and per client address for
 a sign-in; per address and per signed-in person for a code). When a window is full the
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from isard.exceptions import TooManyRequestsError
-from isard.rate_limits import RateWindow, rate_window_release, rate_window_take
+from isard.core.errors import TooManyRequestsError
+from isard.core.rate_limits import RateWindow, rate_window_release, rate_window_take
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from accounts.models import (
     User,
 )
 from accounts.permissions import can_manage_course, can_manage_user
-from isard.exceptions import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 
 logger = logging.getLogger(__name__)
 

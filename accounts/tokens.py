@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
-from isard.exceptions import ApplicationError, NotFoundError
+from isard.core.errors import ApplicationError, NotFoundError
 
 TOKEN_PREFIX = "isard_"
 #: `last_used_at` is written at most this often per token, not on every request.

@@ -28,8 +28,8 @@ from accounts.services import (
     user_password_change,
     user_signup_with_code,
 )
-from isard.exceptions import ApplicationError, TooManyRequestsError
-from isard.rate_limits import client_address
+from isard.core.errors import ApplicationError, TooManyRequestsError
+from isard.core.rate_limits import client_address
 
 
 def _user(request: HttpRequest) -> User:

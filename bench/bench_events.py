@@ -66,7 +66,7 @@ def main() -> None:
         from accounts.tests.factories import UserFactory
         from desktops.models import Desktop
         from desktops.services import desktop_create, desktop_provision, owner_group
-        from isard.broadcast import run
+        from isard.core.broadcast import run
 
         template = host_and_template(work)
         owner = UserFactory.create(username="bench")

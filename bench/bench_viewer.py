@@ -158,7 +158,7 @@ def main() -> None:
         storage_pools_ensure()
         host_name = "bench"
         if options.tls:
-            from isard import tls
+            from hypervisors import tls
             from tests.integration.test_multihost import SessionDaemon
             from tests.integration.test_viewers_tls_hosts import TLS_HOST_PORTS, TlsHost
 
@@ -252,7 +252,7 @@ def main() -> None:
                 await viewer.handshake(password)
                 return viewer
             from desktops.viewer_rfb import UpstreamTls, upstream_sign_in
-            from isard import tls
+            from hypervisors import tls
 
             async def tls_settings() -> UpstreamTls:
                 context = await asyncio.to_thread(

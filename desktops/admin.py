@@ -28,7 +28,7 @@ from accounts.models import User
 from desktops import deployments, services
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent, ViewerToken
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 
 
 class DesktopEventInline(RoleScopedMixin, admin.TabularInline):

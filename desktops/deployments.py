@@ -30,7 +30,7 @@ from desktops.services import (
     desktop_stop,
     desktops_create_bulk,
 )
-from isard.exceptions import (
+from isard.core.errors import (
     ApplicationError,
     ConflictError,
     PermissionDeniedError,

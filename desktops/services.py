@@ -48,8 +48,8 @@ from hypervisors.services import (
     hypervisors_place_many,
     pool_for,
 )
-from isard.broadcast import group_send_many
-from isard.exceptions import (
+from isard.core.broadcast import group_send_many
+from isard.core.errors import (
     ApplicationError,
     ConflictError,
     InfrastructureError,

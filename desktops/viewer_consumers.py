@@ -40,8 +40,8 @@ from desktops.viewer_rfb import (
     upstream_sign_in,
 )
 from desktops.viewers import ViewerTarget, viewer_token_consume
-from isard import tls
-from isard.exceptions import (
+from hypervisors import tls
+from isard.core.errors import (
     ApplicationError,
     ConflictError,
     InfrastructureError,

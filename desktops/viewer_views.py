@@ -27,7 +27,7 @@ from desktops.viewers import (
     viewer_token_issue,
     viewer_vv_build,
 )
-from isard.exceptions import ApplicationError, NotFoundError
+from isard.core.errors import ApplicationError, NotFoundError
 
 
 def _desktop(desktop_id: int) -> Desktop:

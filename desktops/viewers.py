@@ -41,10 +41,10 @@ from accounts.models import User
 from accounts.permissions import can_act_on_desktop
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
+from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Hypervisor
-from isard import tls
-from isard.exceptions import ConflictError, InfrastructureError, PermissionDeniedError
+from isard.core.errors import ConflictError, InfrastructureError, PermissionDeniedError
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from accounts.permissions import courses_taught_by, desktops_visible_to
 from desktops import deployments, services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
-from isard.exceptions import ApplicationError, NotFoundError
+from isard.core.errors import ApplicationError, NotFoundError
 from templates_app.selectors import templates_visible_to
 from templates_app.services import template_from_desktop
 

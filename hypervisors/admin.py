@@ -20,7 +20,7 @@ from hypervisors.models import (
 )
 from hypervisors.selectors import BOOKED_STATUSES, drain_progress, storage_pool_usage
 from hypervisors.services import hypervisor_drain, hypervisor_enable, hypervisors_rebalance
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 
 
 def _percent(part: float, whole: float) -> str:

@@ -79,7 +79,7 @@ from hypervisors.selectors import (
     pending_next_start_targets,
     running_desktops,
 )
-from isard.exceptions import (
+from isard.core.errors import (
     ApplicationError,
     ConflictError,
     InfrastructureError,

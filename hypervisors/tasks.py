@@ -27,7 +27,7 @@ from hypervisors.services import (
     hypervisors_rebalance,
     schedule_after_commit,
 )
-from isard.exceptions import InfrastructureError
+from isard.core.errors import InfrastructureError
 
 logger = logging.getLogger(__name__)
 

@@ -259,7 +259,7 @@ ISARD_SHUTDOWN_TIMEOUT_SECONDS = env.int("ISARD_SHUTDOWN_TIMEOUT_SECONDS", defau
 # and every worker sees the same counts.
 CACHES = {
     "default": {
-        "BACKEND": "isard.cache.RedisCache",  # Django's, with its Redis clients reused
+        "BACKEND": "isard.core.cache.RedisCache",  # Django's, with its Redis clients reused
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "isard",
         "TIMEOUT": 300,
@@ -268,7 +268,7 @@ CACHES = {
         "OPTIONS": {
             "socket_timeout": ISARD_BROKER_SOCKET_TIMEOUT_SECONDS,
             "socket_connect_timeout": ISARD_BROKER_SOCKET_TIMEOUT_SECONDS,
-            "pool_class": "isard.cache.SharedConnectionPool",
+            "pool_class": "isard.core.cache.SharedConnectionPool",
         },
     },
 }
@@ -281,15 +281,15 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "EXCEPTION_HANDLER": "isard.api.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "isard.api.schema.IsardAutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "isard.api.pagination.PageNumberPagination",
+    "EXCEPTION_HANDLER": "isard.core.api.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "isard.core.api.schema.IsardAutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "isard.core.api.pagination.PageNumberPagination",
     "DEFAULT_FILTER_BACKENDS": [
-        "isard.api.filters.FilterBackend",
+        "isard.core.api.filters.FilterBackend",
         "rest_framework.filters.OrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
-    "DEFAULT_THROTTLE_CLASSES": ["isard.api.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["isard.core.api.throttling.UserRateThrottle"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 # Requests allowed per client and period ("N/second|minute|hour|day"), by scope: `login`

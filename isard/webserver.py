@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 
 logger = logging.getLogger("isard.web")
 
@@ -85,7 +85,7 @@ def web_config_from_settings() -> WebConfig:
     """The listeners, certificate and number of children the settings ask for."""
     from django.conf import settings
 
-    from isard.tls import pki_paths
+    from hypervisors.tls import pki_paths
 
     listeners = [Listener(settings.ISARD_BIND, settings.ISARD_PORT, tls=False)]
     cert_file = key_file = None

@@ -24,7 +24,7 @@ from accounts.admin_scope import (
     request_actor,
 )
 from accounts.models import User
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 from templates_app.models import HardwareProfile, Media, Template
 from templates_app.services import (
     template_delete,

@@ -31,7 +31,7 @@ from hypervisors.services import (
     disk_refresh_size,
     pool_for,
 )
-from isard.exceptions import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from templates_app.choices import MediaKind, MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media, Template
 from templates_app.selectors import template_dependants

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.models import User
 from desktops.services import desktop_create_from_media
-from isard.exceptions import ApplicationError, NotFoundError, PermissionDeniedError
+from isard.core.errors import ApplicationError, NotFoundError, PermissionDeniedError
 from templates_app import services
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media

@@ -28,7 +28,7 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             key = header[1].decode()
         except UnicodeError as error:
             raise exceptions.AuthenticationFailed("The token is not valid.") from error
-        # Imported here: DRF loads this class while isard.exceptions is still importing.
+        # Imported here: DRF loads this class while isard.core.errors is still importing.
         from accounts.tokens import api_token_user
 
         found = api_token_user(key=key)

@@ -41,9 +41,9 @@ from accounts.permissions import (
 from accounts.quotas import quota_report
 from accounts.rate_limits import sign_in_attempt_start
 from accounts.tokens import api_token_create, api_token_revoke
-from isard.api.throttling import LoginRateThrottle
-from isard.exceptions import PermissionDeniedError
-from isard.rate_limits import client_address
+from isard.core.api.throttling import LoginRateThrottle
+from isard.core.errors import PermissionDeniedError
+from isard.core.rate_limits import client_address
 
 
 def request_user(request: Request) -> User:

@@ -16,7 +16,7 @@ from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFac
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from hypervisors.tests.factories import HypervisorFactory
-from isard.exceptions import ConflictError, PermissionDeniedError
+from isard.core.errors import ConflictError, PermissionDeniedError
 from templates_app.models import Media, Template
 from templates_app.tests.factories import HardwareProfileFactory
 

@@ -14,9 +14,9 @@ from accounts.models import EnrolmentCode, User
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop
 from hypervisors.tests.factories import HypervisorFactory
-from isard.api.testing import Campus
 from templates_app.choices import TemplateStatus
 from templates_app.models import Media
+from tests.campus import Campus
 
 pytestmark = pytest.mark.django_db
 

@@ -16,7 +16,7 @@ from accounts.services import (
     normalize_code,
 )
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
-from isard.exceptions import ConflictError, NotFoundError, PermissionDeniedError
+from isard.core.errors import ConflictError, NotFoundError, PermissionDeniedError
 
 pytestmark = pytest.mark.django_db
 

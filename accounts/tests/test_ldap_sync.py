@@ -32,7 +32,7 @@ from accounts.tests.slapd import (  # noqa: F401  (fixtures)
     slapd_fixture,
 )
 from desktops.models import Desktop
-from isard.exceptions import PermissionDeniedError
+from isard.core.errors import PermissionDeniedError
 from templates_app.tests.factories import HardwareProfileFactory
 
 pytestmark = pytest.mark.django_db

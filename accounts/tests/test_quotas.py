@@ -18,7 +18,7 @@ from desktops.models import Desktop
 from hypervisors.choices import PoolPurpose
 from hypervisors.models import Disk
 from hypervisors.services import pool_for
-from isard.exceptions import QuotaExceededError
+from isard.core.errors import QuotaExceededError
 from templates_app import services as template_services
 from templates_app.choices import MediaStatus
 from templates_app.models import HardwareProfile, Media

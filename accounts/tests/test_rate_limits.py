@@ -15,7 +15,7 @@ from accounts.choices import CourseRole, Role
 from accounts.models import Course, User
 from accounts.services import enrolment_code_regenerate
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
-from isard.cache import RedisCache
+from isard.core.cache import RedisCache
 
 pytestmark = pytest.mark.django_db
 
@@ -135,7 +135,7 @@ def test_with_redis_unreachable_sign_ins_go_through_unlimited(
 
     monkeypatch.setattr(RedisCache, "redis_client", unreachable)
     client = Client()
-    with caplog.at_level(logging.WARNING, logger="isard.rate_limits"):
+    with caplog.at_level(logging.WARNING, logger="isard.core.rate_limits"):
         for _ in range(4):
             assert sign_in(client, "alice", "guess").status_code == 200
     assert "rate limits not counted, the cache is unreachable" in caplog.text

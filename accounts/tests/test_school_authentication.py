@@ -33,7 +33,7 @@ from accounts.tests.slapd import (  # noqa: F401  (fixtures)
     free_port,
     slapd_fixture,
 )
-from isard.exceptions import ConflictError, PermissionDeniedError
+from isard.core.errors import ConflictError, PermissionDeniedError
 
 pytestmark = pytest.mark.django_db
 

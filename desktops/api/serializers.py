@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
-from isard.api.serializers import FieldsBuiltOnce, id_field
+from isard.core.api.serializers import FieldsBuiltOnce, id_field
 
 
 class DesktopSerializer(FieldsBuiltOnce, serializers.ModelSerializer[Desktop]):

@@ -46,10 +46,10 @@ from desktops.api.serializers import (
 )
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
-from isard.api.filters import FilterSet
-from isard.api.serializers import ErrorSerializer
-from isard.api.throttling import DesktopActionThrottle
-from isard.exceptions import ApplicationError, NotFoundError
+from isard.core.api.filters import FilterSet
+from isard.core.api.serializers import ErrorSerializer
+from isard.core.api.throttling import DesktopActionThrottle
+from isard.core.errors import ApplicationError, NotFoundError
 from templates_app.api.views import media_listed_for
 from templates_app.models import HardwareProfile
 from templates_app.selectors import templates_visible_to

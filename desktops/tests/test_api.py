@@ -10,9 +10,9 @@ from rest_framework.response import Response
 from accounts.models import User
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
-from isard.api.errors import api_exception_handler
-from isard.api.testing import Campus, assert_error, client_for, ids
-from isard.exceptions import NoCapacityError, QuotaExceededError
+from isard.core.api.errors import api_exception_handler
+from isard.core.errors import NoCapacityError, QuotaExceededError
+from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 

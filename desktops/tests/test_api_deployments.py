@@ -12,7 +12,7 @@ from accounts.tests.factories import MembershipFactory, UserFactory
 from desktops import deployments
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop
-from isard.api.testing import Campus, assert_error, client_for, ids
+from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 

@@ -14,7 +14,7 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from hypervisors import qemu_img
 from hypervisors.drivers import libvirt_driver
-from isard.exceptions import PermissionDeniedError
+from isard.core.errors import PermissionDeniedError
 
 pytestmark = pytest.mark.django_db
 

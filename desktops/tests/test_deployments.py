@@ -18,8 +18,8 @@ from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop
 from hypervisors import qemu_img
 from hypervisors.drivers import libvirt_driver
-from isard.api.testing import Campus
-from isard.exceptions import ApplicationError, ConflictError, PermissionDeniedError
+from isard.core.errors import ApplicationError, ConflictError, PermissionDeniedError
+from tests.campus import Campus
 
 pytestmark = pytest.mark.django_db
 

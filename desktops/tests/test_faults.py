@@ -22,7 +22,7 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Disk
-from isard.exceptions import TaskQueueUnavailableError
+from isard.core.errors import TaskQueueUnavailableError
 from tests.celery_broker import celery_broker
 
 S = DesktopStatus

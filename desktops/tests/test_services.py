@@ -17,7 +17,7 @@ from hypervisors.choices import DiskStatus
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import build_domain_xml
 from hypervisors.models import Disk
-from isard.exceptions import ConflictError, NoCapacityError, PermissionDeniedError
+from isard.core.errors import ConflictError, NoCapacityError, PermissionDeniedError
 
 pytestmark = pytest.mark.django_db
 

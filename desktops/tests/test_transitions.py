@@ -12,7 +12,7 @@ from accounts.tests.factories import UserFactory
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from desktops.services import desktop_transition, owner_group
-from isard.exceptions import ConflictError
+from isard.core.errors import ConflictError
 from templates_app.tests.factories import HardwareProfileFactory
 
 pytestmark = pytest.mark.django_db

@@ -21,7 +21,7 @@ from desktops.viewer_rfb import (
     upstream_sign_in,
     vnc_auth_response,
 )
-from isard import tls
+from hypervisors import tls
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -26,9 +26,9 @@ from desktops.viewers import (
     viewer_token_issue,
     viewer_vv_build,
 )
+from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
-from isard import tls
 from templates_app.tests.factories import HardwareProfileFactory
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from isard import tls
+from hypervisors import tls
 
 NAMES = tls.HostNames(dns=("vdi.school.example", "localhost"))
 

@@ -23,7 +23,7 @@ from desktops.viewers import (
 )
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
-from isard.api.testing import Campus
+from tests.campus import Campus
 
 PASSWORD = "Pa55-w0r"
 

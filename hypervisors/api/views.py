@@ -25,7 +25,7 @@ from hypervisors.api.serializers import (
 )
 from hypervisors.choices import DrainPolicy
 from hypervisors.models import Hypervisor
-from isard.exceptions import ConflictError
+from isard.core.errors import ConflictError
 
 
 class FleetPermission(permissions.BasePermission):

@@ -8,7 +8,7 @@ from accounts.models import User
 from hypervisors.choices import HypervisorMode
 from hypervisors.models import Hypervisor
 from hypervisors.tests.factories import HypervisorFactory
-from isard.api.testing import Campus, assert_error, client_for, ids
+from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 

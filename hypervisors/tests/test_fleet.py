@@ -51,7 +51,7 @@ from hypervisors.selectors import drain_progress, fleet_snapshot
 from hypervisors.tasks import rebalance_hypervisors, reconcile_all_hypervisors
 from hypervisors.tests.conftest import HostMaker, RoutedRunner, celery_queue
 from isard.celery import app
-from isard.exceptions import NoCapacityError, PermissionDeniedError
+from isard.core.errors import NoCapacityError, PermissionDeniedError
 from templates_app.models import HardwareProfile
 
 pytestmark = pytest.mark.django_db

@@ -34,7 +34,7 @@ from hypervisors.models import Hypervisor, HypervisorEvent, StoragePool
 from hypervisors.routing import default_queue, hypervisor_queue, task_queue
 from hypervisors.tasks import reconcile_all_hypervisors, reconcile_hypervisor
 from hypervisors.tests.conftest import HostMaker, RoutedRunner, celery_queue
-from isard.exceptions import ApplicationError, InfrastructureError
+from isard.core.errors import ApplicationError, InfrastructureError
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from isard.api.errors import api_not_found
+from isard.core.api.errors import api_not_found
 
 urlpatterns = [
     path(

@@ -11,8 +11,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from desktops.models import Desktop
-from isard.api.pagination import FirstPageCountingPaginator
-from isard.api.testing import Campus, assert_error, client_for
+from isard.core.api.pagination import FirstPageCountingPaginator
+from tests.campus import Campus, assert_error, client_for
 
 
 def outcome(paginator: DjangoPaginator, number: Any) -> Any:

@@ -37,9 +37,9 @@ from desktops.choices import DesktopStatus
 from desktops.deployments import deployment_create
 from desktops.models import Deployment, Desktop
 from hypervisors.tests.factories import HypervisorFactory
-from isard.api.testing import Campus
 from templates_app.choices import TemplateStatus
 from templates_app.models import Media, Template
+from tests.campus import Campus
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 

@@ -10,8 +10,8 @@ from rest_framework import serializers
 
 from desktops.api.serializers import DesktopSerializer
 from desktops.models import Desktop
-from isard.api.serializers import FieldsBuiltOnce
-from isard.api.testing import Campus
+from isard.core.api.serializers import FieldsBuiltOnce
+from tests.campus import Campus
 
 
 class DjangosDesktopSerializer(DesktopSerializer):

@@ -1,4 +1,4 @@
-"""Rate limits: DRF's window, counted in Redis by one atomic script (isard.api.throttling)."""
+"""Rate limits: DRF's window, counted in Redis by one atomic script (isard.core.api.throttling)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import redis
 from django.conf import settings as django_settings
 from django.core.cache import caches
 
-from isard.api.testing import Campus, assert_error, client_for
-from isard.api.throttling import UserRateThrottle
-from isard.cache import RedisCache
+from isard.core.api.throttling import UserRateThrottle
+from isard.core.cache import RedisCache
+from tests.campus import Campus, assert_error, client_for
 
 pytestmark = pytest.mark.usefixtures("clean_throttles")
 

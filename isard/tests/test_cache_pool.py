@@ -1,4 +1,4 @@
-"""The cache's Redis connections are shared by the threads of a process (see isard.cache)."""
+"""The cache's Redis connections are shared by the threads of a process (see isard.core.cache)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The server is a real subprocess tree (the parent holding the sockets, two children), on a
 SQLite file of its own (the test database lives in this process's memory) and on the
 Redis database of the tests, with a CA and host certificate made for the test by
-`isard.tls`. A student's session is written into that database before the server starts.
+`hypervisors.tls`. A student's session is written into that database before the server starts.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from isard import tls
+from hypervisors import tls
 
 ROOT = Path(settings.BASE_DIR)
 

@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from accounts.models import Course, User
-from isard.api.serializers import id_field
+from isard.core.api.serializers import id_field
 from templates_app.models import HardwareProfile, Media, Template
 
 

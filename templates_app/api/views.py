@@ -19,7 +19,7 @@ from accounts.api.views import request_user
 from accounts.models import User
 from accounts.permissions import can_act_on_desktop, can_manage_template, templates_managed_by
 from desktops.models import Desktop
-from isard.exceptions import NotFoundError, PermissionDeniedError
+from isard.core.errors import NotFoundError, PermissionDeniedError
 from templates_app import services
 from templates_app.api.serializers import (
     HardwareProfileSerializer,

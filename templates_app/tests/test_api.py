@@ -9,9 +9,9 @@ import pytest
 from accounts.models import User
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
-from isard.api.testing import Campus, assert_error, client_for, ids
 from templates_app.choices import TemplateStatus
 from templates_app.models import Media, Template
+from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 

@@ -18,7 +18,7 @@ from desktops import services as desktop_services
 from desktops.choices import DesktopStatus
 from hypervisors import qemu_img
 from hypervisors.drivers import libvirt_driver
-from isard.exceptions import ApplicationError, ConflictError, PermissionDeniedError
+from isard.core.errors import ApplicationError, ConflictError, PermissionDeniedError
 from templates_app import services
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import Template

@@ -145,7 +145,7 @@ def direct_tasks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def spice_tls() -> Any:
     """SPICE over TLS on the local libvirtd, before any guest starts (quick when done)."""
-    from isard import tls
+    from hypervisors import tls
 
     paths = tls.pki_paths()
     tls.local_spice_tls_ensure(paths=paths)

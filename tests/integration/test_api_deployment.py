@@ -17,7 +17,7 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from desktops.services import serial_log_path
 from hypervisors.guest_image import parse_boot_count
-from isard.api.testing import Campus, client_for
+from tests.campus import Campus, client_for
 from tests.integration.conftest import wait_for
 
 pytestmark = [

@@ -41,8 +41,8 @@ from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.deployments import deployment_start
 from desktops.models import Deployment, Desktop
-from isard.api.testing import Campus, client_for
-from isard.exceptions import TaskQueueUnavailableError
+from isard.core.errors import TaskQueueUnavailableError
+from tests.campus import Campus, client_for
 from tests.celery_broker import celery_broker
 from tests.integration.conftest import wait_for
 
@@ -402,7 +402,7 @@ def test_a_class_on_a_nearly_full_pool_gets_what_fits_and_each_other_desktop_say
 def test_a_start_on_a_deleted_template_disk_is_refused_and_the_admin_health_names_it(
     test_hypervisor: Any, base_template: Any, run: Any, tmp_path: Path
 ) -> None:
-    from isard.exceptions import ConflictError
+    from isard.core.errors import ConflictError
     from isard.health import check_disks
 
     owner, desktop = _a_stopped_desktop(run, base_template)

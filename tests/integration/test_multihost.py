@@ -52,7 +52,7 @@ from hypervisors.guest_image import parse_boot_count
 from hypervisors.models import DesktopMove, Hypervisor
 from hypervisors.selectors import drain_progress
 from hypervisors.tasks import reconcile_all_hypervisors
-from isard.exceptions import NoCapacityError
+from isard.core.errors import NoCapacityError
 from tests.integration.conftest import wait_for
 
 S = DesktopStatus

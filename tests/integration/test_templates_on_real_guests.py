@@ -23,7 +23,7 @@ from desktops.services import (
 )
 from hypervisors.drivers import libvirt_driver
 from hypervisors.management.commands.isard_events import apply_event
-from isard.exceptions import ConflictError
+from isard.core.errors import ConflictError
 from templates_app.models import Template
 from templates_app.services import template_delete, template_from_desktop
 

@@ -45,12 +45,11 @@ from desktops.models import Desktop
 from desktops.services import desktop_create, desktop_start, serial_log_path
 from desktops.viewer_rfb import RfbHandshakeError, UpstreamTls, upstream_sign_in
 from desktops.viewers import viewer_token_issue, viewer_vv_build
-from hypervisors import services
+from hypervisors import services, tls
 from hypervisors.choices import AcceleratorSetting, MoveReason, MoveStatus, PoolPurpose
 from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import GUEST_READY_MARKER
 from hypervisors.models import Hypervisor
-from isard import tls
 from tests.integration.browser import (
     CANVAS_PIXELS,
     AsgiServer,

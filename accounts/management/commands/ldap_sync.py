@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.services import ldap_sync
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 
 
 class Command(BaseCommand):

@@ -12,7 +12,7 @@ from accounts.models import Course, User
 from desktops.choices import BUSY_STATUSES, DesktopStatus
 from desktops.models import Desktop
 from desktops.services import desktop_start, desktops_create_bulk
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 from templates_app.models import Template
 
 

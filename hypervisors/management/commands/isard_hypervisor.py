@@ -20,7 +20,7 @@ from hypervisors.choices import AcceleratorSetting
 from hypervisors.models import Hypervisor
 from hypervisors.routing import hypervisor_queue
 from hypervisors.services import hypervisor_add, hypervisor_check, hypervisor_refresh
-from isard.exceptions import ApplicationError
+from isard.core.errors import ApplicationError
 
 
 class Command(BaseCommand):

@@ -27,7 +27,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from isard import tls
+from hypervisors import tls
 
 
 class Command(BaseCommand):

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 
-from isard.exceptions import InfrastructureError
+from isard.core.errors import InfrastructureError
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The rates are read from `ISARD_API_THROTTLE_RATES` at each request (not once at import,
 as DRF's own classes do), so that they can be changed in settings and in tests.
 
-The counting is isard.rate_limits' (shared with the pages' limits on sign-ins and course
+The counting is isard.core.rate_limits' (shared with the pages' limits on sign-ins and course
 codes): DRF's window, limit and `Retry-After` advice, kept in Redis as a sorted set and
 checked and updated by one atomic script, one round trip per request instead of DRF's
 two, so that concurrent requests of one person cannot both take the last place.
@@ -19,7 +19,7 @@ from django.core.cache import cache as default_cache
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
-from isard.rate_limits import RateWindow, rate_window_take
+from isard.core.rate_limits import RateWindow, rate_window_take
 
 
 class SettingsRateThrottle(SimpleRateThrottle):
@@ -30,7 +30,7 @@ class SettingsRateThrottle(SimpleRateThrottle):
         """Count the request; with the cache (Redis) unreachable, let it through.
 
         Rate limits protect the hypervisors from floods; they are not worth a 500 on
-        every request while Redis is down (isard.rate_limits logs it). The request goes
+        every request while Redis is down (isard.core.rate_limits logs it). The request goes
         on to its service, which answers with what really failed (a start: "the task
         queue is unreachable").
         """

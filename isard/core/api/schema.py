@@ -12,7 +12,7 @@ from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
 
-from isard.api.serializers import ErrorSerializer
+from isard.core.api.serializers import ErrorSerializer
 
 ANY_REQUEST_ERRORS = {
     "400": "Bad input: `extra.fields` names each field and what is wrong with it.",

@@ -18,7 +18,7 @@ from django_filters.rest_framework.filterset import (  # type: ignore[import-unt
 )
 from django_filters.utils import translate_validation  # type: ignore[import-untyped]
 
-from isard.api.serializers import MAX_ID
+from isard.core.api.serializers import MAX_ID
 
 
 def _by_id(field: Any) -> dict[str, Any]:

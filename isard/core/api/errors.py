@@ -9,8 +9,8 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
-from isard.exceptions import TooManyRequestsError
-from isard.exceptions import api_exception_handler as shared_handler
+from isard.core.errors import TooManyRequestsError
+from isard.core.errors import api_exception_handler as shared_handler
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

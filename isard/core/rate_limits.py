@@ -1,6 +1,6 @@
 """Sliding-window rate limits counted in the shared cache (Redis), so every process agrees.
 
-One implementation for the whole platform: the API's throttles (isard.api.throttling)
+One implementation for the whole platform: the API's throttles (isard.core.api.throttling)
 and the pages' limits on failed sign-ins and wrong course codes (accounts.rate_limits)
 both take a place in a window here.
 
@@ -8,7 +8,7 @@ A window (the times of the requests of the last period, per key) is kept as a so
 in Redis and checked and updated by one script: one round trip, and atomic, so that
 concurrent requests cannot both take the last place. The window, the limit and the wait
 are DRF's (`SimpleRateThrottle`). With another cache than isard's Redis cache
-(isard.cache.RedisCache), the window is DRF's list of times in the cache (not atomic;
+(isard.core.cache.RedisCache), the window is DRF's list of times in the cache (not atomic;
 development and tests only).
 
 With Redis unreachable, a place is granted and a warning logged: the limits are there
@@ -32,7 +32,7 @@ from redis.commands.core import Script
 from redis.exceptions import RedisError
 from rest_framework.throttling import BaseThrottle
 
-from isard.cache import RedisCache
+from isard.core.cache import RedisCache
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from rest_framework import serializers
 
 
 class ErrorSerializer(serializers.Serializer[Any]):
-    """What every failed request answers, whatever failed (see isard/exceptions.py)."""
+    """What every failed request answers, whatever failed (see isard/core/errors.py)."""
 
     message = serializers.CharField(help_text="What went wrong, for a person to read.")
     extra = serializers.DictField(
