@@ -251,7 +251,7 @@ def main() -> None:
                 viewer = RfbClient(await TcpTransport.open("127.0.0.1", vnc_port))
                 await viewer.handshake(password)
                 return viewer
-            from desktops.viewer_rfb import UpstreamTls, upstream_sign_in
+            from desktops.viewer.rfb import UpstreamTls, upstream_sign_in
             from hypervisors import tls
 
             async def tls_settings() -> UpstreamTls:

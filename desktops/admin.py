@@ -122,7 +122,7 @@ class DesktopAdmin(ScopedModelAdmin):
     @admin.display(description="screen")
     def screen(self, desktop: Desktop) -> SafeString:
         """The browser viewer: the owner's own, view-only for anyone else who may act on
-        it (`desktops.viewer_views`); the viewer page checks the person again."""
+        it (`desktops.viewer.views`); the viewer page checks the person again."""
         if desktop.pk is None or desktop.status != DesktopStatus.STARTED:
             return format_html("{}", "-")
         return format_html(

@@ -32,7 +32,7 @@ from accounts.permissions import can_act_on_desktop, can_manage_course
 from accounts.quotas import QuotaChange, quota_check, quota_check_many, start_change
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
-from desktops.viewers import graphics_listen_address
+from desktops.viewer.services import graphics_listen_address
 from hypervisors import qemu_img
 from hypervisors.choices import DiskStatus, PoolPurpose
 from hypervisors.drivers import libvirt_driver

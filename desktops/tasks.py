@@ -95,6 +95,6 @@ def recover_stuck_desktops() -> int:
 @shared_task
 def purge_viewer_tokens() -> int:
     """Spent and expired viewer tokens: worthless, so dropped after their retention."""
-    from desktops.viewers import viewer_tokens_purge
+    from desktops.viewer.services import viewer_tokens_purge
 
     return viewer_tokens_purge()

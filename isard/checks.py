@@ -97,7 +97,7 @@ def check_accelerator_setting(app_configs: Any = None, **kwargs: Any) -> list[Er
 
 @register(TAG, deploy=True)
 def check_viewer_tls_setting(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    from desktops.viewers import VIEWER_TLS_MODES
+    from desktops.viewer.services import VIEWER_TLS_MODES
 
     if settings.ISARD_VIEWER_TLS not in VIEWER_TLS_MODES:
         return [

@@ -11,6 +11,6 @@ websocket_urlpatterns = [
 ]
 
 # The browser viewer's proxy to one desktop's VNC port (issue 5).
-from desktops.viewer_consumers import ViewerProxyConsumer  # noqa: E402
+from desktops.viewer.consumers import ViewerProxyConsumer  # noqa: E402
 
 websocket_urlpatterns.append(path("ws/viewer/<str:token>/", ViewerProxyConsumer.as_asgi()))

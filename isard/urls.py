@@ -55,7 +55,7 @@ urlpatterns = [
 ]
 
 # Opening a desktop: the browser viewer, a token to reconnect, the .vv file (issue 5).
-from desktops import viewer_views  # noqa: E402
+from desktops.viewer import views as viewer_views  # noqa: E402
 
 urlpatterns += [
     path(

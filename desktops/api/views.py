@@ -30,7 +30,7 @@ from accounts.permissions import (
     desktops_visible_to,
     sees_own_desktops_only,
 )
-from desktops import deployments, services, viewers
+from desktops import deployments, services
 from desktops.api.serializers import (
     DeploymentCoTeachersSerializer,
     DeploymentCreateSerializer,
@@ -46,6 +46,7 @@ from desktops.api.serializers import (
 )
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
+from desktops.viewer import services as viewers
 from isard.core.api.filters import FilterSet
 from isard.core.api.serializers import ErrorSerializer
 from isard.core.api.throttling import DesktopActionThrottle

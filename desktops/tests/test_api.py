@@ -247,7 +247,7 @@ def test_ids_beyond_a_64_bit_key_are_bad_input_not_a_crash(north: Campus) -> Non
 
 def test_the_owner_gets_a_single_use_viewer_token_for_a_running_desktop(north: Campus) -> None:
     from desktops.models import ViewerToken
-    from desktops.viewers import hash_token
+    from desktops.viewer.services import hash_token
     from hypervisors.tests.factories import HypervisorFactory
 
     Desktop.objects.filter(pk=north.student_desktop.pk).update(

@@ -1,4 +1,4 @@
-"""The proxy's RFB opening (`desktops.viewer_rfb`) against stand-in servers, for the corner
+"""The proxy's RFB opening (`desktops.viewer.rfb`) against stand-in servers, for the corner
 cases a real QEMU does not show on demand: VeNCrypt sub-types, refusals, wrong host names,
 and the browser's side. Real QEMU with and without TLS: tests/integration/test_viewers*.py.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from desktops.viewer_rfb import (
+from desktops.viewer.rfb import (
     BrowserGreeting,
     RfbHandshakeError,
     RfbNotEncryptedError,

@@ -16,7 +16,7 @@ from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
-from desktops.viewers import (
+from desktops.viewer.services import (
     ViewerRefusedError,
     ViewerUnavailableError,
     graphics_host,
@@ -101,7 +101,7 @@ def test_student_cannot_open_the_viewer_of_another_students_desktop(
     ben: Any, anas_desktop: Desktop, caplog: pytest.LogCaptureFixture
 ) -> None:
     with (
-        caplog.at_level(logging.WARNING, logger="desktops.viewers"),
+        caplog.at_level(logging.WARNING, logger="desktops.viewer.services"),
         pytest.raises(ViewerRefusedError) as refused,
     ):
         viewer_token_issue(actor=ben, desktop=anas_desktop)
@@ -162,7 +162,7 @@ def test_a_students_token_is_refused_to_another_student_and_stays_unspent(
 ) -> None:
     access = viewer_token_issue(actor=ana, desktop=anas_desktop)
     with (
-        caplog.at_level(logging.WARNING, logger="desktops.viewers"),
+        caplog.at_level(logging.WARNING, logger="desktops.viewer.services"),
         pytest.raises(ViewerRefusedError) as refused,
     ):
         viewer_token_consume(token=access.token, user=ben, client="10.9.8.7:1")
@@ -461,12 +461,12 @@ def test_every_refused_token_is_logged_and_noted_on_the_desktop(
 ) -> None:
     token, user, options = case(ana, ben, anas_desktop)
     with (
-        caplog.at_level(logging.WARNING, logger="desktops.viewers"),
+        caplog.at_level(logging.WARNING, logger="desktops.viewer.services"),
         pytest.raises((ViewerRefusedError, ViewerUnavailableError)) as refused,
     ):
         viewer_token_consume(token=token, user=user, client="192.0.2.7:4000", **options)
     assert refused.value.extra["reason"] == reason
-    [record] = [r for r in caplog.records if r.name == "desktops.viewers"]
+    [record] = [r for r in caplog.records if r.name == "desktops.viewer.services"]
     assert record.levelno == logging.WARNING
     message = record.getMessage()
     assert f"viewer refused ({reason}): user={who} desktop={anas_desktop.pk}" in message
@@ -581,7 +581,7 @@ def test_the_purge_runs_on_the_beat_schedule() -> None:
 def test_displays_listen_on_loopback_here_and_for_the_proxy_on_remote_hosts(
     uri: str, listen: str
 ) -> None:
-    from desktops.viewers import graphics_listen_address
+    from desktops.viewer.services import graphics_listen_address
 
     hypervisor = HypervisorFactory.build(uri=uri)
     assert graphics_listen_address(hypervisor) == listen

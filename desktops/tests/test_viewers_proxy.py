@@ -27,14 +27,14 @@ from accounts.choices import CourseRole, Role
 from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
-from desktops.viewer_consumers import (
+from desktops.viewer.consumers import (
     CLOSE_REFUSED,
     CLOSE_UNAUTHENTICATED,
     CLOSE_UNAVAILABLE,
     CLOSE_UNREACHABLE,
 )
-from desktops.viewer_rfb import vnc_auth_response
-from desktops.viewers import viewer_token_issue
+from desktops.viewer.rfb import vnc_auth_response
+from desktops.viewer.services import viewer_token_issue
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
 from isard.routing import websocket_urlpatterns

@@ -21,7 +21,7 @@ from conftest import make_qcow2
 from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
-from desktops.viewers import ViewerRefusedError, ViewerUnavailableError, viewer_rdp_build
+from desktops.viewer.services import ViewerRefusedError, ViewerUnavailableError, viewer_rdp_build
 from hypervisors.drivers import libvirt_driver
 from templates_app.services import template_register_base
 from templates_app.tests.factories import HardwareProfileFactory

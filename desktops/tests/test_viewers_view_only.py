@@ -14,8 +14,8 @@ from accounts.choices import CourseRole
 from accounts.models import CourseMembership
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, ViewerToken
-from desktops.viewer_rfb import ClientMessages, RfbClientMessageError, client_message_size
-from desktops.viewers import (
+from desktops.viewer.rfb import ClientMessages, RfbClientMessageError, client_message_size
+from desktops.viewer.services import (
     ViewerRefusedError,
     ViewerUnavailableError,
     viewer_token_consume,

@@ -40,7 +40,7 @@ from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, ViewerProtocol, ViewerToken
 from desktops.services import desktop_create, desktop_start, serial_log_path
-from desktops.viewers import viewer_token_issue, viewer_vv_build
+from desktops.viewer.services import viewer_token_issue, viewer_vv_build
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import GUEST_READY_MARKER

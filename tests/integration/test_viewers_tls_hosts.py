@@ -43,8 +43,8 @@ from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from desktops.services import desktop_create, desktop_start, serial_log_path
-from desktops.viewer_rfb import RfbHandshakeError, UpstreamTls, upstream_sign_in
-from desktops.viewers import viewer_token_issue, viewer_vv_build
+from desktops.viewer.rfb import RfbHandshakeError, UpstreamTls, upstream_sign_in
+from desktops.viewer.services import viewer_token_issue, viewer_vv_build
 from hypervisors import services, tls
 from hypervisors.choices import AcceleratorSetting, MoveReason, MoveStatus, PoolPurpose
 from hypervisors.drivers import libvirt_driver
@@ -360,7 +360,7 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
         asyncio.run(tls_without_client_certificate())
 
     # 3. Through the platform's proxy: VeNCrypt x509, the password, the real screen.
-    with caplog.at_level(logging.INFO, logger="desktops.viewer_consumers"):
+    with caplog.at_level(logging.INFO, logger="desktops.viewer.consumers"):
         framebuffer = through_proxy(platform_server, owner, desktop)
     assert framebuffer.name == f"QEMU ({desktop.domain_name})"
     assert framebuffer.non_background_ratio() > 0.005  # text, not a blank screen
@@ -430,7 +430,7 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
     assert desktop.hypervisor == target and desktop.status == DesktopStatus.STARTED
     new_port = vnc_port(target.uri, desktop)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="desktops.viewer_consumers"):
+    with caplog.at_level(logging.INFO, logger="desktops.viewer.consumers"):
         moved = through_proxy(platform_server, owner, desktop)
     assert moved.name == f"QEMU ({desktop.domain_name})"
     assert f"connected to 127.0.0.1:{new_port} (TLS)" in caplog.text

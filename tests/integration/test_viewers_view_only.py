@@ -21,7 +21,7 @@ from django.test import Client
 from accounts.choices import CourseRole, Role
 from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
 from desktops.models import Desktop, DesktopEvent, ViewerToken
-from desktops.viewers import viewer_token_issue
+from desktops.viewer.services import viewer_token_issue
 from tests.integration import test_viewers
 from tests.integration.browser import (
     ARTIFACTS,

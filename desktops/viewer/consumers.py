@@ -1,8 +1,8 @@
 """The browser viewer's websocket: noVNC on one side, one desktop's VNC port on the other.
 
-`/ws/viewer/<token>/` spends the token (`desktops.viewers.viewer_token_consume`), which
+`/ws/viewer/<token>/` spends the token (`desktops.viewer.services.viewer_token_consume`), which
 names the only port this connection may reach. The proxy signs in to that display itself
-(`desktops.viewer_rfb`: VeNCrypt x509 TLS when offered, and required when the hop leaves
+(`desktops.viewer.rfb`: VeNCrypt x509 TLS when offered, and required when the hop leaves
 this machine; then VNC authentication with the password only the server knows), greets
 the browser as a server that asks for no password, and from the browser's ClientInit on
 relays its bytes through `ClientMessages`: the session is always a shared one (a teacher's
@@ -30,7 +30,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from desktops.viewer_rfb import (
+from desktops.viewer.rfb import (
     BrowserGreeting,
     ClientMessages,
     RfbClientMessageError,
@@ -39,7 +39,7 @@ from desktops.viewer_rfb import (
     UpstreamTls,
     upstream_sign_in,
 )
-from desktops.viewers import ViewerTarget, viewer_token_consume
+from desktops.viewer.services import ViewerTarget, viewer_token_consume
 from hypervisors import tls
 from isard.core.errors import (
     ApplicationError,

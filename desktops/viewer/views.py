@@ -1,6 +1,6 @@
 """Pages that open a desktop: the browser viewer, a fresh token to reconnect, the .vv file.
 
-Thin: each view loads the desktop and calls one service in `desktops.viewers`; refusals
+Thin: each view loads the desktop and calls one service in `desktops.viewer.services`; refusals
 come back as the service's `ApplicationError` and are shown with its status code.
 Responses that carry a token are never cached. No response carries the graphics password:
 the proxy signs in to the display itself.
@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.models import User
 from accounts.permissions import can_act_on_desktop
 from desktops.models import Desktop
-from desktops.viewers import (
+from desktops.viewer.services import (
     BrowserViewerAccess,
     viewer_rdp_build,
     viewer_token_issue,

@@ -5,13 +5,13 @@ Browser: the owner's viewer page gets a single-use token that lives a minute
 teacher, the school's manager, an administrator: `can_act_on_desktop`) gets a view-only
 token instead: the proxy joins the display as a shared client, so the owner's session
 stays, and drops every key, pointer and clipboard event from that side
-(`desktops.viewer_rfb.ViewOnlyFilter`); each such look is recorded in the desktop's events
+(`desktops.viewer.rfb.ViewOnlyFilter`); each such look is recorded in the desktop's events
 with who looked. noVNC opens `/ws/viewer/<token>/`; the proxy consumes the
 token (`viewer_token_consume`) and connects only to the VNC port of the desktop the token
 names, on the hypervisor it runs on at that moment (so a reconnect follows a desktop that
 moved). The proxy signs in to that display itself with the desktop's VNC password, over
 TLS whenever the hop leaves this machine (`viewer_tls_required`), so the password never
-reaches a browser (`desktops.viewer_rfb`).
+reaches a browser (`desktops.viewer.rfb`).
 
 Native client: `viewer_vv_build` sets a fresh SPICE password on the running guest that
 QEMU accepts for new connections only until its expiry (`ISARD_SPICE_TICKET_SECONDS`),
