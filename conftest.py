@@ -38,7 +38,7 @@ def storage_root(settings: Any) -> Iterator[Path]:
 
 @pytest.fixture
 def pools(storage_root: Path, db: None) -> dict[str, Any]:
-    from hypervisors.services import storage_pools_ensure
+    from hypervisors.services.pools import storage_pools_ensure
 
     return storage_pools_ensure(root=storage_root)
 
@@ -66,7 +66,7 @@ def make_qcow2(path: Path, size: str = "64M") -> Path:
 @pytest.fixture
 def base_template(pools: dict[str, Any], tmp_path: Path) -> Any:
     """A ready root template whose disk is a real (empty) qcow2 in the base pool."""
-    from templates_app.services import template_register_base
+    from templates_app.services.templates import template_register_base
     from templates_app.tests.factories import HardwareProfileFactory
 
     image = make_qcow2(tmp_path / "base.qcow2")
@@ -85,7 +85,7 @@ class TaskRunner:
     def __init__(self, capture: Any) -> None:
         self.capture = capture
         self.sent: list[str] = []
-        self.delayed: list[tuple[str, list[Any]]] = []
+        self.delayed: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         with self.capture(execute=False) as callbacks:
@@ -96,19 +96,19 @@ class TaskRunner:
     def process(self, callbacks: list[Any]) -> None:
         from functools import partial
 
-        from desktops.services import send_task
         from isard.celery import app
+        from isard.core.tasks import TaskCall, send_task
 
         app.loader.import_default_modules()  # registers every app's tasks
 
         for callback in callbacks:
             if isinstance(callback, partial) and callback.func is send_task:
-                name, task_args, options = callback.args
-                self.sent.append(name)
-                if options.get("countdown"):
-                    self.delayed.append((name, task_args))
+                call: TaskCall = callback.args[0]
+                self.sent.append(call.name)
+                if call.options.get("countdown"):
+                    self.delayed.append((call.name, dict(call.kwargs)))
                 else:
-                    self(app.tasks[name], *task_args)
+                    self(app.tasks[call.name], **call.kwargs)
             else:
                 callback()
 
@@ -116,8 +116,8 @@ class TaskRunner:
         from isard.celery import app
 
         delayed, self.delayed = self.delayed, []
-        for name, task_args in delayed:
-            self(app.tasks[name], *task_args)
+        for name, task_kwargs in delayed:
+            self(app.tasks[name], **task_kwargs)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 
-from accounts import services
+from accounts import services, task_calls
 from accounts.ldap_directory import DirectoryUnreachableError, LdapConfig
 from accounts.models import SchoolDirectory, User
 
@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(
+    name=task_calls.LDAP_SYNC,
     autoretry_for=(DirectoryUnreachableError,),
     retry_backoff=60,
     retry_jitter=True,

@@ -133,12 +133,9 @@ def bare(base: Path, work: Path, count: int, domain_type: str) -> dict[str, Any]
 def ours(template: Any, teacher: Any, course: Any, students: list[Any]) -> dict[str, Any]:
     from desktops.choices import DesktopStatus
     from desktops.models import Desktop
-    from desktops.services import (
-        desktop_start,
-        desktops_create_bulk,
-        desktops_provision_bulk,
-        serial_log_path,
-    )
+    from desktops.services.domains import serial_log_path
+    from desktops.services.lifecycle import desktop_start
+    from desktops.services.provisioning import desktops_create_bulk, desktops_provision_bulk
     from hypervisors.drivers import libvirt_driver
 
     created = desktops_create_bulk(

@@ -82,7 +82,7 @@ def bare_round(base: Path, directory: Path, count: int) -> tuple[float, list[str
 def ours_round(template: Any, owner: Any, count: int) -> tuple[float, list[int]]:
     from desktops.choices import DesktopStatus
     from desktops.models import Desktop
-    from desktops.services import desktop_create, desktop_provision
+    from desktops.services.provisioning import desktop_create, desktop_provision
 
     started = time.perf_counter()
     desktops = []
@@ -107,7 +107,7 @@ def bulk_round(
 ) -> tuple[float, list[int]]:
     from desktops.choices import DesktopStatus
     from desktops.models import Desktop
-    from desktops.services import desktops_create_bulk, desktops_provision_bulk
+    from desktops.services.provisioning import desktops_create_bulk, desktops_provision_bulk
     from hypervisors.drivers import libvirt_driver
 
     started = time.perf_counter()

@@ -65,7 +65,8 @@ def main() -> None:
 
         from accounts.tests.factories import UserFactory
         from desktops.models import Desktop
-        from desktops.services import desktop_create, desktop_provision, owner_group
+        from desktops.services.provisioning import desktop_create, desktop_provision
+        from desktops.services.transitions import owner_group
         from isard.core.broadcast import run
 
         template = host_and_template(work)

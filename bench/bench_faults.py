@@ -4,7 +4,7 @@ Two faults, made for real on a redis-server of the bench's own:
 - refused: the server was killed (its port is closed);
 - frozen: the server was stopped with SIGSTOP (the port accepts, nothing answers).
 
-For each: `desktops.services.send_task` with isard's settings (bounded sockets, a short
+For each: `isard.core.tasks.send_task` with isard's settings (bounded sockets, a short
 publish retry, no result subscription), and a Celery app with Celery's defaults and the
 same Redis as broker and result store, sending as `app.send_task` does by default (what
 isard did before). A send that has not returned after `--cap` seconds is reported as
@@ -74,15 +74,16 @@ def main() -> None:
     logging.disable(logging.ERROR)  # each failed send logs an error; the table says it
     from celery import Celery
 
-    from desktops.services import send_task
+    from desktops import task_calls
+    from isard.core.tasks import send_task
 
     def isard_send() -> None:
-        send_task("desktops.tasks.boot_desktop", [1], {})
+        send_task(task_calls.start_desktop(desktop_id=1))
 
     defaults = Celery("defaults", broker=url, backend=url)
 
     def defaults_send() -> None:
-        defaults.send_task("desktops.tasks.boot_desktop", args=[1])
+        defaults.send_task(task_calls.START_DESKTOP, kwargs={"desktop_id": 1})
 
     results: dict[str, dict[str, Any]] = {}
     for fault in ("refused", "frozen"):

@@ -130,20 +130,19 @@ def main() -> None:
         from django.test import Client
 
         from accounts.tests.factories import UserFactory
-        from desktops import services
+        from desktops.fleet.monitoring import hypervisor_refresh
         from desktops.models import Desktop
-        from desktops.services import desktop_create, desktop_start, serial_log_path
+        from desktops.services.domains import serial_log_path
+        from desktops.services.lifecycle import desktop_start
+        from desktops.services.provisioning import desktop_create
         from hypervisors.choices import Accelerator, HypervisorState
         from hypervisors.demo import demo_hardware_profile
         from hypervisors.drivers import libvirt_driver
         from hypervisors.guest_image import GUEST_READY_MARKER
-        from hypervisors.services import (
-            hypervisor_refresh,
-            hypervisor_register,
-            storage_pools_ensure,
-        )
+        from hypervisors.services.hosts import hypervisor_register
+        from hypervisors.services.pools import storage_pools_ensure
         from isard.celery import app
-        from templates_app.services import template_register_base
+        from templates_app.services.templates import template_register_base
         from tests.integration.test_viewers_rfb import (
             RfbClient,
             TcpTransport,
@@ -152,8 +151,10 @@ def main() -> None:
 
         # Tasks run here, at once, instead of through a Celery worker.
         app.loader.import_default_modules()
-        services.send_task = lambda name, args, opts, **_: (
-            None if opts.get("countdown") else app.tasks[name](*args)
+        from isard.core import tasks
+
+        tasks.send_task = lambda call, **_: (
+            None if call.options.get("countdown") else app.tasks[call.name](**call.kwargs)
         )
         storage_pools_ensure()
         host_name = "bench"

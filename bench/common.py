@@ -46,11 +46,13 @@ def setup_django(work: Path, redis_url: str, database_url: str | None = None) ->
 
 def host_and_template(work: Path) -> Any:
     """This machine as an online TCG host, and the demo guest as a ready template."""
+    from desktops.fleet.monitoring import hypervisor_refresh
     from hypervisors.choices import Accelerator, HypervisorState
     from hypervisors.demo import demo_hardware_profile, guest_kernel_root
     from hypervisors.guest_image import build_tiny_linux
-    from hypervisors.services import hypervisor_refresh, hypervisor_register, storage_pools_ensure
-    from templates_app.services import template_register_base
+    from hypervisors.services.hosts import hypervisor_register
+    from hypervisors.services.pools import storage_pools_ensure
+    from templates_app.services.templates import template_register_base
 
     storage_pools_ensure()
     host = hypervisor_register(name="bench", uri=URI)

@@ -3,7 +3,7 @@
 A teacher sees their own desktops and those of the courses they teach, and acts on them
 through the desktop services (start, shut down, force off, recycle, restore, make a
 template of their own stopped desktop); a started desktop of someone else has a
-"view only" link to its screen. Deployments (desktops/deployments.py) are listed for the
+"view only" link to its screen. Deployments (desktops/services/deployments.py) are listed for the
 people who may act on them (owner, co-teachers, the school's manager, admins), and every
 change goes through an action that calls one deployment service: the admin never edits a
 deployment's rows itself.
@@ -25,9 +25,21 @@ from django.utils.safestring import SafeString
 from accounts import permissions
 from accounts.admin_scope import ManagerAccess, RoleScopedMixin, ScopedModelAdmin
 from accounts.models import User
-from desktops import deployments, services
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent, ViewerToken
+from desktops.services.deployments import (
+    BulkOutcome,
+    deployment_create_missing,
+    deployment_delete,
+    deployment_desktops,
+    deployment_recreate,
+    deployment_set_visible,
+    deployment_start,
+    deployment_stop,
+    deployments_visible_to,
+)
+from desktops.services.lifecycle import desktop_shutdown, desktop_start, desktop_stop
+from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from isard.core.errors import ApplicationError
 
 
@@ -46,8 +58,18 @@ class DesktopEventInline(RoleScopedMixin, admin.TabularInline):
         return False
 
 
+#: The admin's desktop actions and the service each one calls.
+_DESKTOP_ACTIONS: dict[str, Callable[..., Desktop]] = {
+    "start": desktop_start,
+    "shutdown": desktop_shutdown,
+    "stop": desktop_stop,
+    "delete": desktop_delete,
+    "restore": desktop_restore,
+}
+
+
 def _run(action: str) -> Any:
-    service = getattr(services, f"desktop_{action}")
+    service = _DESKTOP_ACTIONS[action]
 
     def run(
         modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
@@ -71,7 +93,7 @@ def _run(action: str) -> Any:
 def make_template(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
 ) -> None:
-    from templates_app.services import template_from_desktop
+    from desktops.services.templating import template_from_desktop
 
     for desktop in queryset:
         name = f"{desktop.name} ({timezone.localtime():%Y-%m-%d %H:%M})"
@@ -134,9 +156,7 @@ class DesktopAdmin(ScopedModelAdmin):
 # --- deployments ---------------------------------------------------------------------------
 
 
-def _deployment_action(
-    description: str, act: Callable[[User, Deployment], deployments.BulkOutcome]
-) -> Any:
+def _deployment_action(description: str, act: Callable[[User, Deployment], BulkOutcome]) -> Any:
     """An admin action that runs one deployment service per selected deployment and says,
     per desktop, what was refused."""
 
@@ -192,44 +212,40 @@ class DeploymentAdmin(ScopedModelAdmin):
     actions = [
         _deployment_action(
             "Start every desktop",
-            lambda actor, d: deployments.deployment_start(actor=actor, deployment=d),
+            lambda actor, d: deployment_start(actor=actor, deployment=d),
         ),
         _deployment_action(
             "Shut down every desktop",
-            lambda actor, d: deployments.deployment_stop(actor=actor, deployment=d),
+            lambda actor, d: deployment_stop(actor=actor, deployment=d),
         ),
         _deployment_action(
             "Force off every desktop",
-            lambda actor, d: deployments.deployment_stop(actor=actor, deployment=d, force=True),
+            lambda actor, d: deployment_stop(actor=actor, deployment=d, force=True),
         ),
         _deployment_action(
             "Hide from the students (shuts their desktops down)",
-            lambda actor, d: deployments.deployment_set_visible(
-                actor=actor, deployment=d, visible=False
-            ),
+            lambda actor, d: deployment_set_visible(actor=actor, deployment=d, visible=False),
         ),
         _deployment_action(
             "Show to the students",
-            lambda actor, d: deployments.deployment_set_visible(
-                actor=actor, deployment=d, visible=True
-            ),
+            lambda actor, d: deployment_set_visible(actor=actor, deployment=d, visible=True),
         ),
         _deployment_action(
             "Create the missing desktops (students who joined later)",
-            lambda actor, d: deployments.deployment_create_missing(actor=actor, deployment=d),
+            lambda actor, d: deployment_create_missing(actor=actor, deployment=d),
         ),
         _deployment_action(
             "Recreate every desktop (stopped ones; the old go to the recycle bin)",
-            lambda actor, d: deployments.deployment_recreate(actor=actor, deployment=d),
+            lambda actor, d: deployment_recreate(actor=actor, deployment=d),
         ),
         _deployment_action(
             "Delete (to the recycle bin, with its desktops)",
-            lambda actor, d: deployments.deployment_delete(actor=actor, deployment=d),
+            lambda actor, d: deployment_delete(actor=actor, deployment=d),
         ),
     ]
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(pk__in=deployments.deployments_visible_to(actor).values("pk"))
+        return queryset.filter(pk__in=deployments_visible_to(actor).values("pk"))
 
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return False
@@ -248,7 +264,7 @@ class DeploymentAdmin(ScopedModelAdmin):
 
     @admin.display(description="desktops")
     def desktop_statuses(self, deployment: Deployment) -> str:
-        desktops = list(deployments.deployment_desktops(deployment))
+        desktops = list(deployment_desktops(deployment))
         started = sum(1 for d in desktops if d.status == DesktopStatus.STARTED)
         return f"{len(desktops)} ({started} started)"
 
@@ -264,7 +280,7 @@ class DeploymentAdmin(ScopedModelAdmin):
                     desktop.name,
                     DesktopStatus(desktop.status).label,
                 )
-                for desktop in deployments.deployment_desktops(deployment)
+                for desktop in deployment_desktops(deployment)
             ),
         )
         return format_html(

@@ -16,7 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from accounts.models import Course, User
 from accounts.permissions import can_manage_course, desktops_visible_to
 from desktops.models import Desktop
-from desktops.services import course_group, desktop_status_payload, owner_group
+from desktops.services.transitions import course_group, desktop_status_payload, owner_group
 
 
 class DesktopStatusConsumer(AsyncJsonWebsocketConsumer):

@@ -1,100 +1,146 @@
-"""Celery tasks: take ids, call one service. Each is safe to run twice (services re-check)."""
+"""Celery tasks: take ids, call one service. Each is safe to run twice (services re-check).
+
+Each task is registered under the name `desktops.task_calls` gives it; services send them
+through the typed builders there, never by a name of their own.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from celery import shared_task
 from django.db import OperationalError
 
-from desktops import services
-from hypervisors.selectors import desktop_live_migrating
-from hypervisors.services import schedule_after_commit
+from desktops import task_calls
+from desktops.fleet.drain import hypervisor_drain_continue
+from desktops.fleet.monitoring import fleet_reconcile_all, hypervisor_reconcile
+from desktops.fleet.rebalancing import hypervisors_rebalance_scheduled
+from desktops.services.lifecycle import (
+    desktop_boot,
+    desktop_force_off,
+    desktop_send_shutdown,
+    desktop_shutdown_timeout,
+)
+from desktops.services.provisioning import desktop_provision, desktops_provision_bulk
+from desktops.services.reconciliation import desktops_recover_stuck
+from desktops.services.recycle_bin import desktop_recycle, desktops_purge_expired
+from desktops.services.templating import template_finish_from_desktop
+from desktops.viewer.services import viewer_tokens_purge
+from templates_app.services.templates import templates_purge_expired
 
 # A database that is briefly locked or unreachable is worth a few retries: every service
 # re-checks the desktop's status first, so running a task again is safe.
-engine_task = shared_task(
-    autoretry_for=(OperationalError,), retry_backoff=1, retry_backoff_max=30, max_retries=5
-)
+_RETRIES: dict[str, Any] = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "max_retries": 5,
+}
 
 
-#: How often a shutdown or a force-off looks again while its desktop is live-migrating.
-MIGRATION_RECHECK_SECONDS = 2
-WAITING_FOR_MIGRATION = "waiting for its live migration to finish"
+# --- new desktops: place (central), then provision (on the host's worker) -------------------
 
 
-def _after_migration(task_name: str, desktop_id: int) -> bool:
-    """True if the desktop is being live-migrated: the task is sent again a bit later.
-
-    Shutting a guest down or forcing it off on its old host mid-migration is refused by
-    libvirt (the domain has a job) or hits the copy that is about to go while the new one
-    runs on. Sent again, the task is routed to the host the desktop is on by then.
-    """
-    if not desktop_live_migrating(desktop_id=desktop_id):
-        return False
-    schedule_after_commit(task_name, desktop_id, countdown=MIGRATION_RECHECK_SECONDS)
-    return True
+@shared_task(name=task_calls.CREATE_DESKTOP, **_RETRIES)
+def create_desktop(desktop_id: int) -> str:
+    return desktop_provision(desktop_id=desktop_id).status
 
 
-# A task that names a host (`hypervisor_id`, `placed_on`) runs on that host's own worker:
-# the placement was made by a first run of the same task (see `hypervisors.routing`).
+@shared_task(name=task_calls.PROVISION_DESKTOP, **_RETRIES)
+def provision_desktop(desktop_id: int, hypervisor_id: int) -> str:
+    return desktop_provision(desktop_id=desktop_id, hypervisor_id=hypervisor_id).status
 
 
-@engine_task
-def provision_desktop(desktop_id: int, hypervisor_id: int | None = None) -> str:
-    return services.desktop_provision(desktop_id=desktop_id, hypervisor_id=hypervisor_id).status
+@shared_task(name=task_calls.CREATE_DESKTOPS, **_RETRIES)
+def create_desktops(desktop_ids: list[int]) -> int:
+    return len(desktops_provision_bulk(desktop_ids=desktop_ids))
 
 
-@engine_task
-def provision_desktops(desktop_ids: list[int], placed_on: list[list[int]] | None = None) -> int:
-    return len(services.desktops_provision_bulk(desktop_ids=desktop_ids, placed_on=placed_on))
+@shared_task(name=task_calls.PROVISION_DESKTOPS, **_RETRIES)
+def provision_desktops(placed_on: list[list[int]]) -> int:
+    desktop_ids = [desktop_id for desktop_id, _host_id in placed_on]
+    return len(desktops_provision_bulk(desktop_ids=desktop_ids, placed_on=placed_on))
 
 
-@engine_task
-def boot_desktop(desktop_id: int, hypervisor_id: int | None = None) -> str:
-    return services.desktop_boot(desktop_id=desktop_id, hypervisor_id=hypervisor_id).status
+# --- starting: place (central), then boot (on the host's worker) ----------------------------
 
 
-@engine_task
+@shared_task(name=task_calls.START_DESKTOP, **_RETRIES)
+def start_desktop(desktop_id: int) -> str:
+    return desktop_boot(desktop_id=desktop_id).status
+
+
+@shared_task(name=task_calls.BOOT_DESKTOP, **_RETRIES)
+def boot_desktop(desktop_id: int, hypervisor_id: int) -> str:
+    return desktop_boot(desktop_id=desktop_id, hypervisor_id=hypervisor_id).status
+
+
+# --- stopping and deleting (on the host's worker) -------------------------------------------
+
+
+@shared_task(name=task_calls.SHUTDOWN_DESKTOP, **_RETRIES)
 def shutdown_desktop(desktop_id: int) -> str:
-    if _after_migration("desktops.tasks.shutdown_desktop", desktop_id):
-        return WAITING_FOR_MIGRATION
-    return services.desktop_send_shutdown(desktop_id=desktop_id).status
+    return desktop_send_shutdown(desktop_id=desktop_id).status
 
 
-@engine_task
+@shared_task(name=task_calls.SHUTDOWN_TIMEOUT, **_RETRIES)
 def shutdown_timeout(desktop_id: int) -> str:
-    if _after_migration("desktops.tasks.shutdown_timeout", desktop_id):
-        return WAITING_FOR_MIGRATION
-    return services.desktop_shutdown_timeout(desktop_id=desktop_id).status
+    return desktop_shutdown_timeout(desktop_id=desktop_id).status
 
 
-@engine_task
+@shared_task(name=task_calls.FORCE_OFF_DESKTOP, **_RETRIES)
 def force_off_desktop(desktop_id: int) -> str:
-    if _after_migration("desktops.tasks.force_off_desktop", desktop_id):
-        return WAITING_FOR_MIGRATION
-    return services.desktop_force_off(desktop_id=desktop_id).status
+    return desktop_force_off(desktop_id=desktop_id).status
 
 
-@engine_task
+@shared_task(name=task_calls.DELETE_DESKTOP, **_RETRIES)
 def delete_desktop(desktop_id: int) -> str:
-    return services.desktop_recycle(desktop_id=desktop_id).status
+    return desktop_recycle(desktop_id=desktop_id).status
 
 
-@engine_task
+@shared_task(name=task_calls.MAKE_TEMPLATE)
+def make_template(template_id: int, desktop_id: int) -> str:
+    return template_finish_from_desktop(template_id=template_id, desktop_id=desktop_id).status
+
+
+# --- periodic (beat) ---------------------------------------------------------------------------
+
+
+@shared_task(name=task_calls.PURGE_RECYCLE_BIN, **_RETRIES)
 def purge_recycle_bin() -> int:
     """Desktops first: a template can only go once nothing is built on it."""
-    from templates_app.services import templates_purge_expired
-
-    return services.desktops_purge_expired() + templates_purge_expired()
+    return desktops_purge_expired() + templates_purge_expired()
 
 
-@shared_task
+@shared_task(name=task_calls.RECOVER_STUCK_DESKTOPS)
 def recover_stuck_desktops() -> int:
-    return services.desktops_recover_stuck()
+    return desktops_recover_stuck()
 
 
-@shared_task
+@shared_task(name=task_calls.PURGE_VIEWER_TOKENS)
 def purge_viewer_tokens() -> int:
     """Spent and expired viewer tokens: worthless, so dropped after their retention."""
-    from desktops.viewer.services import viewer_tokens_purge
-
     return viewer_tokens_purge()
+
+
+# --- the fleet -----------------------------------------------------------------------------------
+
+
+@shared_task(name=task_calls.RECONCILE_ALL_HYPERVISORS)
+def reconcile_all_hypervisors() -> dict[str, int]:
+    return fleet_reconcile_all()
+
+
+@shared_task(name=task_calls.RECONCILE_HYPERVISOR)
+def reconcile_hypervisor(hypervisor_id: int) -> int:
+    return hypervisor_reconcile(hypervisor_id=hypervisor_id)
+
+
+@shared_task(name=task_calls.DRAIN_HYPERVISOR)
+def drain_hypervisor(hypervisor_id: int, actor_id: int | None = None) -> dict[str, Any]:
+    return hypervisor_drain_continue(hypervisor_id=hypervisor_id, actor_id=actor_id)
+
+
+@shared_task(name=task_calls.REBALANCE_HYPERVISORS)
+def rebalance_hypervisors() -> dict[str, Any]:
+    return hypervisors_rebalance_scheduled()

@@ -23,12 +23,26 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.choices import CourseRole
 from accounts.models import User
 from accounts.permissions import courses_taught_by, desktops_visible_to
-from desktops import deployments, services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
+from desktops.services.deployments import (
+    BulkOutcome,
+    deployment_create,
+    deployment_create_missing,
+    deployment_delete,
+    deployment_recreate,
+    deployment_set_visible,
+    deployment_start,
+    deployment_stop,
+    deployments_visible_to,
+)
+from desktops.services.lifecycle import desktop_get, desktop_shutdown, desktop_start, desktop_stop
+from desktops.services.provisioning import desktop_create
+from desktops.services.recycle_bin import desktop_delete, desktop_restore
+from desktops.services.templating import template_from_desktop
+from desktops.services.transitions import desktop_status_payload
 from isard.core.errors import ApplicationError, NotFoundError
 from templates_app.selectors import templates_visible_to
-from templates_app.services import template_from_desktop
 
 S = DesktopStatus
 
@@ -60,11 +74,11 @@ ACTION_LABELS = {
 WORKING = {S.CREATING, S.STARTING, S.STOPPING, S.DELETING, S.CREATING_TEMPLATE, S.SHUTTING_DOWN}
 
 SERVICES = {
-    "start": services.desktop_start,
-    "shutdown": services.desktop_shutdown,
-    "stop": services.desktop_stop,
-    "delete": services.desktop_delete,
-    "restore": services.desktop_restore,
+    "start": desktop_start,
+    "shutdown": desktop_shutdown,
+    "stop": desktop_stop,
+    "delete": desktop_delete,
+    "restore": desktop_restore,
 }
 
 DONE_MESSAGES = {
@@ -101,7 +115,7 @@ def desktop_card(desktop: Desktop, viewer: User | None = None) -> dict[str, Any]
     `viewer` is who looks at the card: a teacher's own stopped desktop also offers
     "make a template" (a page of its own, as it asks for a name).
     """
-    payload = services.desktop_status_payload(desktop)
+    payload = desktop_status_payload(desktop)
     # Only the owner opens a desktop's screen (the viewers refuse anyone else): a teacher
     # looking at a student's card gets no link that would only say no.
     foreign = viewer is not None and desktop.owner_id != viewer.pk
@@ -191,7 +205,7 @@ def desktop_new(request: HttpRequest) -> HttpResponse:
         )
     name = request.POST.get("name", "").strip() or template.name
     try:
-        desktop = services.desktop_create(actor=user, template=template, name=name)
+        desktop = desktop_create(actor=user, template=template, name=name)
     except ApplicationError as error:
         return _answer(request, message=error.message, ok=False, status=error.status_code)
     return _answer(
@@ -212,7 +226,7 @@ def desktop_action(request: HttpRequest, desktop_id: int, action: str) -> HttpRe
         return _answer(request, message=f"Unknown action “{action}”.", ok=False, status=404)
     user = _user(request)
     try:
-        desktop = services.desktop_get(actor=user, desktop_id=desktop_id)
+        desktop = desktop_get(actor=user, desktop_id=desktop_id)
         desktop = service(actor=user, desktop=desktop)
     except NotFoundError as error:
         return _answer(request, message=error.message, ok=False, status=404)
@@ -269,7 +283,7 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
             if m.role == CourseRole.STUDENT and m.user_id not in with_desktop
         ],
         "show_owner": True,
-        "deployments": deployments.deployments_visible_to(_user(request))
+        "deployments": deployments_visible_to(_user(request))
         .filter(course=course, deleted_at__isnull=True)
         .select_related("template", "owner")
         .annotate(
@@ -300,7 +314,7 @@ def desktop_make_template(request: HttpRequest, desktop_id: int) -> HttpResponse
     """Make a template of my stopped desktop: ask for its name, then start the work."""
     user = _user(request)
     try:
-        desktop = services.desktop_get(actor=user, desktop_id=desktop_id)
+        desktop = desktop_get(actor=user, desktop_id=desktop_id)
     except NotFoundError:
         return render(request, "desktops/not_found.html", {"what": "desktop"}, status=404)
     error, status = "", 200
@@ -331,30 +345,22 @@ def desktop_make_template(request: HttpRequest, desktop_id: int) -> HttpResponse
 
 #: What the course page's deployment buttons do; each is one service of `deployments`.
 DEPLOYMENT_ACTIONS: dict[str, Any] = {
-    "start": lambda actor, deployment: deployments.deployment_start(
-        actor=actor, deployment=deployment
-    ),
-    "stop": lambda actor, deployment: deployments.deployment_stop(
+    "start": lambda actor, deployment: deployment_start(actor=actor, deployment=deployment),
+    "stop": lambda actor, deployment: deployment_stop(
         actor=actor, deployment=deployment, force=True
     ),
-    "shutdown": lambda actor, deployment: deployments.deployment_stop(
-        actor=actor, deployment=deployment
-    ),
-    "hide": lambda actor, deployment: deployments.deployment_set_visible(
+    "shutdown": lambda actor, deployment: deployment_stop(actor=actor, deployment=deployment),
+    "hide": lambda actor, deployment: deployment_set_visible(
         actor=actor, deployment=deployment, visible=False
     ),
-    "show": lambda actor, deployment: deployments.deployment_set_visible(
+    "show": lambda actor, deployment: deployment_set_visible(
         actor=actor, deployment=deployment, visible=True
     ),
-    "create-missing": lambda actor, deployment: deployments.deployment_create_missing(
+    "create-missing": lambda actor, deployment: deployment_create_missing(
         actor=actor, deployment=deployment
     ),
-    "recreate": lambda actor, deployment: deployments.deployment_recreate(
-        actor=actor, deployment=deployment
-    ),
-    "delete": lambda actor, deployment: deployments.deployment_delete(
-        actor=actor, deployment=deployment
-    ),
+    "recreate": lambda actor, deployment: deployment_recreate(actor=actor, deployment=deployment),
+    "delete": lambda actor, deployment: deployment_delete(actor=actor, deployment=deployment),
 }
 
 DEPLOYMENT_DONE = {
@@ -369,7 +375,7 @@ DEPLOYMENT_DONE = {
 }
 
 
-def _outcome_message(name: str, action: str, outcome: deployments.BulkOutcome) -> str:
+def _outcome_message(name: str, action: str, outcome: BulkOutcome) -> str:
     message = f"“{name}”: {len(outcome.changed)} desktop(s) {DEPLOYMENT_DONE[action]}."
     if outcome.refused:
         reasons = "; ".join(f"{d.name}: {why}" for d, why in outcome.refused[:5])
@@ -390,7 +396,7 @@ def course_deploy(request: HttpRequest, course_id: int) -> HttpResponse:
     try:
         if template is None:
             raise ApplicationError("Choose one of the templates you may use.")
-        deployment, created = deployments.deployment_create(
+        deployment, created = deployment_create(
             actor=user,
             course=course,
             template=template,
@@ -411,7 +417,7 @@ def course_deploy(request: HttpRequest, course_id: int) -> HttpResponse:
 @require_POST
 def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> HttpResponse:
     user = _user(request)
-    deployment = deployments.deployments_visible_to(user).filter(pk=deployment_id).first()
+    deployment = deployments_visible_to(user).filter(pk=deployment_id).first()
     if deployment is None or action not in DEPLOYMENT_ACTIONS:
         return render(request, "desktops/not_found.html", {"what": "deployment"}, status=404)
     try:

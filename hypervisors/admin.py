@@ -9,6 +9,9 @@ from django.template.defaultfilters import filesizeformat
 
 from accounts.admin_scope import ReadOnlyForManagersAdmin, RoleScopedMixin
 from accounts.models import User
+from desktops.fleet.drain import hypervisor_drain
+from desktops.fleet.rebalancing import hypervisors_rebalance
+from desktops.fleet.selectors import BOOKED_STATUSES, drain_progress
 from hypervisors.choices import DrainPolicy
 from hypervisors.models import (
     DesktopMove,
@@ -18,8 +21,8 @@ from hypervisors.models import (
     PlacementRule,
     StoragePool,
 )
-from hypervisors.selectors import BOOKED_STATUSES, drain_progress, storage_pool_usage
-from hypervisors.services import hypervisor_drain, hypervisor_enable, hypervisors_rebalance
+from hypervisors.selectors import storage_pool_usage
+from hypervisors.services.hosts import hypervisor_enable
 from isard.core.errors import ApplicationError
 
 

@@ -9,7 +9,7 @@ from django.conf import settings
 from hypervisors.guest_image import build_tiny_linux
 from templates_app.choices import TemplateStatus
 from templates_app.models import HardwareProfile, Template
-from templates_app.services import template_register_base
+from templates_app.services.templates import template_register_base
 
 DEMO_TEMPLATE_NAME = "Tiny Linux (demo)"
 DEMO_PROFILE_NAME = "Tiny Linux"

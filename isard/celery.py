@@ -11,34 +11,37 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isard.settings")
 app = Celery("isard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-# A desktop's libvirt work goes to the queue of the host it is placed on (blank: default).
-app.conf.task_routes = ("hypervisors.routing.route_task",)
+# A desktop's libvirt work goes to the queue of the host it is placed on: the typed calls
+# that name a host set it (`desktops.task_calls`); everything else uses the default queue.
 
 from django.conf import settings  # noqa: E402  (after DJANGO_SETTINGS_MODULE is set)
 
+from accounts import task_calls as accounts_tasks  # noqa: E402
+from desktops import task_calls as desktops_tasks  # noqa: E402
+
 app.conf.beat_schedule = {
     "reconcile-hypervisors": {
-        "task": "hypervisors.tasks.reconcile_all_hypervisors",
+        "task": desktops_tasks.RECONCILE_ALL_HYPERVISORS,
         "schedule": 15.0,
     },
     "ldap-sync": {
-        "task": "accounts.tasks.ldap_sync_task",
+        "task": accounts_tasks.LDAP_SYNC,
         "schedule": float(settings.ISARD_LDAP_SYNC_INTERVAL_SECONDS),
     },
     "recover-stuck-desktops": {
-        "task": "desktops.tasks.recover_stuck_desktops",
+        "task": desktops_tasks.RECOVER_STUCK_DESKTOPS,
         "schedule": 60.0,
     },
     "rebalance-hypervisors": {
-        "task": "hypervisors.tasks.rebalance_hypervisors",
+        "task": desktops_tasks.REBALANCE_HYPERVISORS,
         "schedule": 300.0,
     },
     "purge-recycle-bin": {
-        "task": "desktops.tasks.purge_recycle_bin",
+        "task": desktops_tasks.PURGE_RECYCLE_BIN,
         "schedule": 3600.0,
     },
     "purge-viewer-tokens": {
-        "task": "desktops.tasks.purge_viewer_tokens",
+        "task": desktops_tasks.PURGE_VIEWER_TOKENS,
         "schedule": 600.0,
     },
 }

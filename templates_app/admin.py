@@ -26,12 +26,8 @@ from accounts.admin_scope import (
 from accounts.models import User
 from isard.core.errors import ApplicationError
 from templates_app.models import HardwareProfile, Media, Template
-from templates_app.services import (
-    template_delete,
-    template_flatten,
-    template_restore,
-    template_set_sharing,
-)
+from templates_app.services.flatten import template_flatten
+from templates_app.services.templates import template_delete, template_restore, template_set_sharing
 
 
 @admin.register(HardwareProfile)

@@ -1,4 +1,4 @@
-"""Celery tasks for templates."""
+"""Celery tasks for templates and media: take ids, call one service."""
 
 from __future__ import annotations
 
@@ -6,31 +6,28 @@ from pathlib import Path
 
 from celery import shared_task
 
-from templates_app import services
+from templates_app import task_calls
+from templates_app.services.flatten import template_flatten_run
+from templates_app.services.media import media_import
+from templates_app.services.templates import templates_purge_expired
+from templates_app.services.uploads import media_upload_verify
 
 
-@shared_task
-def make_template(template_id: int, desktop_id: int) -> str:
-    return services.template_finish_from_desktop(
-        template_id=template_id, desktop_id=desktop_id
-    ).status
-
-
-@shared_task
+@shared_task(name=task_calls.FLATTEN_TEMPLATE)
 def flatten_template(template_id: int, source_id: int) -> str:
-    return services.template_flatten_run(template_id=template_id, source_id=source_id).status
+    return template_flatten_run(template_id=template_id, source_id=source_id).status
 
 
-@shared_task
+@shared_task(name=task_calls.IMPORT_MEDIA)
 def import_media(media_id: int, source: str) -> str:
-    return services.media_import(media_id=media_id, source=Path(source)).status
+    return media_import(media_id=media_id, source=Path(source)).status
 
 
-@shared_task
+@shared_task(name=task_calls.VERIFY_MEDIA_UPLOAD)
 def verify_media_upload(media_id: int) -> str:
-    return services.media_upload_verify(media_id=media_id).status
+    return media_upload_verify(media_id=media_id).status
 
 
-@shared_task
+@shared_task(name=task_calls.PURGE_TEMPLATE_RECYCLE_BIN)
 def purge_template_recycle_bin() -> int:
-    return services.templates_purge_expired()
+    return templates_purge_expired()

@@ -18,11 +18,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import User
-from desktops.services import desktop_create_from_media
+from desktops.services.provisioning import desktop_create_from_media
 from isard.core.errors import ApplicationError, NotFoundError, PermissionDeniedError
-from templates_app import services
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media
+from templates_app.services import uploads
+from templates_app.services.templates import template_set_sharing
 
 
 def _user(request: HttpRequest) -> User:
@@ -48,7 +49,7 @@ def _upload_state(media: Media) -> dict[str, Any]:
         "status": media.status,
         "status_label": media.get_status_display(),
         "size": media.size_bytes,
-        "offset": services.media_upload_received(media)
+        "offset": uploads.media_upload_received(media)
         if media.status == MediaStatus.UPLOADING
         else media.size_bytes,
         "progress_percent": media.progress_percent,
@@ -80,7 +81,7 @@ def media_upload_begin(request: HttpRequest) -> JsonResponse:
     except ValueError:
         return JsonResponse({"message": "The file's size is missing.", "extra": {}}, status=400)
     try:
-        media = services.media_upload_begin(
+        media = uploads.media_upload_begin(
             actor=_user(request),
             name=request.POST.get("name", ""),
             size_bytes=size,
@@ -104,7 +105,7 @@ def media_upload(request: HttpRequest, media_id: int) -> JsonResponse:
                 return JsonResponse(
                     {"message": "Say where this chunk starts (?offset=).", "extra": {}}, status=400
                 )
-            services.media_upload_chunk(
+            uploads.media_upload_chunk(
                 actor=_user(request), media=media, offset=offset, stream=request
             )
             media.refresh_from_db()
@@ -118,7 +119,7 @@ def media_upload(request: HttpRequest, media_id: int) -> JsonResponse:
 def media_upload_finish(request: HttpRequest, media_id: int) -> JsonResponse:
     try:
         media = _my_media(_user(request), media_id)
-        media = services.media_upload_finish(actor=_user(request), media=media)
+        media = uploads.media_upload_finish(actor=_user(request), media=media)
     except ApplicationError as error:
         return _refusal(error)
     return JsonResponse(_upload_state(media), status=202)
@@ -193,7 +194,7 @@ def template_sharing(request: HttpRequest, template_id: int) -> HttpResponse:
     ids = [int(value) for value in request.POST.getlist("courses") if value.isdigit()]
     try:
         # Unknown or foreign course ids go to the service, which refuses them by name.
-        template = services.template_set_sharing(
+        template = template_set_sharing(
             actor=user, template=template, courses=list(Course.objects.filter(pk__in=ids))
         )
     except ApplicationError as error:

@@ -12,16 +12,22 @@ from accounts.choices import CourseRole, Role
 from accounts.models import Course, Quota, School, User
 from accounts.quotas import KIND_BY_NAME, limits_for, quota_report
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
-from desktops import services as desktop_services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
+from desktops.services.lifecycle import desktop_start
+from desktops.services.provisioning import (
+    desktop_create,
+    desktop_create_from_media,
+    desktops_create_bulk,
+)
+from desktops.services.templating import template_from_desktop
 from hypervisors.choices import PoolPurpose
 from hypervisors.models import Disk
-from hypervisors.services import pool_for
+from hypervisors.services.pools import pool_for
 from isard.core.errors import QuotaExceededError
-from templates_app import services as template_services
 from templates_app.choices import MediaStatus
 from templates_app.models import HardwareProfile, Media
+from templates_app.services.media import media_register
 from templates_app.tests.factories import HardwareProfileFactory
 
 pytestmark = pytest.mark.django_db
@@ -92,7 +98,7 @@ def test_course_limit_on_running_desktops_refuses_a_start_and_says_why(
     make_desktop(student, hardware, DesktopStatus.STARTING, course)
     third = make_desktop(student, hardware, DesktopStatus.STOPPED, course)
 
-    error = raises_quota(desktop_services.desktop_start, actor=student, desktop=third)
+    error = raises_quota(desktop_start, actor=student, desktop=third)
 
     assert error.message == (
         "Your course “1A” allows 2 running desktops per student; you have 2 running."
@@ -111,7 +117,7 @@ def test_a_stopped_desktop_frees_its_running_slot(
     make_desktop(student, hardware, DesktopStatus.STOPPED, course)
     second = make_desktop(student, hardware, DesktopStatus.STOPPED, course)
 
-    desktop_services.desktop_start(actor=student, desktop=second)
+    desktop_start(actor=student, desktop=second)
 
     assert second.status == DesktopStatus.STARTING
 
@@ -123,7 +129,7 @@ def test_vcpu_limit_counts_the_running_desktops_and_the_one_starting(
     make_desktop(student, hardware, DesktopStatus.STARTED)
     stopped = make_desktop(student, hardware)
 
-    error = raises_quota(desktop_services.desktop_start, actor=student, desktop=stopped)
+    error = raises_quota(desktop_start, actor=student, desktop=stopped)
 
     assert error.message == (
         "The default for students allows 3 vCPUs in running desktops per student; "
@@ -138,7 +144,7 @@ def test_memory_limit_of_a_school_for_a_role(
     make_desktop(student, hardware, DesktopStatus.STARTED)
     stopped = make_desktop(student, hardware)
 
-    error = raises_quota(desktop_services.desktop_start, actor=student, desktop=stopped)
+    error = raises_quota(desktop_start, actor=student, desktop=stopped)
 
     assert error.message == (
         "Your school “North” allows 1536 MiB of memory in running desktops per student; "
@@ -154,9 +160,7 @@ def test_desktop_count_limit_refuses_a_new_desktop_and_creates_nothing(
     make_desktop(student, hardware)
     make_desktop(student, hardware, DesktopStatus.DELETED)  # the recycle bin does not count
 
-    error = raises_quota(
-        desktop_services.desktop_create, actor=student, template=base_template, name="Second"
-    )
+    error = raises_quota(desktop_create, actor=student, template=base_template, name="Second")
 
     assert error.message == "Your own quota allows 1 desktop; you have 1."
     assert not Desktop.objects.filter(name="Second").exists()
@@ -171,7 +175,7 @@ def test_desktop_from_media_counts_against_the_desktop_limit(
     )
 
     error = raises_quota(
-        desktop_services.desktop_create_from_media,
+        desktop_create_from_media,
         actor=teacher,
         media=media,
         hardware=hardware,
@@ -194,9 +198,7 @@ def test_disk_limit_counts_desktops_templates_and_media(
         name="big", owner=student, path="/nonexistent/b.iso", size_bytes=GIB + GIB // 2
     )
 
-    error = raises_quota(
-        desktop_services.desktop_create, actor=student, template=base_template, name="More"
-    )
+    error = raises_quota(desktop_create, actor=student, template=base_template, name="More")
 
     assert error.message == "Your own quota allows 2 GiB of disk; you use 2.5 GiB."
     assert error.extra["limit"] == "disk"
@@ -210,7 +212,7 @@ def test_media_registration_is_refused_when_the_file_would_go_over_the_disk_limi
     with iso.open("wb") as file:
         file.truncate(GIB + 1)  # sparse: costs nothing here
 
-    error = raises_quota(template_services.media_register, actor=teacher, name="big", source=iso)
+    error = raises_quota(media_register, actor=teacher, name="big", source=iso)
 
     assert error.message.startswith("Your own quota allows 1 GiB of disk; you use 0 GiB")
     assert "this needs 1.0 GiB more" in error.message
@@ -226,7 +228,7 @@ def test_media_count_limit(teacher: User, pools: Any, tmp_path: Path) -> None:
     iso = tmp_path / "small.iso"
     iso.write_bytes(b"iso")
 
-    error = raises_quota(template_services.media_register, actor=teacher, name="new", source=iso)
+    error = raises_quota(media_register, actor=teacher, name="new", source=iso)
 
     assert error.message == "The default for teachers allows 1 media per teacher; you have 1."
 
@@ -237,9 +239,7 @@ def test_template_limit_refuses_template_from_desktop_and_leaves_the_desktop_sto
     Quota.objects.create(school=school, max_templates=0)
     desktop = make_desktop(teacher, hardware)
 
-    error = raises_quota(
-        template_services.template_from_desktop, actor=teacher, desktop_id=desktop.pk, name="T"
-    )
+    error = raises_quota(template_from_desktop, actor=teacher, desktop_id=desktop.pk, name="T")
 
     assert error.message == "Your school “North” allows 0 templates per person; you have 0."
     desktop.refresh_from_db()
@@ -258,7 +258,7 @@ def test_a_class_gets_no_desktop_if_one_student_would_go_over(
     make_desktop(student, base_template.hardware, course=course)
 
     error = raises_quota(
-        desktop_services.desktops_create_bulk,
+        desktops_create_bulk,
         actor=teacher,
         template=base_template,
         owners=[student, other],
@@ -281,7 +281,7 @@ def test_a_teacher_is_told_whose_quota_it_is(
     make_desktop(student, hardware, DesktopStatus.STARTED, course)
     stopped = make_desktop(student, hardware, course=course)
 
-    error = raises_quota(desktop_services.desktop_start, actor=teacher, desktop=stopped)
+    error = raises_quota(desktop_start, actor=teacher, desktop=stopped)
 
     assert error.message == (
         "The course “1A” allows 1 running desktop per student; alice has 1 running."
@@ -357,9 +357,9 @@ def test_the_desktops_course_decides_and_outside_a_course_the_most_generous_one(
     assert allowed(student, "running", generous) == (3, "course")
     assert allowed(student, "running") == (3, "course")
     in_strict = make_desktop(student, hardware, course=strict)
-    raises_quota(desktop_services.desktop_start, actor=student, desktop=in_strict)
+    raises_quota(desktop_start, actor=student, desktop=in_strict)
     personal = make_desktop(student, hardware)
-    desktop_services.desktop_start(actor=student, desktop=personal)
+    desktop_start(actor=student, desktop=personal)
     assert personal.status == DesktopStatus.STARTING
 
 
@@ -368,7 +368,7 @@ def test_administrators_are_never_limited(hardware: HardwareProfile) -> None:
     Quota.objects.create(role=Role.ADMIN, max_running=0)
     stopped = make_desktop(admin, hardware)
 
-    desktop_services.desktop_start(actor=admin, desktop=stopped)
+    desktop_start(actor=admin, desktop=stopped)
 
     assert stopped.status == DesktopStatus.STARTING
     assert limits_for([admin])[admin.pk] == []

@@ -112,7 +112,7 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
         read_only_fields = fields
 
     def get_desktop_count(self, deployment: Deployment) -> int:
-        from desktops.deployments import deployment_desktops
+        from desktops.services.deployments import deployment_desktops
 
         return deployment_desktops(deployment).count()
 

@@ -30,7 +30,6 @@ from accounts.permissions import (
     desktops_visible_to,
     sees_own_desktops_only,
 )
-from desktops import deployments, services
 from desktops.api.serializers import (
     DeploymentCoTeachersSerializer,
     DeploymentCreateSerializer,
@@ -46,6 +45,24 @@ from desktops.api.serializers import (
 )
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
+from desktops.services.deployments import (
+    BulkOutcome,
+    deployment_create,
+    deployment_create_missing,
+    deployment_delete,
+    deployment_desktops,
+    deployment_recreate,
+    deployment_set_co_teachers,
+    deployment_set_visible,
+    deployment_start,
+    deployment_stop,
+    deployment_update,
+    deployments_visible_to,
+    desktops_hidden_from,
+)
+from desktops.services.lifecycle import desktop_reset, desktop_shutdown, desktop_start, desktop_stop
+from desktops.services.provisioning import desktop_create, desktop_create_from_media
+from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from desktops.viewer import services as viewers
 from isard.core.api.filters import FilterSet
 from isard.core.api.serializers import ErrorSerializer
@@ -103,7 +120,7 @@ def desktops_listed_for(user: User) -> QuerySet[Desktop]:
         # already: the subquery below would change nothing and cost every poll of their
         # list (the most frequent request there is) the building of two nested queries.
         return visible
-    hidden = deployments.desktops_hidden_from(user).values("pk")
+    hidden = desktops_hidden_from(user).values("pk")
     return visible.exclude(pk__in=hidden)
 
 
@@ -157,14 +174,14 @@ class DesktopViewSet(
             hardware = HardwareProfile.objects.filter(pk=data["hardware"]).first()
             if media is None or hardware is None:
                 raise NotFoundError("No such media or hardware profile.")
-            desktop = services.desktop_create_from_media(
+            desktop = desktop_create_from_media(
                 actor=actor, media=media, hardware=hardware, name=data["name"]
             )
             return self._answer(desktop)
         template = templates_visible_to(actor).filter(pk=data["template"]).first()
         if template is None:
             raise NotFoundError("No such template.", extra={"template": data["template"]})
-        desktop = services.desktop_create(
+        desktop = desktop_create(
             actor=actor, template=template, name=data["name"], description=data["description"]
         )
         return self._answer(desktop)
@@ -172,42 +189,42 @@ class DesktopViewSet(
     @extend_schema(responses={202: DesktopSerializer})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Move the desktop to the recycle bin (stop it first); its disk is kept."""
-        desktop = services.desktop_delete(actor=request_user(request), desktop=self.get_object())
+        desktop = desktop_delete(actor=request_user(request), desktop=self.get_object())
         return self._answer(desktop)
 
     @extend_schema(request=None, responses={200: DesktopSerializer})
     @action(detail=True, methods=["post"])
     def restore(self, request: Request, pk: str | None = None) -> Response:
         """Take the desktop out of the recycle bin, its disk exactly as it was."""
-        desktop = services.desktop_restore(actor=request_user(request), desktop=self.get_object())
+        desktop = desktop_restore(actor=request_user(request), desktop=self.get_object())
         return self._answer(desktop, status.HTTP_200_OK)
 
     @extend_schema(request=None, responses={202: DesktopSerializer})
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str | None = None) -> Response:
         """Start the desktop (starting one already starting or started changes nothing)."""
-        desktop = services.desktop_start(actor=request_user(request), desktop=self.get_object())
+        desktop = desktop_start(actor=request_user(request), desktop=self.get_object())
         return self._answer(desktop)
 
     @extend_schema(request=None, responses={202: DesktopSerializer})
     @action(detail=True, methods=["post"])
     def shutdown(self, request: Request, pk: str | None = None) -> Response:
         """Ask the guest to power off (ACPI); it is forced off after a timeout."""
-        desktop = services.desktop_shutdown(actor=request_user(request), desktop=self.get_object())
+        desktop = desktop_shutdown(actor=request_user(request), desktop=self.get_object())
         return self._answer(desktop)
 
     @extend_schema(request=None, responses={202: DesktopSerializer})
     @action(detail=True, methods=["post"])
     def stop(self, request: Request, pk: str | None = None) -> Response:
         """Force the desktop off at once (pulling the plug)."""
-        desktop = services.desktop_stop(actor=request_user(request), desktop=self.get_object())
+        desktop = desktop_stop(actor=request_user(request), desktop=self.get_object())
         return self._answer(desktop)
 
     @extend_schema(request=None, responses={202: DesktopSerializer})
     @action(detail=True, methods=["post"])
     def reset(self, request: Request, pk: str | None = None) -> Response:
         """Hard-reset the running guest (the reset button)."""
-        desktop = services.desktop_reset(actor=request_user(request), desktop=self.get_object())
+        desktop = desktop_reset(actor=request_user(request), desktop=self.get_object())
         return self._answer(desktop)
 
     @extend_schema(responses={200: DesktopEventSerializer(many=True)}, filters=False)
@@ -276,7 +293,7 @@ def _users(ids: list[int]) -> list[User]:
     return found
 
 
-def _outcome(outcome: deployments.BulkOutcome, code: int = status.HTTP_202_ACCEPTED) -> Response:
+def _outcome(outcome: BulkOutcome, code: int = status.HTTP_202_ACCEPTED) -> Response:
     outcome.deployment.refresh_from_db()
     body = {
         "deployment": outcome.deployment,
@@ -314,7 +331,7 @@ class DeploymentViewSet(
     def get_queryset(self) -> QuerySet[Deployment]:
         if getattr(self, "swagger_fake_view", False):
             return Deployment.objects.none()
-        visible = deployments.deployments_visible_to(request_user(self.request))
+        visible = deployments_visible_to(request_user(self.request))
         return visible.select_related("owner").prefetch_related("co_teachers", "students")
 
     def get_throttles(self) -> list[BaseThrottle]:
@@ -337,7 +354,7 @@ class DeploymentViewSet(
         if template is None:
             raise NotFoundError("No such template.", extra={"template": data["template"]})
         students = None if data["students"] is None else _users(data["students"])
-        deployment, desktops = deployments.deployment_create(
+        deployment, desktops = deployment_create(
             actor=actor,
             course=course,
             template=template,
@@ -347,14 +364,14 @@ class DeploymentViewSet(
             co_teachers=_users(data["co_teachers"]),
             visible=data["visible"],
         )
-        return _outcome(deployments.BulkOutcome(deployment=deployment, changed=desktops))
+        return _outcome(BulkOutcome(deployment=deployment, changed=desktops))
 
     @extend_schema(request=DeploymentUpdateSerializer, responses={200: DeploymentSerializer})
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
         """Rename the deployment or change its description."""
         serializer = DeploymentUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        deployment = deployments.deployment_update(
+        deployment = deployment_update(
             actor=request_user(request), deployment=self.get_object(), **serializer.validated_data
         )
         return Response(DeploymentSerializer(deployment).data)
@@ -362,16 +379,14 @@ class DeploymentViewSet(
     @extend_schema(responses={202: DeploymentOutcomeSerializer})
     def destroy(self, request: Request, pk: str | None = None) -> Response:
         """Move the deployment and all its desktops to the recycle bin (stop them first)."""
-        outcome = deployments.deployment_delete(
-            actor=request_user(request), deployment=self.get_object()
-        )
+        outcome = deployment_delete(actor=request_user(request), deployment=self.get_object())
         return _outcome(outcome)
 
     @extend_schema(responses={200: DesktopSerializer(many=True)}, filters=False)
     @action(detail=True, methods=["get"])
     def desktops(self, request: Request, pk: str | None = None) -> Response:
         """The deployment's current desktops, one per student."""
-        desktops = deployments.deployment_desktops(self.get_object())
+        desktops = deployment_desktops(self.get_object())
         page = self.paginate_queryset(desktops)
         assert page is not None
         return self.get_paginated_response(DesktopSerializer(page, many=True).data)
@@ -380,9 +395,7 @@ class DeploymentViewSet(
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str | None = None) -> Response:
         """Start every stopped desktop of the deployment."""
-        return _outcome(
-            deployments.deployment_start(actor=request_user(request), deployment=self.get_object())
-        )
+        return _outcome(deployment_start(actor=request_user(request), deployment=self.get_object()))
 
     @extend_schema(request=DeploymentStopSerializer, responses={202: DeploymentOutcomeSerializer})
     @action(detail=True, methods=["post"])
@@ -391,7 +404,7 @@ class DeploymentViewSet(
         serializer = DeploymentStopSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         return _outcome(
-            deployments.deployment_stop(
+            deployment_stop(
                 actor=request_user(request),
                 deployment=self.get_object(),
                 force=serializer.validated_data["force"],
@@ -420,7 +433,7 @@ class DeploymentViewSet(
             if len(chosen) != len(set(data["desktops"])):
                 raise NotFoundError("Some of those desktops are not in this deployment.")
         return _outcome(
-            deployments.deployment_recreate(
+            deployment_recreate(
                 actor=actor, deployment=deployment, desktops=chosen, template=template
             )
         )
@@ -430,9 +443,7 @@ class DeploymentViewSet(
     def create_missing(self, request: Request, pk: str | None = None) -> Response:
         """Desktops for the students who joined the course since."""
         return _outcome(
-            deployments.deployment_create_missing(
-                actor=request_user(request), deployment=self.get_object()
-            )
+            deployment_create_missing(actor=request_user(request), deployment=self.get_object())
         )
 
     @extend_schema(request=None, responses={202: DeploymentOutcomeSerializer})
@@ -440,7 +451,7 @@ class DeploymentViewSet(
     def hide(self, request: Request, pk: str | None = None) -> Response:
         """Hide the desktops from their students, and shut them down."""
         return _outcome(
-            deployments.deployment_set_visible(
+            deployment_set_visible(
                 actor=request_user(request), deployment=self.get_object(), visible=False
             )
         )
@@ -449,7 +460,7 @@ class DeploymentViewSet(
     @action(detail=True, methods=["post"])
     def show(self, request: Request, pk: str | None = None) -> Response:
         """Show the desktops to their students again."""
-        outcome = deployments.deployment_set_visible(
+        outcome = deployment_set_visible(
             actor=request_user(request), deployment=self.get_object(), visible=True
         )
         return _outcome(outcome, status.HTTP_200_OK)
@@ -460,7 +471,7 @@ class DeploymentViewSet(
         """Replace the co-teachers (teachers of the course who may act on it too)."""
         serializer = DeploymentCoTeachersSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        deployment = deployments.deployment_set_co_teachers(
+        deployment = deployment_set_co_teachers(
             actor=request_user(request),
             deployment=self.get_object(),
             co_teachers=_users(serializer.validated_data["co_teachers"]),

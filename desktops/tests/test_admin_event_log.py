@@ -9,7 +9,7 @@ from django.test import Client
 
 from desktops.choices import DesktopStatus
 from desktops.models import DesktopEvent
-from desktops.services import desktop_transition
+from desktops.services.transitions import desktop_transition
 
 pytestmark = pytest.mark.django_db
 

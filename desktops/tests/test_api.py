@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
 from isard.core.api.errors import api_exception_handler
 from isard.core.errors import NoCapacityError, QuotaExceededError
+from isard.core.tasks import send_task
 from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
@@ -67,7 +69,7 @@ def test_an_admin_sees_every_school(north: Campus, south: Campus, admin: User) -
     assert {north.student_desktop.pk, south.other_student_desktop.pk} <= listed
 
 
-def test_start_answers_202_with_the_status_and_schedules_the_boot(
+def test_start_answers_202_with_the_status_and_schedules_the_start(
     north: Campus, django_capture_on_commit_callbacks: Any
 ) -> None:
     client = client_for(north.student)
@@ -77,8 +79,8 @@ def test_start_answers_202_with_the_status_and_schedules_the_boot(
     body = response.json()
     assert body["id"] == north.student_desktop.pk
     assert body["status"] == S.STARTING and body["status_label"] == "Starting"
-    sent = [c.args[0] for c in callbacks if getattr(c, "args", None)]
-    assert "desktops.tasks.boot_desktop" in sent
+    sent = [c.args[0].name for c in callbacks if isinstance(c, partial) and c.func is send_task]
+    assert "desktops.tasks.start_desktop" in sent
 
 
 def test_wrong_state_is_409_with_the_current_status(north: Campus) -> None:

@@ -9,9 +9,9 @@ import pytest
 from accounts.choices import CourseRole, Role
 from accounts.models import User
 from accounts.tests.factories import MembershipFactory, UserFactory
-from desktops import deployments
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop
+from desktops.services.deployments import deployment_create
 from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
@@ -20,7 +20,7 @@ S = DesktopStatus
 
 
 def make(campus: Campus, template: Any) -> Deployment:
-    deployment, _ = deployments.deployment_create(
+    deployment, _ = deployment_create(
         actor=campus.teacher, course=campus.course, template=template, name="Lab"
     )
     return deployment

@@ -9,9 +9,9 @@ import pytest
 
 from accounts.choices import CourseRole, Role
 from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
-from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
+from desktops.services.provisioning import desktops_create_bulk, desktops_provision_bulk
 from hypervisors import qemu_img
 from hypervisors.drivers import libvirt_driver
 from isard.core.errors import PermissionDeniedError
@@ -44,14 +44,14 @@ def test_a_class_gets_one_overlay_and_domain_each_in_one_task(
     run: Any, course: Any, test_hypervisor: Any, base_template: Any
 ) -> None:
     desktops = run(
-        services.desktops_create_bulk,
+        desktops_create_bulk,
         actor=teacher(course),
         template=base_template,
         owners=students(course),
         name="Lab",
         course=course,
     )
-    assert run.sent == ["desktops.tasks.provision_desktops"]
+    assert run.sent == ["desktops.tasks.create_desktops"]
     assert len(desktops) == 6
     for desktop in Desktop.objects.filter(course=course):
         assert desktop.status == DesktopStatus.STOPPED, desktop.status_reason
@@ -69,7 +69,7 @@ def test_running_the_provisioning_task_twice_changes_nothing(
     run: Any, course: Any, test_hypervisor: Any, base_template: Any
 ) -> None:
     desktops = run(
-        services.desktops_create_bulk,
+        desktops_create_bulk,
         actor=teacher(course),
         template=base_template,
         owners=students(course),
@@ -77,7 +77,7 @@ def test_running_the_provisioning_task_twice_changes_nothing(
         course=course,
     )
     events = DesktopEvent.objects.count()
-    assert services.desktops_provision_bulk(desktop_ids=[d.pk for d in desktops]) == []
+    assert desktops_provision_bulk(desktop_ids=[d.pk for d in desktops]) == []
     assert DesktopEvent.objects.count() == events
 
 
@@ -85,7 +85,7 @@ def test_with_no_hypervisor_every_desktop_fails_with_the_reason_and_no_disk(
     run: Any, course: Any, pools: Any, base_template: Any, storage_root: Path
 ) -> None:
     run(
-        services.desktops_create_bulk,
+        desktops_create_bulk,
         actor=teacher(course),
         template=base_template,
         owners=students(course),
@@ -104,7 +104,7 @@ def test_a_teacher_cannot_create_desktops_for_a_course_they_do_not_teach(
 ) -> None:
     other_teacher = UserFactory.create(role=Role.TEACHER)
     with pytest.raises(PermissionDeniedError, match="course you teach"):
-        services.desktops_create_bulk(
+        desktops_create_bulk(
             actor=other_teacher,
             template=base_template,
             owners=students(course),
@@ -119,7 +119,7 @@ def test_students_outside_the_course_are_named_and_nothing_is_created(
 ) -> None:
     outsider = UserFactory.create(username="outsider")
     with pytest.raises(PermissionDeniedError, match="outsider"):
-        services.desktops_create_bulk(
+        desktops_create_bulk(
             actor=teacher(course),
             template=base_template,
             owners=[*students(course), outsider],
@@ -131,7 +131,7 @@ def test_students_outside_the_course_are_named_and_nothing_is_created(
 
 def test_a_student_cannot_create_desktops_for_others(course: Any, base_template: Any) -> None:
     with pytest.raises(PermissionDeniedError):
-        services.desktops_create_bulk(
+        desktops_create_bulk(
             actor=students(course)[0],
             template=base_template,
             owners=students(course),

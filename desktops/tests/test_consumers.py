@@ -12,7 +12,7 @@ from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
 from desktops.consumers import DesktopStatusConsumer
 from desktops.models import Desktop
-from desktops.services import broadcast_desktop_status, desktop_transition
+from desktops.services.transitions import broadcast_desktop_status, desktop_transition
 from templates_app.tests.factories import HardwareProfileFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

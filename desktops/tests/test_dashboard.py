@@ -9,9 +9,10 @@ from django.test import Client
 
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
-from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
+from desktops.services.deployments import deployment_create, deployment_set_visible
+from desktops.services.provisioning import desktop_create
 
 S = DesktopStatus
 JSON = {"Accept": "application/json"}
@@ -42,7 +43,7 @@ def shared_template(base_template: Any) -> Any:
 
 @pytest.fixture
 def desktop(run: Any, test_hypervisor: Any, shared_template: Any, student: Any) -> Desktop:
-    created = run(services.desktop_create, actor=student, template=shared_template, name="Mine")
+    created = run(desktop_create, actor=student, template=shared_template, name="Mine")
     created.refresh_from_db()
     return created
 
@@ -58,9 +59,7 @@ def test_signed_out_visitors_are_sent_to_sign_in() -> None:
 def test_dashboard_shows_my_desktops_only_with_the_actions_their_status_allows(
     run: Any, desktop: Desktop, student: Any, other_student: Any, shared_template: Any
 ) -> None:
-    theirs = run(
-        services.desktop_create, actor=other_student, template=shared_template, name="Theirs"
-    )
+    theirs = run(desktop_create, actor=other_student, template=shared_template, name="Theirs")
     page = client_for(student).get("/").content.decode()
     assert f'id="desktop-{desktop.pk}"' in page
     assert f'id="desktop-{theirs.pk}"' not in page
@@ -244,7 +243,7 @@ def test_teacher_makes_a_template_of_their_stopped_desktop_from_the_dashboard(
     from templates_app.models import Template
 
     teacher = UserFactory.create(username="tom", role=Role.TEACHER)
-    desktop = run(services.desktop_create, actor=teacher, template=shared_template, name="Lab")
+    desktop = run(desktop_create, actor=teacher, template=shared_template, name="Lab")
     client = client_for(teacher)
     assert f"/desktops/{desktop.pk}/template/" in client.get("/").content.decode()
     assert client.get(f"/desktops/{desktop.pk}/template/").status_code == 200
@@ -272,11 +271,10 @@ def test_students_are_not_offered_templates_and_cannot_make_one(
 def test_a_hidden_deployment_disappears_from_the_students_dashboard_and_actions(
     run: Any, test_hypervisor: Any, shared_template: Any, course: Any, student: Any
 ) -> None:
-    from desktops import deployments
 
     teacher = teacher_of(course)
     deployment, [desktop] = run(
-        deployments.deployment_create,
+        deployment_create,
         actor=teacher,
         course=course,
         template=shared_template,
@@ -293,7 +291,7 @@ def test_a_hidden_deployment_disappears_from_the_students_dashboard_and_actions(
         f'id="desktop-{desktop.pk}"'
         in client_for(teacher).get(f"/courses/{course.pk}/").content.decode()
     )
-    run(deployments.deployment_set_visible, actor=teacher, deployment=deployment, visible=True)
+    run(deployment_set_visible, actor=teacher, deployment=deployment, visible=True)
     assert f'id="desktop-{desktop.pk}"' in client.get("/").content.decode()
 
 
@@ -335,10 +333,9 @@ def test_teacher_deploys_from_the_course_page_and_drives_the_whole_class(
 def test_another_teacher_cannot_drive_a_deployment_or_deploy_to_a_course_not_theirs(
     run: Any, test_hypervisor: Any, shared_template: Any, course: Any, student: Any
 ) -> None:
-    from desktops import deployments
 
     deployment, _ = run(
-        deployments.deployment_create,
+        deployment_create,
         actor=teacher_of(course),
         course=course,
         template=shared_template,

@@ -17,9 +17,17 @@ import pytest
 from django.utils import timezone
 
 from accounts.tests.factories import UserFactory
-from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
+from desktops.services.deployments import (
+    deployment_create,
+    deployment_create_missing,
+    deployment_missing_students,
+)
+from desktops.services.lifecycle import desktop_shutdown, desktop_start, desktop_stop
+from desktops.services.provisioning import desktop_create
+from desktops.services.reconciliation import STUCK_AFTER, desktops_recover_stuck
+from desktops.services.recycle_bin import desktop_delete
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Disk
 from isard.core.errors import TaskQueueUnavailableError
@@ -45,7 +53,7 @@ def desktop(run: Any, test_hypervisor: Any, base_template: Any) -> Desktop:
     owner = UserFactory.create()
     base_template.shared_with_everyone = True
     base_template.save()
-    created = run(services.desktop_create, actor=owner, template=base_template, name="Mine")
+    created = run(desktop_create, actor=owner, template=base_template, name="Mine")
     created.refresh_from_db()
     assert created.status == S.STOPPED
     return created
@@ -60,13 +68,13 @@ def _sent_for_real(django_capture_on_commit_callbacks: Any, call: Any, **kwargs:
 @pytest.mark.parametrize(
     ("before", "action", "after"),
     [
-        (S.STOPPED, services.desktop_start, S.STOPPED),
-        (S.FAILED, services.desktop_start, S.FAILED),
-        (S.STARTED, services.desktop_shutdown, S.STARTED),
+        (S.STOPPED, desktop_start, S.STOPPED),
+        (S.FAILED, desktop_start, S.FAILED),
+        (S.STARTED, desktop_shutdown, S.STARTED),
         # A force-off and a delete cannot go back (the table has no such move): they fail
         # with the reason; the reconciliation later sees a guest that still runs.
-        (S.STARTED, services.desktop_stop, S.FAILED),
-        (S.STOPPED, services.desktop_delete, S.FAILED),
+        (S.STARTED, desktop_stop, S.FAILED),
+        (S.STOPPED, desktop_delete, S.FAILED),
     ],
 )
 def test_an_action_whose_task_cannot_be_sent_puts_the_desktop_back_or_fails_it(
@@ -102,7 +110,7 @@ def test_a_new_desktop_whose_task_cannot_be_sent_is_removed_again(
     with pytest.raises(TaskQueueUnavailableError):
         _sent_for_real(
             django_capture_on_commit_callbacks,
-            services.desktop_create,
+            desktop_create,
             actor=owner,
             template=base_template,
             name="Mine",
@@ -117,9 +125,9 @@ def test_a_provisioning_that_died_after_its_disk_and_domain_is_failed_and_cleane
     assert desktop.disk is not None and desktop.hypervisor is not None
     overlay, disk_id = Path(desktop.disk.path), desktop.disk.pk
     Desktop.objects.filter(pk=desktop.pk).update(status=S.CREATING)
-    assert services.desktops_recover_stuck() == 0  # not stuck yet: a task may be working
-    later = timezone.now() + services.STUCK_AFTER + timedelta(seconds=1)
-    assert services.desktops_recover_stuck(now=later) == 1
+    assert desktops_recover_stuck() == 0  # not stuck yet: a task may be working
+    later = timezone.now() + STUCK_AFTER + timedelta(seconds=1)
+    assert desktops_recover_stuck(now=later) == 1
     desktop.refresh_from_db()
     assert desktop.status == S.FAILED
     assert "did not finish" in desktop.status_reason
@@ -139,7 +147,7 @@ def test_a_deployment_made_while_the_queue_is_down_gets_its_desktops_later(
     run: Any,
 ) -> None:
     """The deployment row stays (empty); "create the missing desktops" completes it."""
-    from desktops import deployments
+
     from desktops.models import Deployment
 
     base_template.shared_with_everyone = True
@@ -147,7 +155,7 @@ def test_a_deployment_made_while_the_queue_is_down_gets_its_desktops_later(
     with pytest.raises(TaskQueueUnavailableError):
         _sent_for_real(
             django_capture_on_commit_callbacks,
-            deployments.deployment_create,
+            deployment_create,
             actor=north.teacher,
             course=north.course,
             template=base_template,
@@ -155,9 +163,9 @@ def test_a_deployment_made_while_the_queue_is_down_gets_its_desktops_later(
         )
     deployment = Deployment.objects.get(name="Lab")
     assert not Desktop.objects.filter(deployment=deployment).exists()
-    assert deployments.deployment_missing_students(deployment) == [north.student]
+    assert deployment_missing_students(deployment) == [north.student]
     # The queue is back (the `run` fixture sends tasks by running them here).
-    outcome = run(deployments.deployment_create_missing, actor=north.teacher, deployment=deployment)
+    outcome = run(deployment_create_missing, actor=north.teacher, deployment=deployment)
     assert [d.owner for d in outcome.changed] == [north.student]
     assert Desktop.objects.get(deployment=deployment).status == S.STOPPED
 
@@ -166,8 +174,8 @@ def test_a_template_asked_for_while_the_queue_is_down_is_not_made_and_the_deskto
     desktop: Desktop, broker_down: None, django_capture_on_commit_callbacks: Any
 ) -> None:
     from accounts.choices import Role
+    from desktops.services.templating import template_from_desktop
     from templates_app.models import Template
-    from templates_app.services import template_from_desktop
 
     desktop.owner.role = Role.TEACHER
     desktop.owner.save()

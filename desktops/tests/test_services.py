@@ -9,9 +9,24 @@ import pytest
 
 from accounts.choices import CourseRole, Role
 from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
-from desktops import services
 from desktops.choices import DesktopStatus
+from desktops.fleet.placement import choose_hypervisor
 from desktops.models import Desktop, DesktopEvent
+from desktops.services.domains import desktop_domain_spec
+from desktops.services.lifecycle import (
+    desktop_shutdown,
+    desktop_shutdown_timeout,
+    desktop_start,
+    desktop_stop,
+)
+from desktops.services.provisioning import desktop_create, desktops_create_bulk
+from desktops.services.reconciliation import (
+    desktop_sync_state,
+    desktops_reconcile,
+    desktops_recover_stuck,
+)
+from desktops.services.recycle_bin import desktop_delete, desktop_restore, desktops_purge_expired
+from desktops.services.transitions import desktop_transition
 from hypervisors import qemu_img
 from hypervisors.choices import DiskStatus
 from hypervisors.drivers import libvirt_driver
@@ -31,7 +46,7 @@ def student() -> Any:
 
 @pytest.fixture
 def desktop(run: Any, test_hypervisor: Any, base_template: Any, student: Any) -> Desktop:
-    created = run(services.desktop_create, actor=student, template=base_template, name="Mine")
+    created = run(desktop_create, actor=student, template=base_template, name="Mine")
     created.refresh_from_db()
     return created
 
@@ -60,19 +75,19 @@ def test_create_is_refused_for_a_template_not_shared_with_the_user(
     base_template.shared_with_everyone = False
     base_template.save()
     with pytest.raises(PermissionDeniedError):
-        services.desktop_create(actor=UserFactory.create(), template=base_template, name="x")
+        desktop_create(actor=UserFactory.create(), template=base_template, name="x")
 
 
 def test_start_runs_the_domain_and_a_second_start_does_nothing_more(
     run: Any, desktop: Desktop, student: Any
 ) -> None:
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     again = Desktop.objects.get(pk=desktop.pk)
-    run(services.desktop_start, actor=student, desktop=again)
+    run(desktop_start, actor=student, desktop=again)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED
     assert state(desktop) == libvirt_driver.DomainState.RUNNING
-    assert run.sent.count("desktops.tasks.boot_desktop") == 1
+    assert run.sent.count("desktops.tasks.start_desktop") == 1
     assert len(desktop.graphics_password) == 8
 
 
@@ -81,24 +96,24 @@ def test_two_racing_start_requests_start_the_desktop_once(
 ) -> None:
     first = Desktop.objects.get(pk=desktop.pk)
     second = Desktop.objects.get(pk=desktop.pk)  # loaded before the first one wins
-    run(services.desktop_start, actor=student, desktop=first)
-    run(services.desktop_start, actor=student, desktop=second)
-    assert run.sent.count("desktops.tasks.boot_desktop") == 1
+    run(desktop_start, actor=student, desktop=first)
+    run(desktop_start, actor=student, desktop=second)
+    assert run.sent.count("desktops.tasks.start_desktop") == 1
     assert DesktopEvent.objects.filter(desktop=desktop, to_status=S.STARTING).count() == 1
 
 
 def test_student_cannot_start_another_students_desktop(desktop: Desktop) -> None:
     other = UserFactory.create(role=Role.STUDENT)
     with pytest.raises(PermissionDeniedError):
-        services.desktop_start(actor=other, desktop=desktop)
+        desktop_start(actor=other, desktop=desktop)
 
 
 def test_start_on_a_deleting_desktop_is_refused_with_a_clear_error(
     desktop: Desktop, student: Any
 ) -> None:
-    services.desktop_transition(desktop=desktop, to=S.DELETING)
+    desktop_transition(desktop=desktop, to=S.DELETING)
     with pytest.raises(ConflictError, match="deleting"):
-        services.desktop_start(actor=student, desktop=desktop)
+        desktop_start(actor=student, desktop=desktop)
 
 
 def test_a_start_is_refused_when_the_template_file_is_missing_and_nothing_changes(
@@ -107,7 +122,7 @@ def test_a_start_is_refused_when_the_template_file_is_missing_and_nothing_change
     Path(base_template.disk.path).unlink()
     sent_before = list(run.sent)
     with pytest.raises(ConflictError, match="the disk or its template is missing") as refused:
-        run(services.desktop_start, actor=student, desktop=desktop)
+        run(desktop_start, actor=student, desktop=desktop)
     assert refused.value.extra["missing"][0].startswith(base_template.disk.path)
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
@@ -120,7 +135,7 @@ def test_a_template_file_that_vanishes_before_the_boot_fails_the_start_with_the_
 ) -> None:
     """Between the request and the worker's boot: the worker's own check catches it."""
     with run.capture(execute=False) as callbacks:
-        services.desktop_start(actor=student, desktop=desktop)
+        desktop_start(actor=student, desktop=desktop)
     Path(base_template.disk.path).unlink()
     run.process(callbacks)
     desktop.refresh_from_db()
@@ -134,7 +149,7 @@ def test_no_online_hypervisor_fails_the_start_with_a_reason(
 ) -> None:
     test_hypervisor.state = "offline"
     test_hypervisor.save()
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.FAILED
     assert "No hypervisor is online" in desktop.status_reason
@@ -142,7 +157,7 @@ def test_no_online_hypervisor_fails_the_start_with_a_reason(
 
 def test_placement_refuses_a_desktop_bigger_than_any_host(test_hypervisor: Any) -> None:
     with pytest.raises(NoCapacityError, match="1048576 MiB"):
-        services.choose_hypervisor(memory_mib=1024 * 1024)
+        choose_hypervisor(memory_mib=1024 * 1024)
 
 
 def test_a_full_fleet_still_creates_desktops_and_refuses_only_their_start(
@@ -151,13 +166,13 @@ def test_a_full_fleet_still_creates_desktops_and_refuses_only_their_start(
     # This hour's class fills the only host; next hour's desktops are created anyway.
     test_hypervisor.memory_mib = test_hypervisor.free_memory_mib = 100
     test_hypervisor.save()
-    one = run(services.desktop_create, actor=student, template=base_template, name="one")
+    one = run(desktop_create, actor=student, template=base_template, name="one")
     teacher = UserFactory.create(role=Role.TEACHER)
     course = CourseFactory.create()
     MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
     MembershipFactory.create(course=course, user=student)
     [class_desktop] = run(
-        services.desktops_create_bulk,
+        desktops_create_bulk,
         actor=teacher,
         template=base_template,
         owners=[student],
@@ -168,7 +183,7 @@ def test_a_full_fleet_still_creates_desktops_and_refuses_only_their_start(
         desktop.refresh_from_db()
         assert desktop.status == S.STOPPED, desktop.status_reason
         assert desktop.hypervisor == test_hypervisor
-    run(services.desktop_start, actor=student, desktop=one)
+    run(desktop_start, actor=student, desktop=one)
     one.refresh_from_db()
     assert one.status == S.FAILED
     assert "MiB" in one.status_reason
@@ -181,7 +196,7 @@ def test_failed_definition_leaves_no_orphan_disk(
     hardware = base_template.hardware
     hardware.boot_order = ["usb"]
     hardware.save()
-    desktop = run(services.desktop_create, actor=student, template=base_template, name="Bad")
+    desktop = run(desktop_create, actor=student, template=base_template, name="Bad")
     desktop.refresh_from_db()
     if desktop.status == S.STOPPED:
         pytest.fail("the test driver accepted the domain; this test needs a failing definition")
@@ -195,10 +210,10 @@ def test_failed_definition_leaves_no_orphan_disk(
 def test_graceful_shutdown_ends_stopped_without_forcing(
     run: Any, desktop: Desktop, student: Any
 ) -> None:
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     desktop.refresh_from_db()
-    run(services.desktop_shutdown, actor=student, desktop=desktop)
-    assert run.delayed == [("desktops.tasks.shutdown_timeout", [desktop.pk])]
+    run(desktop_shutdown, actor=student, desktop=desktop)
+    assert run.delayed == [("desktops.tasks.shutdown_timeout", {"desktop_id": desktop.pk})]
     # The test driver powers off at once; the timeout check sees it and does not force.
     assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
     run.run_delayed()
@@ -211,11 +226,11 @@ def test_graceful_shutdown_ends_stopped_without_forcing(
 def test_a_guest_ignoring_shutdown_is_forced_off_after_the_timeout(
     run: Any, desktop: Desktop, student: Any
 ) -> None:
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     desktop.refresh_from_db()
     # As if the ACPI request had been sent and ignored: the guest keeps running.
-    services.desktop_transition(desktop=desktop, to=S.SHUTTING_DOWN)
-    run(services.desktop_shutdown_timeout, desktop_id=desktop.pk)
+    desktop_transition(desktop=desktop, to=S.SHUTTING_DOWN)
+    run(desktop_shutdown_timeout, desktop_id=desktop.pk)
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
     assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
@@ -224,9 +239,9 @@ def test_a_guest_ignoring_shutdown_is_forced_off_after_the_timeout(
 
 
 def test_force_stop(run: Any, desktop: Desktop, student: Any) -> None:
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     desktop.refresh_from_db()
-    run(services.desktop_stop, actor=student, desktop=desktop)
+    run(desktop_stop, actor=student, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
     assert state(desktop) == libvirt_driver.DomainState.SHUTOFF
@@ -236,7 +251,7 @@ def test_delete_undefines_the_domain_and_keeps_the_disk_until_purge(
     run: Any, desktop: Desktop, student: Any
 ) -> None:
     disk_path = Path(desktop.disk.path)  # type: ignore[union-attr]
-    run(services.desktop_delete, actor=student, desktop=desktop)
+    run(desktop_delete, actor=student, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.DELETED
     assert desktop.deleted_at is not None
@@ -244,10 +259,10 @@ def test_delete_undefines_the_domain_and_keeps_the_disk_until_purge(
     assert disk_path.exists()
     assert Disk.objects.get(path=str(disk_path)).status == DiskStatus.RECYCLED
 
-    run(services.desktop_restore, actor=student, desktop=desktop)
+    run(desktop_restore, actor=student, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED  # redefined on start, same disk
     assert desktop.disk is not None and desktop.disk.path == str(disk_path)
@@ -259,35 +274,35 @@ def test_purge_removes_only_expired_desktops(run: Any, desktop: Desktop, student
     from django.utils import timezone
 
     disk_path = Path(desktop.disk.path)  # type: ignore[union-attr]
-    run(services.desktop_delete, actor=student, desktop=desktop)
-    assert services.desktops_purge_expired() == 0
+    run(desktop_delete, actor=student, desktop=desktop)
+    assert desktops_purge_expired() == 0
     assert disk_path.exists()
     later = timezone.now() + timedelta(days=30)
-    assert services.desktops_purge_expired(now=later) == 1
+    assert desktops_purge_expired(now=later) == 1
     assert not disk_path.exists()
     assert not Desktop.objects.filter(pk=desktop.pk).exists()
 
 
 def test_running_desktop_cannot_be_deleted(run: Any, desktop: Desktop, student: Any) -> None:
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     desktop.refresh_from_db()
     with pytest.raises(ConflictError, match="Stop the desktop"):
-        services.desktop_delete(actor=student, desktop=desktop)
+        desktop_delete(actor=student, desktop=desktop)
 
 
 def test_reconcile_notices_a_guest_that_powered_off_and_a_domain_that_vanished(
     run: Any, desktop: Desktop, student: Any, test_hypervisor: Any
 ) -> None:
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     libvirt_driver.destroy_domain("test:///default", desktop.domain_name)
-    assert services.desktops_reconcile(hypervisor=test_hypervisor) == 1
+    assert desktops_reconcile(hypervisor=test_hypervisor) == 1
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
     assert "powered off" in desktop.status_reason
 
-    run(services.desktop_start, actor=student, desktop=Desktop.objects.get(pk=desktop.pk))
+    run(desktop_start, actor=student, desktop=Desktop.objects.get(pk=desktop.pk))
     libvirt_driver.undefine_domain("test:///default", desktop.domain_name)
-    services.desktops_reconcile(hypervisor=test_hypervisor)
+    desktops_reconcile(hypervisor=test_hypervisor)
     desktop.refresh_from_db()
     assert desktop.status == S.FAILED
     assert "vanished" in desktop.status_reason
@@ -297,18 +312,18 @@ def test_a_crash_fails_a_running_desktop_with_why_but_only_stops_one_being_force
     run: Any, desktop: Desktop, student: Any
 ) -> None:
     crashed = libvirt_driver.DomainState.CRASHED
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     libvirt_driver.destroy_domain("test:///default", desktop.domain_name)  # as on_crash does
     desktop.refresh_from_db()
-    desktop = services.desktop_sync_state(desktop=desktop, state=crashed, source="libvirt event")
+    desktop = desktop_sync_state(desktop=desktop, state=crashed, source="libvirt event")
     assert desktop.status == S.FAILED
     assert desktop.status_reason == "its operating system crashed (libvirt event); start it again"
 
-    run(services.desktop_start, actor=student, desktop=desktop)
+    run(desktop_start, actor=student, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
-    services.desktop_transition(desktop=desktop, to=S.STOPPING)
-    desktop = services.desktop_sync_state(desktop=desktop, state=crashed, source="libvirt event")
+    desktop_transition(desktop=desktop, to=S.STOPPING)
+    desktop = desktop_sync_state(desktop=desktop, state=crashed, source="libvirt event")
     assert desktop.status == S.STOPPED  # the student wanted it off: no failure to report
 
 
@@ -342,7 +357,7 @@ def test_a_start_the_host_does_not_answer_fails_in_time_and_a_late_start_is_sett
 
     monkeypatch.setattr(libvirt.virDomain, "create", hung_create)
     try:
-        run(services.desktop_start, actor=student, desktop=desktop)
+        run(desktop_start, actor=student, desktop=desktop)
         desktop.refresh_from_db()
         assert desktop.status == S.FAILED
         assert desktop.status_reason == (
@@ -359,10 +374,10 @@ def test_a_start_the_host_does_not_answer_fails_in_time_and_a_late_start_is_sett
     # domain as missing; so the guest is defined and started again here, as a real daemon
     # would have it running. tests/integration/test_faults.py freezes a real daemon.)
     assert done.wait(30), "the late start never returned"
-    spec = services.desktop_domain_spec(desktop, test_hypervisor)
+    spec = desktop_domain_spec(desktop, test_hypervisor)
     libvirt_driver.define_domain("test:///default", build_domain_xml(spec))
     libvirt_driver.start_domain("test:///default", desktop.domain_name)
-    services.desktops_reconcile(hypervisor=test_hypervisor)
+    desktops_reconcile(hypervisor=test_hypervisor)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED
     assert desktop.status_reason == "running (reconciliation)"
@@ -376,11 +391,11 @@ def test_a_desktop_stuck_starting_is_settled_by_what_the_hypervisor_runs(
     from django.utils import timezone
 
     # As if the boot task had died right after starting the guest.
-    services.desktop_transition(desktop=desktop, to=S.STARTING)
+    desktop_transition(desktop=desktop, to=S.STARTING)
     libvirt_driver.start_domain("test:///default", desktop.domain_name)
-    assert services.desktops_recover_stuck() == 0  # not stuck yet: it may still be working
+    assert desktops_recover_stuck() == 0  # not stuck yet: it may still be working
     later = timezone.now() + timedelta(minutes=10)
-    assert services.desktops_recover_stuck(now=later) == 1
+    assert desktops_recover_stuck(now=later) == 1
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED
 
@@ -392,9 +407,9 @@ def test_a_desktop_stuck_creating_fails_with_advice(
 
     from django.utils import timezone
 
-    desktop = services.desktop_create(actor=student, template=base_template, name="never")
+    desktop = desktop_create(actor=student, template=base_template, name="never")
     later = timezone.now() + timedelta(minutes=10)
-    assert services.desktops_recover_stuck(now=later) == 1
+    assert desktops_recover_stuck(now=later) == 1
     desktop.refresh_from_db()
     assert desktop.status == S.FAILED
     assert "did not finish" in desktop.status_reason

@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from accounts.tests.factories import UserFactory
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
-from desktops.services import desktop_transition, owner_group
+from desktops.services.transitions import desktop_transition, owner_group
 from isard.core.errors import ConflictError
 from templates_app.tests.factories import HardwareProfileFactory
 

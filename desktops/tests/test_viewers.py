@@ -16,6 +16,8 @@ from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
+from desktops.services.domains import desktop_domain_spec
+from desktops.services.provisioning import desktop_create
 from desktops.viewer.services import (
     ViewerRefusedError,
     ViewerUnavailableError,
@@ -593,10 +595,9 @@ def test_displays_listen_on_loopback_here_and_for_the_proxy_on_remote_hosts(
 def test_the_domain_of_a_desktop_on_a_remote_host_listens_where_the_proxy_reaches_it(
     run: Any, test_hypervisor: Any, base_template: Any, ana: Any
 ) -> None:
-    from desktops import services
 
-    desktop = run(services.desktop_create, actor=ana, template=base_template, name="Remote")
+    desktop = run(desktop_create, actor=ana, template=base_template, name="Remote")
     desktop.refresh_from_db()
     remote = HypervisorFactory.build(uri="qemu+tls://hv2.school.example/system")
-    assert services.desktop_domain_spec(desktop, remote).graphics_listen == "0.0.0.0"
-    assert services.desktop_domain_spec(desktop, test_hypervisor).graphics_listen == "127.0.0.1"
+    assert desktop_domain_spec(desktop, remote).graphics_listen == "0.0.0.0"
+    assert desktop_domain_spec(desktop, test_hypervisor).graphics_listen == "127.0.0.1"

@@ -18,12 +18,13 @@ from django.urls import reverse
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from conftest import make_qcow2
-from desktops import services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
+from desktops.services.lifecycle import desktop_start
+from desktops.services.provisioning import desktop_create
 from desktops.viewer.services import ViewerRefusedError, ViewerUnavailableError, viewer_rdp_build
 from hypervisors.drivers import libvirt_driver
-from templates_app.services import template_register_base
+from templates_app.services.templates import template_register_base
 from templates_app.tests.factories import HardwareProfileFactory
 
 pytestmark = pytest.mark.django_db
@@ -42,9 +43,9 @@ def started_desktop(
         image=make_qcow2(tmp_path / f"{name}.qcow2"),
         hardware=HardwareProfileFactory.create(networks=networks),
     )
-    desktop = run(services.desktop_create, actor=owner, template=template, name=name)
+    desktop = run(desktop_create, actor=owner, template=template, name=name)
     desktop.refresh_from_db()
-    run(services.desktop_start, actor=owner, desktop=desktop)
+    run(desktop_start, actor=owner, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == DesktopStatus.STARTED, desktop.status_reason
     return desktop

@@ -7,9 +7,9 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from desktops.fleet.selectors import drain_progress
 from hypervisors.choices import Accelerator, DrainPolicy
 from hypervisors.models import Hypervisor
-from hypervisors.selectors import drain_progress
 
 
 class DrainProgressSerializer(serializers.Serializer[Any]):

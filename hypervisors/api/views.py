@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from accounts.api.views import request_user
 from accounts.models import User
 from accounts.permissions import is_manager
-from hypervisors import services
+from desktops.fleet.drain import hypervisor_drain
 from hypervisors.api.serializers import (
     HypervisorDrainSerializer,
     HypervisorRegisterSerializer,
@@ -25,6 +25,7 @@ from hypervisors.api.serializers import (
 )
 from hypervisors.choices import DrainPolicy
 from hypervisors.models import Hypervisor
+from hypervisors.services.hosts import hypervisor_enable, hypervisor_register
 from isard.core.errors import ConflictError
 
 
@@ -68,7 +69,7 @@ class HypervisorViewSet(
         name = serializer.validated_data["name"].strip()
         if Hypervisor.objects.filter(name=name).exists():
             raise ConflictError(f"A hypervisor named {name} exists already.")
-        hypervisor = services.hypervisor_register(name=name, uri=serializer.validated_data["uri"])
+        hypervisor = hypervisor_register(name=name, uri=serializer.validated_data["uri"])
         return Response(HypervisorSerializer(hypervisor).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=HypervisorDrainSerializer, responses={202: HypervisorSerializer})
@@ -78,7 +79,7 @@ class HypervisorViewSet(
         serializer = HypervisorDrainSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         policy = serializer.validated_data["policy"]
-        hypervisor = services.hypervisor_drain(
+        hypervisor = hypervisor_drain(
             actor=request_user(request),
             hypervisor=self.get_object(),
             policy=DrainPolicy(policy) if policy else None,
@@ -89,7 +90,5 @@ class HypervisorViewSet(
     @action(detail=True, methods=["post"])
     def enable(self, request: Request, pk: str | None = None) -> Response:
         """Open the host to new desktops again (a drain in progress stops where it is)."""
-        hypervisor = services.hypervisor_enable(
-            actor=request_user(request), hypervisor=self.get_object()
-        )
+        hypervisor = hypervisor_enable(actor=request_user(request), hypervisor=self.get_object())
         return Response(HypervisorSerializer(hypervisor).data)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conftest import TaskRunner
-from hypervisors import services
+from desktops.fleet.monitoring import hypervisor_refresh
 from hypervisors.choices import Accelerator, PlacementPolicy
 from hypervisors.models import Hypervisor, StoragePool
 from hypervisors.tests.factories import HypervisorFactory
@@ -47,14 +47,14 @@ def make_host(tmp_path: Path, pools: dict[str, StoragePool]) -> HostMaker:
         host = HypervisorFactory.create(
             name=name, uri=f"test://{node}", accelerator=Accelerator.QEMU, **fields
         )
-        return services.hypervisor_refresh(hypervisor=host)
+        return hypervisor_refresh(hypervisor=host)
 
     return make
 
 
-def celery_queue(name: str, args: list[Any], options: dict[str, Any]) -> str:
-    """The queue Celery's router picks for this task, as `app.send_task` would."""
-    routed = app.amqp.router.route(dict(options), name, tuple(args), {})
+def celery_queue(call: Any) -> str:
+    """The queue a scheduled task goes to, as `app.send_task` would pick it."""
+    routed = app.amqp.router.route(dict(call.options), call.name, (), dict(call.kwargs))
     return str(routed["queue"].name)
 
 
@@ -66,12 +66,12 @@ class RoutedRunner(TaskRunner):
         self.routed: list[tuple[str, str]] = []
 
     def process(self, callbacks: list[Any]) -> None:
-        from desktops.services import send_task
+        from isard.core.tasks import send_task
 
         for callback in callbacks:
             if isinstance(callback, partial) and callback.func is send_task:
-                name, task_args, options = callback.args
-                self.routed.append((name, celery_queue(name, task_args, options)))
+                call = callback.args[0]
+                self.routed.append((call.name, celery_queue(call)))
         super().process(callbacks)
 
 

@@ -10,9 +10,10 @@ from django.urls import reverse
 
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
-from desktops import services as desktop_services
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
+from desktops.services.provisioning import desktop_create
+from desktops.services.transitions import desktop_transition
 from templates_app.models import Template
 
 pytestmark = pytest.mark.django_db
@@ -50,7 +51,7 @@ def test_desktop_detail_page_shows_its_events(
     admin_client: Client, run: Any, test_hypervisor: Any, base_template: Any
 ) -> None:
     student = UserFactory.create()
-    desktop = run(desktop_services.desktop_create, actor=student, template=base_template, name="d")
+    desktop = run(desktop_create, actor=student, template=base_template, name="d")
     response = admin_client.get(reverse("admin:desktops_desktop_change", args=[desktop.pk]))
     assert response.status_code == 200
     assert b"creating" in response.content
@@ -64,7 +65,7 @@ def test_make_template_action_turns_a_stopped_desktop_into_a_template(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     desktop = run(
-        desktop_services.desktop_create,
+        desktop_create,
         actor=UserFactory.create(),
         template=base_template,
         name="Lab",
@@ -87,13 +88,13 @@ def test_start_action_refuses_clearly_when_a_desktop_cannot_start(
     admin_client: Client, run: Any, test_hypervisor: Any, base_template: Any
 ) -> None:
     desktop = run(
-        desktop_services.desktop_create,
+        desktop_create,
         actor=UserFactory.create(),
         template=base_template,
         name="Lab",
     )
     desktop.refresh_from_db()
-    desktop_services.desktop_transition(desktop=desktop, to=DesktopStatus.DELETING)
+    desktop_transition(desktop=desktop, to=DesktopStatus.DELETING)
     response = admin_client.post(
         reverse("admin:desktops_desktop_changelist"),
         {"action": "action_start", "_selected_action": [desktop.pk]},

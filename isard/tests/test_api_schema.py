@@ -34,8 +34,8 @@ from schemathesis.specs.openapi.checks import (
 
 from accounts.tokens import api_token_create
 from desktops.choices import DesktopStatus
-from desktops.deployments import deployment_create
 from desktops.models import Deployment, Desktop
+from desktops.services.deployments import deployment_create
 from hypervisors.tests.factories import HypervisorFactory
 from templates_app.choices import TemplateStatus
 from templates_app.models import Media, Template

@@ -211,7 +211,7 @@ def test_a_status_change_reaches_websockets_over_wss_on_every_worker(
     from channels_redis.core import RedisChannelLayer  # type: ignore[import-untyped]
     from websockets.sync.client import connect
 
-    from desktops.services import owner_group
+    from desktops.services.transitions import owner_group
 
     url = f"wss://localhost:{web_platform.https_port}/ws/desktops/"
     headers = {

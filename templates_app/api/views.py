@@ -19,8 +19,8 @@ from accounts.api.views import request_user
 from accounts.models import User
 from accounts.permissions import can_act_on_desktop, can_manage_template, templates_managed_by
 from desktops.models import Desktop
+from desktops.services.templating import template_from_desktop
 from isard.core.errors import NotFoundError, PermissionDeniedError
-from templates_app import services
 from templates_app.api.serializers import (
     HardwareProfileSerializer,
     MediaSerializer,
@@ -33,6 +33,7 @@ from templates_app.api.serializers import (
 )
 from templates_app.models import HardwareProfile, Media, Template
 from templates_app.selectors import template_dependants, templates_visible_to
+from templates_app.services.templates import template_delete, template_restore, template_set_sharing
 
 
 def templates_listed_for(user: User) -> QuerySet[Template]:
@@ -99,7 +100,7 @@ class TemplateViewSet(
         desktop = Desktop.objects.filter(pk=data["desktop"]).first()
         if desktop is None or not can_act_on_desktop(actor, desktop):
             raise NotFoundError("No such desktop.", extra={"desktop": data["desktop"]})
-        template = services.template_from_desktop(
+        template = template_from_desktop(
             actor=actor, desktop_id=desktop.pk, name=data["name"], description=data["description"]
         )
         return self._answer(template, status.HTTP_202_ACCEPTED)
@@ -107,14 +108,14 @@ class TemplateViewSet(
     @extend_schema(responses={200: TemplateSerializer})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Move the template to the recycle bin (refused while anything is built on it)."""
-        template = services.template_delete(actor=request_user(request), template=self._managed())
+        template = template_delete(actor=request_user(request), template=self._managed())
         return self._answer(template)
 
     @extend_schema(request=None, responses={200: TemplateSerializer})
     @action(detail=True, methods=["post"])
     def restore(self, request: Request, pk: str | None = None) -> Response:
         """Take the template out of the recycle bin."""
-        template = services.template_restore(actor=request_user(request), template=self._managed())
+        template = template_restore(actor=request_user(request), template=self._managed())
         return self._answer(template)
 
     @extend_schema(responses={200: TemplateTreeSerializer}, filters=False)
@@ -157,7 +158,7 @@ class TemplateViewSet(
             serializer = TemplateSharingSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             data = serializer.validated_data
-            template = services.template_set_sharing(
+            template = template_set_sharing(
                 actor=request_user(request),
                 template=template,
                 everyone=data.get("shared_with_everyone"),

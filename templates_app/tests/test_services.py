@@ -14,14 +14,22 @@ from django.utils import timezone
 
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
-from desktops import services as desktop_services
 from desktops.choices import DesktopStatus
+from desktops.services.lifecycle import desktop_start
+from desktops.services.provisioning import desktop_create, desktop_create_from_media
+from desktops.services.templating import template_from_desktop
 from hypervisors import qemu_img
 from hypervisors.drivers import libvirt_driver
 from isard.core.errors import ApplicationError, ConflictError, PermissionDeniedError
-from templates_app import services
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import Template
+from templates_app.services.flatten import template_flatten
+from templates_app.services.media import media_register
+from templates_app.services.templates import (
+    template_delete,
+    template_restore,
+    templates_purge_expired,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -43,10 +51,10 @@ def write_pattern(path: Path, offset: int, length: int) -> None:
 def test_making_a_template_moves_the_disk_read_only_and_gives_the_desktop_an_overlay(
     run: Any, test_hypervisor: Any, base_template: Any, teacher: Any
 ) -> None:
-    desktop = run(desktop_services.desktop_create, actor=teacher, template=base_template, name="d")
+    desktop = run(desktop_create, actor=teacher, template=base_template, name="d")
     desktop.refresh_from_db()
     old_disk_path = desktop.disk.path
-    template = run(services.template_from_desktop, actor=teacher, desktop_id=desktop.pk, name="T")
+    template = run(template_from_desktop, actor=teacher, desktop_id=desktop.pk, name="T")
     template.refresh_from_db()
     desktop.refresh_from_db()
     assert template.status == TemplateStatus.READY
@@ -64,30 +72,30 @@ def test_making_a_template_moves_the_disk_read_only_and_gives_the_desktop_an_ove
 def test_only_a_stopped_desktop_becomes_a_template(
     run: Any, test_hypervisor: Any, base_template: Any, teacher: Any
 ) -> None:
-    desktop = run(desktop_services.desktop_create, actor=teacher, template=base_template, name="d")
+    desktop = run(desktop_create, actor=teacher, template=base_template, name="d")
     desktop.refresh_from_db()
-    run(desktop_services.desktop_start, actor=teacher, desktop=desktop)
+    run(desktop_start, actor=teacher, desktop=desktop)
     with pytest.raises(ConflictError, match="Stop the desktop"):
-        services.template_from_desktop(actor=teacher, desktop_id=desktop.pk, name="T")
+        template_from_desktop(actor=teacher, desktop_id=desktop.pk, name="T")
     assert not Template.objects.filter(name="T").exists()
 
 
 def test_students_cannot_make_templates(run: Any, test_hypervisor: Any, base_template: Any) -> None:
     student = UserFactory.create(role=Role.STUDENT)
-    desktop = run(desktop_services.desktop_create, actor=student, template=base_template, name="d")
+    desktop = run(desktop_create, actor=student, template=base_template, name="d")
     with pytest.raises(PermissionDeniedError):
-        services.template_from_desktop(actor=student, desktop_id=desktop.pk, name="T")
+        template_from_desktop(actor=student, desktop_id=desktop.pk, name="T")
 
 
 def test_flatten_makes_a_standalone_copy_of_the_whole_chain_with_progress(
     run: Any, test_hypervisor: Any, base_template: Any, teacher: Any
 ) -> None:
-    desktop = run(desktop_services.desktop_create, actor=teacher, template=base_template, name="d")
+    desktop = run(desktop_create, actor=teacher, template=base_template, name="d")
     desktop.refresh_from_db()
     write_pattern(Path(desktop.disk.path), 1024 * 1024, 65536)
-    lesson = run(services.template_from_desktop, actor=teacher, desktop_id=desktop.pk, name="L")
+    lesson = run(template_from_desktop, actor=teacher, desktop_id=desktop.pk, name="L")
     lesson.refresh_from_db()
-    flat = run(services.template_flatten, actor=teacher, template=lesson, name="Flat")
+    flat = run(template_flatten, actor=teacher, template=lesson, name="Flat")
     flat.refresh_from_db()
     assert flat.status == TemplateStatus.READY, flat.status_reason
     assert flat.parent is None and flat.progress_percent == 100
@@ -105,12 +113,12 @@ def test_deleted_templates_wait_in_the_bin_then_are_purged_with_their_disk(
     base_template.owner = teacher
     base_template.save()
     disk_path = Path(base_template.disk.path)
-    services.template_delete(actor=teacher, template=base_template)
-    assert services.templates_purge_expired() == 0
+    template_delete(actor=teacher, template=base_template)
+    assert templates_purge_expired() == 0
     assert disk_path.exists()
-    services.template_restore(actor=teacher, template=base_template)
-    services.template_delete(actor=teacher, template=base_template)
-    assert services.templates_purge_expired(now=timezone.now() + timedelta(days=30)) == 1
+    template_restore(actor=teacher, template=base_template)
+    template_delete(actor=teacher, template=base_template)
+    assert templates_purge_expired(now=timezone.now() + timedelta(days=30)) == 1
     assert not disk_path.exists()
     assert not Template.objects.filter(pk=base_template.pk).exists()
 
@@ -120,7 +128,7 @@ def test_media_is_copied_with_its_checksum_and_progress(
 ) -> None:
     source = tmp_path / "install.iso"
     source.write_bytes(os.urandom(9 * 1024 * 1024 + 123))
-    media = run(services.media_register, actor=teacher, name="Installer", source=source)
+    media = run(media_register, actor=teacher, name="Installer", source=source)
     media.refresh_from_db()
     assert media.status == MediaStatus.READY, media.status_reason
     assert media.progress_percent == 100
@@ -131,7 +139,7 @@ def test_media_is_copied_with_its_checksum_and_progress(
 
 def test_registering_a_missing_file_is_refused(pools: Any, teacher: Any, tmp_path: Path) -> None:
     with pytest.raises(ApplicationError, match="no file"):
-        services.media_register(actor=teacher, name="x", source=tmp_path / "none.iso")
+        media_register(actor=teacher, name="x", source=tmp_path / "none.iso")
 
 
 def test_a_desktop_from_an_iso_gets_an_empty_disk_and_boots_from_the_cd(
@@ -141,11 +149,11 @@ def test_a_desktop_from_an_iso_gets_an_empty_disk_and_boots_from_the_cd(
 
     source = tmp_path / "install.iso"
     source.write_bytes(b"\0" * 2048 * 16)
-    media = run(services.media_register, actor=teacher, name="Installer", source=source)
+    media = run(media_register, actor=teacher, name="Installer", source=source)
     media.refresh_from_db()
     hardware = HardwareProfileFactory.create(disk_size_gib=8, networks=[])
     desktop = run(
-        desktop_services.desktop_create_from_media,
+        desktop_create_from_media,
         actor=teacher,
         media=media,
         hardware=hardware,

@@ -35,7 +35,7 @@ def tiny_image() -> Path:
 @pytest.fixture
 def system_hypervisor(pools: dict[str, Any]) -> Any:
     """This machine as a TCG hypervisor (nested KVM does not boot guests here)."""
-    from hypervisors.services import hypervisor_refresh
+    from desktops.fleet.monitoring import hypervisor_refresh
     from hypervisors.tests.factories import HypervisorFactory
 
     host = HypervisorFactory.create(
@@ -47,7 +47,7 @@ def system_hypervisor(pools: dict[str, Any]) -> Any:
 @pytest.fixture
 def demo_template(system_hypervisor: Any, tiny_image: Path) -> Any:
     from hypervisors.demo import demo_hardware_profile
-    from templates_app.services import template_register_base
+    from templates_app.services.templates import template_register_base
 
     return template_register_base(
         name="Tiny Linux (demo)", image=tiny_image, hardware=demo_hardware_profile()
@@ -73,7 +73,8 @@ class Guests:
     def boot(self, desktop: Any, actor: Any, timeout: float = 90) -> int:
         """Start the desktop and return the boot count its guest printed."""
         from desktops.choices import DesktopStatus
-        from desktops.services import desktop_start, serial_log_path
+        from desktops.services.domains import serial_log_path
+        from desktops.services.lifecycle import desktop_start
 
         desktop.refresh_from_db()
         log = serial_log_path(desktop)
@@ -90,7 +91,8 @@ class Guests:
     def shut_down(self, desktop: Any, actor: Any, timeout: float = 60) -> None:
         """Graceful ACPI shutdown; the guest powers itself off and the engine notices."""
         from desktops.choices import DesktopStatus
-        from desktops.services import desktop_shutdown, desktops_reconcile
+        from desktops.services.lifecycle import desktop_shutdown
+        from desktops.services.reconciliation import desktops_reconcile
 
         desktop.refresh_from_db()
         self.run(desktop_shutdown, actor=actor, desktop=desktop)
@@ -127,18 +129,18 @@ def platform_server() -> Any:
 @pytest.fixture
 def direct_tasks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Run each task the services schedule at once, in this process (not through Redis)."""
-    from desktops import services
     from isard.celery import app
+    from isard.core import tasks
 
     app.loader.import_default_modules()
     sent: list[str] = []
 
-    def send(task_name: str, args: list[Any], options: dict[str, Any], **_: Any) -> None:
-        sent.append(task_name)
-        if not options.get("countdown"):
-            app.tasks[task_name](*args)
+    def send(call: tasks.TaskCall, **_: Any) -> None:
+        sent.append(call.name)
+        if not call.options.get("countdown"):
+            app.tasks[call.name](**call.kwargs)
 
-    monkeypatch.setattr(services, "send_task", send)
+    monkeypatch.setattr(tasks, "send_task", send)
     return sent
 
 

@@ -15,7 +15,7 @@ from accounts.choices import CourseRole
 from accounts.tests.factories import MembershipFactory, UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
-from desktops.services import serial_log_path
+from desktops.services.domains import serial_log_path
 from hypervisors.guest_image import parse_boot_count
 from tests.campus import Campus, client_for
 from tests.integration.conftest import wait_for

@@ -32,9 +32,10 @@ from accounts.choices import CourseRole, Role
 from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
-from desktops.services import serial_log_path
+from desktops.services.domains import serial_log_path
 from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import GUEST_READY_MARKER
+from isard.core.tasks import TaskCall
 from tests.integration.browser import (
     ARTIFACTS,
     AsgiServer,
@@ -56,15 +57,15 @@ class TaskQueue:
     """Tasks the services schedule, held until the test runs them (in order, here)."""
 
     def __init__(self) -> None:
-        self.waiting: list[tuple[str, list[Any]]] = []
+        self.waiting: list[tuple[str, dict[str, Any]]] = []
         self.done: list[str] = []
         self.lock = threading.Lock()
 
-    def send(self, task_name: str, args: list[Any], options: dict[str, Any], **_: Any) -> None:
-        if options.get("countdown"):
+    def send(self, call: TaskCall, **_: Any) -> None:
+        if call.options.get("countdown"):
             return  # retries and later checks: not part of this story
         with self.lock:  # Daphne's threads schedule tasks too
-            self.waiting.append((task_name, args))
+            self.waiting.append((call.name, dict(call.kwargs)))
 
     def run_all(self) -> list[str]:
         """Run every waiting task, and those they schedule in turn; return their names."""
@@ -76,18 +77,18 @@ class TaskQueue:
             with self.lock:
                 if not self.waiting:
                     return ran
-                task_name, args = self.waiting.pop(0)
-            app.tasks[task_name](*args)
+                task_name, task_kwargs = self.waiting.pop(0)
+            app.tasks[task_name](**task_kwargs)
             ran.append(task_name)
             self.done.append(task_name)
 
 
 @pytest.fixture
 def queued_tasks(monkeypatch: pytest.MonkeyPatch) -> TaskQueue:
-    from desktops import services
+    from isard.core import tasks
 
     queue = TaskQueue()
-    monkeypatch.setattr(services, "send_task", queue.send)
+    monkeypatch.setattr(tasks, "send_task", queue.send)
     return queue
 
 
@@ -255,7 +256,7 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     mark_page(browser)
 
     # The worker creates the disk and defines the domain: the course page follows live.
-    assert any(name.startswith("desktops.tasks.provision") for name in queued_tasks.run_all())
+    assert any(name.startswith("desktops.tasks.create_desktop") for name in queued_tasks.run_all())
     wait_until(browser, lambda d: card_status(d, desktop) == "Stopped", "the card to be Stopped")
     assert not find(browser, f"#desktop-{desktop.pk} progress").is_displayed()
     assert page_never_reloaded(browser)
@@ -325,7 +326,7 @@ def test_a_teacher_deploys_to_the_class_and_a_student_starts_and_opens_the_deskt
     assert focused_text(browser) == desktop.name
 
     # The worker boots the guest; only the websocket can tell the page.
-    assert "desktops.tasks.boot_desktop" in queued_tasks.run_all()
+    assert "desktops.tasks.start_desktop" in queued_tasks.run_all()
     desktop.refresh_from_db()
     assert desktop.status == DesktopStatus.STARTED, desktop.status_reason
     wait_until(browser, lambda d: card_status(d, desktop) == "Started", "the card to be Started")
@@ -513,7 +514,7 @@ def test_a_teacher_makes_a_template_of_a_desktop_and_shares_it_with_the_class(
     """From the card's "Make a template" to the template shared with a course (test driver)."""
     from selenium.webdriver.common.by import By
 
-    from desktops.services import desktop_create
+    from desktops.services.provisioning import desktop_create
     from templates_app.models import Template
     from templates_app.selectors import templates_visible_to
 

@@ -37,10 +37,11 @@ import redis
 from django.utils import timezone
 
 from accounts.tests.factories import MembershipFactory, UserFactory
-from desktops import services
 from desktops.choices import DesktopStatus
-from desktops.deployments import deployment_start
 from desktops.models import Deployment, Desktop
+from desktops.services.deployments import deployment_start
+from desktops.services.lifecycle import desktop_start, desktop_stop
+from desktops.services.provisioning import desktop_create, desktops_create_bulk
 from isard.core.errors import TaskQueueUnavailableError
 from tests.campus import Campus, client_for
 from tests.celery_broker import celery_broker
@@ -134,7 +135,7 @@ def _a_stopped_desktop(run: Any, base_template: Any) -> tuple[Any, Any]:
     owner = UserFactory.create()
     base_template.shared_with_everyone = True
     base_template.save()
-    desktop = run(services.desktop_create, actor=owner, template=base_template, name="mine")
+    desktop = run(desktop_create, actor=owner, template=base_template, name="mine")
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED, desktop.status_reason
     return owner, desktop
@@ -155,10 +156,10 @@ def _queued(server: OwnRedis, queue: str = "celery") -> list[str]:
 def test_a_start_sends_its_task_to_the_broker_when_redis_is_up(
     north: Campus, queue_on_own_redis: OwnRedis
 ) -> None:
-    """The same path as the faults below, with Redis up: the boot task reaches the queue."""
+    """The same path as the faults below, with Redis up: the start task reaches the queue."""
     response = client_for(north.student).post(f"/api/v1/desktops/{north.student_desktop.pk}/start/")
     assert response.status_code == 202, response.content
-    assert _queued(queue_on_own_redis) == ["desktops.tasks.boot_desktop"]
+    assert _queued(queue_on_own_redis) == ["desktops.tasks.start_desktop"]
     north.student_desktop.refresh_from_db()
     assert north.student_desktop.status == S.STARTING
 
@@ -185,7 +186,7 @@ def test_a_start_with_redis_down_answers_503_and_leaves_the_desktop_stopped(
         queue_on_own_redis.start()
     response = client_for(north.student).post(f"/api/v1/desktops/{desktop.pk}/start/")
     assert response.status_code == 202, response.content
-    assert _queued(queue_on_own_redis)[-1] == "desktops.tasks.boot_desktop"
+    assert _queued(queue_on_own_redis)[-1] == "desktops.tasks.start_desktop"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -272,9 +273,9 @@ def test_creating_desktops_with_redis_down_creates_nothing_and_says_why(
     before = Desktop.objects.count()
     queue_on_own_redis.kill()
     with pytest.raises(TaskQueueUnavailableError):
-        services.desktop_create(actor=north.student, template=base_template, name="mine")
+        desktop_create(actor=north.student, template=base_template, name="mine")
     with pytest.raises(TaskQueueUnavailableError):
-        services.desktops_create_bulk(
+        desktops_create_bulk(
             actor=north.teacher,
             template=base_template,
             owners=[north.student],
@@ -350,7 +351,7 @@ def test_a_desktop_created_on_a_full_pool_fails_with_the_reason_and_leaves_nothi
     _fill(small_desktops_pool)
     disks_before = Disk.objects.count()
     owner = UserFactory.create(role=Role.ADMIN)
-    desktop = run(services.desktop_create, actor=owner, template=base_template, name="full")
+    desktop = run(desktop_create, actor=owner, template=base_template, name="full")
     desktop.refresh_from_db()
     assert desktop.status == S.FAILED
     assert "No space left on device" in desktop.status_reason, desktop.status_reason
@@ -373,7 +374,7 @@ def test_a_class_on_a_nearly_full_pool_gets_what_fits_and_each_other_desktop_say
     MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
     students = [MembershipFactory.create(course=course).user for _ in range(6)]
     run(
-        services.desktops_create_bulk,
+        desktops_create_bulk,
         actor=teacher,
         template=base_template,
         owners=students,
@@ -412,7 +413,7 @@ def test_a_start_on_a_deleted_template_disk_is_refused_and_the_admin_health_name
     template_file.rename(kept)
     try:
         with pytest.raises(ConflictError, match="the disk or its template is missing"):
-            run(services.desktop_start, actor=owner, desktop=desktop)
+            run(desktop_start, actor=owner, desktop=desktop)
         desktop.refresh_from_db()
         assert desktop.status == S.STOPPED  # nothing changed, nothing lost
         assert Path(desktop.disk.path).exists()
@@ -423,10 +424,10 @@ def test_a_start_on_a_deleted_template_disk_is_refused_and_the_admin_health_name
     finally:
         kept.rename(template_file)
     # The admin puts the file back: the same desktop starts.
-    run(services.desktop_start, actor=owner, desktop=desktop)
+    run(desktop_start, actor=owner, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
-    run(services.desktop_stop, actor=owner, desktop=desktop)
+    run(desktop_stop, actor=owner, desktop=desktop)
 
 
 # --- 2. and 6. a libvirt daemon and a Celery worker of the test's own ---------------------
@@ -494,17 +495,17 @@ def host_on_own_libvirtd(own_libvirtd: Any, pools: dict[str, Any], storage_root:
 def test_libvirtd_killed_during_a_start_or_while_it_runs_then_back_statuses_follow(
     host_on_own_libvirtd: Any, own_libvirtd: Any, base_template: Any, run: Any, settings: Any
 ) -> None:
+    from desktops.fleet.monitoring import hypervisors_monitor
+    from desktops.tasks import reconcile_all_hypervisors
     from hypervisors.choices import HypervisorState
     from hypervisors.drivers import libvirt_driver
-    from hypervisors.services import hypervisors_monitor
-    from hypervisors.tasks import reconcile_all_hypervisors
 
     settings.ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = 0  # the start's failure: at once
     owner, desktop = _a_stopped_desktop(run, base_template)
     os.chmod(desktop.disk.path, 0o666)
     # The start is accepted, then the daemon dies before the worker's boot reaches it.
     with run.capture(execute=False) as callbacks:
-        services.desktop_start(actor=owner, desktop=desktop)
+        desktop_start(actor=owner, desktop=desktop)
     own_libvirtd.kill_libvirtd()
     try:
         run.process(callbacks)
@@ -519,7 +520,7 @@ def test_libvirtd_killed_during_a_start_or_while_it_runs_then_back_statuses_foll
     assert hypervisors_monitor()["faults"] == HypervisorState.ONLINE
     state = libvirt_driver.domain_state(own_libvirtd.uri, desktop.domain_name)
     assert state != libvirt_driver.DomainState.RUNNING
-    run(services.desktop_start, actor=owner, desktop=desktop)
+    run(desktop_start, actor=owner, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
 
@@ -541,7 +542,7 @@ def test_libvirtd_killed_during_a_start_or_while_it_runs_then_back_statuses_foll
     reconcile_all_hypervisors()  # back: the host is online and the guest still runs
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
-    run(services.desktop_stop, actor=owner, desktop=desktop)
+    run(desktop_stop, actor=owner, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
 
@@ -554,9 +555,9 @@ def test_libvirtd_frozen_a_start_fails_in_time_the_host_goes_offline_then_back_i
 
     Before libvirt calls had a timeout, the start below blocked its worker for ever.
     """
+    from desktops.fleet.monitoring import hypervisors_monitor
     from hypervisors.choices import HypervisorState
     from hypervisors.drivers import libvirt_driver
-    from hypervisors.services import hypervisors_monitor
 
     settings.ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS = 3
     settings.ISARD_HYPERVISOR_SAMPLE_TIMEOUT_SECONDS = 2
@@ -567,7 +568,7 @@ def test_libvirtd_frozen_a_start_fails_in_time_the_host_goes_offline_then_back_i
     _signal_daemon(own_libvirtd, signal.SIGSTOP)
     try:
         began = time.monotonic()
-        run(services.desktop_start, actor=owner, desktop=desktop)
+        run(desktop_start, actor=owner, desktop=desktop)
         took = time.monotonic() - began
         desktop.refresh_from_db()
         assert desktop.status == S.FAILED
@@ -585,7 +586,7 @@ def test_libvirtd_frozen_a_start_fails_in_time_the_host_goes_offline_then_back_i
         assert hypervisors_monitor(now=later)["faults"] == HypervisorState.OFFLINE
         # Nothing more is placed there: the next start is refused at once.
         began = time.monotonic()
-        run(services.desktop_start, actor=owner, desktop=desktop)
+        run(desktop_start, actor=owner, desktop=desktop)
         desktop.refresh_from_db()
         assert desktop.status == S.FAILED
         assert "did not answer" not in desktop.status_reason, desktop.status_reason
@@ -600,14 +601,14 @@ def test_libvirtd_frozen_a_start_fails_in_time_the_host_goes_offline_then_back_i
         30,
         "the host to be online again",
     )
-    run(services.desktop_start, actor=owner, desktop=desktop)
+    run(desktop_start, actor=owner, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
     assert (
         libvirt_driver.domain_state(own_libvirtd.uri, desktop.domain_name)
         == libvirt_driver.DomainState.RUNNING
     )
-    run(services.desktop_stop, actor=owner, desktop=desktop)
+    run(desktop_stop, actor=owner, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STOPPED
 

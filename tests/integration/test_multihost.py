@@ -33,10 +33,17 @@ import pytest
 
 from accounts.choices import CourseRole, Role
 from accounts.tests.factories import CourseFactory, MembershipFactory, UserFactory
-from desktops import services as desktop_services
 from desktops.choices import DesktopStatus
+from desktops.fleet.drain import hypervisor_drain
+from desktops.fleet.monitoring import hypervisor_refresh
+from desktops.fleet.moves import desktop_live_migrate
+from desktops.fleet.placement import hypervisor_place
+from desktops.fleet.selectors import drain_progress
 from desktops.models import Desktop
-from hypervisors import services
+from desktops.services.domains import serial_log_path
+from desktops.services.lifecycle import desktop_shutdown, desktop_start
+from desktops.services.provisioning import desktops_create_bulk
+from desktops.tasks import reconcile_all_hypervisors
 from hypervisors.choices import (
     AcceleratorSetting,
     DrainPolicy,
@@ -50,8 +57,8 @@ from hypervisors.choices import (
 from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import parse_boot_count
 from hypervisors.models import DesktopMove, Hypervisor
-from hypervisors.selectors import drain_progress
-from hypervisors.tasks import reconcile_all_hypervisors
+from hypervisors.services.accelerator import hypervisor_detect_accelerator
+from hypervisors.services.hosts import hypervisor_register
 from isard.core.errors import NoCapacityError
 from tests.integration.conftest import wait_for
 
@@ -288,13 +295,13 @@ def hosts(
     for name, daemon in zip(("a", "b"), daemons, strict=True):
         daemon.start()
         daemon.remove_guests()
-        host = services.hypervisor_register(name=name, uri=daemon.uri)
+        host = hypervisor_register(name=name, uri=daemon.uri)
         Hypervisor.objects.filter(pk=host.pk).update(
             accelerator_setting=AcceleratorSetting.QEMU, migration_address="127.0.0.1"
         )
         host.refresh_from_db()
-        host = services.hypervisor_detect_accelerator(hypervisor=host, probe_image=Path("/"))
-        made.append(services.hypervisor_refresh(hypervisor=host))
+        host = hypervisor_detect_accelerator(hypervisor=host, probe_image=Path("/"))
+        made.append(hypervisor_refresh(hypervisor=host))
     # Both are this machine, sampled a few milliseconds apart: make the samples equal, so
     # what tells the hosts apart is what the balancer does, not other processes' memory.
     Hypervisor.objects.filter(pk__in=[host.pk for host in made]).update(
@@ -311,7 +318,7 @@ def hosts(
 @pytest.fixture
 def template(tiny_image: Path, pools: dict[str, Any]) -> Any:
     from hypervisors.demo import demo_hardware_profile
-    from templates_app.services import template_register_base
+    from templates_app.services.templates import template_register_base
 
     return template_register_base(
         name="Tiny Linux (demo)", image=tiny_image, hardware=demo_hardware_profile()
@@ -325,7 +332,7 @@ def make_class(run: Any, template: Any, size: int) -> tuple[Any, list[Desktop]]:
     MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
     students = [MembershipFactory.create(course=course).user for _ in range(size)]
     run(
-        desktop_services.desktops_create_bulk,
+        desktops_create_bulk,
         actor=teacher,
         template=template,
         owners=students,
@@ -342,14 +349,14 @@ def make_class(run: Any, template: Any, size: int) -> tuple[Any, list[Desktop]]:
 
 def start(run: Any, desktop: Desktop) -> None:
     desktop.refresh_from_db()
-    desktop_services.serial_log_path(desktop).unlink(missing_ok=True)
-    run(desktop_services.desktop_start, actor=desktop.owner, desktop=desktop)
+    serial_log_path(desktop).unlink(missing_ok=True)
+    run(desktop_start, actor=desktop.owner, desktop=desktop)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED, desktop.status_reason
 
 
 def boot_count(desktop: Desktop, timeout: float = 240) -> int:
-    log = desktop_services.serial_log_path(desktop)
+    log = serial_log_path(desktop)
 
     def booted() -> int | None:
         return parse_boot_count(log.read_text(errors="replace")) if log.exists() else None
@@ -389,7 +396,7 @@ def test_a_class_spreads_over_two_real_hosts_and_a_guest_moves_live_between_them
 
     # One running guest moves from a to b and keeps running there.
     moving = next(desktop for desktop in desktops if placed[desktop.pk] == a)
-    move = services.desktop_live_migrate(desktop=moving, target=b, reason=MoveReason.BALANCE)
+    move = desktop_live_migrate(desktop=moving, target=b, reason=MoveReason.BALANCE)
     assert move.status == MoveStatus.DONE, move.detail
     moving.refresh_from_db()
     assert (moving.hypervisor, moving.status) == (b, S.STARTED)
@@ -401,8 +408,8 @@ def test_a_class_spreads_over_two_real_hosts_and_a_guest_moves_live_between_them
 
     # The guest that now runs on b is the same one: it answers the ACPI power button there,
     # and its next boot is its second (it never rebooted, and its disk came along).
-    desktop_services.serial_log_path(moving).unlink(missing_ok=True)
-    run(desktop_services.desktop_shutdown, actor=moving.owner, desktop=moving)
+    serial_log_path(moving).unlink(missing_ok=True)
+    run(desktop_shutdown, actor=moving.owner, desktop=moving)
 
     def powered_off() -> bool:
         reconcile_all_hypervisors()
@@ -417,7 +424,7 @@ def test_a_class_spreads_over_two_real_hosts_and_a_guest_moves_live_between_them
     on_a = Desktop.objects.filter(hypervisor=a, status=S.STARTED).count()
     assert on_a >= 1
     admin = UserFactory.create(role=Role.ADMIN)
-    run(services.hypervisor_drain, actor=admin, hypervisor=a, policy=DrainPolicy.MIGRATE)
+    run(hypervisor_drain, actor=admin, hypervisor=a, policy=DrainPolicy.MIGRATE)
     a.refresh_from_db()
     progress = drain_progress(a)
     assert progress is not None and progress.finished, progress
@@ -429,7 +436,7 @@ def test_a_class_spreads_over_two_real_hosts_and_a_guest_moves_live_between_them
     drained = DesktopMove.objects.filter(source=a, reason=MoveReason.DRAIN)
     assert {(m.kind, m.status) for m in drained} == {(MoveKind.LIVE_MIGRATION, MoveStatus.DONE)}
     with pytest.raises(NoCapacityError, match="host a is in maintenance"):
-        services.hypervisor_place(memory_mib=32 * 1024 * 1024, vcpus=1, charge=False)
+        hypervisor_place(memory_mib=32 * 1024 * 1024, vcpus=1, charge=False)
 
 
 def test_a_host_whose_daemon_dies_goes_offline_and_its_desktops_come_back(
@@ -454,7 +461,7 @@ def test_a_host_whose_daemon_dies_goes_offline_and_its_desktops_come_back(
     assert on_b.status == S.UNKNOWN
     assert "has not answered" in on_b.status_reason
     # Nothing is placed on b while it is gone.
-    assert services.hypervisor_place(memory_mib=192, vcpus=1, charge=False) == a
+    assert hypervisor_place(memory_mib=192, vcpus=1, charge=False) == a
 
     daemons[1].start()
     reconcile_all_hypervisors()

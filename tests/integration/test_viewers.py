@@ -39,7 +39,9 @@ from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, ViewerProtocol, ViewerToken
-from desktops.services import desktop_create, desktop_start, serial_log_path
+from desktops.services.domains import serial_log_path
+from desktops.services.lifecycle import desktop_start
+from desktops.services.provisioning import desktop_create
 from desktops.viewer.services import viewer_token_issue, viewer_vv_build
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver

@@ -41,15 +41,21 @@ from django.test import Client
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
+from desktops.fleet.monitoring import hypervisor_refresh
+from desktops.fleet.moves import desktop_live_migrate
 from desktops.models import Desktop
-from desktops.services import desktop_create, desktop_start, serial_log_path
+from desktops.services.domains import serial_log_path
+from desktops.services.lifecycle import desktop_start
+from desktops.services.provisioning import desktop_create
 from desktops.viewer.rfb import RfbHandshakeError, UpstreamTls, upstream_sign_in
 from desktops.viewer.services import viewer_token_issue, viewer_vv_build
-from hypervisors import services, tls
+from hypervisors import tls
 from hypervisors.choices import AcceleratorSetting, MoveReason, MoveStatus, PoolPurpose
 from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import GUEST_READY_MARKER
 from hypervisors.models import Hypervisor
+from hypervisors.services.accelerator import hypervisor_detect_accelerator
+from hypervisors.services.hosts import hypervisor_register
 from tests.integration.browser import (
     CANVAS_PIXELS,
     AsgiServer,
@@ -151,15 +157,13 @@ def tls_hosts(
     made = []
     for host in tls_daemons:
         host.daemon.remove_guests()
-        hypervisor = services.hypervisor_register(name=host.name, uri=host.daemon.uri)
+        hypervisor = hypervisor_register(name=host.name, uri=host.daemon.uri)
         Hypervisor.objects.filter(pk=hypervisor.pk).update(
             accelerator_setting=AcceleratorSetting.QEMU, migration_address="127.0.0.1"
         )
         hypervisor.refresh_from_db()
-        hypervisor = services.hypervisor_detect_accelerator(
-            hypervisor=hypervisor, probe_image=Path("/")
-        )
-        made.append(services.hypervisor_refresh(hypervisor=hypervisor))
+        hypervisor = hypervisor_detect_accelerator(hypervisor=hypervisor, probe_image=Path("/"))
+        made.append(hypervisor_refresh(hypervisor=hypervisor))
     yield made[0], made[1]
     for host in tls_daemons:
         host.daemon.remove_guests()
@@ -291,7 +295,7 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
     storage_root: Path,
 ) -> None:
     from hypervisors.demo import demo_hardware_profile
-    from templates_app.services import template_register_base
+    from templates_app.services.templates import template_register_base
 
     template = template_register_base(
         name="Tiny Linux (demo)", image=tiny_image, hardware=demo_hardware_profile()
@@ -418,9 +422,7 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
     moves: list[Any] = []
 
     def migrate() -> Any:
-        return services.desktop_live_migrate(
-            desktop=desktop, target=target, reason=MoveReason.BALANCE
-        )
+        return desktop_live_migrate(desktop=desktop, target=target, reason=MoveReason.BALANCE)
 
     close_code = open_during(platform_server, owner, desktop, migrate, moves)
     [move] = moves

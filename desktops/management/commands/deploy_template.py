@@ -11,7 +11,8 @@ from accounts.choices import CourseRole
 from accounts.models import Course, User
 from desktops.choices import BUSY_STATUSES, DesktopStatus
 from desktops.models import Desktop
-from desktops.services import desktop_start, desktops_create_bulk
+from desktops.services.lifecycle import desktop_start
+from desktops.services.provisioning import desktops_create_bulk
 from isard.core.errors import ApplicationError
 from templates_app.models import Template
 

@@ -18,7 +18,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from desktops.services import desktop_for_domain, desktop_sync_state
+from desktops.services.reconciliation import desktop_for_domain, desktop_sync_state
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Hypervisor
 from hypervisors.routing import default_queue

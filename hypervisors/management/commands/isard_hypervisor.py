@@ -16,10 +16,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from desktops.fleet.monitoring import hypervisor_refresh
 from hypervisors.choices import AcceleratorSetting
 from hypervisors.models import Hypervisor
 from hypervisors.routing import hypervisor_queue
-from hypervisors.services import hypervisor_add, hypervisor_check, hypervisor_refresh
+from hypervisors.services.hosts import hypervisor_add, hypervisor_check
 from isard.core.errors import ApplicationError
 
 

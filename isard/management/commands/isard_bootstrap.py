@@ -8,15 +8,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.demo import demo_people_ensure
+from desktops.fleet.monitoring import hypervisor_refresh
 from hypervisors.demo import DEMO_TEMPLATE_NAME, demo_image_ensure, demo_template_ensure
 from hypervisors.guest_image import GuestImageError
 from hypervisors.models import Hypervisor
-from hypervisors.services import (
-    hypervisor_detect_accelerator,
-    hypervisor_refresh,
-    hypervisor_register,
-    storage_pools_ensure,
-)
+from hypervisors.services.accelerator import hypervisor_detect_accelerator
+from hypervisors.services.hosts import hypervisor_register
+from hypervisors.services.pools import storage_pools_ensure
 
 
 class Command(BaseCommand):

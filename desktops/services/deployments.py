@@ -23,13 +23,9 @@ from accounts.models import Course, User
 from accounts.permissions import can_manage_course, is_manager
 from desktops.choices import ACTIVE_STATUSES, DesktopStatus
 from desktops.models import Deployment, Desktop
-from desktops.services import (
-    desktop_delete,
-    desktop_shutdown,
-    desktop_start,
-    desktop_stop,
-    desktops_create_bulk,
-)
+from desktops.services.lifecycle import desktop_shutdown, desktop_start, desktop_stop
+from desktops.services.provisioning import desktops_create_bulk
+from desktops.services.recycle_bin import desktop_delete
 from isard.core.errors import (
     ApplicationError,
     ConflictError,

@@ -1,0 +1,217 @@
+"""The one place a desktop's status changes, its event rows and its live broadcast."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from accounts.models import User
+from accounts.permissions import can_act_on_desktop
+from desktops.choices import TRANSITIONS, DesktopStatus
+from desktops.models import Desktop, DesktopEvent
+from isard.core.broadcast import group_send_many
+from isard.core.errors import (
+    ConflictError,
+    PermissionDeniedError,
+)
+from isard.core.transitions import Change, StateMachine
+
+logger = logging.getLogger(__name__)
+
+
+S = DesktopStatus
+
+
+def desktop_transition(
+    *,
+    desktop: Desktop,
+    to: DesktopStatus,
+    reason: str = "",
+    actor: User | None = None,
+    **fields: Any,
+) -> Desktop:
+    """Move `desktop` from its current status (as loaded) to `to`, or raise ConflictError."""
+    _changed, conflicts = desktops_transition(
+        changes=[(desktop, fields)], to=to, reason=reason, actor=actor
+    )
+    if conflicts:
+        raise conflicts[0]
+    return desktop
+
+
+def desktops_transition(
+    *,
+    changes: Sequence[tuple[Desktop, dict[str, Any]]],
+    to: DesktopStatus,
+    reason: str = "",
+    actor: User | None = None,
+) -> tuple[list[Desktop], list[ConflictError]]:
+    """The one place a status changes; for one desktop or a whole class in one transaction.
+
+    For each (desktop, extra fields): checks the declared table, then updates with
+    `WHERE status = <as loaded>`, so a desktop another worker changed meanwhile is left
+    alone and reported as a conflict. Writes the audit rows and, after commit, sends each
+    owner's websocket the new status. Returns the desktops changed and the conflicts.
+    """
+    return DESKTOP_STATES.transition_many(changes=changes, to=to, reason=reason, actor=actor)
+
+
+def _event_of(change: Change[Desktop], actor: User | None) -> DesktopEvent:
+    return DesktopEvent(
+        desktop=change.instance,
+        from_status=change.from_status,
+        to_status=change.to_status,
+        reason=change.reason,
+        actor=actor,
+    )
+
+
+def _broadcast_changes(changes: Sequence[Change[Desktop]]) -> None:
+    broadcast_status_payloads(
+        [
+            (
+                change.instance.owner_id,
+                desktop_status_payload(
+                    change.instance,
+                    status=DesktopStatus(change.to_status),
+                    reason=change.reason,
+                    changed_at=change.changed_at,
+                ),
+            )
+            for change in changes
+        ]
+    )
+
+
+def broadcast_status_payloads(payloads: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    """Send desktops' statuses (as committed) to their owners' websocket groups.
+
+    A desktop of a course goes to the course's group too, where its teachers' pages
+    listen: a class of thirty starting shows up live on the teacher's screen.
+    """
+    messages: list[tuple[str, dict[str, Any]]] = []
+    for owner_id, payload in payloads:
+        event = {"type": "desktop.status", "desktop": payload}
+        messages.append((owner_group(owner_id), event))
+        if payload.get("course"):
+            messages.append((course_group(payload["course"]), event))
+    group_send_many(messages)
+
+
+def broadcast_desktop_status(desktop_id: int) -> None:
+    """Send the desktop's current status, read from the database, to its owner."""
+    desktop = Desktop.objects.filter(pk=desktop_id).first()
+    if desktop is not None:
+        broadcast_status_payloads([(desktop.owner_id, desktop_status_payload(desktop))])
+
+
+def owner_group(user_id: int) -> str:
+    return f"desktops.user.{user_id}"
+
+
+def course_group(course_id: int) -> str:
+    return f"desktops.course.{course_id}"
+
+
+def desktop_status_payload(
+    desktop: Desktop,
+    *,
+    status: DesktopStatus | None = None,
+    reason: str | None = None,
+    changed_at: datetime | None = None,
+) -> dict[str, Any]:
+    """What the websocket sends about a desktop (overrides: the values being written)."""
+    status = status or DesktopStatus(desktop.status)
+    return {
+        "id": desktop.pk,
+        "uuid": str(desktop.uuid),
+        "owner": desktop.owner_id,
+        "course": desktop.course_id,
+        "name": desktop.name,
+        "status": status.value,
+        "status_label": status.label,
+        "status_reason": desktop.status_reason if reason is None else reason,
+        "status_changed_at": (changed_at or desktop.status_changed_at).isoformat(),
+    }
+
+
+def desktops_record_created(desktops: Sequence[Desktop], *, actor: User | None) -> None:
+    """The first event of new desktops: they are born "creating", no transition wrote it."""
+    DesktopEvent.objects.bulk_create(
+        [DesktopEvent(desktop=desktop, to_status=S.CREATING, actor=actor) for desktop in desktops]
+    )
+
+
+def desktop_event_record(desktop: Desktop, reason: str, actor: User | None = None) -> None:
+    """Something happened to the desktop that did not change its status (a reset, a look
+    at its screen, a move to another host): an event row all the same."""
+    DesktopEvent.objects.create(
+        desktop=desktop,
+        from_status=desktop.status,
+        to_status=desktop.status,
+        reason=reason,
+        actor=actor,
+    )
+
+
+def desktop_fail(desktop: Desktop, reason: str) -> Desktop:
+    """Record a failure; if someone else moved the desktop meanwhile, their status stands."""
+    desktop.refresh_from_db()
+    if S.FAILED not in TRANSITIONS[DesktopStatus(desktop.status)]:
+        logger.warning("desktop %s: %s (left %s)", desktop.pk, reason, desktop.status)
+        return desktop
+    try:
+        return desktop_transition(desktop=desktop, to=S.FAILED, reason=reason)
+    except ConflictError:
+        desktop.refresh_from_db()
+        return desktop
+
+
+def check_can_act(actor: User, desktop: Desktop) -> None:
+    if not can_act_on_desktop(actor, desktop):
+        raise PermissionDeniedError("This desktop is not yours.")
+
+
+def undo_creation(desktop_ids: Sequence[int]) -> Callable[[str], None]:
+    """An `undo` for new desktops: remove those still creating with nothing made yet."""
+
+    def undo(reason: str) -> None:
+        removed, _ = Desktop.objects.filter(
+            pk__in=list(desktop_ids), status=S.CREATING, disk__isnull=True
+        ).delete()
+        logger.warning("removed %s new desktops: %s", removed, reason)
+
+    return undo
+
+
+def undo_transition(desktop: Desktop, previous: DesktopStatus) -> Callable[[str], None]:
+    """An `undo` for a busy status: back to `previous` if the table allows, else failed."""
+    busy = DesktopStatus(desktop.status)
+
+    def undo(reason: str) -> None:
+        current = Desktop.objects.filter(pk=desktop.pk).first()
+        if current is None or current.status != busy:
+            return  # someone else moved it meanwhile
+        target = previous if previous in TRANSITIONS[busy] else S.FAILED
+        try:
+            desktop_transition(desktop=current, to=target, reason=reason)
+        except ConflictError:
+            pass
+        desktop.refresh_from_db()
+
+    return undo
+
+
+#: Desktops' statuses: the table in `desktops.choices`, an event row per change, and the
+#: owner's (and course's) websocket told after commit.
+DESKTOP_STATES: StateMachine[Desktop] = StateMachine(
+    model=Desktop,
+    statuses=DesktopStatus,
+    table=TRANSITIONS,
+    noun="desktop",
+    event=_event_of,
+    changed_at_field="status_changed_at",
+    after_commit=_broadcast_changes,
+)

@@ -1,0 +1,1 @@
+"""Writes for templates and install media, one concern per module."""

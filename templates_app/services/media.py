@@ -1,0 +1,84 @@
+"""Install media registered from a path on the server: copied into the media pool by a task."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+from django.db import transaction
+
+from accounts.models import User
+from accounts.quotas import QuotaChange, quota_check
+from hypervisors.choices import PoolPurpose
+from hypervisors.services.pools import pool_for
+from isard.core.errors import ApplicationError, PermissionDeniedError
+from isard.core.tasks import send_after_commit
+from templates_app import task_calls
+from templates_app.choices import MediaKind, MediaStatus
+from templates_app.models import Media
+
+
+def media_register(*, actor: User, name: str, source: Path, kind: str = MediaKind.ISO) -> Media:
+    """Register an ISO (or floppy image) from a path: copied into the media pool by a task."""
+    if not actor.is_teacher:
+        raise PermissionDeniedError("Only teachers can add media.")
+    if not source.is_file():
+        raise ApplicationError(f"There is no file at {source}.")
+    name = name.strip() or source.name
+
+    pool = pool_for(PoolPurpose.MEDIA)
+    with transaction.atomic():
+        quota_check(
+            owner=actor, actor=actor, change=QuotaChange(media=1, disk_bytes=source.stat().st_size)
+        )
+        media = Media.objects.create(
+            name=name,
+            kind=kind,
+            owner=actor,
+            path=str(Path(pool.path) / f"{uuid.uuid4()}.{kind}"),
+            size_bytes=source.stat().st_size,
+            status=MediaStatus.COPYING,
+        )
+        send_after_commit(task_calls.import_media(media_id=media.pk, source=source))
+    return media
+
+
+MEDIA_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def media_import(*, media_id: int, source: Path) -> Media:
+    """Copy the file in chunks, hashing as it goes, with progress a page can show."""
+    media = Media.objects.get(pk=media_id)
+    if media.status != MediaStatus.COPYING:
+        return media
+    destination = Path(media.path)
+    partial = destination.with_suffix(destination.suffix + ".part")
+    digest = hashlib.sha256()
+    total = max(1, source.stat().st_size)
+    copied = 0
+    last_percent = -1
+    try:
+        with source.open("rb") as reader, partial.open("wb") as writer:
+            while chunk := reader.read(MEDIA_CHUNK_BYTES):
+                writer.write(chunk)
+                digest.update(chunk)
+                copied += len(chunk)
+                percent = copied * 100 // total
+                if percent != last_percent:
+                    Media.objects.filter(pk=media.pk).update(progress_percent=percent)
+                    last_percent = percent
+        partial.chmod(0o444)
+        partial.replace(destination)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        Media.objects.filter(pk=media.pk).update(
+            status=MediaStatus.FAILED, status_reason=f"Could not copy {source}: {error}"
+        )
+        media.refresh_from_db()
+        return media
+    Media.objects.filter(pk=media.pk).update(
+        status=MediaStatus.READY, sha256=digest.hexdigest(), size_bytes=copied, progress_percent=100
+    )
+    media.refresh_from_db()
+    return media

@@ -1,0 +1,184 @@
+"""Install media uploaded from a browser, in resumable chunks, checked by its SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from django.db import transaction
+
+from accounts.models import User
+from hypervisors.choices import PoolPurpose
+from hypervisors.services.pools import pool_for
+from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+from isard.core.tasks import send_after_commit
+from templates_app import task_calls
+from templates_app.choices import MediaKind, MediaStatus
+from templates_app.models import Media
+from templates_app.services.media import MEDIA_CHUNK_BYTES
+
+#: The largest chunk one request may carry; the page sends 8 MiB.
+MEDIA_UPLOAD_MAX_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+#: An ISO larger than this is surely a mistake (a disk image picked by accident).
+MEDIA_UPLOAD_MAX_BYTES = 64 * 1024**3
+
+
+class Readable(Protocol):
+    """Where a chunk comes from: a request body, a file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _upload_part(media: Media) -> Path:
+    path = Path(media.path)
+    return path.with_suffix(path.suffix + ".part")
+
+
+def media_upload_begin(
+    *, actor: User, name: str, size_bytes: int, kind: str = MediaKind.ISO
+) -> Media:
+    """Open an upload: a Media row in "uploading" and an empty part file in the media pool.
+
+    The browser then sends the file in chunks (`media_upload_chunk`), so a 5 GB ISO
+    needs no request of 5 GB, shows its progress, and resumes after a dropped
+    connection from where the server says it is. A file that cannot fit in the pool is
+    refused now, not at 97%.
+    """
+    if not actor.is_teacher:
+        raise PermissionDeniedError("Only teachers can add media.")
+    name = name.strip()
+    if not name:
+        raise ApplicationError("Media need a name.")
+    if kind not in MediaKind.values:
+        raise ApplicationError(
+            f"Unknown kind of media “{kind}”.", extra={"kinds": MediaKind.values}
+        )
+    if size_bytes <= 0 or size_bytes > MEDIA_UPLOAD_MAX_BYTES:
+        raise ApplicationError(
+            f"An upload must be between 1 byte and {MEDIA_UPLOAD_MAX_BYTES // 1024**3} GiB."
+        )
+    pool = pool_for(PoolPurpose.MEDIA)
+    free = shutil.disk_usage(pool.path).free
+    if size_bytes > free:
+        raise ApplicationError(
+            f"The media pool has {free / 1024**3:.1f} GiB free; this file needs "
+            f"{size_bytes / 1024**3:.1f} GiB.",
+            extra={"free_bytes": free, "size_bytes": size_bytes},
+        )
+    media = Media.objects.create(
+        name=name,
+        kind=kind,
+        owner=actor,
+        path=str(Path(pool.path) / f"{uuid.uuid4()}.{kind}"),
+        size_bytes=size_bytes,
+        status=MediaStatus.UPLOADING,
+    )
+    _upload_part(media).touch(mode=0o644)
+    return media
+
+
+def media_upload_received(media: Media) -> int:
+    """How many bytes of the upload the server holds: where the next chunk starts."""
+    try:
+        return _upload_part(media).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _check_upload(actor: User, media: Media) -> None:
+    if media.owner_id != actor.pk and not actor.is_admin:
+        raise NotFoundError("No such media.")
+    if media.status != MediaStatus.UPLOADING:
+        raise ConflictError(
+            f"“{media.name}” is not being uploaded (it is {media.get_status_display().lower()}).",
+            extra={"status": media.status},
+        )
+
+
+def media_upload_chunk(*, actor: User, media: Media, offset: int, stream: Readable) -> int:
+    """Append one chunk at `offset`; returns the bytes now held.
+
+    A chunk for the wrong offset (sent twice, or after a gap) is refused with the offset
+    the server expects, so the page resends from there and nothing is written twice.
+    """
+    _check_upload(actor, media)
+    received = media_upload_received(media)
+    if offset != received:
+        raise ConflictError(
+            f"The upload of “{media.name}” continues at byte {received}, not {offset}.",
+            extra={"offset": received},
+        )
+    written = 0
+    with _upload_part(media).open("ab") as part:
+        while block := stream.read(1024 * 1024):
+            written += len(block)
+            if written > MEDIA_UPLOAD_MAX_CHUNK_BYTES or received + written > media.size_bytes:
+                part.truncate(received)
+                raise ApplicationError(
+                    "This chunk goes past the end of the file or the largest chunk allowed.",
+                    extra={"offset": received},
+                )
+            part.write(block)
+    received += written
+    Media.objects.filter(pk=media.pk).update(
+        progress_percent=min(99, received * 100 // max(1, media.size_bytes))
+    )
+    return received
+
+
+def media_upload_finish(*, actor: User, media: Media) -> Media:
+    """All bytes are here: check the file (its SHA-256, by a task) and make it usable."""
+    _check_upload(actor, media)
+    received = media_upload_received(media)
+    if received != media.size_bytes:
+        raise ConflictError(
+            f"The upload of “{media.name}” has {received} of {media.size_bytes} bytes.",
+            extra={"offset": received},
+        )
+
+    with transaction.atomic():
+        updated = Media.objects.filter(pk=media.pk, status=MediaStatus.UPLOADING).update(
+            status=MediaStatus.VERIFYING
+        )
+        if updated:
+            send_after_commit(task_calls.verify_media_upload(media_id=media.pk))
+    media.refresh_from_db()
+    return media
+
+
+def media_upload_verify(*, media_id: int) -> Media:
+    """Hash the uploaded file, make it read-only and ready (run by a task)."""
+    media = Media.objects.get(pk=media_id)
+    if media.status != MediaStatus.VERIFYING:
+        return media
+    part = _upload_part(media)
+    digest = hashlib.sha256()
+    try:
+        with part.open("rb") as reader:
+            while chunk := reader.read(MEDIA_CHUNK_BYTES):
+                digest.update(chunk)
+        part.chmod(0o444)
+        part.replace(Path(media.path))
+    except OSError as error:
+        Media.objects.filter(pk=media.pk).update(
+            status=MediaStatus.FAILED, status_reason=f"Could not check the upload: {error}"
+        )
+        media.refresh_from_db()
+        return media
+    Media.objects.filter(pk=media.pk).update(
+        status=MediaStatus.READY, sha256=digest.hexdigest(), progress_percent=100
+    )
+    media.refresh_from_db()
+    return media
+
+
+def media_upload_cancel(*, actor: User, media: Media) -> None:
+    """Drop an unfinished upload and its part file."""
+    _check_upload(actor, media)
+    _upload_part(media).unlink(missing_ok=True)
+    media.delete()
