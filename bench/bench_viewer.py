@@ -136,12 +136,12 @@ def main() -> None:
         from desktops.services.lifecycle import desktop_start
         from desktops.services.provisioning import desktop_create
         from hypervisors.choices import Accelerator, HypervisorState
-        from hypervisors.demo import demo_hardware_profile
         from hypervisors.drivers import libvirt_driver
         from hypervisors.guest_image import GUEST_READY_MARKER
         from hypervisors.services.hosts import hypervisor_register
         from hypervisors.services.pools import storage_pools_ensure
         from isard.celery import app
+        from templates_app.demo import demo_hardware_profile
         from templates_app.services.templates import template_register_base
         from tests.integration.test_viewers_rfb import (
             RfbClient,

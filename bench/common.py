@@ -48,10 +48,11 @@ def host_and_template(work: Path) -> Any:
     """This machine as an online TCG host, and the demo guest as a ready template."""
     from desktops.fleet.monitoring import hypervisor_refresh
     from hypervisors.choices import Accelerator, HypervisorState
-    from hypervisors.demo import demo_hardware_profile, guest_kernel_root
+    from hypervisors.demo import guest_kernel_root
     from hypervisors.guest_image import build_tiny_linux
     from hypervisors.services.hosts import hypervisor_register
     from hypervisors.services.pools import storage_pools_ensure
+    from templates_app.demo import demo_hardware_profile
     from templates_app.services.templates import template_register_base
 
     storage_pools_ensure()

@@ -26,6 +26,7 @@ from accounts import permissions
 from accounts.admin_scope import ManagerAccess, RoleScopedMixin, ScopedModelAdmin
 from accounts.models import User
 from desktops.choices import DesktopStatus
+from desktops.fleet import admin as fleet_admin  # noqa: F401  (registers the hosts' pages)
 from desktops.models import Deployment, Desktop, DesktopEvent, ViewerToken
 from desktops.services.deployments import (
     BulkOutcome,
@@ -40,6 +41,7 @@ from desktops.services.deployments import (
 )
 from desktops.services.lifecycle import desktop_shutdown, desktop_start, desktop_stop
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
+from desktops.services.templating import template_from_desktop
 from isard.core.errors import ApplicationError
 
 
@@ -93,8 +95,6 @@ def _run(action: str) -> Any:
 def make_template(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Desktop]
 ) -> None:
-    from desktops.services.templating import template_from_desktop
-
     for desktop in queryset:
         name = f"{desktop.name} ({timezone.localtime():%Y-%m-%d %H:%M})"
         try:

@@ -37,12 +37,13 @@ from desktops.services.deployments import (
     deployments_visible_to,
 )
 from desktops.services.lifecycle import desktop_get, desktop_shutdown, desktop_start, desktop_stop
-from desktops.services.provisioning import desktop_create
+from desktops.services.provisioning import desktop_create, desktop_create_from_media
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from desktops.services.templating import template_from_desktop
 from desktops.services.transitions import desktop_status_payload
-from isard.core.errors import ApplicationError, NotFoundError
-from templates_app.selectors import templates_visible_to
+from isard.core.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from templates_app.models import HardwareProfile
+from templates_app.selectors import media_owned_by, templates_visible_to
 
 S = DesktopStatus
 
@@ -427,3 +428,35 @@ def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> 
     else:
         messages.success(request, _outcome_message(deployment.name, action, outcome))
     return redirect("course-page", course_id=deployment.course_id)
+
+
+# --- installing a new desktop from media (the media page's form) -----------------------------
+
+
+@login_required
+@require_POST
+def media_install_desktop(request: HttpRequest) -> HttpResponse:
+    """A new desktop that boots the chosen ISO on an empty disk: install, then make a template."""
+    user = _user(request)
+    try:
+        media = media_owned_by(user, int(request.POST.get("media") or 0))
+        hardware = HardwareProfile.objects.filter(pk=request.POST.get("hardware") or 0).first()
+        if hardware is None:
+            raise ApplicationError("Choose a hardware profile.")
+        if not user.is_teacher:
+            raise PermissionDeniedError("Only teachers can install desktops from media.")
+        desktop = desktop_create_from_media(
+            actor=user,
+            media=media,
+            hardware=hardware,
+            name=request.POST.get("name", "").strip() or media.name,
+        )
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return redirect("media-page")
+    messages.success(
+        request,
+        f"“{desktop.name}” is being created with {media.name} in its CD drive; start it "
+        "and open it to install.",
+    )
+    return redirect("dashboard")

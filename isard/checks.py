@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core.checks import Error, register
 
+from desktops.viewer.services import VIEWER_TLS_MODES
+from hypervisors.drivers import libvirt_driver
 from hypervisors.host_access import kvm_access_problem
 
 TAG = "isard_runtime"
@@ -38,8 +41,6 @@ def check_storage_root(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 @register(TAG, deploy=True)
 def check_redis(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    import redis
-
     try:
         client = redis.Redis.from_url(
             settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2
@@ -59,8 +60,6 @@ def check_redis(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 @register(TAG, deploy=True)
 def check_libvirt(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    from hypervisors.drivers import libvirt_driver
-
     try:
         libvirt_driver.ping(settings.ISARD_LIBVIRT_URI)
     except libvirt_driver.DriverError as error:
@@ -97,8 +96,6 @@ def check_accelerator_setting(app_configs: Any = None, **kwargs: Any) -> list[Er
 
 @register(TAG, deploy=True)
 def check_viewer_tls_setting(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    from desktops.viewer.services import VIEWER_TLS_MODES
-
     if settings.ISARD_VIEWER_TLS not in VIEWER_TLS_MODES:
         return [
             Error(

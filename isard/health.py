@@ -11,6 +11,11 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from hypervisors.choices import DiskStatus
+from hypervisors.drivers import libvirt_driver
+from hypervisors.models import Disk, Hypervisor
+from isard.celery import app
+
 CHECK_TIMEOUT_SECONDS = 3.0
 
 
@@ -30,8 +35,6 @@ def check_redis() -> dict[str, Any]:
 
 
 def check_celery() -> dict[str, Any]:
-    from isard.celery import app
-
     replies = app.control.ping(timeout=1.5) or []
     workers = sorted(name for reply in replies for name in reply)
     return {"ok": bool(workers), "workers": workers}
@@ -42,9 +45,6 @@ HEALTH_LIBVIRT_TIMEOUT_SECONDS = 5.0
 
 
 def check_hypervisors() -> dict[str, Any]:
-    from hypervisors.drivers import libvirt_driver
-    from hypervisors.models import Hypervisor
-
     hosts: dict[str, Any] = {}
     for hypervisor in Hypervisor.objects.order_by("name"):
         entry: dict[str, Any] = {
@@ -76,9 +76,6 @@ def check_disks() -> dict[str, Any]:
     One stat and open per disk file, no subprocess. A template's disk deleted behind
     isard's back shows here, before a class tries to start on it.
     """
-    from hypervisors.choices import DiskStatus
-    from hypervisors.models import Disk
-
     missing: list[str] = []
     paths = Disk.objects.filter(status=DiskStatus.READY).values_list("path", flat=True)
     for path in paths.iterator():

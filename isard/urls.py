@@ -28,7 +28,7 @@ urlpatterns = [
         template_views.media_upload_finish,
         name="media-upload-finish",
     ),
-    path("media/install/", template_views.media_install_desktop, name="media-install"),
+    path("media/install/", desktop_views.media_install_desktop, name="media-install"),
     path("templates/", template_views.template_list, name="template-page-list"),
     path(
         "templates/<int:template_id>/sharing/",

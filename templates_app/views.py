@@ -17,11 +17,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts.models import User
-from desktops.services.provisioning import desktop_create_from_media
-from isard.core.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from accounts.models import Course, User
+from accounts.permissions import courses_visible_to, templates_managed_by
+from isard.core.errors import ApplicationError
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media
+from templates_app.selectors import media_owned_by
 from templates_app.services import uploads
 from templates_app.services.templates import template_set_sharing
 
@@ -33,13 +34,6 @@ def _user(request: HttpRequest) -> User:
 
 def _refusal(error: ApplicationError) -> JsonResponse:
     return JsonResponse({"message": error.message, "extra": error.extra}, status=error.status_code)
-
-
-def _my_media(user: User, media_id: int) -> Media:
-    media = Media.objects.filter(pk=media_id).first()
-    if media is None or (media.owner_id != user.pk and not user.is_admin):
-        raise NotFoundError("No such media.")
-    return media
 
 
 def _upload_state(media: Media) -> dict[str, Any]:
@@ -97,7 +91,7 @@ def media_upload_begin(request: HttpRequest) -> JsonResponse:
 def media_upload(request: HttpRequest, media_id: int) -> JsonResponse:
     """GET: where the upload stands (to resume). POST ?offset=N: the next chunk as the body."""
     try:
-        media = _my_media(_user(request), media_id)
+        media = media_owned_by(_user(request), media_id)
         if request.method == "POST":
             try:
                 offset = int(request.GET.get("offset", ""))
@@ -118,40 +112,11 @@ def media_upload(request: HttpRequest, media_id: int) -> JsonResponse:
 @require_POST
 def media_upload_finish(request: HttpRequest, media_id: int) -> JsonResponse:
     try:
-        media = _my_media(_user(request), media_id)
+        media = media_owned_by(_user(request), media_id)
         media = uploads.media_upload_finish(actor=_user(request), media=media)
     except ApplicationError as error:
         return _refusal(error)
     return JsonResponse(_upload_state(media), status=202)
-
-
-@login_required
-@require_POST
-def media_install_desktop(request: HttpRequest) -> HttpResponse:
-    """A new desktop that boots the chosen ISO on an empty disk: install, then make a template."""
-    user = _user(request)
-    try:
-        media = _my_media(user, int(request.POST.get("media") or 0))
-        hardware = HardwareProfile.objects.filter(pk=request.POST.get("hardware") or 0).first()
-        if hardware is None:
-            raise ApplicationError("Choose a hardware profile.")
-        if not user.is_teacher:
-            raise PermissionDeniedError("Only teachers can install desktops from media.")
-        desktop = desktop_create_from_media(
-            actor=user,
-            media=media,
-            hardware=hardware,
-            name=request.POST.get("name", "").strip() or media.name,
-        )
-    except ApplicationError as error:
-        messages.error(request, error.message)
-        return redirect("media-page")
-    messages.success(
-        request,
-        f"“{desktop.name}” is being created with {media.name} in its CD drive; start it "
-        "and open it to install.",
-    )
-    return redirect("dashboard")
 
 
 # --- teachers' templates: what they made, its state, and who may use it ----------------------
@@ -161,8 +126,6 @@ def media_install_desktop(request: HttpRequest) -> HttpResponse:
 @require_GET
 def template_list(request: HttpRequest) -> HttpResponse:
     """My templates: their state (with progress while one is made) and their sharing."""
-    from accounts.permissions import courses_visible_to, templates_managed_by
-
     user = _user(request)
     if not user.is_teacher:
         return render(request, "desktops/not_found.html", {"what": "page"}, status=404)
@@ -184,8 +147,6 @@ def template_list(request: HttpRequest) -> HttpResponse:
 @require_POST
 def template_sharing(request: HttpRequest, template_id: int) -> HttpResponse:
     """Share one of my templates with the courses ticked (and only those)."""
-    from accounts.models import Course
-    from accounts.permissions import templates_managed_by
 
     user = _user(request)
     template = templates_managed_by(user).filter(pk=template_id).first()

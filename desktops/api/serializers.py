@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
+from desktops.services.deployments import deployment_desktops
 from isard.core.api.serializers import FieldsBuiltOnce, id_field
 
 
@@ -112,8 +113,6 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
         read_only_fields = fields
 
     def get_desktop_count(self, deployment: Deployment) -> int:
-        from desktops.services.deployments import deployment_desktops
-
         return deployment_desktops(deployment).count()
 
 

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from rest_framework.routers import SimpleRouter
 
-from desktops.api import views
+from desktops.api import templates, views
 
 router = SimpleRouter()
 router.register("desktops", views.DesktopViewSet, basename="desktop")
 router.register("deployments", views.DeploymentViewSet, basename="deployment")
+router.register("templates", templates.TemplateViewSet, basename="template")
 
 urlpatterns = router.urls

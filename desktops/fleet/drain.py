@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import User
 from desktops import task_calls
 from desktops.choices import DesktopStatus
 from desktops.fleet.moves import MovesResult, desktop_live_migrate, moves_lock_timeout
@@ -19,6 +20,7 @@ from desktops.fleet.selectors import (
     running_desktops,
 )
 from desktops.models import Desktop
+from desktops.services.lifecycle import desktop_shutdown
 from hypervisors.choices import (
     DrainPolicy,
     HypervisorMode,
@@ -43,18 +45,12 @@ from isard.core.errors import (
 )
 from isard.core.tasks import send_after_commit
 
-if TYPE_CHECKING:
-    from accounts.models import User
-
-
 logger = logging.getLogger(__name__)
 
 
 def _shut_down_for_drain(
     desktop_id: int, hypervisor: Hypervisor, actor: User | None
 ) -> DesktopMove | None:
-    from desktops.services.lifecycle import desktop_shutdown
-
     desktop = Desktop.objects.select_related("owner").get(pk=desktop_id)
     if desktop.status != DesktopStatus.STARTED or desktop.hypervisor_id != hypervisor.pk:
         return None
@@ -124,8 +120,6 @@ def hypervisor_drain_step(*, hypervisor_id: int, actor_id: int | None = None) ->
     desktops at the same time. Returns `skipped` when there is nothing to do or the lock
     is busy; the task then tries again later.
     """
-    from accounts.models import User
-
     hypervisor = Hypervisor.objects.get(pk=hypervisor_id)
     if (
         hypervisor.mode != HypervisorMode.MAINTENANCE

@@ -19,6 +19,7 @@ from desktops.fleet.selectors import (
 )
 from desktops.models import Desktop
 from desktops.services.reconciliation import desktops_reconcile
+from desktops.services.transitions import desktops_transition
 from hypervisors.choices import (
     HypervisorState,
 )
@@ -133,8 +134,6 @@ def hypervisor_record_silence(
 
 
 def _desktops_mark_unknown(hypervisor: Hypervisor, *, error: str, silent_seconds: float) -> None:
-    from desktops.services.transitions import desktops_transition
-
     reason = (
         f"its hypervisor {hypervisor.name} has not answered for {silent_seconds:.0f} s: {error}"
     )

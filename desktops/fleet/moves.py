@@ -13,6 +13,7 @@ from django.utils import timezone
 from desktops.choices import DesktopStatus
 from desktops.fleet.monitoring import hypervisor_refresh
 from desktops.models import Desktop, DesktopEvent
+from desktops.services.reconciliation import desktop_sync_state
 from hypervisors.choices import (
     MoveKind,
     MoveReason,
@@ -53,8 +54,6 @@ def desktop_live_migrate(
     or failed. So once the host is updated, the guest's real state on the target is
     applied again.
     """
-    from desktops.services.reconciliation import desktop_sync_state
-
     desktop.refresh_from_db()
     source = desktop.hypervisor
     if desktop.status != DesktopStatus.STARTED or source is None:

@@ -12,6 +12,9 @@ from django.db import transaction
 from accounts.models import User
 from accounts.quotas import QuotaChange, quota_check
 from desktops import task_calls
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop
+from desktops.services.transitions import desktop_transition, undo_transition
 from hypervisors import qemu_img
 from hypervisors.choices import PoolPurpose
 from hypervisors.models import Disk
@@ -35,10 +38,6 @@ def template_from_desktop(
     The desktop's own disk becomes the template's, read-only, and the desktop continues on
     a fresh overlay above it: no data is copied, and the teacher keeps working.
     """
-    from desktops.choices import DesktopStatus
-    from desktops.models import Desktop
-    from desktops.services.transitions import desktop_transition, undo_transition
-
     desktop = Desktop.objects.select_related("template", "hardware").get(pk=desktop_id)
     if desktop.owner_id != actor.pk and not actor.is_admin:
         raise PermissionDeniedError("Only the desktop's owner can make a template of it.")
@@ -76,9 +75,6 @@ def template_from_desktop(
 
 def template_finish_from_desktop(*, template_id: int, desktop_id: int) -> Template:
     """Move the desktop's disk under the template and give the desktop a new overlay."""
-    from desktops.choices import DesktopStatus
-    from desktops.models import Desktop
-    from desktops.services.transitions import desktop_transition
 
     template = Template.objects.get(pk=template_id)
     desktop = Desktop.objects.select_related("disk").get(pk=desktop_id)

@@ -20,6 +20,7 @@ from hypervisors.choices import (
 )
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml
+from hypervisors.guest_image import GUEST_READY_MARKER
 from hypervisors.models import (
     Hypervisor,
 )
@@ -74,8 +75,6 @@ def hypervisor_detect_accelerator(
         return hypervisor
     if hypervisor.accelerator and not force:
         return hypervisor
-
-    from hypervisors.guest_image import GUEST_READY_MARKER
 
     results: list[str] = []
     chosen = ""

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from desktops.choices import DesktopStatus
+from desktops.management.commands.isard_events import watched_uris
 from desktops.models import Desktop
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml
-from hypervisors.management.commands.isard_events import watched_uris
 from hypervisors.tests.factories import HypervisorFactory
 
 SHARED = "test:///default"
@@ -166,7 +166,7 @@ def test_the_command_listens_to_every_host_or_to_those_of_one_worker_queue() -> 
 @pytest.mark.django_db
 def test_an_event_from_a_host_the_desktop_is_not_on_is_ignored(test_hypervisor: Any) -> None:
     from accounts.tests.factories import UserFactory
-    from hypervisors.management.commands.isard_events import apply_event
+    from desktops.management.commands.isard_events import apply_event
     from templates_app.tests.factories import HardwareProfileFactory
 
     desktop = Desktop.objects.create(

@@ -38,6 +38,6 @@ urlpatterns = [
     path("", include("accounts.api.urls")),
     path("", include("templates_app.api.urls")),
     path("", include("desktops.api.urls")),
-    path("", include("hypervisors.api.urls")),
+    path("", include("desktops.fleet.api.urls")),
     re_path(r"^(?P<unmatched>.*)$", api_not_found),
 ]

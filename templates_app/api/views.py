@@ -17,15 +17,12 @@ from rest_framework.response import Response
 
 from accounts.api.views import request_user
 from accounts.models import User
-from accounts.permissions import can_act_on_desktop, can_manage_template, templates_managed_by
-from desktops.models import Desktop
-from desktops.services.templating import template_from_desktop
-from isard.core.errors import NotFoundError, PermissionDeniedError
+from accounts.permissions import can_manage_template, templates_managed_by
+from isard.core.errors import PermissionDeniedError
 from templates_app.api.serializers import (
     HardwareProfileSerializer,
     MediaSerializer,
     TemplateDependantsSerializer,
-    TemplateFromDesktopSerializer,
     TemplateSerializer,
     TemplateSharingReadSerializer,
     TemplateSharingSerializer,
@@ -89,21 +86,6 @@ class TemplateViewSet(
     def _answer(self, template: Template, code: int = status.HTTP_200_OK) -> Response:
         template.refresh_from_db()
         return Response(self.get_serializer(template).data, status=code)
-
-    @extend_schema(request=TemplateFromDesktopSerializer, responses={202: TemplateSerializer})
-    def create(self, request: Request) -> Response:
-        """Make a template from one of your stopped desktops (a task; poll its status)."""
-        serializer = TemplateFromDesktopSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        actor = request_user(request)
-        desktop = Desktop.objects.filter(pk=data["desktop"]).first()
-        if desktop is None or not can_act_on_desktop(actor, desktop):
-            raise NotFoundError("No such desktop.", extra={"desktop": data["desktop"]})
-        template = template_from_desktop(
-            actor=actor, desktop_id=desktop.pk, name=data["name"], description=data["description"]
-        )
-        return self._answer(template, status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={200: TemplateSerializer})
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:

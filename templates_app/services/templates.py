@@ -12,7 +12,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from accounts.models import Course, User
-from accounts.permissions import can_manage_template
+from accounts.permissions import can_manage_template, courses_visible_to, users_visible_to
 from hypervisors.choices import PoolPurpose
 from hypervisors.services.disks import (
     disk_import,
@@ -90,8 +90,6 @@ def template_set_sharing(
     A teacher shares with the courses they are in and the people they can see (their
     students); only an administrator shares with everyone, across every school.
     """
-    from accounts.permissions import courses_visible_to, users_visible_to
-
     if not can_manage_template(actor, template):
         raise PermissionDeniedError("This template is not yours.")
     if everyone and not actor.is_admin and not template.shared_with_everyone:

@@ -46,7 +46,7 @@ def system_hypervisor(pools: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def demo_template(system_hypervisor: Any, tiny_image: Path) -> Any:
-    from hypervisors.demo import demo_hardware_profile
+    from templates_app.demo import demo_hardware_profile
     from templates_app.services.templates import template_register_base
 
     return template_register_base(

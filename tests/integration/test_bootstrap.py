@@ -9,8 +9,8 @@ import pytest
 from django.core.management import call_command
 
 from accounts.models import Course, User
-from hypervisors.demo import DEMO_TEMPLATE_NAME
 from hypervisors.models import Hypervisor
+from templates_app.demo import DEMO_TEMPLATE_NAME
 from templates_app.models import Template
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db]

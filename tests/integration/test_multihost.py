@@ -317,7 +317,7 @@ def hosts(
 
 @pytest.fixture
 def template(tiny_image: Path, pools: dict[str, Any]) -> Any:
-    from hypervisors.demo import demo_hardware_profile
+    from templates_app.demo import demo_hardware_profile
     from templates_app.services.templates import template_register_base
 
     return template_register_base(

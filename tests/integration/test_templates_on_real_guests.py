@@ -12,6 +12,7 @@ import pytest
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
+from desktops.management.commands.isard_events import apply_event
 from desktops.models import Desktop
 from desktops.services.domains import serial_log_path
 from desktops.services.provisioning import desktop_create
@@ -19,7 +20,6 @@ from desktops.services.reconciliation import desktops_reconcile
 from desktops.services.recycle_bin import desktop_delete, desktop_purge, desktop_restore
 from desktops.services.templating import template_from_desktop
 from hypervisors.drivers import libvirt_driver
-from hypervisors.management.commands.isard_events import apply_event
 from isard.core.errors import ConflictError
 from templates_app.models import Template
 from templates_app.services.templates import template_delete

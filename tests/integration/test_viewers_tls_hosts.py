@@ -294,7 +294,7 @@ def test_the_proxy_reaches_tls_only_displays_and_follows_a_desktop_that_moved(
     caplog: pytest.LogCaptureFixture,
     storage_root: Path,
 ) -> None:
-    from hypervisors.demo import demo_hardware_profile
+    from templates_app.demo import demo_hardware_profile
     from templates_app.services.templates import template_register_base
 
     template = template_register_base(

@@ -9,12 +9,13 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.demo import demo_people_ensure
 from desktops.fleet.monitoring import hypervisor_refresh
-from hypervisors.demo import DEMO_TEMPLATE_NAME, demo_image_ensure, demo_template_ensure
+from hypervisors.demo import demo_image_ensure
 from hypervisors.guest_image import GuestImageError
 from hypervisors.models import Hypervisor
 from hypervisors.services.accelerator import hypervisor_detect_accelerator
 from hypervisors.services.hosts import hypervisor_register
 from hypervisors.services.pools import storage_pools_ensure
+from templates_app.demo import DEMO_TEMPLATE_NAME, demo_template_ensure
 
 
 class Command(BaseCommand):

@@ -7,13 +7,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hypervisors.demo import (
-    DEMO_TEMPLATE_NAME,
-    demo_image_cache_path,
-    demo_template_ensure,
-    guest_kernel_root,
-)
+from hypervisors.demo import demo_image_cache_path, guest_kernel_root
 from hypervisors.guest_image import GuestImageError, build_tiny_linux
+from templates_app.demo import DEMO_TEMPLATE_NAME, demo_template_ensure
 
 
 class Command(BaseCommand):

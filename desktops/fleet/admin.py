@@ -1,3 +1,6 @@
+"""The fleet in the admin: hosts with their load and drains, storage pools, disks,
+placement rules and moves (the models are the hosts' room's; the pages act on desktops)."""
+
 from __future__ import annotations
 
 from typing import Any

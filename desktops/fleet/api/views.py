@@ -17,12 +17,12 @@ from rest_framework.response import Response
 from accounts.api.views import request_user
 from accounts.models import User
 from accounts.permissions import is_manager
-from desktops.fleet.drain import hypervisor_drain
-from hypervisors.api.serializers import (
+from desktops.fleet.api.serializers import (
     HypervisorDrainSerializer,
     HypervisorRegisterSerializer,
     HypervisorSerializer,
 )
+from desktops.fleet.drain import hypervisor_drain
 from hypervisors.choices import DrainPolicy
 from hypervisors.models import Hypervisor
 from hypervisors.services.hosts import hypervisor_enable, hypervisor_register
