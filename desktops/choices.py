@@ -44,3 +44,53 @@ TRANSITIONS: dict[DesktopStatus, frozenset[DesktopStatus]] = {
 ACTIVE_STATUSES = frozenset({S.STARTING, S.STARTED, S.SHUTTING_DOWN, S.STOPPING})
 #: Statuses where a Celery task owns the desktop; user actions wait for it to finish.
 BUSY_STATUSES = frozenset({S.CREATING, S.CREATING_TEMPLATE, S.DELETING, S.STARTING, S.STOPPING})
+#: Statuses during which something is under way: the cards show a progress bar. A
+#: shutdown waits for the guest rather than a task, but a person sees it working all the same.
+WORKING_STATUSES = BUSY_STATUSES | {S.SHUTTING_DOWN}
+
+
+class DesktopAction(models.TextChoices):
+    """What a person may ask of a desktop from its card, in the order the card shows them."""
+
+    OPEN = "open", "Open in the browser"
+    VV = "vv", "Download .vv (SPICE)"
+    START = "start", "Start"
+    SHUTDOWN = "shutdown", "Shut down"
+    STOP = "stop", "Force off"
+    DELETE = "delete", "Delete"
+    RESTORE = "restore", "Restore"
+
+
+A = DesktopAction
+
+#: The status each action moves the desktop to: the action is offered where `TRANSITIONS`
+#: allows that change (the services then make it through the same table).
+ACTION_TARGETS: dict[DesktopAction, DesktopStatus] = {
+    A.START: S.STARTING,
+    A.SHUTDOWN: S.SHUTTING_DOWN,
+    A.STOP: S.STOPPING,
+    A.DELETE: S.DELETING,
+    A.RESTORE: S.STOPPED,
+}
+#: Actions that need more than the table says: the guest's screen needs it running; a
+#: restore is the way out of the recycle bin only (FAILED -> STOPPED is the reconciler's).
+ACTION_ONLY_FROM: dict[DesktopAction, frozenset[DesktopStatus]] = {
+    A.OPEN: frozenset({S.STARTED}),
+    A.VV: frozenset({S.STARTED}),
+    A.RESTORE: frozenset({S.DELETED}),
+}
+
+
+def actions_allowed(status: str) -> list[DesktopAction]:
+    """The actions a desktop in `status` offers, from the transition table."""
+    current = DesktopStatus(status)
+    allowed = []
+    for action in DesktopAction:
+        only_from = ACTION_ONLY_FROM.get(action)
+        if only_from is not None and current not in only_from:
+            continue
+        target = ACTION_TARGETS.get(action)
+        if target is not None and target not in TRANSITIONS[current]:
+            continue
+        allowed.append(action)
+    return allowed

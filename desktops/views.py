@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.choices import CourseRole
 from accounts.models import User
 from accounts.permissions import courses_taught_by, desktops_visible_to
-from desktops.choices import DesktopStatus
+from desktops.choices import WORKING_STATUSES, DesktopAction, DesktopStatus, actions_allowed
 from desktops.models import Desktop
 from desktops.services.deployments import (
     BulkOutcome,
@@ -47,32 +47,19 @@ from templates_app.selectors import media_owned_by, templates_visible_to
 
 S = DesktopStatus
 
-#: What a person may ask of a desktop in each status; the cards show these buttons (and
-#: dashboard.js swaps them live from the same table). Services still check everything.
+#: What a person may ask of a desktop in each status, read from the transition table
+#: (`desktops.choices.actions_allowed`); the cards show these buttons and dashboard.js swaps
+#: them live from the same table. Services still check everything.
 ACTIONS_BY_STATUS: dict[str, list[str]] = {
-    S.STOPPED: ["start", "delete"],
-    S.FAILED: ["start", "delete"],
-    S.STARTED: ["open", "vv", "shutdown", "stop"],
-    S.SHUTTING_DOWN: ["stop"],
-    S.UNKNOWN: ["delete"],
-    S.DELETED: ["restore"],
+    status.value: [action.value for action in actions_allowed(status)]
+    for status in DesktopStatus
+    if actions_allowed(status)
 }
 
 #: What only a desktop's owner may do (its screen, its .vv file).
-OWNER_ONLY_ACTIONS = frozenset({"open", "vv"})
+OWNER_ONLY_ACTIONS = frozenset({DesktopAction.OPEN.value, DesktopAction.VV.value})
 
-ACTION_LABELS = {
-    "start": "Start",
-    "open": "Open in the browser",
-    "vv": "Download .vv (SPICE)",
-    "shutdown": "Shut down",
-    "stop": "Force off",
-    "delete": "Delete",
-    "restore": "Restore",
-}
-
-#: Statuses during which a task is working on the desktop: the card shows a progress bar.
-WORKING = {S.CREATING, S.STARTING, S.STOPPING, S.DELETING, S.CREATING_TEMPLATE, S.SHUTTING_DOWN}
+ACTION_LABELS = {action.value: action.label for action in DesktopAction}
 
 SERVICES = {
     "start": desktop_start,
@@ -96,7 +83,7 @@ def _card_tables() -> dict[str, Any]:
     return {
         "actions_by_status": ACTIONS_BY_STATUS,
         "action_labels": ACTION_LABELS,
-        "working_statuses": sorted(WORKING),
+        "working_statuses": sorted(WORKING_STATUSES),
         "retention_days": settings.ISARD_RECYCLE_RETENTION_DAYS,
     }
 
@@ -135,7 +122,7 @@ def desktop_card(desktop: Desktop, viewer: User | None = None) -> dict[str, Any]
         buttons=[{"action": action, "label": ACTION_LABELS[action]} for action in actions],
         foreign=foreign,
         deployment=desktop.deployment_id,
-        working=desktop.status in WORKING,
+        working=desktop.status in WORKING_STATUSES,
         purge_at=purge_at,
         viewer_url=reverse("desktop-viewer", args=[desktop.pk]),
         vv_url=reverse("desktop-viewer-vv", args=[desktop.pk]),

@@ -52,3 +52,25 @@ class MediaStatus(models.TextChoices):
     COPYING = "copying", "Copying"
     READY = "ready", "Ready"
     FAILED = "failed", "Failed"
+
+
+T = TemplateStatus
+
+#: The only changes a template's status may make (`templates_app.services.transitions`).
+TEMPLATE_TRANSITIONS: dict[TemplateStatus, frozenset[TemplateStatus]] = {
+    T.CREATING: frozenset({T.READY, T.FAILED}),
+    T.READY: frozenset({T.DELETED}),
+    T.FAILED: frozenset({T.DELETED}),
+    T.DELETED: frozenset({T.READY}),
+}
+
+M = MediaStatus
+
+#: The only changes install media's status may make.
+MEDIA_TRANSITIONS: dict[MediaStatus, frozenset[MediaStatus]] = {
+    M.UPLOADING: frozenset({M.VERIFYING, M.FAILED}),
+    M.VERIFYING: frozenset({M.READY, M.FAILED}),
+    M.COPYING: frozenset({M.READY, M.FAILED}),
+    M.READY: frozenset(),
+    M.FAILED: frozenset(),
+}

@@ -133,3 +133,49 @@ class Media(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class TemplateEvent(models.Model):
+    """One row per status change of a template, oldest first (as desktops have theirs)."""
+
+    template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, choices=TemplateStatus.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=TemplateStatus.choices)
+    reason = models.TextField(blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.template}: {self.from_status or '-'} -> {self.to_status}"
+
+
+class MediaEvent(models.Model):
+    """One row per status change of install media, oldest first."""
+
+    media = models.ForeignKey(Media, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, choices=MediaStatus.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=MediaStatus.choices)
+    reason = models.TextField(blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.media}: {self.from_status or '-'} -> {self.to_status}"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import threading
 import uuid as uuid_module
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -183,36 +181,6 @@ STUCK_AFTER = timedelta(minutes=5)
 RECOVERY_LIBVIRT_TIMEOUT_SECONDS = 5.0
 
 
-class _NoAnswer(Exception):
-    """A libvirt call of the sweep did not return in time (a hung daemon)."""
-
-
-def _within(seconds: float, call: Callable[..., Any], *args: Any) -> Any:
-    """Run a libvirt call in a daemon thread; raise _NoAnswer if it takes longer.
-
-    The driver's own bound (`ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS`, a minute) suits a start
-    on a loaded host, not a sweep over many desktops: a frozen daemon (stopped, or a host
-    whose network went away) would cost it that much for each silent host. The abandoned thread
-    stays blocked; being a daemon thread it holds nothing else up.
-    """
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call(*args)
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, name="isard-recovery-libvirt", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise _NoAnswer(f"no answer from libvirt within {seconds:.0f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
 def desktops_recover_stuck(*, now: datetime | None = None) -> int:
     """Settle desktops whose task died mid-way (a worker killed, a database error).
 
@@ -235,13 +203,10 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
         host_answers = host is not None and host.pk not in silent_hosts
         if host is not None and host_answers:
             try:
-                state = _within(
-                    RECOVERY_LIBVIRT_TIMEOUT_SECONDS,
-                    libvirt_driver.domain_state,
-                    host.uri,
-                    desktop.domain_name,
+                state = libvirt_driver.domain_state(
+                    host.uri, desktop.domain_name, timeout=RECOVERY_LIBVIRT_TIMEOUT_SECONDS
                 )
-            except _NoAnswer:
+            except libvirt_driver.HypervisorHungError:
                 silent_hosts.add(host.pk)
                 host_answers = False
             except libvirt_driver.DriverError:
@@ -290,14 +255,11 @@ def _recover_creation(desktop: Desktop, *, host_answers: bool) -> None:
     )
     if hypervisor is not None and host_answers:
         try:
-            _within(
-                RECOVERY_LIBVIRT_TIMEOUT_SECONDS,
-                libvirt_driver.undefine_domain,
-                hypervisor.uri,
-                desktop.domain_name,
+            libvirt_driver.undefine_domain(
+                hypervisor.uri, desktop.domain_name, timeout=RECOVERY_LIBVIRT_TIMEOUT_SECONDS
             )
             undefined = True
-        except (_NoAnswer, libvirt_driver.DriverError) as error:
+        except libvirt_driver.DriverError as error:
             logger.warning("could not undefine %s: %s", desktop.domain_name, error)
     if hypervisor is None or undefined:
         Desktop.objects.filter(pk=desktop.pk).update(hypervisor=None)

@@ -28,6 +28,7 @@ from isard.core.errors import ApplicationError, ConflictError, PermissionDeniedE
 from isard.core.tasks import send_after_commit
 from templates_app.choices import TemplateStatus
 from templates_app.models import Template
+from templates_app.services.transitions import template_record_created, template_transition
 
 
 def template_from_desktop(
@@ -59,6 +60,7 @@ def template_from_desktop(
             hardware=desktop.hardware,
             status=TemplateStatus.CREATING,
         )
+        template_record_created(template, actor=actor)
         put_back = undo_transition(desktop, DesktopStatus.STOPPED)
 
         def undo(reason: str) -> None:
@@ -110,9 +112,7 @@ def template_finish_from_desktop(*, template_id: int, desktop_id: int) -> Templa
             raise
     except (OSError, ApplicationError, qemu_img.QemuImgError) as error:
         message = getattr(error, "message", str(error))
-        Template.objects.filter(pk=template.pk).update(
-            status=TemplateStatus.FAILED, status_reason=message
-        )
+        template_transition(template=template, to=TemplateStatus.FAILED, reason=message)
         desktop_transition(
             desktop=desktop, to=DesktopStatus.STOPPED, reason=f"Template failed: {message}"
         )
@@ -120,7 +120,7 @@ def template_finish_from_desktop(*, template_id: int, desktop_id: int) -> Templa
         return template
     disk_refresh_size(disk=old_disk)
     with transaction.atomic():
-        Template.objects.filter(pk=template.pk).update(disk=old_disk, status=TemplateStatus.READY)
+        template_transition(template=template, to=TemplateStatus.READY, disk=old_disk)
         desktop_transition(
             desktop=desktop,
             to=DesktopStatus.STOPPED,

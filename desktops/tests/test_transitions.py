@@ -66,3 +66,25 @@ def test_a_transition_writes_an_event_and_broadcasts_after_commit(
     assert message["type"] == "desktop.status"
     assert message["desktop"]["status"] == "starting"
     assert message["desktop"]["id"] == desktop.pk
+
+
+def test_the_cards_offer_what_the_transition_table_allows() -> None:
+    from desktops.choices import ACTION_TARGETS, actions_allowed
+
+    assert {status: [a.value for a in actions_allowed(status)] for status in S} == {
+        S.CREATING: [],
+        S.STOPPED: ["start", "delete"],
+        S.STARTING: [],
+        S.STARTED: ["open", "vv", "shutdown", "stop"],
+        S.SHUTTING_DOWN: ["stop"],
+        S.STOPPING: [],
+        S.FAILED: ["start", "delete"],
+        S.CREATING_TEMPLATE: [],
+        S.UNKNOWN: ["delete"],
+        S.DELETING: [],
+        S.DELETED: ["restore"],
+    }
+    for status in S:
+        for action in actions_allowed(status):
+            target = ACTION_TARGETS.get(action)
+            assert target is None or target in TRANSITIONS[status], (status, action)

@@ -531,7 +531,7 @@ def reset_domain(uri: str, name: str) -> None:
     _call(uri, f"reset {name}", lambda c: _lookup(c, name).reset(0))
 
 
-def undefine_domain(uri: str, name: str) -> None:
+def undefine_domain(uri: str, name: str, *, timeout: float | None = None) -> None:
     """Power off and remove the domain definition; disks are left alone. Idempotent."""
 
     def undefine(connection: libvirt.virConnect) -> None:
@@ -550,7 +550,7 @@ def undefine_domain(uri: str, name: str) -> None:
             # Drivers without NVRAM support (test:///) reject the flags.
             domain.undefine()
 
-    _call(uri, f"undefine {name}", undefine)
+    _call(uri, f"undefine {name}", undefine, timeout=timeout)
 
 
 def _state_of(domain: libvirt.virDomain) -> DomainState:
@@ -561,7 +561,9 @@ def _state_of(domain: libvirt.virDomain) -> DomainState:
     return _STATE_MAP.get(state, DomainState.OTHER)
 
 
-def domain_state(uri: str, name: str) -> DomainState:
+def domain_state(uri: str, name: str, *, timeout: float | None = None) -> DomainState:
+    """The domain's state (MISSING if it is not defined); `timeout` as for `_call`."""
+
     def read(connection: libvirt.virConnect) -> DomainState:
         try:
             return _state_of(_lookup(connection, name))
@@ -570,7 +572,7 @@ def domain_state(uri: str, name: str) -> DomainState:
                 return DomainState.MISSING
             raise
 
-    return _call(uri, f"state of {name}", read)
+    return _call(uri, f"state of {name}", read, timeout=timeout)
 
 
 def list_domain_states(uri: str, prefix: str = DOMAIN_PREFIX) -> dict[str, DomainState]:

@@ -23,6 +23,7 @@ from isard.core.tasks import send_after_commit
 from templates_app import task_calls
 from templates_app.choices import TemplateStatus
 from templates_app.models import Template
+from templates_app.services.transitions import template_record_created, template_transition
 
 
 def template_flatten(*, actor: User, template: Template, name: str) -> Template:
@@ -50,6 +51,7 @@ def template_flatten(*, actor: User, template: Template, name: str) -> Template:
             hardware=template.hardware,
             status=TemplateStatus.CREATING,
         )
+        template_record_created(flat, actor=actor)
         send_after_commit(task_calls.flatten_template(template_id=flat.pk, source_id=template.pk))
     return flat
 
@@ -77,13 +79,11 @@ def template_flatten_run(*, template_id: int, source_id: int) -> Template:
         disk = disk_record(pool=pool, path=destination, read_only=True)
     except (qemu_img.QemuImgError, OSError) as error:
         destination.unlink(missing_ok=True)
-        Template.objects.filter(pk=template.pk).update(
-            status=TemplateStatus.FAILED, status_reason=f"Could not copy the disk: {error}"
+        template_transition(
+            template=template, to=TemplateStatus.FAILED, reason=f"Could not copy the disk: {error}"
         )
         template.refresh_from_db()
         return template
-    Template.objects.filter(pk=template.pk).update(
-        disk=disk, status=TemplateStatus.READY, progress_percent=100
-    )
+    template_transition(template=template, to=TemplateStatus.READY, disk=disk, progress_percent=100)
     template.refresh_from_db()
     return template

@@ -17,6 +17,7 @@ from isard.core.tasks import send_after_commit
 from templates_app import task_calls
 from templates_app.choices import MediaKind, MediaStatus
 from templates_app.models import Media
+from templates_app.services.transitions import media_record_created, media_transition
 
 
 def media_register(*, actor: User, name: str, source: Path, kind: str = MediaKind.ISO) -> Media:
@@ -40,6 +41,7 @@ def media_register(*, actor: User, name: str, source: Path, kind: str = MediaKin
             size_bytes=source.stat().st_size,
             status=MediaStatus.COPYING,
         )
+        media_record_created(media, actor=actor)
         send_after_commit(task_calls.import_media(media_id=media.pk, source=source))
     return media
 
@@ -72,13 +74,17 @@ def media_import(*, media_id: int, source: Path) -> Media:
         partial.replace(destination)
     except OSError as error:
         partial.unlink(missing_ok=True)
-        Media.objects.filter(pk=media.pk).update(
-            status=MediaStatus.FAILED, status_reason=f"Could not copy {source}: {error}"
+        media_transition(
+            media=media, to=MediaStatus.FAILED, reason=f"Could not copy {source}: {error}"
         )
         media.refresh_from_db()
         return media
-    Media.objects.filter(pk=media.pk).update(
-        status=MediaStatus.READY, sha256=digest.hexdigest(), size_bytes=copied, progress_percent=100
+    media_transition(
+        media=media,
+        to=MediaStatus.READY,
+        sha256=digest.hexdigest(),
+        size_bytes=copied,
+        progress_percent=100,
     )
     media.refresh_from_db()
     return media

@@ -22,6 +22,7 @@ from isard.core.errors import ApplicationError, ConflictError, PermissionDeniedE
 from templates_app.choices import TemplateStatus
 from templates_app.models import HardwareProfile, Template
 from templates_app.selectors import template_dependants
+from templates_app.services.transitions import template_record_created, template_transition
 
 
 def template_register_base(
@@ -37,7 +38,7 @@ def template_register_base(
     if not image.exists():
         raise ApplicationError(f"The image {image} does not exist.")
     disk = disk_import(source=image, pool=pool_for(PoolPurpose.BASE))
-    return Template.objects.create(
+    template = Template.objects.create(
         name=name,
         description=description,
         owner=owner,
@@ -46,6 +47,8 @@ def template_register_base(
         status=TemplateStatus.READY,
         shared_with_everyone=shared_with_everyone,
     )
+    template_record_created(template, actor=owner)
+    return template
 
 
 def template_delete(*, actor: User, template: Template) -> Template:
@@ -60,8 +63,8 @@ def template_delete(*, actor: User, template: Template) -> Template:
             f"({'; '.join(name for names in dependants.values() for name in names[:10])}).",
             extra={"dependants": dependants},
         )
-    Template.objects.filter(pk=template.pk).update(
-        status=TemplateStatus.DELETED, deleted_at=timezone.now()
+    template_transition(
+        template=template, to=TemplateStatus.DELETED, actor=actor, deleted_at=timezone.now()
     )
     template.refresh_from_db()
     return template
@@ -72,7 +75,7 @@ def template_restore(*, actor: User, template: Template) -> Template:
         raise PermissionDeniedError("This template is not yours.")
     if template.status != TemplateStatus.DELETED:
         raise ConflictError(f"The template “{template.name}” is not in the recycle bin.")
-    Template.objects.filter(pk=template.pk).update(status=TemplateStatus.READY, deleted_at=None)
+    template_transition(template=template, to=TemplateStatus.READY, actor=actor, deleted_at=None)
     template.refresh_from_db()
     return template
 

@@ -19,6 +19,7 @@ from templates_app import task_calls
 from templates_app.choices import MediaKind, MediaStatus
 from templates_app.models import Media
 from templates_app.services.media import MEDIA_CHUNK_BYTES
+from templates_app.services.transitions import MEDIA_STATES, media_record_created, media_transition
 
 #: The largest chunk one request may carry; the page sends 8 MiB.
 MEDIA_UPLOAD_MAX_CHUNK_BYTES = 64 * 1024 * 1024
@@ -78,6 +79,7 @@ def media_upload_begin(
         size_bytes=size_bytes,
         status=MediaStatus.UPLOADING,
     )
+    media_record_created(media, actor=actor)
     _upload_part(media).touch(mode=0o644)
     return media
 
@@ -142,10 +144,10 @@ def media_upload_finish(*, actor: User, media: Media) -> Media:
         )
 
     with transaction.atomic():
-        updated = Media.objects.filter(pk=media.pk, status=MediaStatus.UPLOADING).update(
-            status=MediaStatus.VERIFYING
+        changed, _conflicts = MEDIA_STATES.transition_many(
+            changes=[(media, {})], to=MediaStatus.VERIFYING, actor=actor
         )
-        if updated:
+        if changed:
             send_after_commit(task_calls.verify_media_upload(media_id=media.pk))
     media.refresh_from_db()
     return media
@@ -165,13 +167,13 @@ def media_upload_verify(*, media_id: int) -> Media:
         part.chmod(0o444)
         part.replace(Path(media.path))
     except OSError as error:
-        Media.objects.filter(pk=media.pk).update(
-            status=MediaStatus.FAILED, status_reason=f"Could not check the upload: {error}"
+        media_transition(
+            media=media, to=MediaStatus.FAILED, reason=f"Could not check the upload: {error}"
         )
         media.refresh_from_db()
         return media
-    Media.objects.filter(pk=media.pk).update(
-        status=MediaStatus.READY, sha256=digest.hexdigest(), progress_percent=100
+    media_transition(
+        media=media, to=MediaStatus.READY, sha256=digest.hexdigest(), progress_percent=100
     )
     media.refresh_from_db()
     return media
