@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from django.db.models import Q, QuerySet
 
 from accounts.choices import CourseRole, Role
-from accounts.models import Course, Quota, School, User
+from accounts.models import Course, CourseMembership, Quota, School, User
 
 if TYPE_CHECKING:
     from desktops.models import Desktop
@@ -53,7 +53,13 @@ def manages_school(actor: User, school_id: int | None) -> bool:
 
 
 def _taught_courses_q(actor: User) -> Q:
-    return Q(memberships__user=actor, memberships__role=CourseRole.TEACHER)
+    # A subquery, not a join on memberships: a caller that then counts a course's
+    # memberships (its students) would reuse that join and count the teacher's row only.
+    return Q(
+        pk__in=CourseMembership.objects.filter(user=actor, role=CourseRole.TEACHER).values(
+            "course_id"
+        )
+    )
 
 
 def courses_visible_to(actor: User) -> QuerySet[Course]:

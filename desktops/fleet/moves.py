@@ -12,8 +12,9 @@ from django.utils import timezone
 
 from desktops.choices import DesktopStatus
 from desktops.fleet.monitoring import hypervisor_refresh
-from desktops.models import Desktop, DesktopEvent
+from desktops.models import Desktop
 from desktops.services.reconciliation import desktop_sync_state
+from desktops.services.transitions import desktop_event_record
 from hypervisors.choices import (
     MoveKind,
     MoveReason,
@@ -90,13 +91,11 @@ def desktop_live_migrate(
     seconds = time.monotonic() - started
     with transaction.atomic():
         Desktop.objects.filter(pk=desktop.pk, hypervisor=source).update(hypervisor=target)
-        DesktopEvent.objects.create(
-            desktop=desktop,
-            from_status=desktop.status,
-            to_status=desktop.status,
-            reason=f"live-migrated from {source.name} to {target.name} "
+        desktop_event_record(
+            desktop,
+            f"live-migrated from {source.name} to {target.name} "
             f"({MoveReason(reason).label.lower()}, {seconds:.1f} s)",
-            actor=actor,
+            actor,
         )
         DesktopMove.objects.filter(pk=move.pk).update(
             status=MoveStatus.DONE, detail=f"{seconds:.1f} s", finished_at=timezone.now()

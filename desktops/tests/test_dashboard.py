@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from django.test import Client
 
-from accounts.choices import Role
-from accounts.tests.factories import UserFactory
+from accounts.choices import CourseRole, Role
+from accounts.tests.factories import MembershipFactory, UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
 from desktops.services.deployments import deployment_create, deployment_set_visible
@@ -198,6 +199,20 @@ def test_teacher_sees_the_class_and_starts_a_students_desktop(
 
 
 @pytest.mark.django_db
+def test_my_courses_counts_each_courses_students_desktops_and_running_ones(
+    desktop: Desktop, course: Any, student: Any, other_student: Any
+) -> None:
+    MembershipFactory.create(user=other_student, course=course, role=CourseRole.STUDENT)
+    Desktop.objects.filter(pk=desktop.pk).update(course=course, status=S.STARTED)
+    listing = client_for(teacher_of(course)).get("/courses/").content.decode()
+    row = listing[listing.index("Latin 1A") :]
+    row = row[: row.index("</tr>")]
+    cells = [cell.split(">", 1)[1].split("<", 1)[0] for cell in row.split("<td")[1:]]
+    # school, students, desktops, running: the teacher's own membership is no student
+    assert cells[1:] == ["2", "1", "1"], row
+
+
+@pytest.mark.django_db
 def test_the_pages_link_to_the_course_pages_not_to_the_api(
     desktop: Desktop, course: Any, student: Any
 ) -> None:
@@ -348,3 +363,24 @@ def test_another_teacher_cannot_drive_a_deployment_or_deploy_to_a_course_not_the
     response = stranger.post(f"/courses/{course.pk}/deploy/", {"template": shared_template.pk})
     assert response.status_code == 404
     assert Desktop.objects.filter(status=S.STARTING).count() == 0
+
+
+def test_a_cards_reason_is_in_the_error_colour_only_when_its_status_is_an_error() -> None:
+    from django.conf import settings
+
+    css = re.sub(
+        r"/\*.*?\*/",
+        "",
+        (settings.BASE_DIR / "static" / "isard" / "isard.css").read_text(),
+        flags=re.S,
+    )
+    rules = {
+        selector.strip(): body
+        for block in css.split("}")
+        if "{" in block
+        for selector in block.split("{")[0].split(",")
+        for body in [block.split("{")[1]]
+    }
+    assert "var(--error)" not in rules[".card .reason"]
+    assert "var(--error)" in rules['.card[data-status="failed"] .reason']
+    assert "var(--error)" in rules['.card[data-status="unknown"] .reason']

@@ -622,8 +622,8 @@ from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from hypervisors.choices import Accelerator, HypervisorState
 from hypervisors.models import Hypervisor
-from hypervisors.services import storage_pools_ensure
-from templates_app.services import template_register_base
+from hypervisors.services.pools import storage_pools_ensure
+from templates_app.services.templates import template_register_base
 from templates_app.tests.factories import HardwareProfileFactory
 pools = storage_pools_ensure(root=Path(os.environ["ISARD_STORAGE_ROOT"]))
 host = Hypervisor.objects.create(
@@ -641,7 +641,7 @@ _WORKER_CREATE = """
 import django
 django.setup()
 from accounts.models import User
-from desktops.services import desktop_create
+from desktops.services.provisioning import desktop_create
 from templates_app.models import Template
 desktop = desktop_create(
     actor=User.objects.get(username="owner"), template=Template.objects.get(), name="victim"
@@ -654,7 +654,7 @@ from datetime import timedelta
 import django
 django.setup()
 from django.utils import timezone
-from desktops.services import desktops_recover_stuck
+from desktops.services.reconciliation import desktops_recover_stuck
 print(desktops_recover_stuck(now=timezone.now() + timedelta(minutes=10)))
 """
 
@@ -664,7 +664,7 @@ import sys
 import django
 django.setup()
 from desktops.models import Desktop
-from desktops.services import desktop_delete, desktop_recycle
+from desktops.services.recycle_bin import desktop_delete, desktop_recycle
 desktop = Desktop.objects.get(pk=int(sys.argv[1]))
 desktop_delete(actor=desktop.owner, desktop=desktop)
 print(desktop_recycle(desktop_id=desktop.pk).status)
