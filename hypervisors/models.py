@@ -270,3 +270,18 @@ class DesktopMove(models.Model):
 
     def __str__(self) -> str:
         return f"{self.desktop}: {self.source} → {self.target} ({self.get_kind_display()})"
+
+
+class Installation(models.Model):
+    """This installation's identity, written into every domain it defines.
+
+    Several installations (a school's platform and a test run, say) may share one
+    libvirt; a domain of ours whose desktop this database does not know is only taken
+    for a leftover when it carries this installation's identity.
+    """
+
+    uuid = models.UUIDField(unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return str(self.uuid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,6 +13,7 @@ from django.db.models import Count, Sum
 from hypervisors.fleet import fleet_settings
 from hypervisors.models import (
     Hypervisor,
+    Installation,
     PlacementCharge,
     StoragePool,
 )
@@ -90,3 +92,12 @@ def storage_pool_usage(pool: StoragePool) -> PoolUsage:
         filesystem_total_bytes=total,
         filesystem_free_bytes=free,
     )
+
+
+def installation_uuid() -> str:
+    """This installation's identity (made at its first use, then always the same)."""
+    found = Installation.objects.order_by("pk").values_list("uuid", flat=True).first()
+    if found is None:
+        Installation.objects.get_or_create(pk=1, defaults={"uuid": uuid.uuid4()})
+        found = Installation.objects.order_by("pk").values_list("uuid", flat=True).first()
+    return str(found)

@@ -15,6 +15,7 @@ from accounts.models import User
 from desktops.fleet.drain import hypervisor_drain
 from desktops.fleet.rebalancing import hypervisors_rebalance
 from desktops.fleet.selectors import BOOKED_STATUSES, drain_progress
+from desktops.services.orphans import orphan_files
 from hypervisors.choices import DrainPolicy
 from hypervisors.models import (
     DesktopMove,
@@ -189,8 +190,17 @@ class HypervisorAdmin(ReadOnlyForManagersAdmin):
 
 @admin.register(StoragePool)
 class StoragePoolAdmin(ReadOnlyForManagersAdmin):
-    list_display = ("name", "purpose", "path", "shared", "disk_count", "used", "filesystem_free")
-    readonly_fields = ("disk_count", "used", "virtual", "filesystem_free")
+    list_display = (
+        "name",
+        "purpose",
+        "path",
+        "shared",
+        "disk_count",
+        "used",
+        "filesystem_free",
+        "stray_files",
+    )
+    readonly_fields = ("disk_count", "used", "virtual", "filesystem_free", "stray_files")
 
     class Media:
         js = ("isard/admin_live.js",)
@@ -214,6 +224,14 @@ class StoragePoolAdmin(ReadOnlyForManagersAdmin):
             return "unreachable"
         share = _percent(usage.filesystem_free_bytes, usage.filesystem_total_bytes)
         return f"{filesizeformat(usage.filesystem_free_bytes)} ({share})"
+
+    @admin.display(description="files no disk names")
+    def stray_files(self, pool: StoragePool) -> str:
+        found = orphan_files(pools=[pool])
+        if not found:
+            return "none"
+        size = filesizeformat(sum(orphan.size_bytes for orphan in found))
+        return f"{len(found)} ({size}): manage.py isard_orphans lists and removes them"
 
 
 @admin.register(Disk)

@@ -15,6 +15,7 @@ from desktops.viewer.services import graphics_listen_address
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml, shape_key
 from hypervisors.models import Hypervisor
+from hypervisors.selectors import installation_uuid
 from isard.core.errors import (
     ConflictError,
 )
@@ -31,7 +32,11 @@ def serial_log_path(desktop: Desktop) -> Path:
     return directory / f"{desktop.domain_name}.serial.log"
 
 
-def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
+def desktop_domain_spec(
+    desktop: Desktop, hypervisor: Hypervisor, *, installation: str | None = None
+) -> DomainSpec:
+    """The desktop's domain on `hypervisor`. `installation`: this installation's identity,
+    when the caller describes many desktops and has read it once already."""
     hardware = desktop.hardware
     if desktop.disk is None:
         raise ConflictError(f"The desktop “{desktop.name}” has no disk yet.")
@@ -64,7 +69,11 @@ def desktop_domain_spec(desktop: Desktop, hypervisor: Hypervisor) -> DomainSpec:
         usb_redirect_devices=hardware.usb_redirect_devices if hardware.graphics_spice else 0,
         guest_agent=libvirt_driver.guest_agent_channel_fits(hypervisor.uri),
         serial_log_path=str(serial_log_path(desktop)),
-        metadata={"desktop": str(desktop.uuid), "owner": desktop.owner.get_username()},
+        metadata={
+            "desktop": str(desktop.uuid),
+            "owner": desktop.owner.get_username(),
+            "installation": installation or installation_uuid(),
+        },
     )
 
 

@@ -35,6 +35,7 @@ from hypervisors.choices import PoolPurpose
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import build_domain_xml, shape_key
 from hypervisors.models import Disk, Hypervisor
+from hypervisors.selectors import installation_uuid
 from hypervisors.services.disks import disk_create_empty, disk_path
 from hypervisors.services.pools import pool_for
 from isard.core.errors import (
@@ -297,6 +298,7 @@ def desktops_provision_bulk(
     if not desktops:
         return []
     pool = pool_for(PoolPurpose.DESKTOPS)
+    installation = installation_uuid()
     failures: dict[int, str] = {}
     jobs: list[tuple[int, str, Path, Path, str, str, str]] = []
     # Each desktop is placed in turn, seeing the ones before it: a class spreads over the
@@ -336,7 +338,7 @@ def desktops_provision_bulk(
             parent=parent,
             virtual_size_bytes=parent.virtual_size_bytes,
         )
-        spec = desktop_domain_spec(desktop, hypervisor)
+        spec = desktop_domain_spec(desktop, hypervisor, installation=installation)
         jobs.append(
             (
                 desktop.pk,

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop
+from desktops.services.orphans import domains_remove_orphans
 from desktops.services.transitions import desktop_event_record, desktop_transition
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Disk, Hypervisor
@@ -82,8 +83,12 @@ def desktop_for_domain(domain_name: str) -> Desktop | None:
         return None
 
 
-def desktops_reconcile(*, hypervisor: Hypervisor) -> int:
-    """Compare every desktop placed on `hypervisor` with what it really runs."""
+def desktops_reconcile(*, hypervisor: Hypervisor, now: datetime | None = None) -> int:
+    """Compare every desktop placed on `hypervisor` with what it really runs.
+
+    Returns how many desktops changed; domains that no live desktop owns are removed
+    along the way (`desktops.services.orphans`).
+    """
     try:
         states = libvirt_driver.list_domain_states(hypervisor.uri)
     except libvirt_driver.DriverError as error:
@@ -100,7 +105,9 @@ def desktops_reconcile(*, hypervisor: Hypervisor) -> int:
         before = desktop.status
         after = desktop_sync_state(desktop=desktop, state=state, source="reconciliation").status
         changed += before != after
-    return changed + _follow_guests_running_here(hypervisor=hypervisor, states=states)
+    changed += _follow_guests_running_here(hypervisor=hypervisor, states=states)
+    domains_remove_orphans(hypervisor=hypervisor, states=states, now=now)
+    return changed
 
 
 def _follow_guests_running_here(

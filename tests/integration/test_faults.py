@@ -613,6 +613,77 @@ def test_libvirtd_frozen_a_start_fails_in_time_the_host_goes_offline_then_back_i
     assert desktop.status == S.STOPPED
 
 
+@pytest.mark.django_db
+def test_a_class_on_a_frozen_host_fails_fast_and_its_late_defines_are_removed_after_recreating(
+    host_on_own_libvirtd: Any, own_libvirtd: Any, base_template: Any, run: Any, settings: Any
+) -> None:
+    """A teacher's class is provisioned while the host's libvirtd is frozen: the class is
+    told within one call timeout, not one per desktop; the teacher recreates it once the
+    host answers, and the defines that finished late are removed by the reconciliation
+    after the grace, with an event row each, the new desktops' domains and disks kept."""
+    from accounts.choices import Role
+    from desktops.models import DesktopEvent
+    from desktops.services.reconciliation import desktops_reconcile
+    from desktops.services.recycle_bin import desktop_delete
+    from hypervisors.drivers import libvirt_driver
+
+    settings.ISARD_LIBVIRT_CALL_TIMEOUT_SECONDS = 3
+    settings.ISARD_PROVISION_CONCURRENCY = 4
+    settings.ISARD_ORPHAN_GRACE_SECONDS = 120
+    admin = UserFactory.create(role=Role.ADMIN)
+    students = [UserFactory.create() for _ in range(6)]
+    _signal_daemon(own_libvirtd, signal.SIGSTOP)
+    try:
+        first = run(
+            desktops_create_bulk, actor=admin, template=base_template, owners=students, name="Lab"
+        )
+    finally:
+        _signal_daemon(own_libvirtd, signal.SIGCONT)
+    for desktop in first:
+        desktop.refresh_from_db()
+    assert {desktop.status for desktop in first} == {S.FAILED}
+    reasons = sorted(desktop.status_reason for desktop in first)
+    # Four defines waited for the daemon; the rest of the class was told at once that the
+    # host is not answering, instead of each waiting its own timeout.
+    assert sum("did not answer in 3 s" in reason for reason in reasons) == 4, reasons
+    assert sum("is not answering (4 calls have waited" in reason for reason in reasons) == 2
+
+    # The defines that reached the daemon before it froze happen now that it answers:
+    # domains for desktops that failed.
+    names = {desktop.domain_name for desktop in first}
+
+    def late_domains() -> set[str]:
+        try:
+            return names & set(libvirt_driver.list_domain_states(own_libvirtd.uri))
+        except libvirt_driver.HypervisorHungError:
+            return set()  # the calls given up have not all come back yet
+
+    late = wait_for(late_domains, 60, "a given-up define to finish on the thawed host")
+
+    # The teacher recreates the class: the failed desktops go, new ones are made.
+    for desktop in first:
+        run(desktop_delete, actor=admin, desktop=Desktop.objects.get(pk=desktop.pk))
+    second = run(
+        desktops_create_bulk, actor=admin, template=base_template, owners=students, name="Lab"
+    )
+    for desktop in second:
+        desktop.refresh_from_db()
+        assert desktop.status == S.STOPPED, desktop.status_reason
+
+    host = host_on_own_libvirtd
+    desktops_reconcile(hypervisor=host)  # seen, within the grace: nothing goes yet
+    assert late_domains() == late
+    desktops_reconcile(hypervisor=host, now=timezone.now() + timedelta(seconds=121))
+    left = set(libvirt_driver.list_domain_states(own_libvirtd.uri))
+    assert not late & left
+    assert {desktop.domain_name for desktop in second} <= left
+    for desktop in second:
+        assert desktop.disk is not None and Path(desktop.disk.path).exists()
+    removed = DesktopEvent.objects.filter(reason__startswith="removed the domain")
+    assert removed.count() == len(late)
+    assert all("its desktop is in the recycle bin" in event.reason for event in removed)
+
+
 _WORKER_SETUP = """
 import os, sys
 import django
