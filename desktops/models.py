@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 
 from desktops.choices import DesktopStatus
+from isard.core.events import StatusEvent
 
 
 class Desktop(models.Model):
@@ -77,24 +78,15 @@ class Desktop(models.Model):
         return f"isard-{self.uuid}"
 
 
-class DesktopEvent(models.Model):
+class DesktopEvent(StatusEvent):
     """One row per status change (and per notable action), oldest first."""
 
     desktop = models.ForeignKey(Desktop, on_delete=models.CASCADE, related_name="events")
     from_status = models.CharField(max_length=24, choices=DesktopStatus.choices, blank=True)
     to_status = models.CharField(max_length=24, choices=DesktopStatus.choices)
-    reason = models.TextField(blank=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
-    class Meta:
-        ordering = ["created_at", "pk"]
+    class Meta(StatusEvent.Meta):
+        pass
 
     def __str__(self) -> str:
         return f"{self.desktop}: {self.from_status or '-'} -> {self.to_status}"

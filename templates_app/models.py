@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from isard.core.events import StatusEvent
 from templates_app.choices import (
     BootDevice,
     DiskBus,
@@ -135,47 +136,29 @@ class Media(models.Model):
         return self.name
 
 
-class TemplateEvent(models.Model):
+class TemplateEvent(StatusEvent):
     """One row per status change of a template, oldest first (as desktops have theirs)."""
 
     template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="events")
     from_status = models.CharField(max_length=16, choices=TemplateStatus.choices, blank=True)
     to_status = models.CharField(max_length=16, choices=TemplateStatus.choices)
-    reason = models.TextField(blank=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
-    class Meta:
-        ordering = ["created_at", "pk"]
+    class Meta(StatusEvent.Meta):
+        pass
 
     def __str__(self) -> str:
         return f"{self.template}: {self.from_status or '-'} -> {self.to_status}"
 
 
-class MediaEvent(models.Model):
+class MediaEvent(StatusEvent):
     """One row per status change of install media, oldest first."""
 
     media = models.ForeignKey(Media, on_delete=models.CASCADE, related_name="events")
     from_status = models.CharField(max_length=16, choices=MediaStatus.choices, blank=True)
     to_status = models.CharField(max_length=16, choices=MediaStatus.choices)
-    reason = models.TextField(blank=True)
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
-    class Meta:
-        ordering = ["created_at", "pk"]
+    class Meta(StatusEvent.Meta):
+        pass
 
     def __str__(self) -> str:
         return f"{self.media}: {self.from_status or '-'} -> {self.to_status}"
