@@ -18,6 +18,7 @@ from django.conf import settings  # noqa: E402  (after DJANGO_SETTINGS_MODULE is
 
 from accounts import task_calls as accounts_tasks  # noqa: E402
 from desktops import task_calls as desktops_tasks  # noqa: E402
+from templates_app import task_calls as templates_tasks  # noqa: E402
 
 app.conf.beat_schedule = {
     "reconcile-hypervisors": {
@@ -38,6 +39,10 @@ app.conf.beat_schedule = {
     },
     "purge-recycle-bin": {
         "task": desktops_tasks.PURGE_RECYCLE_BIN,
+        "schedule": 3600.0,
+    },
+    "expire-media-uploads": {
+        "task": templates_tasks.EXPIRE_MEDIA_UPLOADS,
         "schedule": 3600.0,
     },
     "purge-viewer-tokens": {

@@ -198,6 +198,8 @@ ISARD_RECYCLE_RETENTION_DAYS = env.int("ISARD_RECYCLE_RETENTION_DAYS", default=7
 # A domain no live desktop owns (a define given up on that finished late) is undefined by
 # the reconciliation once seen so this long; files no row names are reported after it.
 ISARD_ORPHAN_GRACE_SECONDS = env.int("ISARD_ORPHAN_GRACE_SECONDS", default=300)
+# An upload of install media nobody sent a chunk to for this long fails (its file goes).
+ISARD_MEDIA_UPLOAD_EXPIRY_HOURS = env.int("ISARD_MEDIA_UPLOAD_EXPIRY_HOURS", default=24)
 # Viewers: a viewer token is single-use and lives this long; a .vv file's SPICE password too.
 ISARD_VIEWER_TOKEN_SECONDS = env.int("ISARD_VIEWER_TOKEN_SECONDS", default=60)
 ISARD_SPICE_TICKET_SECONDS = env.int("ISARD_SPICE_TICKET_SECONDS", default=120)

@@ -28,6 +28,11 @@ urlpatterns = [
         template_views.media_upload_finish,
         name="media-upload-finish",
     ),
+    path(
+        "media/<int:media_id>/upload/cancel/",
+        template_views.media_upload_cancel,
+        name="media-upload-cancel",
+    ),
     path("media/install/", desktop_views.media_install_desktop, name="media-install"),
     path("templates/", template_views.template_list, name="template-page-list"),
     path(

@@ -27,6 +27,7 @@ from accounts.models import User
 from isard.core.errors import ApplicationError
 from templates_app.models import HardwareProfile, Media, Template
 from templates_app.services.flatten import template_flatten
+from templates_app.services.media import media_delete
 from templates_app.services.templates import template_delete, template_restore, template_set_sharing
 
 
@@ -153,3 +154,14 @@ class MediaAdmin(ScopedModelAdmin):
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(pk__in=permissions.media_managed_by(actor).values("pk"))
+
+    def delete_model(self, request: HttpRequest, obj: Media) -> None:
+        """Deleting media here removes its file too (`media_delete`), or says why not."""
+        try:
+            media_delete(actor=cast(User, request.user), media=obj)
+        except ApplicationError as error:
+            messages.error(request, error.message)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for media in queryset:
+            self.delete_model(request, media)

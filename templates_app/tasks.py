@@ -10,7 +10,7 @@ from templates_app import task_calls
 from templates_app.services.flatten import template_flatten_run
 from templates_app.services.media import media_import
 from templates_app.services.templates import templates_purge_expired
-from templates_app.services.uploads import media_upload_verify
+from templates_app.services.uploads import media_upload_verify, media_uploads_expire
 
 
 @shared_task(name=task_calls.FLATTEN_TEMPLATE)
@@ -24,8 +24,13 @@ def import_media(media_id: int, source: str) -> str:
 
 
 @shared_task(name=task_calls.VERIFY_MEDIA_UPLOAD)
-def verify_media_upload(media_id: int) -> str:
-    return media_upload_verify(media_id=media_id).status
+def verify_media_upload(media_id: int, expected_sha256: str = "") -> str:
+    return media_upload_verify(media_id=media_id, expected_sha256=expected_sha256).status
+
+
+@shared_task(name=task_calls.EXPIRE_MEDIA_UPLOADS)
+def expire_media_uploads() -> int:
+    return media_uploads_expire()
 
 
 @shared_task(name=task_calls.PURGE_TEMPLATE_RECYCLE_BIN)

@@ -113,10 +113,30 @@ def media_upload(request: HttpRequest, media_id: int) -> JsonResponse:
 def media_upload_finish(request: HttpRequest, media_id: int) -> JsonResponse:
     try:
         media = media_owned_by(_user(request), media_id)
-        media = uploads.media_upload_finish(actor=_user(request), media=media)
+        media = uploads.media_upload_finish(
+            actor=_user(request), media=media, sha256=request.POST.get("sha256", "")
+        )
     except ApplicationError as error:
         return _refusal(error)
     return JsonResponse(_upload_state(media), status=202)
+
+
+@login_required
+@require_POST
+def media_upload_cancel(request: HttpRequest, media_id: int) -> HttpResponse:
+    """Drop an unfinished upload (its part file and its row); a form, or fetch for JSON."""
+    try:
+        media = media_owned_by(_user(request), media_id)
+        uploads.media_upload_cancel(actor=_user(request), media=media)
+    except ApplicationError as error:
+        if "application/json" in request.headers.get("Accept", ""):
+            return _refusal(error)
+        messages.error(request, error.message)
+        return redirect("media-page")
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"id": media_id, "cancelled": True})
+    messages.success(request, f"The upload of “{media.name}” was cancelled.")
+    return redirect("media-page")
 
 
 # --- teachers' templates: what they made, its state, and who may use it ----------------------

@@ -17,18 +17,35 @@
   });
   const mib = (bytes) => (bytes / 1024 / 1024).toFixed(1) + " MiB";
 
+  // The file's SHA-256, computed chunk by chunk as they are sent; the server compares it
+  // with what it received. Only while the chunks go out in order from the first byte: a
+  // resumed or reordered upload sends no hash (the server then records its own).
+  function hashFor(state) {
+    if (!state.hash && state.offset === 0) state.hash = { sha: new window.IsardSha256(), upTo: 0 };
+    return state.hash;
+  }
+
   async function send(file, state) {
     let offset = state.offset;
     let failures = 0;
     const started = performance.now();
+    const hash = hashFor(state);
     while (offset < file.size) {
       if (paused) { detail.textContent = `Paused at ${mib(offset)}; press Upload to go on.`; return; }
       try {
-        const response = await post(`${state.chunk_url}?offset=${offset}`,
-                                     file.slice(offset, offset + CHUNK), "application/octet-stream");
+        const bytes = new Uint8Array(await file.slice(offset, offset + CHUNK).arrayBuffer());
+        const response = await post(`${state.chunk_url}?offset=${offset}`, bytes,
+                                     "application/octet-stream");
         const body = await response.json();
         if (!response.ok && !(body.extra && "offset" in body.extra)) throw new Error(body.message);
-        offset = response.ok ? body.offset : body.extra.offset; // the server says where to go on
+        const next = response.ok ? body.offset : body.extra.offset; // where the server goes on
+        if (hash && hash.upTo === offset && next === offset + bytes.length) {
+          hash.sha.update(bytes);
+          hash.upTo = next;
+        } else if (hash && hash.upTo !== next) {
+          state.hash = null;
+        }
+        offset = next;
         failures = 0;
       } catch (error) {
         if (++failures > 5) { detail.textContent = "The upload stopped: " + error.message; return; }
@@ -44,7 +61,9 @@
         (seconds > 1 ? `, ${mib((offset - state.offset) / seconds)}/s` : "");
     }
     detail.textContent = "Checking the file…";
-    const finished = await post(state.finish_url);
+    const done = new FormData();
+    if (state.hash && state.hash.upTo === file.size) done.append("sha256", state.hash.sha.hex());
+    const finished = await post(state.finish_url, done);
     const body = await finished.json();
     detail.textContent = finished.ok ? `${body.name}: ${body.status_label}. Reloading…` : body.message;
     if (finished.ok) setTimeout(() => location.reload(), 1500);
@@ -70,7 +89,10 @@
       current = { file, state: body };
     } else {
       const probe = await fetch(current.state.chunk_url, { credentials: "same-origin" });
+      const hash = current.state.hash;
       current.state = await probe.json();
+      // Resumed where the hash had got to: it goes on; anywhere else, it is dropped.
+      current.state.hash = hash && hash.upTo === current.state.offset ? hash : null;
     }
     await send(file, current.state);
     pause.hidden = true;

@@ -9,10 +9,11 @@ from pathlib import Path
 from django.db import transaction
 
 from accounts.models import User
+from accounts.permissions import media_managed_by
 from accounts.quotas import QuotaChange, quota_check
 from hypervisors.choices import PoolPurpose
 from hypervisors.services.pools import pool_for
-from isard.core.errors import ApplicationError, PermissionDeniedError
+from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from isard.core.tasks import send_after_commit
 from templates_app import task_calls
 from templates_app.choices import MediaKind, MediaStatus
@@ -88,3 +89,28 @@ def media_import(*, media_id: int, source: Path) -> Media:
     )
     media.refresh_from_db()
     return media
+
+
+def media_delete(*, actor: User, media: Media) -> None:
+    """Remove install media for good: its row, its events and its file (or part file).
+
+    Refused while a desktop has it in its CD-ROM drive: that desktop would no longer
+    start. Media one may not manage is, for that person, media that does not exist.
+    """
+    if not media_managed_by(actor).filter(pk=media.pk).exists():
+        raise NotFoundError("No such media.")
+    in_use = media.desktops.count()
+    if in_use:
+        raise ConflictError(
+            f"“{media.name}” is in the CD-ROM drive of {in_use} desktops; take it out of "
+            "them (or delete them) first.",
+            extra={"desktops": in_use},
+        )
+    path = Path(media.path)
+    media.delete()
+    for leftover in (path, path.with_suffix(path.suffix + ".part")):
+        try:
+            leftover.chmod(0o644)  # a ready ISO is read-only
+            leftover.unlink()
+        except FileNotFoundError:
+            pass

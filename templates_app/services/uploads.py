@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.models import User
+from accounts.quotas import QuotaChange, quota_check
 from hypervisors.choices import PoolPurpose
 from hypervisors.services.pools import pool_for
 from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
@@ -71,15 +76,19 @@ def media_upload_begin(
             f"{size_bytes / 1024**3:.1f} GiB.",
             extra={"free_bytes": free, "size_bytes": size_bytes},
         )
-    media = Media.objects.create(
-        name=name,
-        kind=kind,
-        owner=actor,
-        path=str(Path(pool.path) / f"{uuid.uuid4()}.{kind}"),
-        size_bytes=size_bytes,
-        status=MediaStatus.UPLOADING,
-    )
-    media_record_created(media, actor=actor)
+    with transaction.atomic():
+        # The declared size counts from the start: an upload over the person's quota is
+        # refused before a byte is sent (and checked again at the finish).
+        quota_check(owner=actor, actor=actor, change=QuotaChange(media=1, disk_bytes=size_bytes))
+        media = Media.objects.create(
+            name=name,
+            kind=kind,
+            owner=actor,
+            path=str(Path(pool.path) / f"{uuid.uuid4()}.{kind}"),
+            size_bytes=size_bytes,
+            status=MediaStatus.UPLOADING,
+        )
+        media_record_created(media, actor=actor)
     _upload_part(media).touch(mode=0o644)
     return media
 
@@ -133,8 +142,20 @@ def media_upload_chunk(*, actor: User, media: Media, offset: int, stream: Readab
     return received
 
 
-def media_upload_finish(*, actor: User, media: Media) -> Media:
-    """All bytes are here: check the file (its SHA-256, by a task) and make it usable."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def media_upload_finish(*, actor: User, media: Media, sha256: str = "") -> Media:
+    """All bytes are here: check the file (its SHA-256, by a task) and make it usable.
+
+    `sha256` is the client's hash of the file it sent (the page computes it as it
+    uploads); the check then compares, and a file that arrived different fails.
+    """
+    sha256 = sha256.strip().lower()
+    if sha256 and not _SHA256.fullmatch(sha256):
+        raise ApplicationError(
+            "The SHA-256 must be 64 hexadecimal digits.", extra={"field": "sha256"}
+        )
     _check_upload(actor, media)
     received = media_upload_received(media)
     if received != media.size_bytes:
@@ -148,13 +169,19 @@ def media_upload_finish(*, actor: User, media: Media) -> Media:
             changes=[(media, {})], to=MediaStatus.VERIFYING, actor=actor
         )
         if changed:
-            send_after_commit(task_calls.verify_media_upload(media_id=media.pk))
+            send_after_commit(
+                task_calls.verify_media_upload(media_id=media.pk, expected_sha256=sha256)
+            )
     media.refresh_from_db()
     return media
 
 
-def media_upload_verify(*, media_id: int) -> Media:
-    """Hash the uploaded file, make it read-only and ready (run by a task)."""
+def media_upload_verify(*, media_id: int, expected_sha256: str = "") -> Media:
+    """Hash the uploaded file, make it read-only and ready (run by a task).
+
+    With the client's hash, a file that differs from the one sent (a proxy that cut it,
+    a disk that failed) fails with both hashes, and its bytes are dropped.
+    """
     media = Media.objects.get(pk=media_id)
     if media.status != MediaStatus.VERIFYING:
         return media
@@ -164,6 +191,16 @@ def media_upload_verify(*, media_id: int) -> Media:
         with part.open("rb") as reader:
             while chunk := reader.read(MEDIA_CHUNK_BYTES):
                 digest.update(chunk)
+        if expected_sha256 and digest.hexdigest() != expected_sha256:
+            part.unlink(missing_ok=True)
+            media_transition(
+                media=media,
+                to=MediaStatus.FAILED,
+                reason="The file that arrived is not the one that was sent (its SHA-256 is "
+                f"{digest.hexdigest()}, the sender's {expected_sha256}); upload it again.",
+            )
+            media.refresh_from_db()
+            return media
         part.chmod(0o444)
         part.replace(Path(media.path))
     except OSError as error:
@@ -184,3 +221,35 @@ def media_upload_cancel(*, actor: User, media: Media) -> None:
     _check_upload(actor, media)
     _upload_part(media).unlink(missing_ok=True)
     media.delete()
+
+
+def media_uploads_expire(*, now: datetime | None = None) -> int:
+    """Fail the uploads nobody sent a byte to for `ISARD_MEDIA_UPLOAD_EXPIRY_HOURS`.
+
+    An abandoned upload would otherwise hold its part file, and its declared size in its
+    owner's quota, for ever. The last chunk's time is the part file's; the row stays, failed
+    with the reason, so its owner sees what happened.
+    """
+    now = now or timezone.now()
+    limit = (now - timedelta(hours=settings.ISARD_MEDIA_UPLOAD_EXPIRY_HOURS)).timestamp()
+    expired = 0
+    for media in Media.objects.filter(status=MediaStatus.UPLOADING):
+        part = _upload_part(media)
+        try:
+            last = part.stat().st_mtime
+        except FileNotFoundError:
+            last = media.created_at.timestamp()
+        if last > limit:
+            continue
+        part.unlink(missing_ok=True)
+        try:
+            media_transition(
+                media=media,
+                to=MediaStatus.FAILED,
+                reason=f"The upload was not finished within "
+                f"{settings.ISARD_MEDIA_UPLOAD_EXPIRY_HOURS} h; upload the file again.",
+            )
+        except ConflictError:
+            continue  # it was finished or cancelled meanwhile
+        expired += 1
+    return expired

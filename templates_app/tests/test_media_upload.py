@@ -115,3 +115,128 @@ def test_a_desktop_is_installed_from_an_uploaded_iso(
     desktop = Desktop.objects.get(name="Windows install")
     assert list(desktop.media.values_list("pk", flat=True)) == [state["id"]]
     assert desktop.status == "stopped", desktop.status_reason
+
+
+# --- quotas, the client's hash, cancelling, expiry and deleting (issue 13, finding 5) ------
+
+
+def _upload(client: Client, content: bytes) -> dict[str, Any]:
+    state = begin(client, len(content)).json()
+    response = client.post(f"{state['chunk_url']}?offset=0", content, content_type=RAW)
+    assert response.status_code == 200, response.content
+    return dict(state)
+
+
+@pytest.mark.parametrize("limit", [{"max_media": 0}, {"max_disk_gib": 0}])
+def test_an_upload_over_the_quota_is_refused_before_a_byte_and_makes_nothing(
+    pools: Any, teacher: Any, limit: dict[str, int]
+) -> None:
+    from accounts.models import Quota
+
+    Quota.objects.create(user=teacher, **limit)
+    refused = begin(client_for(teacher), 4096)
+    assert refused.status_code == 422, refused.content
+    assert "quota" in refused.json()["message"].lower()
+    assert not Media.objects.exists()
+    assert not list(Path(pools["media"].path).iterdir())
+
+
+def test_a_file_that_arrives_different_from_the_one_sent_fails_and_its_bytes_go(
+    run: Any, pools: Any, teacher: Any
+) -> None:
+    client = client_for(teacher)
+    sent = os.urandom(10_000)
+    state = _upload(client, sent)
+    claimed = hashlib.sha256(b"what the browser read").hexdigest()
+    finished = run(client.post, state["finish_url"], {"sha256": claimed}, headers=JSON)
+    assert finished.status_code == 202
+    media = Media.objects.get(pk=state["id"])
+    assert media.status == MediaStatus.FAILED
+    assert (
+        hashlib.sha256(sent).hexdigest() in media.status_reason and claimed in media.status_reason
+    )
+    assert not Path(media.path).exists() and not Path(media.path + ".part").exists()
+
+    good = _upload(client, sent)
+    right = hashlib.sha256(sent).hexdigest()
+    run(client.post, good["finish_url"], {"sha256": right.upper()}, headers=JSON)
+    assert Media.objects.get(pk=good["id"]).status == MediaStatus.READY
+    bad = client.post(_upload(client, sent)["finish_url"], {"sha256": "not-a-hash"}, headers=JSON)
+    assert bad.status_code == 400 and "64 hexadecimal" in bad.json()["message"]
+
+
+def test_an_unfinished_upload_can_be_cancelled_and_one_left_behind_expires(
+    pools: Any, teacher: Any, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from templates_app.services.uploads import media_uploads_expire
+
+    client = client_for(teacher)
+    cancelled = _upload(client, b"x" * 100)
+    part = Path(Media.objects.get(pk=cancelled["id"]).path + ".part")
+    assert part.exists()
+    response = client.post(f"/media/{cancelled['id']}/upload/cancel/")
+    assert response.status_code == 302
+    assert not Media.objects.filter(pk=cancelled["id"]).exists() and not part.exists()
+
+    settings.ISARD_MEDIA_UPLOAD_EXPIRY_HOURS = 24
+    left = _upload(client, b"y" * 100)
+    assert media_uploads_expire() == 0  # a chunk came in a moment ago
+    assert media_uploads_expire(now=timezone.now() + timedelta(hours=25)) == 1
+    media = Media.objects.get(pk=left["id"])
+    assert media.status == MediaStatus.FAILED and "within 24 h" in media.status_reason
+    assert not Path(media.path + ".part").exists()
+
+
+def test_deleting_media_in_the_admin_removes_its_file_unless_a_desktop_has_it(
+    run: Any, pools: Any, teacher: Any
+) -> None:
+    admin = UserFactory.create(role=Role.ADMIN, is_staff=True, is_superuser=True)
+    client = client_for(teacher)
+    state = _upload(client, b"z" * 1000)
+    run(client.post, state["finish_url"], headers=JSON)
+    media = Media.objects.get(pk=state["id"])
+    assert Path(media.path).exists()
+    in_use = Desktop.objects.create(
+        name="installing", owner=teacher, hardware=HardwareProfileFactory.create()
+    )
+    in_use.media.add(media)
+    staff = client_for(admin)
+    staff.post(f"/admin/templates_app/media/{media.pk}/delete/", {"post": "yes"})
+    assert Media.objects.filter(pk=media.pk).exists() and Path(media.path).exists()
+    in_use.media.clear()
+    staff.post(f"/admin/templates_app/media/{media.pk}/delete/", {"post": "yes"})
+    assert not Media.objects.filter(pk=media.pk).exists()
+    assert not Path(media.path).exists()
+
+
+def test_the_pages_sha256_is_the_one_python_computes_for_any_chunking() -> None:
+    """static/isard/sha256.js, run by Node (installed with the viewer's noVNC)."""
+    import subprocess
+
+    from django.conf import settings
+
+    script = settings.BASE_DIR / "static" / "isard" / "sha256.js"
+    sizes = [0, 1, 55, 56, 63, 64, 65, 1000, 300_000]
+    program = f"""
+global.window = {{}}; require({str(script)!r});
+const sizes = {sizes}; const out = [];
+for (const n of sizes) {{
+  const data = new Uint8Array(n); for (let i = 0; i < n; i++) data[i] = (i * 7 + 3) & 255;
+  const hash = new window.IsardSha256();
+  for (let at = 0, step = 1; at < n; at += step, step = step * 3 % 997 + 1)
+    hash.update(data.subarray(at, at + step));
+  out.push(hash.hex());
+}}
+console.log(JSON.stringify(out));
+"""
+    done = subprocess.run(["node", "-e", program], capture_output=True, text=True, check=True)
+    import json
+
+    expected = [
+        hashlib.sha256(bytes((i * 7 + 3) & 255 for i in range(n))).hexdigest() for n in sizes
+    ]
+    assert json.loads(done.stdout) == expected
