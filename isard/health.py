@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -91,8 +94,29 @@ def check_disks() -> dict[str, Any]:
     return report
 
 
+def check_processes() -> dict[str, Any]:
+    """The platform's processes as `./isardctl up`'s supervisor last wrote them.
+
+    Without the file (the platform run by systemd, containers, a test) there is nothing to
+    say. A process waiting to be started again after it died makes the platform unhealthy
+    until it is back.
+    """
+    path = Path(os.environ.get("ISARD_PROCESS_STATE", "var/run/processes.json"))
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"ok": True, "supervised": False}
+    processes = state.get("processes", {})
+    down = sorted(name for name, entry in processes.items() if entry.get("state") != "running")
+    report: dict[str, Any] = {"ok": not down, "supervised": True, "processes": processes}
+    if down:
+        report["error"] = f"restarting after an exit: {', '.join(down)}"
+    return report
+
+
 CHECKS = {
     "database": check_database,
+    "processes": check_processes,
     "redis": check_redis,
     "celery": check_celery,
     "hypervisors": check_hypervisors,
