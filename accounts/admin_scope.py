@@ -16,12 +16,13 @@ place, instead of permission rows that could disagree with the services.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.db.models import Field, Model, Q, QuerySet
+from django.db.models import Field, Model, QuerySet
 from django.http import HttpRequest
 
 from accounts import permissions
@@ -58,20 +59,21 @@ class IsardAdminAuthenticationForm(AdminAuthenticationForm):
         )
 
 
-def _templates_choosable(actor: User) -> QuerySet[Any]:
-    from templates_app.models import Template
+#: The rows of a model a person may pick in a form, for the rooms above people.
+ChoicesRule = Callable[[User], QuerySet[Any]]
 
-    return Template.objects.filter(
-        Q(pk__in=permissions.templates_managed_by(actor).values("pk"))
-        | Q(shared_with_everyone=True)
-    )
+_CHOICES: dict[type[Model], ChoicesRule] = {}
+
+
+def choices_register(model: type[Model], rule: ChoicesRule) -> None:
+    """Desktops, templates and media say which of their rows a person may pick; they sit
+    above people, so they register at start-up (AppConfig.ready) instead of being
+    imported here."""
+    _CHOICES[model] = rule
 
 
 def scoped_choices(actor: User, model: type[Model]) -> QuerySet[Any] | None:
     """The rows of `model` that `actor` may pick in a form; None: no narrowing needed."""
-    from desktops.models import Desktop
-    from templates_app.models import Media, Template
-
     if actor.is_admin:
         return None
     if model is User:
@@ -82,13 +84,8 @@ def scoped_choices(actor: User, model: type[Model]) -> QuerySet[Any] | None:
         return permissions.courses_visible_to(actor)
     if model is School:
         return permissions.schools_visible_to(actor)
-    if model is Template:
-        return _templates_choosable(actor)
-    if model is Desktop:
-        return permissions.desktops_visible_to(actor)
-    if model is Media:
-        return permissions.media_managed_by(actor)
-    return None
+    rule = _CHOICES.get(model)
+    return rule(actor) if rule is not None else None
 
 
 class RoleScopedMixin:

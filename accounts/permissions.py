@@ -20,16 +20,12 @@ single check (`can_*`) can never disagree. Objects a user may not see are report
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from django.db.models import Q, QuerySet
 
 from accounts.choices import CourseRole, Role
 from accounts.models import Course, CourseMembership, Quota, School, User
-
-if TYPE_CHECKING:
-    from desktops.models import Desktop
-    from templates_app.models import Media, Template
 
 
 def is_manager(actor: User) -> bool:
@@ -118,78 +114,12 @@ def can_manage_user(actor: User, user: User) -> bool:
 # --- desktops ------------------------------------------------------------------------------
 
 
-def _own_desktops_q(actor: User) -> Q:
-    """My desktops, less those of a deployment my teacher has hidden (shown again later)."""
-    return Q(owner=actor) & ~Q(deployment__visible=False)
-
-
 def sees_own_desktops_only(actor: User) -> bool:
     """A student: their own desktops are all they see, less those of hidden deployments."""
     return actor.role == Role.STUDENT and not actor.is_admin and not is_manager(actor)
 
 
-def _desktops_q(actor: User) -> Q | None:
-    """The desktops the person may see and act on; None means all of them."""
-    if actor.is_admin:
-        return None
-    if is_manager(actor):
-        return Q(owner=actor) | Q(owner__school_id=actor.school_id)
-    if sees_own_desktops_only(actor):
-        return _own_desktops_q(actor)
-    return _own_desktops_q(actor) | Q(course__in=courses_taught_by(actor))
-
-
-def desktops_visible_to(actor: User) -> QuerySet[Desktop]:
-    """Desktops the person may see and act on (owner, their course's teacher, manager).
-
-    No DISTINCT: every rule above follows single-valued relations only (the owner, their
-    school, the deployment) or tests the course against a subquery, so no desktop can
-    come out twice; a rule that joins a many-valued relation must bring it back. (DISTINCT
-    over every column made the database sort each list, and wrapped its count in a
-    subquery.)
-    """
-    from desktops.models import Desktop
-
-    rule = _desktops_q(actor)
-    if rule is None:
-        return Desktop.objects.all()
-    if sees_own_desktops_only(actor):
-        # Through the person's own desktops: each comes with its owner already in hand
-        # (no join, no query per desktop to show whose it is).
-        return actor.desktops.filter(rule)
-    return Desktop.objects.filter(rule)
-
-
-def can_act_on_desktop(actor: User, desktop: Desktop) -> bool:
-    if actor.is_admin or (desktop.owner_id == actor.pk and desktop.deployment_id is None):
-        return True
-    return desktops_visible_to(actor).filter(pk=desktop.pk).exists()
-
-
-# --- templates -----------------------------------------------------------------------------
-
-
-def templates_managed_by(actor: User) -> QuerySet[Template]:
-    """Templates the person may edit, share, flatten and delete (not merely use)."""
-    from templates_app.models import Template
-
-    templates = Template.objects.all()
-    if actor.is_admin:
-        return templates
-    if is_manager(actor):
-        return templates.filter(Q(owner=actor) | Q(owner__school_id=actor.school_id))
-    if actor.role == Role.STUDENT:
-        return templates.none()
-    return templates.filter(owner=actor)
-
-
-def can_manage_template(actor: User, template: Template) -> bool:
-    if actor.is_admin or (template.owner_id == actor.pk and actor.role != Role.STUDENT):
-        return True
-    return templates_managed_by(actor).filter(pk=template.pk).exists()
-
-
-# --- schools, media, quotas ----------------------------------------------------------------
+# --- schools, quotas ----------------------------------------------------------------
 
 
 def schools_visible_to(actor: User) -> QuerySet[School]:
@@ -198,20 +128,6 @@ def schools_visible_to(actor: User) -> QuerySet[School]:
     if actor.is_admin:
         return schools
     return schools.filter(pk=actor.school_id) if actor.school_id is not None else schools.none()
-
-
-def media_managed_by(actor: User) -> QuerySet[Media]:
-    """Install media the person may edit and delete: like templates."""
-    from templates_app.models import Media
-
-    media = Media.objects.all()
-    if actor.is_admin:
-        return media
-    if is_manager(actor):
-        return media.filter(Q(owner=actor) | Q(owner__school_id=actor.school_id))
-    if actor.role == Role.STUDENT:
-        return media.none()
-    return media.filter(owner=actor)
 
 
 def _school_quota_q(school_id: int) -> Q:

@@ -34,12 +34,12 @@ SQLite serialises writers anyway).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Q
 
 from accounts.choices import Role
 from accounts.models import Course, CourseMembership, Quota, User
@@ -180,47 +180,30 @@ def role_plural(role: str) -> str:
 # --- usage ---------------------------------------------------------------------------------
 
 
+#: What a room counts for each owner: `{owner_id: {usage field: amount}}` for the ids given.
+UsageSource = Callable[[list[int]], Iterable[tuple[int, dict[str, int]]]]
+
+_USAGE_SOURCES: list[UsageSource] = []
+
+
+def usage_source_register(source: UsageSource) -> None:
+    """Rooms that own things people use (desktops, templates, media) count them here.
+
+    People sit below those rooms, so they register their counts at start-up (their
+    AppConfig.ready) instead of this module importing them.
+    """
+    if source not in _USAGE_SOURCES:
+        _USAGE_SOURCES.append(source)
+
+
 def usage_of(user_ids: Iterable[int]) -> dict[int, Usage]:
     """What each person uses now, in a fixed number of queries whatever their number."""
-    from desktops.choices import ACTIVE_STATUSES, DesktopStatus
-    from desktops.models import Desktop
-    from templates_app.choices import MediaStatus, TemplateStatus
-    from templates_app.models import Media, Template
-
     ids = list(user_ids)
     totals: dict[int, dict[str, int]] = {user_id: defaultdict(int) for user_id in ids}
-    running_statuses = [*ACTIVE_STATUSES, DesktopStatus.UNKNOWN]
-    desktops = (
-        Desktop.objects.filter(owner_id__in=ids)
-        .values("owner_id")
-        .annotate(
-            desktops=Count("pk", filter=~Q(status=DesktopStatus.DELETED)),
-            running=Count("pk", filter=Q(status__in=running_statuses)),
-            vcpus=Sum("hardware__vcpus", filter=Q(status__in=running_statuses)),
-            memory_mib=Sum("hardware__memory_mib", filter=Q(status__in=running_statuses)),
-            disk_bytes=Sum("disk__actual_size_bytes"),
-        )
-    )
-    templates = (
-        Template.objects.filter(owner_id__in=ids)
-        .values("owner_id")
-        .annotate(
-            templates=Count(
-                "pk", filter=~Q(status__in=[TemplateStatus.DELETED, TemplateStatus.FAILED])
-            ),
-            disk_bytes=Sum("disk__actual_size_bytes"),
-        )
-    )
-    media = (
-        Media.objects.filter(owner_id__in=ids)
-        .exclude(status=MediaStatus.FAILED)
-        .values("owner_id")
-        .annotate(media=Count("pk"), disk_bytes=Sum("size_bytes"))
-    )
-    for rows in (desktops, templates, media):
-        for row in rows:
-            owner = totals[row.pop("owner_id")]
-            for name, value in row.items():
+    for source in _USAGE_SOURCES:
+        for owner_id, amounts in source(ids):
+            owner = totals[owner_id]
+            for name, value in amounts.items():
                 owner[name] += value or 0
     return {user_id: Usage(**values) for user_id, values in totals.items()}
 

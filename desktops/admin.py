@@ -22,12 +22,12 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from accounts import permissions
 from accounts.admin_scope import ManagerAccess, RoleScopedMixin, ScopedModelAdmin
 from accounts.models import User
 from desktops.choices import DesktopStatus
 from desktops.fleet import admin as fleet_admin  # noqa: F401  (registers the hosts' pages)
 from desktops.models import Deployment, Desktop, DesktopEvent, ViewerToken
+from desktops.permissions import desktops_visible_to
 from desktops.services.deployments import (
     BulkOutcome,
     deployment_create_missing,
@@ -54,7 +54,7 @@ class DesktopEventInline(RoleScopedMixin, admin.TabularInline):
     readonly_fields = ("created_at", "from_status", "to_status", "reason", "actor")
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(desktop__in=permissions.desktops_visible_to(actor))
+        return queryset.filter(desktop__in=desktops_visible_to(actor))
 
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return False
@@ -139,7 +139,7 @@ class DesktopAdmin(ScopedModelAdmin):
     ]
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(pk__in=permissions.desktops_visible_to(actor).values("pk"))
+        return queryset.filter(pk__in=desktops_visible_to(actor).values("pk"))
 
     @admin.display(description="screen")
     def screen(self, desktop: Desktop) -> SafeString:
@@ -301,7 +301,7 @@ class ViewerTokenAdmin(ScopedModelAdmin):
     teacher_access: ClassVar[ManagerAccess] = "read"
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(desktop__in=permissions.desktops_visible_to(actor))
+        return queryset.filter(desktop__in=desktops_visible_to(actor))
 
     list_display = (
         "desktop",
@@ -363,7 +363,7 @@ class DesktopEventAdmin(ScopedModelAdmin):
     readonly_fields = ("created_at", "desktop", "from_status", "to_status", "reason", "actor")
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(desktop__in=permissions.desktops_visible_to(actor))
+        return queryset.filter(desktop__in=desktops_visible_to(actor))
 
     @admin.display(description="owner", ordering="desktop__owner__username")
     def owner(self, event: DesktopEvent) -> str:

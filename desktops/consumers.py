@@ -14,8 +14,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.models import Course, User
-from accounts.permissions import can_manage_course, desktops_visible_to
+from accounts.permissions import can_manage_course
 from desktops.models import Desktop
+from desktops.permissions import desktops_visible_to
 from desktops.services.transitions import course_group, desktop_status_payload, owner_group
 
 

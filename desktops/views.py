@@ -22,9 +22,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.choices import CourseRole
 from accounts.models import User
-from accounts.permissions import courses_taught_by, desktops_visible_to
+from accounts.permissions import courses_taught_by
 from desktops.choices import WORKING_STATUSES, DesktopAction, DesktopStatus, actions_allowed
 from desktops.models import Desktop
+from desktops.permissions import desktops_visible_to
 from desktops.services.deployments import (
     BulkOutcome,
     deployment_create,

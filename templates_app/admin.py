@@ -26,6 +26,7 @@ from accounts.admin_scope import (
 from accounts.models import User
 from isard.core.errors import ApplicationError
 from templates_app.models import HardwareProfile, Media, Template
+from templates_app.permissions import media_managed_by, templates_managed_by
 from templates_app.services.flatten import template_flatten
 from templates_app.services.media import media_delete
 from templates_app.services.templates import template_delete, template_restore, template_set_sharing
@@ -96,7 +97,7 @@ class TemplateAdmin(ScopedModelAdmin):
     filter_horizontal = ("shared_courses", "shared_users")
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(pk__in=permissions.templates_managed_by(actor).values("pk"))
+        return queryset.filter(pk__in=templates_managed_by(actor).values("pk"))
 
     def _role(self, request: HttpRequest) -> str | None:
         actor = request_actor(request)
@@ -153,7 +154,7 @@ class MediaAdmin(ScopedModelAdmin):
     readonly_fields = ("status", "status_reason", "progress_percent", "size_bytes", "sha256")
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(pk__in=permissions.media_managed_by(actor).values("pk"))
+        return queryset.filter(pk__in=media_managed_by(actor).values("pk"))
 
     def delete_model(self, request: HttpRequest, obj: Media) -> None:
         """Deleting media here removes its file too (`media_delete`), or says why not."""

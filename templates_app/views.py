@@ -18,10 +18,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import Course, User
-from accounts.permissions import courses_visible_to, templates_managed_by
+from accounts.permissions import courses_visible_to
 from isard.core.errors import ApplicationError
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media
+from templates_app.permissions import templates_managed_by
 from templates_app.selectors import media_owned_by
 from templates_app.services import uploads
 from templates_app.services.templates import template_set_sharing

@@ -11,7 +11,9 @@ from accounts import permissions
 from accounts.choices import CourseRole, Role
 from accounts.models import Course, School, User
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
+from desktops import permissions as desktop_rules
 from desktops.models import Desktop
+from templates_app import permissions as template_rules
 from templates_app.models import Template
 from templates_app.tests.factories import HardwareProfileFactory
 
@@ -83,26 +85,26 @@ def admin() -> Any:
 
 
 def test_student_cannot_see_or_act_on_another_students_desktop(north: Campus) -> None:
-    assert permissions.can_act_on_desktop(north.student, north.student_desktop)
-    assert not permissions.can_act_on_desktop(north.student, north.other_student_desktop)
-    assert not permissions.can_act_on_desktop(north.other_student, north.student_desktop)
-    assert list(permissions.desktops_visible_to(north.student)) == [north.student_desktop]
+    assert desktop_rules.can_act_on_desktop(north.student, north.student_desktop)
+    assert not desktop_rules.can_act_on_desktop(north.student, north.other_student_desktop)
+    assert not desktop_rules.can_act_on_desktop(north.other_student, north.student_desktop)
+    assert list(desktop_rules.desktops_visible_to(north.student)) == [north.student_desktop]
 
 
 def test_teacher_reaches_the_desktops_of_the_courses_they_teach_only(north: Campus) -> None:
-    assert permissions.can_act_on_desktop(north.teacher, north.student_desktop)
-    assert not permissions.can_act_on_desktop(north.teacher, north.other_student_desktop)
+    assert desktop_rules.can_act_on_desktop(north.teacher, north.student_desktop)
+    assert not desktop_rules.can_act_on_desktop(north.teacher, north.other_student_desktop)
     # A teacher of the same school who does not teach the course reaches none of it.
-    assert not permissions.can_act_on_desktop(north.other_teacher, north.student_desktop)
-    assert not permissions.desktops_visible_to(north.other_teacher).exists()
+    assert not desktop_rules.can_act_on_desktop(north.other_teacher, north.student_desktop)
+    assert not desktop_rules.desktops_visible_to(north.other_teacher).exists()
 
 
 def test_manager_reaches_their_own_school_and_nothing_of_another(
     north: Campus, south: Campus
 ) -> None:
-    visible = set(permissions.desktops_visible_to(north.manager))
+    visible = set(desktop_rules.desktops_visible_to(north.manager))
     assert visible == {north.student_desktop, north.other_student_desktop}
-    assert not permissions.can_act_on_desktop(north.manager, south.student_desktop)
+    assert not desktop_rules.can_act_on_desktop(north.manager, south.student_desktop)
     assert set(permissions.courses_visible_to(north.manager)) == {north.course}
     assert permissions.can_manage_course(north.manager, north.course)
     assert not permissions.can_manage_course(north.manager, south.course)
@@ -119,8 +121,8 @@ def test_manager_cannot_manage_an_admin(north: Campus, admin: User) -> None:
 
 
 def test_admin_reaches_every_school(north: Campus, south: Campus, admin: User) -> None:
-    assert permissions.desktops_visible_to(admin).count() == 4
-    assert permissions.can_act_on_desktop(admin, south.other_student_desktop)
+    assert desktop_rules.desktops_visible_to(admin).count() == 4
+    assert desktop_rules.can_act_on_desktop(admin, south.other_student_desktop)
     assert permissions.can_manage_course(admin, south.course)
 
 
@@ -141,11 +143,11 @@ def test_people_visible_to_a_teacher_are_their_students(north: Campus, south: Ca
 def test_templates_are_managed_by_their_owner_and_school_manager(
     north: Campus, south: Campus
 ) -> None:
-    assert permissions.can_manage_template(north.teacher, north.teacher_template)
-    assert not permissions.can_manage_template(north.other_teacher, north.teacher_template)
-    assert not permissions.can_manage_template(north.student, north.teacher_template)
-    assert permissions.can_manage_template(north.manager, north.teacher_template)
-    assert not permissions.can_manage_template(south.manager, north.teacher_template)
+    assert template_rules.can_manage_template(north.teacher, north.teacher_template)
+    assert not template_rules.can_manage_template(north.other_teacher, north.teacher_template)
+    assert not template_rules.can_manage_template(north.student, north.teacher_template)
+    assert template_rules.can_manage_template(north.manager, north.teacher_template)
+    assert not template_rules.can_manage_template(south.manager, north.teacher_template)
 
 
 def test_schools_media_and_quotas_a_manager_reaches(north: Campus, south: Campus) -> None:
@@ -156,10 +158,10 @@ def test_schools_media_and_quotas_a_manager_reaches(north: Campus, south: Campus
     assert list(permissions.schools_visible_to(north.student)) == [north.school]
     north_media = Media.objects.create(name="n", owner=north.teacher, path="/x/n.iso")
     south_media = Media.objects.create(name="s", owner=south.teacher, path="/x/s.iso")
-    assert list(permissions.media_managed_by(north.manager)) == [north_media]
-    assert list(permissions.media_managed_by(north.teacher)) == [north_media]
-    assert not permissions.media_managed_by(north.student).exists()
-    assert south_media not in permissions.media_managed_by(north.other_teacher)
+    assert list(template_rules.media_managed_by(north.manager)) == [north_media]
+    assert list(template_rules.media_managed_by(north.teacher)) == [north_media]
+    assert not template_rules.media_managed_by(north.student).exists()
+    assert south_media not in template_rules.media_managed_by(north.other_teacher)
 
     default = Quota.objects.create(role=Role.STUDENT, max_desktops=1)
     mine = Quota.objects.create(course=north.course, max_desktops=2)

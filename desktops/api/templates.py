@@ -13,8 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api.views import request_user
-from accounts.permissions import can_act_on_desktop
 from desktops.models import Desktop
+from desktops.permissions import can_act_on_desktop
 from desktops.services.templating import template_from_desktop
 from isard.core.errors import NotFoundError
 from templates_app.api import views as template_views

@@ -25,11 +25,7 @@ from rest_framework.throttling import BaseThrottle
 
 from accounts.api.views import request_user
 from accounts.models import User
-from accounts.permissions import (
-    courses_visible_to,
-    desktops_visible_to,
-    sees_own_desktops_only,
-)
+from accounts.permissions import courses_visible_to, sees_own_desktops_only
 from desktops.api.serializers import (
     DeploymentCoTeachersSerializer,
     DeploymentCreateSerializer,
@@ -45,6 +41,7 @@ from desktops.api.serializers import (
 )
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
+from desktops.permissions import desktops_visible_to
 from desktops.services.deployments import (
     BulkOutcome,
     deployment_create,

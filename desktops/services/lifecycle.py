@@ -10,7 +10,6 @@ from django.conf import settings
 from django.db import transaction
 
 from accounts.models import User
-from accounts.permissions import can_act_on_desktop
 from accounts.quotas import quota_check, start_change
 from desktops import task_calls
 from desktops.choices import DesktopStatus
@@ -20,6 +19,7 @@ from desktops.fleet.placement import (
 )
 from desktops.fleet.selectors import desktop_live_migration_target
 from desktops.models import Desktop
+from desktops.permissions import can_act_on_desktop
 from desktops.services.domains import desktop_define, new_graphics_password
 from desktops.services.reconciliation import desktop_sync_state
 from desktops.services.transitions import (

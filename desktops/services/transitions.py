@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from accounts.models import User
-from accounts.permissions import can_act_on_desktop
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
+from desktops.permissions import can_act_on_desktop
 from isard.core.broadcast import group_send_many
 from isard.core.errors import (
     ConflictError,

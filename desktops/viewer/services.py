@@ -38,9 +38,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.permissions import can_act_on_desktop
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
+from desktops.permissions import can_act_on_desktop
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Hypervisor

@@ -19,8 +19,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
-from accounts.permissions import can_act_on_desktop
 from desktops.models import Desktop
+from desktops.permissions import can_act_on_desktop
 from desktops.viewer.services import (
     BrowserViewerAccess,
     viewer_rdp_build,

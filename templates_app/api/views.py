@@ -17,7 +17,6 @@ from rest_framework.response import Response
 
 from accounts.api.views import request_user
 from accounts.models import User
-from accounts.permissions import can_manage_template, templates_managed_by
 from isard.core.errors import PermissionDeniedError
 from templates_app.api.serializers import (
     HardwareProfileSerializer,
@@ -29,6 +28,7 @@ from templates_app.api.serializers import (
     TemplateTreeSerializer,
 )
 from templates_app.models import HardwareProfile, Media, Template
+from templates_app.permissions import can_manage_template, templates_managed_by
 from templates_app.selectors import template_dependants, templates_visible_to
 from templates_app.services.templates import template_delete, template_restore, template_set_sharing
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from django.db import transaction
 
 from accounts.models import User
-from accounts.permissions import can_manage_template
 from accounts.quotas import QuotaChange, quota_check
 from hypervisors import qemu_img
 from hypervisors.choices import PoolPurpose
@@ -23,6 +22,7 @@ from isard.core.tasks import send_after_commit
 from templates_app import task_calls
 from templates_app.choices import TemplateStatus
 from templates_app.models import Template
+from templates_app.permissions import can_manage_template
 from templates_app.services.transitions import template_record_created, template_transition
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from django.db import transaction
 
 from accounts.models import User
-from accounts.permissions import media_managed_by
 from accounts.quotas import QuotaChange, quota_check
 from hypervisors.choices import PoolPurpose
 from hypervisors.services.pools import pool_for
@@ -18,6 +17,7 @@ from isard.core.tasks import send_after_commit
 from templates_app import task_calls
 from templates_app.choices import MediaKind, MediaStatus
 from templates_app.models import Media
+from templates_app.permissions import media_managed_by
 from templates_app.services.transitions import media_record_created, media_transition
 
 

@@ -12,7 +12,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from accounts.models import Course, User
-from accounts.permissions import can_manage_template, courses_visible_to, users_visible_to
+from accounts.permissions import courses_visible_to, users_visible_to
 from hypervisors.choices import PoolPurpose
 from hypervisors.services.disks import (
     disk_import,
@@ -21,6 +21,7 @@ from hypervisors.services.pools import pool_for
 from isard.core.errors import ApplicationError, ConflictError, PermissionDeniedError
 from templates_app.choices import TemplateStatus
 from templates_app.models import HardwareProfile, Template
+from templates_app.permissions import can_manage_template
 from templates_app.selectors import template_dependants
 from templates_app.services.transitions import template_record_created, template_transition
 
