@@ -31,6 +31,7 @@ from desktops.viewer.services import (
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
+from isard.core.errors import NotFoundError
 from templates_app.tests.factories import HardwareProfileFactory
 
 pytestmark = pytest.mark.django_db
@@ -102,15 +103,17 @@ def test_owner_gets_a_single_use_token_for_their_running_desktop_but_never_its_p
 def test_student_cannot_open_the_viewer_of_another_students_desktop(
     ben: Any, anas_desktop: Desktop, caplog: pytest.LogCaptureFixture
 ) -> None:
+    events = DesktopEvent.objects.filter(desktop=anas_desktop).count()
     with (
         caplog.at_level(logging.WARNING, logger="desktops.viewer.services"),
-        pytest.raises(ViewerRefusedError) as refused,
+        pytest.raises(NotFoundError) as refused,
     ):
         viewer_token_issue(actor=ben, desktop=anas_desktop)
-    assert refused.value.extra["reason"] == "not-owner"
-    assert "Only the owner" in refused.value.message
+    # As if there were no such desktop: no name, no reason, nothing in its history.
+    assert refused.value.message == "No such desktop." and refused.value.extra == {}
     assert not ViewerToken.objects.exists()
-    assert "viewer refused (not-owner): user=ben" in caplog.text
+    assert DesktopEvent.objects.filter(desktop=anas_desktop).count() == events
+    assert f"viewer refused (not-visible): user=ben desktop={anas_desktop.pk}" in caplog.text
 
 
 def test_even_an_administrator_gets_no_viewer_or_password_for_a_students_desktop(
@@ -275,9 +278,10 @@ def test_viewer_page_of_another_students_desktop_is_refused_without_the_password
     ben: Any, anas_desktop: Desktop
 ) -> None:
     response = client_for(ben).get(reverse("desktop-viewer", args=[anas_desktop.pk]))
-    assert response.status_code == 403
+    assert response.status_code == 404
     body = response.content.decode()
-    assert "Only the owner" in body and PASSWORD not in body and "/ws/viewer/" not in body
+    assert "No such desktop" in body and anas_desktop.name not in body
+    assert PASSWORD not in body and "/ws/viewer/" not in body
     assert not ViewerToken.objects.exists()
 
 
@@ -310,8 +314,8 @@ def test_reconnect_endpoint_issues_a_new_token_to_the_owner_only(
     assert first["path"] != second["path"]
     assert "password" not in first and PASSWORD not in str(first)
     refused = client_for(ben).post(url)
-    assert refused.status_code == 403
-    assert refused.json()["extra"]["reason"] == "not-owner"
+    assert refused.status_code == 404
+    assert refused.json() == {"message": "No such desktop.", "extra": {}}
     assert PASSWORD not in refused.content.decode()
 
 
@@ -383,7 +387,7 @@ def test_vv_file_of_another_students_desktop_is_refused(
     ben: Any, anas_desktop: Desktop, pki: tls.PkiPaths, spice_passwords: list[Any]
 ) -> None:
     response = client_for(ben).get(reverse("desktop-viewer-vv", args=[anas_desktop.pk]))
-    assert response.status_code == 403
+    assert response.status_code == 404
     assert spice_passwords == []
 
 

@@ -3,6 +3,7 @@ page that shows it, and the proxy's filter that keeps the looker's input off the
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -23,6 +24,7 @@ from desktops.viewer.services import (
 )
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
+from isard.core.errors import NotFoundError
 from tests.campus import Campus
 
 PASSWORD = "Pa55-w0r"
@@ -89,10 +91,11 @@ def test_another_teacher_or_a_classmate_gets_no_view_only_token(
         CourseMembership.objects.create(
             course=north.course, user=north.other_student, role=CourseRole.STUDENT
         )
-    with pytest.raises(ViewerRefusedError) as refused:
+    events = DesktopEvent.objects.filter(desktop=started).count()
+    with pytest.raises(NotFoundError):
         viewer_token_issue(actor=getattr(north, who), desktop=started, view_only=True)
-    assert refusal(refused) == "not-allowed"
     assert not ViewerToken.objects.exists()
+    assert DesktopEvent.objects.filter(desktop=started).count() == events
 
 
 def test_a_stopped_desktop_has_no_screen_to_look_at(north: Campus) -> None:
@@ -127,9 +130,8 @@ def test_a_teacher_who_left_the_course_cannot_spend_a_view_only_token(
     access = viewer_token_issue(actor=north.teacher, desktop=started, view_only=True)
     CourseMembership.objects.filter(course=north.course, user=north.teacher).delete()
 
-    with pytest.raises(ViewerRefusedError) as refused:
+    with pytest.raises(NotFoundError):
         viewer_token_consume(token=access.token, user=north.teacher)
-    assert refusal(refused) == "not-allowed"
 
 
 # --- the pages ------------------------------------------------------------------------------
@@ -139,6 +141,33 @@ def signed_in(user: Any) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+def without_csrf(page: bytes) -> bytes:
+    return re.sub(rb'name="csrf-token" content="[^"]*"', b"", page)
+
+
+@pytest.mark.parametrize("who", ["manager", "teacher", "student"])
+def test_another_schools_people_find_no_viewer_there_and_leave_no_trace(
+    north: Campus, south: Campus, started: Desktop, who: str
+) -> None:
+    """Every viewer path answers a stranger exactly as it answers an id that is free."""
+    prober = signed_in(getattr(south, who))
+    free_id = Desktop.objects.order_by("-pk").values_list("pk", flat=True)[0] + 1000
+    events = DesktopEvent.objects.filter(desktop=started).count()
+    for name, method in [
+        ("desktop-viewer", "get"),
+        ("desktop-viewer-token", "post"),
+        ("desktop-viewer-vv", "get"),
+        ("desktop-viewer-rdp", "get"),
+    ]:
+        probe = getattr(prober, method)(reverse(name, args=[started.pk]))
+        free = getattr(prober, method)(reverse(name, args=[free_id]))
+        assert probe.status_code == free.status_code == 404, name
+        assert without_csrf(probe.content) == without_csrf(free.content), name
+        assert started.name.encode() not in probe.content
+    assert DesktopEvent.objects.filter(desktop=started).count() == events
+    assert not ViewerToken.objects.exists()
 
 
 def test_the_teachers_viewer_page_opens_view_only_with_a_banner(

@@ -44,7 +44,12 @@ from desktops.permissions import can_act_on_desktop
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Hypervisor
-from isard.core.errors import ConflictError, InfrastructureError, PermissionDeniedError
+from isard.core.errors import (
+    ConflictError,
+    InfrastructureError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +170,18 @@ def _check_view_only_allowed(*, actor: User, desktop: Desktop, client: str = "")
             desktop=desktop,
             client=client,
         )
-    if not can_act_on_desktop(actor, desktop):
-        raise _refuse(
-            "not-allowed",
-            f"Only the teachers of the course may look at the screen of “{desktop.name}”.",
-            user=actor,
-            desktop=desktop,
-            client=client,
-        )
+
+
+def _not_found(*, actor: User, desktop: Desktop, client: str) -> NotFoundError:
+    """Someone who may not see the desktop: as if it did not exist (the same answer as a
+    free id), and nothing written in its history; the log keeps the probe."""
+    logger.warning(
+        "viewer refused (not-visible): user=%s desktop=%s client=%s",
+        actor.get_username(),
+        desktop.pk,
+        client or "-",
+    )
+    return NotFoundError("No such desktop.")
 
 
 def _check_viewable(
@@ -185,7 +194,10 @@ def _check_viewable(
 ) -> Hypervisor:
     """The checks every viewer path shares: the owner only (or, `view_only`, someone else
     who may act on it), a running desktop, its display (`protocol` None: a path that
-    needs no display of the hypervisor's, such as RDP)."""
+    needs no display of the hypervisor's, such as RDP). Someone who may not see the
+    desktop is told it does not exist."""
+    if desktop.owner_id != actor.pk and not can_act_on_desktop(actor, desktop):
+        raise _not_found(actor=actor, desktop=desktop, client=client)
     if view_only:
         _check_view_only_allowed(actor=actor, desktop=desktop, client=client)
     elif desktop.owner_id != actor.pk:
