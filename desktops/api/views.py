@@ -25,7 +25,7 @@ from rest_framework.throttling import BaseThrottle
 
 from accounts.api.views import request_user
 from accounts.models import User
-from accounts.permissions import courses_visible_to, sees_own_desktops_only
+from accounts.permissions import courses_visible_to, sees_own_desktops_only, users_visible_to
 from desktops.api.serializers import (
     DeploymentCoTeachersSerializer,
     DeploymentCreateSerializer,
@@ -282,8 +282,10 @@ class DesktopViewSet(
 # --- deployments ------------------------------------------------------------------------------
 
 
-def _users(ids: list[int]) -> list[User]:
-    found = list(User.objects.filter(pk__in=ids))
+def _users(actor: User, ids: list[int]) -> list[User]:
+    """The people these ids name, among those the actor may see: another school's people
+    are "no such people", like free ids, and never named back."""
+    found = list(users_visible_to(actor).filter(pk__in=ids))
     missing = sorted(set(ids) - {user.pk for user in found})
     if missing:
         raise ApplicationError("No such people.", extra={"users": missing})
@@ -350,7 +352,7 @@ class DeploymentViewSet(
         template = templates_visible_to(actor).filter(pk=data["template"]).first()
         if template is None:
             raise NotFoundError("No such template.", extra={"template": data["template"]})
-        students = None if data["students"] is None else _users(data["students"])
+        students = None if data["students"] is None else _users(actor, data["students"])
         deployment, desktops = deployment_create(
             actor=actor,
             course=course,
@@ -358,7 +360,7 @@ class DeploymentViewSet(
             name=data["name"],
             description=data["description"],
             students=students,
-            co_teachers=_users(data["co_teachers"]),
+            co_teachers=_users(actor, data["co_teachers"]),
             visible=data["visible"],
         )
         return _outcome(BulkOutcome(deployment=deployment, changed=desktops))
@@ -468,10 +470,11 @@ class DeploymentViewSet(
         """Replace the co-teachers (teachers of the course who may act on it too)."""
         serializer = DeploymentCoTeachersSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        actor = request_user(request)
         deployment = deployment_set_co_teachers(
-            actor=request_user(request),
+            actor=actor,
             deployment=self.get_object(),
-            co_teachers=_users(serializer.validated_data["co_teachers"]),
+            co_teachers=_users(actor, serializer.validated_data["co_teachers"]),
         )
         deployment.refresh_from_db()
         return Response(DeploymentSerializer(deployment).data)

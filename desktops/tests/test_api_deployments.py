@@ -142,8 +142,14 @@ def test_co_teachers_must_teach_the_course(north: Campus, base_template: Any) ->
     response = client.put(
         url(deployment, "co-teachers"), {"co_teachers": [north.other_teacher.pk]}, format="json"
     )
+    # The teacher cannot see a colleague who teaches none of their courses: no such person.
     body = assert_error(response, 400)
-    assert body["extra"]["users"] == [north.other_teacher.username]
+    assert body["extra"]["users"] == [north.other_teacher.pk]
+    # The school's manager sees everyone in it, and is told who does not teach the course.
+    response = client_for(north.manager).put(
+        url(deployment, "co-teachers"), {"co_teachers": [north.other_teacher.pk]}, format="json"
+    )
+    assert assert_error(response, 400)["extra"]["users"] == [north.other_teacher.username]
     colleague: User = UserFactory.create(
         username="north-colleague", role=Role.TEACHER, school=north.school
     )
@@ -162,3 +168,30 @@ def test_rename(north: Campus, base_template: Any) -> None:
     assert_error(
         client_for(north.teacher).patch(url(deployment), {"name": " "}, format="json"), 400
     )
+
+
+def test_other_schools_people_are_no_such_people_and_never_named(
+    north: Campus, south: Campus, base_template: Any
+) -> None:
+    """Ids of people one may not see get the answer free ids get: their ids, no names."""
+    deployment = make(north, base_template)
+    client = client_for(north.teacher)
+    strangers = [south.teacher.pk, south.student.pk, south.manager.pk]
+    free = max(User.objects.values_list("pk", flat=True)) + 1000
+    for ids_sent in (strangers, [free]):
+        body = assert_error(
+            client.put(url(deployment, "co-teachers"), {"co_teachers": ids_sent}, format="json"),
+            400,
+        )
+        assert body == {"message": "No such people.", "extra": {"users": sorted(ids_sent)}}
+        created = {
+            "name": "x",
+            "course": north.course.pk,
+            "template": base_template.pk,
+            "students": ids_sent,
+        }
+        body = assert_error(client.post("/api/v1/deployments/", created, format="json"), 400)
+        assert body == {"message": "No such people.", "extra": {"users": sorted(ids_sent)}}
+    for person in (south.teacher, south.student, south.manager):
+        assert person.username not in str(body)
+    assert Deployment.objects.count() == 1
