@@ -25,6 +25,7 @@ from accounts.admin_scope import (
     ManagerAccess,
     RoleScopedMixin,
     ScopedModelAdmin,
+    admin_login_limited,
     admin_site_has_permission,
     request_actor,
 )
@@ -54,6 +55,7 @@ from isard.core.errors import ApplicationError
 # Managers and teachers reach the admin without `is_staff` (the LDAP role groups make them).
 admin.site.has_permission = admin_site_has_permission  # type: ignore[method-assign]
 admin.site.login_form = IsardAdminAuthenticationForm
+admin.site.login = admin_login_limited(admin.site.login)  # type: ignore[method-assign]
 
 
 def _actor(request: HttpRequest) -> User:

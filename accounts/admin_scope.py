@@ -16,6 +16,7 @@ place, instead of permission rows that could disagree with the services.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -23,11 +24,15 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.db.models import Field, Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 
 from accounts import permissions
 from accounts.choices import Role
 from accounts.models import Course, School, User
+from accounts.rate_limits import sign_in_attempt_start
+from isard.core.errors import TooManyRequestsError
+from isard.core.rate_limits import client_address
 
 #: What a role may do with a model in the admin (see `RoleScopedMixin`).
 ManagerAccess = Literal["none", "read", "act", "write"]
@@ -44,6 +49,44 @@ def admin_site_has_permission(request: HttpRequest) -> bool:
     role decides (`permissions.admin_role`), so a student with `is_staff` stays out."""
     actor = request_actor(request)
     return actor is not None and permissions.uses_admin(actor)
+
+
+AdminLogin = Callable[..., HttpResponse]
+
+
+def admin_login_limited(login: AdminLogin) -> AdminLogin:
+    """The admin's login counts failed sign-ins in the same windows as the sign-in page
+    and the API (`accounts.rate_limits.sign_in_attempt_start`): over the limit it answers
+    429 before any password is checked."""
+
+    @functools.wraps(login)
+    def limited(request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if request.method != "POST":
+            return login(request, extra_context)
+        username = request.POST.get("username", "")
+        try:
+            attempt = sign_in_attempt_start(username=username, address=client_address(request))
+        except TooManyRequestsError as error:
+            # The same page, not validated: nothing is checked while limited.
+            form = IsardAdminAuthenticationForm(request, initial={"username": username})
+            form.cleaned_data = {}
+            form.add_error(None, error.message)
+            context = {
+                **admin.site.each_context(request),
+                "title": "Log in",
+                "form": form,
+                "app_path": request.get_full_path(),
+                "username": request.user.get_username(),
+            }
+            refusal = TemplateResponse(request, "admin/login.html", context, status=429)
+            refusal["Retry-After"] = str(error.extra["retry_after"])
+            return refusal
+        response = login(request, extra_context)
+        if request.user.is_authenticated:
+            attempt.succeeded()
+        return response
+
+    return limited
 
 
 class IsardAdminAuthenticationForm(AdminAuthenticationForm):

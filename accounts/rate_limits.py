@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import unicodedata
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -26,10 +27,19 @@ from isard.core.rate_limits import RateWindow, rate_window_release, rate_window_
 logger = logging.getLogger(__name__)
 
 
+def sign_in_name(username: str) -> str:
+    """The username as every way to sign in reads it: NFKC, as Django's username field
+    normalises it (so "ｓtudent3", with a fullwidth s, is student3), without the spaces
+    around it."""
+    return unicodedata.normalize("NFKC", username).strip()
+
+
 def _ident(value: str) -> str:
     # Cache keys may not hold spaces or be long; usernames are compared as Django's
-    # lookups would (case-insensitively for LDAP), so "Alice" and "alice" share a window.
-    return hashlib.sha256(value.strip().casefold().encode()).hexdigest()[:32]
+    # lookups would (case-insensitively for LDAP), so "Alice", "alice" and "ａｌｉｃｅ"
+    # share a window (NFKC again after casefold, which can leave a string unnormalised).
+    key = unicodedata.normalize("NFKC", sign_in_name(value).casefold())
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 @dataclass

@@ -39,7 +39,7 @@ from accounts.permissions import (
     users_visible_to,
 )
 from accounts.quotas import quota_report
-from accounts.rate_limits import sign_in_attempt_start
+from accounts.rate_limits import sign_in_attempt_start, sign_in_name
 from accounts.tokens import api_token_create, api_token_revoke
 from isard.core.api.throttling import LoginRateThrottle
 from isard.core.errors import PermissionDeniedError
@@ -75,10 +75,9 @@ class LoginView(APIView):
         data = serializer.validated_data
         # The same windows as the sign-in page: failures per username (from any address)
         # and per address, whichever way they come in; refused before any password check.
-        attempt = sign_in_attempt_start(
-            username=data["username"], address=client_address(request._request)
-        )
-        user = authenticate(request._request, username=data["username"], password=data["password"])
+        username = sign_in_name(data["username"])
+        attempt = sign_in_attempt_start(username=username, address=client_address(request._request))
+        user = authenticate(request._request, username=username, password=data["password"])
         if not isinstance(user, User) or not user.is_active:
             raise exceptions.AuthenticationFailed("Wrong username or password.")
         attempt.succeeded()

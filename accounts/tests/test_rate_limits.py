@@ -199,3 +199,48 @@ def test_guessing_codes_is_limited_per_address_on_every_page(
     assert 'value="newcomer"' in response.content.decode()
     assert not User.objects.filter(username="newcomer").exists()
     assert join(person, student_code, "10.0.0.2").status_code == 302  # another address
+
+
+def test_look_alike_usernames_share_the_window(alice: User) -> None:
+    """Django's username field reads "ａｌｉｃｅ" (fullwidth) as alice: so does the limit."""
+    client = Client()
+    for _ in range(3):
+        assert sign_in(client, "alice", "guess").status_code == 200
+    for look_alike in ("ａｌｉｃｅ", "ALICE", " alice "):
+        assert sign_in(client, look_alike, "password", "10.0.0.9").status_code == 429
+    api = client.post(
+        "/api/v1/auth/login/",
+        {"username": "ａlice", "password": "password"},
+        content_type="application/json",
+        REMOTE_ADDR="10.0.0.8",
+    )
+    assert api.status_code == 429
+    assert client.get(reverse("accounts:home")).status_code == 302  # not signed in
+
+
+def admin_sign_in(client: Client, username: str, password: str, address: str = "10.0.0.1") -> Any:
+    return client.post(
+        reverse("admin:login"),
+        {"username": username, "password": password, "next": "/admin/"},
+        REMOTE_ADDR=address,
+    )
+
+
+def test_the_admins_login_counts_in_the_same_windows(password_checks: list[str]) -> None:
+    UserFactory.create(username="root", role=Role.ADMIN, is_staff=True)
+    client = Client()
+    for _ in range(2):
+        response = admin_sign_in(client, "root", "guess")
+        assert response.status_code == 200 and "correct username" in response.content.decode()
+    assert sign_in(client, "root", "guess").status_code == 200  # the third, on the page
+    response = admin_sign_in(client, "root", "password")
+    assert response.status_code == 429
+    assert LIMITED in response.content.decode() and int(response["Retry-After"]) > 0
+    assert password_checks == ["root"] * 3  # nothing checked while limited
+    assert client.get("/admin/").status_code == 302  # not signed in
+    # A right password does not count: an admin signing in often is never limited.
+    UserFactory.create(username="root2", role=Role.ADMIN, is_staff=True)
+    fresh = Client()
+    for _ in range(6):
+        assert admin_sign_in(fresh, "root2", "password", "10.0.0.7").status_code == 302
+        fresh.logout()
