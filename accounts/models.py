@@ -6,6 +6,7 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 
 from accounts.choices import CourseRole, Role
+from isard.core.text import validate_name
 
 
 class School(models.Model):
@@ -16,7 +17,7 @@ class School(models.Model):
     (`ISARD_LDAP_*`), or several of these.
     """
 
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(validators=[validate_name], max_length=200, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
     local_accounts = models.BooleanField(
         "local accounts",
@@ -55,7 +56,7 @@ class Course(models.Model):
     """A class of students with their teachers; templates are shared with courses."""
 
     school = models.ForeignKey(School, on_delete=models.PROTECT, related_name="courses")
-    name = models.CharField(max_length=200)
+    name = models.CharField(validators=[validate_name], max_length=200)
     members: models.ManyToManyField[User, CourseMembership] = models.ManyToManyField(
         User, through="CourseMembership", related_name="courses"
     )
@@ -102,6 +103,7 @@ class LdapGroupMapping(models.Model):
     )
     school = models.ForeignKey(School, on_delete=models.PROTECT, related_name="ldap_group_mappings")
     course_name = models.CharField(
+        validators=[validate_name],
         max_length=200,
         blank=True,
         help_text="Finds (or creates) the course in the school while no course is linked.",
@@ -273,7 +275,7 @@ class ApiToken(models.Model):
     """
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
-    name = models.CharField(max_length=100, blank=True)
+    name = models.CharField(validators=[validate_name], max_length=100, blank=True)
     key_hash = models.CharField(max_length=64, unique=True)
     prefix = models.CharField(max_length=16)
     created_at = models.DateTimeField()

@@ -9,6 +9,7 @@ from django.db import models
 
 from desktops.choices import DesktopStatus
 from isard.core.events import StatusEvent
+from isard.core.text import validate_name, validate_text
 
 
 class Desktop(models.Model):
@@ -18,8 +19,8 @@ class Desktop(models.Model):
     """
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
+    name = models.CharField(validators=[validate_name], max_length=200)
+    description = models.TextField(validators=[validate_text], blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="desktops"
     )
@@ -143,8 +144,8 @@ class Deployment(models.Model):
     desktops. The services are in `desktops.deployments`.
     """
 
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
+    name = models.CharField(validators=[validate_name], max_length=200)
+    description = models.TextField(validators=[validate_text], blank=True)
     course = models.ForeignKey(
         "accounts.Course", on_delete=models.PROTECT, related_name="deployments"
     )

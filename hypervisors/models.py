@@ -22,12 +22,13 @@ from hypervisors.choices import (
     PlacementPolicy,
     PoolPurpose,
 )
+from isard.core.text import validate_name
 
 
 class StoragePool(models.Model):
     """A directory holding disks of one purpose. Hypervisors list the pools they reach."""
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(validators=[validate_name], max_length=100, unique=True)
     purpose = models.CharField(max_length=16, choices=PoolPurpose.choices)
     path = models.CharField(max_length=500, unique=True)
     shared = models.BooleanField(
@@ -52,7 +53,7 @@ class Hypervisor(models.Model):
     advertise KVM on hosts where nested KVM crashes every guest).
     """
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(validators=[validate_name], max_length=100, unique=True)
     uri = models.CharField(max_length=500, help_text="libvirt URI, e.g. qemu:///system")
     accelerator_setting = models.CharField(
         max_length=8, choices=AcceleratorSetting.choices, default=AcceleratorSetting.AUTO

@@ -7,6 +7,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from isard.core.events import StatusEvent
+from isard.core.text import validate_name, validate_text
 from templates_app.choices import (
     BootDevice,
     DiskBus,
@@ -30,7 +31,7 @@ def default_networks() -> list[str]:
 class HardwareProfile(models.Model):
     """The virtual hardware of a desktop, turned into libvirt domain XML by the driver."""
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(validators=[validate_name], max_length=100, unique=True)
     vcpus = models.PositiveSmallIntegerField(
         default=1, validators=[MinValueValidator(1), MaxValueValidator(64)]
     )
@@ -67,8 +68,8 @@ class Template(models.Model):
     template cannot be purged (`Disk.parent` and these foreign keys use PROTECT).
     """
 
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
+    name = models.CharField(validators=[validate_name], max_length=200)
+    description = models.TextField(validators=[validate_text], blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -110,7 +111,7 @@ class Template(models.Model):
 class Media(models.Model):
     """An install ISO (or floppy image) registered by path or uploaded."""
 
-    name = models.CharField(max_length=200)
+    name = models.CharField(validators=[validate_name], max_length=200)
     kind = models.CharField(max_length=8, choices=MediaKind.choices, default=MediaKind.ISO)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,

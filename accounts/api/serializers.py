@@ -7,12 +7,14 @@ from typing import Any
 from rest_framework import serializers
 
 from accounts.models import ApiToken, Course, CourseMembership, Quota, User
+from isard.core.text import validate_name
 
 
 class LoginSerializer(serializers.Serializer[Any]):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=1024, style={"input_type": "password"})
     token_name = serializers.CharField(
+        validators=[validate_name],
         max_length=100,
         required=False,
         allow_blank=True,

@@ -10,6 +10,7 @@ from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent
 from desktops.services.deployments import deployment_desktops
 from isard.core.api.serializers import FieldsBuiltOnce, id_field
+from isard.core.text import validate_name, validate_text
 
 
 class DesktopSerializer(FieldsBuiltOnce, serializers.ModelSerializer[Desktop]):
@@ -54,8 +55,10 @@ class DesktopCreateSerializer(serializers.Serializer[Any]):
     hardware = id_field(
         required=False, allow_null=True, default=None, help_text="The hardware, with `media`."
     )
-    name = serializers.CharField(max_length=200)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
+    name = serializers.CharField(validators=[validate_name], max_length=200)
+    description = serializers.CharField(
+        validators=[validate_text], required=False, allow_blank=True, default=""
+    )
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if (data["template"] is None) == (data["media"] is None):
@@ -117,8 +120,10 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
 
 
 class DeploymentCreateSerializer(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=200)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
+    name = serializers.CharField(validators=[validate_name], max_length=200)
+    description = serializers.CharField(
+        validators=[validate_text], required=False, allow_blank=True, default=""
+    )
     course = id_field()
     template = id_field()
     students = serializers.ListField(
@@ -134,8 +139,10 @@ class DeploymentCreateSerializer(serializers.Serializer[Any]):
 
 
 class DeploymentUpdateSerializer(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=200, required=False)
-    description = serializers.CharField(required=False, allow_blank=True)
+    name = serializers.CharField(validators=[validate_name], max_length=200, required=False)
+    description = serializers.CharField(
+        validators=[validate_text], required=False, allow_blank=True
+    )
 
 
 class DeploymentCoTeachersSerializer(serializers.Serializer[Any]):

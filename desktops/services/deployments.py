@@ -32,6 +32,7 @@ from isard.core.errors import (
     PermissionDeniedError,
     TaskQueueUnavailableError,
 )
+from isard.core.text import name_check, text_check
 from templates_app.choices import TemplateStatus
 from templates_app.models import Template
 from templates_app.selectors import template_is_visible_to
@@ -133,7 +134,7 @@ def _check_co_teachers(course: Course, users: Iterable[User]) -> list[User]:
 
 
 def _check_name(name: str) -> str:
-    name = name.strip()
+    name = name_check(name.strip())
     if not name or len(name) > 200:
         raise ApplicationError("A deployment needs a name of at most 200 characters.")
     return name
@@ -192,7 +193,7 @@ def deployment_create(
     with transaction.atomic():
         deployment = Deployment.objects.create(
             name=name,
-            description=description,
+            description=text_check(description),
             course=course,
             template=template,
             owner=actor,
@@ -329,7 +330,7 @@ def deployment_update(
     if name is not None:
         fields["name"] = _check_name(name)
     if description is not None:
-        fields["description"] = description
+        fields["description"] = text_check(description)
     if fields:
         Deployment.objects.filter(pk=deployment.pk).update(**fields)
         for key, value in fields.items():

@@ -46,6 +46,7 @@ from isard.core.errors import (
     PermissionDeniedError,
 )
 from isard.core.tasks import send_after_commit
+from isard.core.text import name_check, text_check
 from templates_app.choices import MediaStatus, TemplateStatus
 from templates_app.models import HardwareProfile, Media, Template
 from templates_app.selectors import template_is_visible_to
@@ -69,7 +70,7 @@ def desktop_create(
     owner = owner or actor
     if owner.pk != actor.pk and not actor.is_admin:
         raise PermissionDeniedError("You may only create desktops for yourself.")
-    name = name.strip()
+    name = name_check(name.strip())
     if not name:
         raise ApplicationError("A desktop needs a name.")
     if len(name) > 200:
@@ -83,7 +84,7 @@ def desktop_create(
         quota_check(owner=owner, actor=actor, course=course, change=QuotaChange(desktops=1))
         desktop = Desktop.objects.create(
             name=name,
-            description=description,
+            description=text_check(description),
             owner=owner,
             course=course,
             template=template,
@@ -116,7 +117,7 @@ def desktop_create_from_media(
         raise PermissionDeniedError(f"The media “{media.name}” is not yours.")
     if media.status != MediaStatus.READY:
         raise ConflictError(f"The media “{media.name}” is not ready yet.")
-    name = name.strip()
+    name = name_check(name.strip())
     if not name or len(name) > 200:
         raise ApplicationError("A desktop needs a name of at most 200 characters.")
     with transaction.atomic():
@@ -224,7 +225,7 @@ def desktops_create_bulk(
     """
     if not actor.is_teacher:
         raise PermissionDeniedError("Only teachers can create desktops for others.")
-    name = name.strip()
+    name = name_check(name.strip())
     if not name or len(name) > 200:
         raise ApplicationError("A desktop needs a name of at most 200 characters.")
     if template.status != TemplateStatus.READY or template.disk is None:

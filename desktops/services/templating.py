@@ -26,6 +26,7 @@ from hypervisors.services.disks import (
 from hypervisors.services.pools import pool_for
 from isard.core.errors import ApplicationError, ConflictError, PermissionDeniedError
 from isard.core.tasks import send_after_commit
+from isard.core.text import name_check
 from templates_app.choices import TemplateStatus
 from templates_app.models import Template
 from templates_app.services.transitions import template_record_created, template_transition
@@ -44,7 +45,7 @@ def template_from_desktop(
         raise PermissionDeniedError("Only the desktop's owner can make a template of it.")
     if not actor.is_teacher:
         raise PermissionDeniedError("Only teachers can make templates.")
-    name = name.strip()
+    name = name_check(name.strip())
     if not name:
         raise ApplicationError("A template needs a name.")
     if desktop.status != DesktopStatus.STOPPED:

@@ -1,17 +1,14 @@
 """The one error type of the application and its rendering for the API.
 
 Services raise `ApplicationError` (or a subclass). Views never build error bodies by hand:
-the API exception handler turns any of them into `{"message": ..., "extra": ...}` with the
-status code that the subclass declares.
+the API exception handler (`isard.core.api.errors`) turns any of them into
+`{"message": ..., "extra": ...}` with the status code that the subclass declares. Plain
+Python, so that models and validators may import it.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from rest_framework import exceptions as drf_exceptions
-from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 
 class ApplicationError(Exception):
@@ -65,19 +62,3 @@ class TaskQueueUnavailableError(ApplicationError):
     """The Celery broker (Redis) could not take a task: nothing was done, try again later."""
 
     status_code = 503
-
-
-def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, ApplicationError):
-        return Response({"message": exc.message, "extra": exc.extra}, status=exc.status_code)
-    response = exception_handler(exc, context)
-    if response is None:
-        return None
-    if isinstance(exc, drf_exceptions.ValidationError):
-        return Response(
-            {"message": "Invalid input.", "extra": {"fields": response.data}},
-            status=response.status_code,
-        )
-    detail = response.data.get("detail") if isinstance(response.data, dict) else None
-    response.data = {"message": str(detail or exc), "extra": {}}
-    return response

@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from accounts.models import Course, User
 from isard.core.api.serializers import id_field
+from isard.core.text import validate_name, validate_text
 from templates_app.models import HardwareProfile, Media, Template
 
 
@@ -42,8 +43,10 @@ class TemplateSerializer(serializers.ModelSerializer[Template]):
 
 class TemplateFromDesktopSerializer(serializers.Serializer[Any]):
     desktop = id_field(help_text="A stopped desktop of yours; it continues on the new template.")
-    name = serializers.CharField(max_length=200)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
+    name = serializers.CharField(validators=[validate_name], max_length=200)
+    description = serializers.CharField(
+        validators=[validate_text], required=False, allow_blank=True, default=""
+    )
 
 
 class TemplateSharingSerializer(serializers.Serializer[Any]):

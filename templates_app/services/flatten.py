@@ -19,6 +19,7 @@ from hypervisors.services.disks import (
 from hypervisors.services.pools import pool_for
 from isard.core.errors import ApplicationError, ConflictError, PermissionDeniedError
 from isard.core.tasks import send_after_commit
+from isard.core.text import name_check
 from templates_app import task_calls
 from templates_app.choices import TemplateStatus
 from templates_app.models import Template
@@ -38,7 +39,7 @@ def template_flatten(*, actor: User, template: Template, name: str) -> Template:
         raise PermissionDeniedError("This template is not yours.")
     if template.status != TemplateStatus.READY or template.disk is None:
         raise ConflictError(f"The template “{template.name}” is not ready.")
-    name = name.strip()
+    name = name_check(name.strip())
     if not name:
         raise ApplicationError("A template needs a name.")
 

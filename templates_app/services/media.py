@@ -14,6 +14,7 @@ from hypervisors.choices import PoolPurpose
 from hypervisors.services.pools import pool_for
 from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from isard.core.tasks import send_after_commit
+from isard.core.text import name_check
 from templates_app import task_calls
 from templates_app.choices import MediaKind, MediaStatus
 from templates_app.models import Media
@@ -27,7 +28,7 @@ def media_register(*, actor: User, name: str, source: Path, kind: str = MediaKin
         raise PermissionDeniedError("Only teachers can add media.")
     if not source.is_file():
         raise ApplicationError(f"There is no file at {source}.")
-    name = name.strip() or source.name
+    name = name_check(name.strip() or source.name)
 
     pool = pool_for(PoolPurpose.MEDIA)
     with transaction.atomic():

@@ -20,6 +20,7 @@ from hypervisors.choices import PoolPurpose
 from hypervisors.services.pools import pool_for
 from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from isard.core.tasks import send_after_commit
+from isard.core.text import name_check
 from templates_app import task_calls
 from templates_app.choices import MediaKind, MediaStatus
 from templates_app.models import Media
@@ -57,7 +58,7 @@ def media_upload_begin(
     """
     if not actor.is_teacher:
         raise PermissionDeniedError("Only teachers can add media.")
-    name = name.strip()
+    name = name_check(name.strip())
     if not name:
         raise ApplicationError("Media need a name.")
     if kind not in MediaKind.values:

@@ -10,6 +10,7 @@ from rest_framework import serializers
 from desktops.fleet.selectors import drain_progress
 from hypervisors.choices import Accelerator, DrainPolicy
 from hypervisors.models import Hypervisor
+from isard.core.text import validate_name
 
 
 class DrainProgressSerializer(serializers.Serializer[Any]):
@@ -66,7 +67,7 @@ class HypervisorSerializer(serializers.ModelSerializer[Hypervisor]):
 
 
 class HypervisorRegisterSerializer(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(validators=[validate_name], max_length=100)
     uri = serializers.CharField(
         max_length=500, help_text="libvirt URI, e.g. qemu+ssh://host/system"
     )

@@ -8,13 +8,29 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
+from rest_framework.views import exception_handler
 
-from isard.core.errors import TooManyRequestsError
-from isard.core.errors import api_exception_handler as shared_handler
+from isard.core.errors import ApplicationError, TooManyRequestsError
+
+
+def _shared_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApplicationError):
+        return Response({"message": exc.message, "extra": exc.extra}, status=exc.status_code)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, drf_exceptions.ValidationError):
+        return Response(
+            {"message": "Invalid input.", "extra": {"fields": response.data}},
+            status=response.status_code,
+        )
+    detail = response.data.get("detail") if isinstance(response.data, dict) else None
+    response.data = {"message": str(detail or exc), "extra": {}}
+    return response
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    response = shared_handler(exc, context)
+    response = _shared_handler(exc, context)
     if response is not None and isinstance(exc, drf_exceptions.Throttled):
         response.data["extra"] = {"retry_after": getattr(exc, "wait", None)}
     if response is not None and isinstance(exc, TooManyRequestsError):

@@ -1,0 +1,69 @@
+"""Text people type that the platform passes on: names into libvirt's XML and the logs.
+
+A name with a control character breaks the domain XML (libvirt refuses `PCDATA invalid
+Char value 7`) and, written raw into a log, forges lines or sends escape sequences to an
+administrator's terminal. Names are refused at the door (serializers, forms, services:
+`validate_name`, `name_check`); what still reaches a log is escaped there
+(`isard.core.logs`).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from isard.core.errors import ApplicationError
+
+#: Right-to-left and isolate overrides: they make a name read differently from what it is.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: What free text (descriptions) may keep of the control characters.
+TEXT_WHITESPACE = frozenset("\n\r\t")
+
+
+def _refused(char: str) -> bool:
+    if char in BIDI_CONTROLS or char in ("\ufffe", "\uffff"):
+        return True
+    return unicodedata.category(char) in ("Cc", "Cs")
+
+
+def control_characters(value: str, *, allow_whitespace: bool = False) -> list[str]:
+    """The characters of `value` a name may not hold, each as U+XXXX, in order, once."""
+    found: dict[str, None] = {}
+    for char in value:
+        if _refused(char) and not (allow_whitespace and char in TEXT_WHITESPACE):
+            found[f"U+{ord(char):04X}"] = None
+    return list(found)
+
+
+def _message(found: list[str], what: str) -> str:
+    return f"{what} may not contain control characters ({', '.join(found)})."
+
+
+def validate_name(value: Any) -> None:
+    """Django validator for every name (models, so the admin's forms; serializers)."""
+    if isinstance(value, str) and (found := control_characters(value)):
+        raise ValidationError(_message(found, "A name"), code="control_characters")
+
+
+def validate_text(value: Any) -> None:
+    """Django validator for free text (descriptions): lines and tabs are fine."""
+    if isinstance(value, str) and (found := control_characters(value, allow_whitespace=True)):
+        raise ValidationError(_message(found, "This text"), code="control_characters")
+
+
+def name_check(name: str, *, field: str = "name", what: str = "A name") -> str:
+    """The guard in the services, whatever called them: the name, or a 400 naming the field."""
+    if found := control_characters(name):
+        message = _message(found, what)
+        raise ApplicationError(message, extra={"fields": {field: [message]}})
+    return name
+
+
+def text_check(text: str, *, field: str = "description") -> str:
+    """`name_check` for free text: lines and tabs are fine."""
+    if found := control_characters(text, allow_whitespace=True):
+        message = _message(found, "This text")
+        raise ApplicationError(message, extra={"fields": {field: [message]}})
+    return text
