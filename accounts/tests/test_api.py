@@ -14,7 +14,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiToken
+from accounts.tests.factories import UserFactory
 from accounts.tokens import api_token_create, hash_key
+from isard.core.rate_limits import parse_rate
 from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
@@ -120,6 +122,24 @@ def test_login_is_rate_limited_per_address(north: Campus, settings: Any) -> None
     body = assert_error(response, 429)
     assert body["extra"]["retry_after"] > 0
     assert int(response["Retry-After"]) > 0
+
+
+@pytest.mark.usefixtures("fast_passwords")
+def test_a_whole_class_behind_one_address_signs_in_with_the_default_limits(
+    north: Campus, settings: Any
+) -> None:
+    """A school is one address: only failures are limited low; successes have a ceiling
+    sized for a school's morning (ISARD_API_LOGIN_RATE)."""
+    students = [
+        UserFactory.create(username=f"class-{number:02}", school=north.school)
+        for number in range(40)
+    ]
+    client = APIClient()
+    for student in students:
+        response = login(client, student.username)
+        assert response.status_code == 201, (student.username, response.content)
+    limit, period = parse_rate(settings.ISARD_API_THROTTLE_RATES["login"])
+    assert limit * 300 // period >= 480
 
 
 def test_failed_logins_for_one_person_are_limited_from_any_address_with_the_pages(
