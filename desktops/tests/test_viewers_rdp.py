@@ -22,8 +22,9 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from desktops.services.lifecycle import desktop_start
 from desktops.services.provisioning import desktop_create
-from desktops.viewer.services import ViewerRefusedError, ViewerUnavailableError, viewer_rdp_build
+from desktops.viewer.services import ViewerUnavailableError, viewer_rdp_build
 from hypervisors.drivers import libvirt_driver
+from isard.core.errors import NotFoundError
 from templates_app.services.templates import template_register_base
 from templates_app.tests.factories import HardwareProfileFactory
 
@@ -102,12 +103,12 @@ def test_another_student_gets_no_rdp_file(
 ) -> None:
     desktop = started_desktop(run, ana, tmp_path, networks=["default"])
     ben = UserFactory.create(role=Role.STUDENT, username="ben")
-    with pytest.raises(ViewerRefusedError, match="Only the owner"):
+    with pytest.raises(NotFoundError, match="No such desktop"):
         viewer_rdp_build(actor=ben, desktop=desktop)
     response = Client()
     response.force_login(ben)
     refused = response.get(reverse("desktop-viewer-rdp", args=[desktop.pk]))
-    assert refused.status_code == 403
+    assert refused.status_code == 404
     assert "full address" not in refused.content.decode()
 
 
