@@ -30,6 +30,7 @@ from accounts.admin_scope import (
     request_actor,
 )
 from accounts.choices import CourseRole, Role
+from accounts.ldap.sync import ldap_sync
 from accounts.models import (
     Course,
     CourseMembership,
@@ -43,13 +44,12 @@ from accounts.models import (
     User,
 )
 from accounts.quotas import KINDS, UsageLine, quota_report
-from accounts.services import (
+from accounts.services.enrolment import (
     enrolment_code_disable,
     enrolment_code_regenerate,
     format_code,
-    ldap_sync,
-    user_password_reset,
 )
+from accounts.services.passwords import user_password_reset
 from isard.core.errors import ApplicationError
 
 # Managers and teachers reach the admin without `is_staff` (the LDAP role groups make them).

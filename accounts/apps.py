@@ -8,4 +8,7 @@ class AccountsConfig(AppConfig):
     verbose_name = "People and courses"
 
     def ready(self) -> None:
-        from accounts import ldap_directory  # noqa: F401  (registers the LDAP checks)
+        # Here rather than at the top: both import the models, which Django has not loaded
+        # when it imports this module. Importing them registers the LDAP system checks and
+        # the directory login's signal receivers.
+        from accounts.ldap import backend, checks  # noqa: F401

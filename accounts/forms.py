@@ -6,8 +6,9 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.validators import UnicodeUsernameValidator
 
-from accounts.services import enrolment_code_find
+from accounts.services.enrolment import enrolment_code_find
 from isard.core.errors import ApplicationError
 
 CODE_HELP = "The course code your teacher gave you, like ABCD-EFGH."
@@ -97,8 +98,6 @@ class SignUpForm(forms.Form):
         return clean_code(self.cleaned_data["code"])
 
     def clean_username(self) -> str:
-        from django.contrib.auth.validators import UnicodeUsernameValidator
-
         value = self.cleaned_data["username"].strip()
         UnicodeUsernameValidator()(value)
         return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from accounts.choices import CourseRole, Role
@@ -133,8 +134,6 @@ class LdapGroupMapping(models.Model):
         return f"{self.group_dn} → {course} ({self.role})"
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
         if self.course is None and not self.course_name:
             raise ValidationError("Choose a course or give the name of one to create.")
         if self.course is not None and self.course.school_id != self.school_id:
@@ -198,8 +197,6 @@ class SchoolDirectory(models.Model):
         return f"{self.school}: {self.server_uri}"
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
         if "%(user)s" not in self.user_filter:
             raise ValidationError({"user_filter": "The filter needs %(user)s."})
         allowed = [role for role in Role.values if role != Role.ADMIN]
@@ -402,8 +399,6 @@ class Quota(models.Model):
         return f"default for {role}s"
 
     def clean(self) -> None:
-        from django.core.exceptions import ValidationError
-
         scopes = [self.user_id, self.course_id, self.school_id]
         if sum(scope is not None for scope in scopes) > 1:
             raise ValidationError("Choose one scope: a person, a course or a school.")

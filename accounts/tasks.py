@@ -6,8 +6,10 @@ import logging
 
 from celery import shared_task
 
-from accounts import services, task_calls
-from accounts.ldap_directory import DirectoryUnreachableError, LdapConfig
+from accounts import task_calls
+from accounts.ldap.client import DirectoryUnreachableError
+from accounts.ldap.config import LdapConfig
+from accounts.ldap.sync import ldap_sync
 from accounts.models import SchoolDirectory, User
 
 logger = logging.getLogger(__name__)
@@ -35,4 +37,4 @@ def ldap_sync_task(actor_id: int | None = None) -> dict[str, int]:
         logger.info("LDAP group sync skipped: ISARD_LDAP_SERVER_URI is empty, no school directory")
         return {}
     actor = User.objects.get(pk=actor_id) if actor_id is not None else None
-    return services.ldap_sync(actor=actor).counts()
+    return ldap_sync(actor=actor).counts()

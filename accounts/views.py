@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import SetPasswordForm
 from django.contrib.auth.views import LoginView, LogoutView
@@ -20,14 +20,14 @@ from accounts.forms import JoinCourseForm, SignInForm, SignUpForm
 from accounts.models import Course, CourseMembership, EnrolmentCode, User
 from accounts.permissions import courses_taught_by
 from accounts.rate_limits import Attempt, enrolment_code_attempt_start, sign_in_attempt_start
-from accounts.services import (
+from accounts.services.enrolment import (
     course_join_with_code,
     enrolment_code_disable,
     enrolment_code_regenerate,
     format_code,
-    user_password_change,
     user_signup_with_code,
 )
+from accounts.services.passwords import user_password_change
 from isard.core.errors import ApplicationError, TooManyRequestsError
 from isard.core.rate_limits import client_address
 
@@ -218,8 +218,6 @@ def choose_password(request: HttpRequest) -> HttpResponse:
     form = SetPasswordForm(user, request.POST or None)
     if request.method == "POST" and form.is_valid():
         user_password_change(user=user, password=form.cleaned_data["new_password1"])
-        from django.contrib.auth import update_session_auth_hash
-
         update_session_auth_hash(request, user)
         messages.success(request, "Your new password is saved.")
         return redirect("accounts:home")

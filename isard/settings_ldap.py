@@ -1,10 +1,10 @@
 """LDAP settings, read from the environment. Empty: only local accounts.
 
-Only `ISARD_LDAP_*` values live here; `accounts.ldap_directory` turns them into
+Only `ISARD_LDAP_*` values live here; `accounts.ldap.config` turns them into
 django-auth-ldap's configuration when a login happens and into the group sync's reads,
 so both always agree and a test can change one setting at a time. Anything more exotic can
 still be set with django-auth-ldap's own `AUTH_LDAP_*` names, which win over these.
-`accounts.ldap_directory` registers system checks for values that make no sense.
+`accounts.ldap.checks` registers system checks for values that make no sense.
 """
 
 from __future__ import annotations
@@ -90,6 +90,6 @@ ISARD_LDAP_SYNC_INTERVAL_SECONDS = env.int("ISARD_LDAP_SYNC_INTERVAL_SECONDS", d
 # the admin; without either it returns at once), then passwords kept by isard, unless the
 # person's school turned local accounts off.
 AUTHENTICATION_BACKENDS = [
-    "accounts.ldap_directory.IsardLDAPBackend",
+    "accounts.ldap.backend.IsardLDAPBackend",
     "accounts.backends.LocalAccountBackend",
 ]

@@ -423,7 +423,7 @@ class LdapTree:
             "ISARD_LDAP_TIMEOUT": 2.0,
             "ISARD_LDAP_SCHOOL": "",
             "AUTHENTICATION_BACKENDS": [
-                "accounts.ldap_directory.IsardLDAPBackend",
+                "accounts.ldap.backend.IsardLDAPBackend",
                 "django.contrib.auth.backends.ModelBackend",
             ],
         }

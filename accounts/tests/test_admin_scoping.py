@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from accounts.choices import CourseRole, Role
 from accounts.models import Course, EnrolmentCode, LdapAccount, Quota, School, User
-from accounts.services import user_password_reset
+from accounts.services.passwords import user_password_reset
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop

@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from accounts.choices import CourseRole, Role
 from accounts.models import Course, CourseMembership, EnrolmentCode, School, User
-from accounts.services import (
+from accounts.services.enrolment import (
     course_join_with_code,
     enrolment_code_disable,
     enrolment_code_regenerate,

@@ -177,7 +177,7 @@ def test_untrusted_certificate_refuses_login_with_a_logged_error(
     directory.add_person("ivan", password="ivan-password")
     settings.ISARD_LDAP_SERVER_URI = slapd.ldaps_uri  # self-signed, and no CA configured
 
-    with caplog.at_level(logging.ERROR, logger="accounts.ldap_directory"):
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap.backend"):
         assert authenticate(None, username="ivan", password="ivan-password") is None
 
     assert slapd.ldaps_uri in caplog.text
@@ -191,16 +191,16 @@ def test_unreachable_directory_is_logged_and_local_accounts_still_log_in(
     settings.ISARD_LDAP_USER_SEARCH_BASE = "ou=people,dc=school,dc=test"
     settings.ISARD_LDAP_TIMEOUT = 1.0
     settings.AUTHENTICATION_BACKENDS = [
-        "accounts.ldap_directory.IsardLDAPBackend",
+        "accounts.ldap.backend.IsardLDAPBackend",
         "django.contrib.auth.backends.ModelBackend",
     ]
     local = UserFactory.create(username="localteacher", role=Role.TEACHER)
 
-    with caplog.at_level(logging.ERROR, logger="accounts.ldap_directory"):
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap.backend"):
         assert authenticate(None, username="localteacher", password="password") == local
         assert authenticate(None, username="alice", password="alice-password") is None
 
-    errors = [record for record in caplog.records if record.name == "accounts.ldap_directory"]
+    errors = [record for record in caplog.records if record.name == "accounts.ldap.backend"]
     assert errors and all(uri in record.getMessage() for record in errors)
     assert "unreachable" in errors[0].getMessage()
 
@@ -218,16 +218,16 @@ def test_hung_directory_falls_back_to_local_accounts_with_a_clear_error(
     settings.ISARD_LDAP_USER_SEARCH_BASE = "ou=people,dc=school,dc=test"
     settings.ISARD_LDAP_TIMEOUT = 1.0
     settings.AUTHENTICATION_BACKENDS = [
-        "accounts.ldap_directory.IsardLDAPBackend",
+        "accounts.ldap.backend.IsardLDAPBackend",
         "django.contrib.auth.backends.ModelBackend",
     ]
     local = UserFactory.create(username="localstudent")
 
-    with caplog.at_level(logging.ERROR, logger="accounts.ldap_directory"):
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap.backend"):
         assert authenticate(None, username="localstudent", password="password") == local
         assert authenticate(None, username="alice", password="alice-password") is None
 
-    errors = [record for record in caplog.records if record.name == "accounts.ldap_directory"]
+    errors = [record for record in caplog.records if record.name == "accounts.ldap.backend"]
     assert len(errors) == 2  # one per login attempt, each naming the hung server
     assert all(silent_server in record.getMessage() for record in errors)
     assert all("unreachable" in record.getMessage() for record in errors)

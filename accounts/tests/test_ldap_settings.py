@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from accounts.ldap_directory import check_ldap_directory, check_ldap_settings
+from accounts.ldap.checks import check_ldap_directory, check_ldap_settings
 from accounts.tests.slapd import (  # noqa: F401  (fixtures)
     LdapTree,
     directory_fixture,
@@ -48,7 +48,7 @@ def test_directories_are_tried_before_local_accounts(
     module = load_settings()
 
     assert module.AUTHENTICATION_BACKENDS == [
-        "accounts.ldap_directory.IsardLDAPBackend",
+        "accounts.ldap.backend.IsardLDAPBackend",
         "accounts.backends.LocalAccountBackend",
     ]
     assert module.ISARD_LDAP_USER_FILTER == "(uid=%(user)s)"

@@ -12,7 +12,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from accounts.choices import CourseRole, Role
-from accounts.ldap_directory import DirectoryError, DirectoryUnreachableError
+from accounts.ldap.client import DirectoryError, DirectoryUnreachableError
+from accounts.ldap.report import MembershipChange, SyncReport
+from accounts.ldap.sync import ldap_sync
 from accounts.models import (
     Course,
     CourseMembership,
@@ -22,7 +24,6 @@ from accounts.models import (
     School,
     User,
 )
-from accounts.services import MembershipChange, SyncReport, ldap_sync
 from accounts.tasks import ldap_sync_task
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
 from accounts.tests.slapd import (  # noqa: F401  (fixtures)

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from accounts.choices import CourseRole, Role
 from accounts.models import Course, User
-from accounts.services import enrolment_code_regenerate
+from accounts.services.enrolment import enrolment_code_regenerate
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
 from isard.core.cache import RedisCache
 

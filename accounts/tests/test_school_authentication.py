@@ -13,7 +13,8 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.choices import CourseRole, Role
-from accounts.ldap_directory import LdapConfig
+from accounts.ldap.config import LdapConfig
+from accounts.ldap.sync import ldap_sync
 from accounts.models import (
     CourseMembership,
     LdapAccount,
@@ -22,7 +23,8 @@ from accounts.models import (
     SchoolDirectory,
     User,
 )
-from accounts.services import enrolment_code_regenerate, ldap_sync, user_password_reset
+from accounts.services.enrolment import enrolment_code_regenerate
+from accounts.services.passwords import user_password_reset
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
 from accounts.tests.slapd import (  # noqa: F401  (fixtures)
     SERVICE_DN,
@@ -37,7 +39,7 @@ from isard.core.errors import ConflictError, PermissionDeniedError
 
 pytestmark = pytest.mark.django_db
 
-BACKENDS = ["accounts.ldap_directory.IsardLDAPBackend", "accounts.backends.LocalAccountBackend"]
+BACKENDS = ["accounts.ldap.backend.IsardLDAPBackend", "accounts.backends.LocalAccountBackend"]
 
 
 @pytest.fixture(autouse=True)
@@ -140,11 +142,11 @@ def test_an_unreachable_school_directory_is_logged_and_local_accounts_work(
     SchoolDirectory.objects.filter(school=north).update(server_uri=uri)
     local = UserFactory.create(username="localnorth", school=SchoolFactory.create())
 
-    with caplog.at_level(logging.ERROR, logger="accounts.ldap_directory"):
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap.backend"):
         assert authenticate(None, username="nina", password="nina-password") is None
         assert authenticate(None, username="localnorth", password="password") == local
 
-    errors = [r.getMessage() for r in caplog.records if r.name == "accounts.ldap_directory"]
+    errors = [r.getMessage() for r in caplog.records if r.name == "accounts.ldap.backend"]
     assert errors and all(uri in message and "unreachable" in message for message in errors)
 
 

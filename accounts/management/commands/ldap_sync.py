@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.services import ldap_sync
+from accounts.ldap.sync import ldap_sync
 from isard.core.errors import ApplicationError
 
 
