@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.db.models import Count, Sum
 
@@ -101,3 +102,9 @@ def installation_uuid() -> str:
         Installation.objects.get_or_create(pk=1, defaults={"uuid": uuid.uuid4()})
         found = Installation.objects.order_by("pk").values_list("uuid", flat=True).first()
     return str(found)
+
+
+def storage_pool_directories() -> tuple[Path, ...]:
+    """Every storage pool's directory: the only places whose files a domain may name and
+    qemu-img may read or write (`hypervisors.paths.path_inside`)."""
+    return tuple(Path(path) for path in StoragePool.objects.values_list("path", flat=True))
