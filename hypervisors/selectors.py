@@ -11,6 +11,7 @@ from pathlib import Path
 
 from django.db.models import Count, Sum
 
+from hypervisors.choices import PoolPurpose
 from hypervisors.fleet import fleet_settings
 from hypervisors.models import (
     Hypervisor,
@@ -104,7 +105,10 @@ def installation_uuid() -> str:
     return str(found)
 
 
-def storage_pool_directories() -> tuple[Path, ...]:
-    """Every storage pool's directory: the only places whose files a domain may name and
-    qemu-img may read or write (`hypervisors.paths.path_inside`)."""
-    return tuple(Path(path) for path in StoragePool.objects.values_list("path", flat=True))
+def storage_pool_directories(purpose: PoolPurpose | None = None) -> tuple[Path, ...]:
+    """Every storage pool's directory (of one purpose): the only places whose files a domain
+    may name and qemu-img may read or write (`hypervisors.paths.path_inside`)."""
+    pools = StoragePool.objects.all()
+    if purpose is not None:
+        pools = pools.filter(purpose=purpose)
+    return tuple(Path(path) for path in pools.values_list("path", flat=True))
