@@ -112,7 +112,7 @@ def bare(base: Path, work: Path, count: int, domain_type: str) -> dict[str, Any]
             vnc=True,
             serial_log_path=str(log),
         )
-        domains.append(connection.defineXML(build_domain_xml(spec)))
+        domains.append(connection.defineXML(build_domain_xml(spec, storage_pools=(work,))))
         logs.append(log)
         del index
     try:

@@ -3,22 +3,45 @@
 Kept apart from the libvirt driver because it works on files, not on hosts: the storage
 layer runs it where the pool is mounted. Every failure raises `QemuImgError` carrying
 qemu-img's own message.
+
+What it writes, and what it reads a disk from, must lie inside the storage pools (the
+callers name them, as `storage_pools`): qemu-img runs with the platform's rights, and
+an overlay on a backing file outside them would give a guest that file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from hypervisors.paths import PathOutsidePoolsError, path_inside
 
 QEMU_IMG = "qemu-img"
 
 
 class QemuImgError(Exception):
     pass
+
+
+class QemuImgPathError(QemuImgError, PathOutsidePoolsError):
+    """A file outside the storage pools: qemu-img was not run. Callers that handle a
+    qemu-img failure handle this one too."""
+
+
+StoragePools = Sequence[str | os.PathLike[str]]
+
+
+def _inside_pools(storage_pools: StoragePools, *paths: Path) -> None:
+    for path in paths:
+        try:
+            path_inside(path, storage_pools)
+        except PathOutsidePoolsError as error:
+            raise QemuImgPathError(error.message, extra=error.extra) from error
 
 
 @dataclass(frozen=True)
@@ -45,18 +68,22 @@ def _run(arguments: list[str], *, timeout: float = 120) -> str:
     return completed.stdout
 
 
-def create_overlay(path: Path, backing: Path, *, backing_format: str = "qcow2") -> None:
+def create_overlay(
+    path: Path, backing: Path, *, storage_pools: StoragePools, backing_format: str = "qcow2"
+) -> None:
     """A new qcow2 whose reads fall through to `backing`: a desktop costs only its own writes.
 
     The backing path is written as given (absolute), so the chain survives the overlay
     being opened from any working directory.
     """
+    _inside_pools(storage_pools, path, backing)
     if not backing.exists():
         raise QemuImgError(f"backing file {backing} does not exist")
     _run(["create", "-q", "-f", "qcow2", "-b", str(backing), "-F", backing_format, str(path)])
 
 
-def create_empty(path: Path, size_bytes: int) -> None:
+def create_empty(path: Path, size_bytes: int, *, storage_pools: StoragePools) -> None:
+    _inside_pools(storage_pools, path)
     _run(["create", "-q", "-f", "qcow2", str(path), str(size_bytes)])
 
 
@@ -93,6 +120,7 @@ def convert(
     source: Path,
     destination: Path,
     *,
+    storage_pools: StoragePools,
     output_format: str = "qcow2",
     on_progress: Callable[[float], None] | None = None,
 ) -> None:
@@ -101,6 +129,7 @@ def convert(
     `on_progress` receives percentages as qemu-img reports them, so a long flatten can show
     a progress bar.
     """
+    _inside_pools(storage_pools, source, destination)
     command = [QEMU_IMG, "convert", "-p", "-O", output_format, str(source), str(destination)]
     try:
         process = subprocess.Popen(

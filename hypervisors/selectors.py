@@ -7,9 +7,11 @@ import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.db.models import Count, Sum
 
+from hypervisors.choices import PoolPurpose
 from hypervisors.fleet import fleet_settings
 from hypervisors.models import (
     Hypervisor,
@@ -101,3 +103,12 @@ def installation_uuid() -> str:
         Installation.objects.get_or_create(pk=1, defaults={"uuid": uuid.uuid4()})
         found = Installation.objects.order_by("pk").values_list("uuid", flat=True).first()
     return str(found)
+
+
+def storage_pool_directories(purpose: PoolPurpose | None = None) -> tuple[Path, ...]:
+    """Every storage pool's directory (of one purpose): the only places whose files a domain
+    may name and qemu-img may read or write (`hypervisors.paths.path_inside`)."""
+    pools = StoragePool.objects.all()
+    if purpose is not None:
+        pools = pools.filter(purpose=purpose)
+    return tuple(Path(path) for path in pools.values_list("path", flat=True))

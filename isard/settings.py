@@ -200,6 +200,11 @@ ISARD_RECYCLE_RETENTION_DAYS = env.int("ISARD_RECYCLE_RETENTION_DAYS", default=7
 ISARD_ORPHAN_GRACE_SECONDS = env.int("ISARD_ORPHAN_GRACE_SECONDS", default=300)
 # An upload of install media nobody sent a chunk to for this long fails (its file goes).
 ISARD_MEDIA_UPLOAD_EXPIRY_HOURS = env.int("ISARD_MEDIA_UPLOAD_EXPIRY_HOURS", default=24)
+# Folders of the server media may be registered from by path (besides the media pool);
+# none by default: a path could otherwise name any file the platform can read.
+ISARD_MEDIA_IMPORT_DIRS = [Path(p) for p in env.list("ISARD_MEDIA_IMPORT_DIRS", default=[])]
+if any(not directory.is_absolute() for directory in ISARD_MEDIA_IMPORT_DIRS):
+    raise ImproperlyConfigured("ISARD_MEDIA_IMPORT_DIRS must list absolute folders.")
 # Viewers: a viewer token is single-use and lives this long; a .vv file's SPICE password too.
 ISARD_VIEWER_TOKEN_SECONDS = env.int("ISARD_VIEWER_TOKEN_SECONDS", default=60)
 ISARD_SPICE_TICKET_SECONDS = env.int("ISARD_SPICE_TICKET_SECONDS", default=120)

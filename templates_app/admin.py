@@ -4,12 +4,17 @@ A teacher edits the name, description and sharing of their own templates (sharin
 through `template_set_sharing`, which decides with whom they may share: their courses and
 the people of those courses; only an administrator shares with everyone), flattens them,
 and moves them to the recycle bin and back. They see their own media, read-only.
+
+A media row's file is what a desktop's CD-ROM shows its guest, and libvirt hands it to
+qemu whoever owns it: only an administrator edits the path (school managers see it), and
+only to a file inside the media pool (`media_path_check`).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, cast
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -28,7 +33,7 @@ from isard.core.errors import ApplicationError
 from templates_app.models import HardwareProfile, Media, Template
 from templates_app.permissions import media_managed_by, templates_managed_by
 from templates_app.services.flatten import template_flatten
-from templates_app.services.media import media_delete
+from templates_app.services.media import media_delete, media_path_check
 from templates_app.services.templates import template_delete, template_restore, template_set_sharing
 
 
@@ -146,15 +151,43 @@ class TemplateAdmin(ScopedModelAdmin):
             raise PermissionDenied(error.message) from error
 
 
+class MediaAdminForm(forms.ModelForm):
+    class Meta:
+        model = Media
+        fields = ["name", "kind", "owner", "path"]
+
+    def clean_path(self) -> str:
+        path: str = self.cleaned_data["path"]
+        try:
+            media_path_check(path)
+        except ApplicationError as error:
+            raise forms.ValidationError(error.message) from error
+        return path
+
+
 @admin.register(Media)
 class MediaAdmin(ScopedModelAdmin):
     manager_access: ClassVar[ManagerAccess] = "write"
     teacher_access: ClassVar[ManagerAccess] = "read"
+    form = MediaAdminForm
     list_display = ("name", "kind", "status", "progress_percent", "size_bytes")
     readonly_fields = ("status", "status_reason", "progress_percent", "size_bytes", "sha256")
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(pk__in=media_managed_by(actor).values("pk"))
+
+    def _is_admin(self, request: HttpRequest) -> bool:
+        actor = request_actor(request)
+        return actor is not None and permissions.admin_role(actor) == "admin"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if self._is_admin(request) else (*fields, "path")
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        # A media row by path is an administrator's; others upload or register media,
+        # which puts the file in the media pool.
+        return self._is_admin(request) and super().has_add_permission(request, *args)
 
     def delete_model(self, request: HttpRequest, obj: Media) -> None:
         """Deleting media here removes its file too (`media_delete`), or says why not."""

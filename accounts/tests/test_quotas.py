@@ -205,8 +205,9 @@ def test_disk_limit_counts_desktops_templates_and_media(
 
 
 def test_media_registration_is_refused_when_the_file_would_go_over_the_disk_limit(
-    teacher: User, pools: Any, tmp_path: Path
+    teacher: User, pools: Any, tmp_path: Path, settings: Any
 ) -> None:
+    settings.ISARD_MEDIA_IMPORT_DIRS = [tmp_path]
     Quota.objects.create(user=teacher, max_disk_gib=1)
     iso = tmp_path / "big.iso"
     with iso.open("wb") as file:
@@ -219,7 +220,8 @@ def test_media_registration_is_refused_when_the_file_would_go_over_the_disk_limi
     assert not Media.objects.exists()
 
 
-def test_media_count_limit(teacher: User, pools: Any, tmp_path: Path) -> None:
+def test_media_count_limit(teacher: User, pools: Any, tmp_path: Path, settings: Any) -> None:
+    settings.ISARD_MEDIA_IMPORT_DIRS = [tmp_path]
     Quota.objects.create(role=Role.TEACHER, max_media=1)
     Media.objects.create(name="old", owner=teacher, path="/nonexistent/old.iso")
     Media.objects.create(  # a failed copy does not count

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 from django.conf import settings
@@ -15,7 +16,7 @@ from desktops.viewer.services import graphics_listen_address
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml, shape_key
 from hypervisors.models import Hypervisor
-from hypervisors.selectors import installation_uuid
+from hypervisors.selectors import installation_uuid, storage_pool_directories
 from isard.core.errors import (
     ConflictError,
 )
@@ -26,8 +27,12 @@ logger = logging.getLogger(__name__)
 S = DesktopStatus
 
 
+def serial_log_directory() -> Path:
+    return Path(settings.ISARD_STORAGE_ROOT) / "logs"
+
+
 def serial_log_path(desktop: Desktop) -> Path:
-    directory = Path(settings.ISARD_STORAGE_ROOT) / "logs"
+    directory = serial_log_directory()
     directory.mkdir(parents=True, exist_ok=True)
     return directory / f"{desktop.domain_name}.serial.log"
 
@@ -77,9 +82,19 @@ def desktop_domain_spec(
     )
 
 
+def desktop_domain_xml(spec: DomainSpec, *, storage_pools: Sequence[Path] | None = None) -> str:
+    """The XML of a desktop's domain; refused (`PathOutsidePoolsError`) if a disk or CD-ROM
+    is not in a storage pool. `storage_pools`: when the caller has read them already."""
+    return build_domain_xml(
+        spec,
+        storage_pools=storage_pool_directories() if storage_pools is None else storage_pools,
+        log_directories=(serial_log_directory(),),
+    )
+
+
 def desktop_define(desktop: Desktop, hypervisor: Hypervisor) -> None:
     spec = desktop_domain_spec(desktop, hypervisor)
-    libvirt_driver.define_domain(hypervisor.uri, build_domain_xml(spec), shape=shape_key(spec))
+    libvirt_driver.define_domain(hypervisor.uri, desktop_domain_xml(spec), shape=shape_key(spec))
 
 
 def new_graphics_password() -> str:

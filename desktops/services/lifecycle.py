@@ -32,6 +32,7 @@ from desktops.services.transitions import (
 from hypervisors import qemu_img
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Disk, Hypervisor
+from hypervisors.paths import PathOutsidePoolsError
 from hypervisors.services.disks import disk_refresh_actual_size
 from isard.core.errors import (
     ConflictError,
@@ -162,6 +163,8 @@ def desktop_boot(*, desktop_id: int, hypervisor_id: int | None = None) -> Deskto
         libvirt_driver.start_domain(hypervisor.uri, desktop.domain_name)
     except libvirt_driver.DriverError as error:
         return desktop_fail(desktop, f"Could not start on {hypervisor.name}: {error}")
+    except PathOutsidePoolsError as error:
+        return desktop_fail(desktop, f"Could not start: {error.message}")
     desktop.refresh_from_db()
     if desktop.status == S.STARTING:
         try:

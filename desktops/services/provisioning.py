@@ -22,7 +22,7 @@ from desktops.fleet.placement import (
     hypervisors_place_many,
 )
 from desktops.models import Desktop
-from desktops.services.domains import desktop_define, desktop_domain_spec
+from desktops.services.domains import desktop_define, desktop_domain_spec, desktop_domain_xml
 from desktops.services.transitions import (
     desktop_fail,
     desktop_transition,
@@ -33,9 +33,10 @@ from desktops.services.transitions import (
 from hypervisors import qemu_img
 from hypervisors.choices import PoolPurpose
 from hypervisors.drivers import libvirt_driver
-from hypervisors.drivers.domain_xml import build_domain_xml, shape_key
+from hypervisors.drivers.domain_xml import shape_key
 from hypervisors.models import Disk, Hypervisor
-from hypervisors.selectors import installation_uuid
+from hypervisors.paths import PathOutsidePoolsError
+from hypervisors.selectors import installation_uuid, storage_pool_directories
 from hypervisors.services.disks import disk_create_empty, disk_path
 from hypervisors.services.pools import pool_for
 from isard.core.errors import (
@@ -202,7 +203,12 @@ def _overlay_recorded_first(desktop: Desktop, parent: Disk, hypervisor: Hypervis
     )
     Desktop.objects.filter(pk=desktop.pk).update(disk=disk, hypervisor=hypervisor)
     try:
-        qemu_img.create_overlay(path, Path(parent.path), backing_format=parent.format)
+        qemu_img.create_overlay(
+            path,
+            Path(parent.path),
+            storage_pools=storage_pool_directories(),
+            backing_format=parent.format,
+        )
     except qemu_img.QemuImgError as error:
         raise InfrastructureError(f"could not create the disk: {error}") from error
     disk.actual_size_bytes = path.stat().st_blocks * 512
@@ -265,11 +271,19 @@ def desktops_create_bulk(
 
 
 def _provision_io(
-    uri: str, overlay: Path, backing: Path, backing_format: str, xml: str, shape: str
+    uri: str,
+    overlay: Path,
+    backing: Path,
+    backing_format: str,
+    xml: str,
+    shape: str,
+    storage_pools: tuple[Path, ...],
 ) -> str | None:
     """Make one overlay and define one domain; the error message, or None. No database."""
     try:
-        qemu_img.create_overlay(overlay, backing, backing_format=backing_format)
+        qemu_img.create_overlay(
+            overlay, backing, storage_pools=storage_pools, backing_format=backing_format
+        )
     except qemu_img.QemuImgError as error:
         overlay.unlink(missing_ok=True)
         return f"Could not create the desktop: could not create the disk: {error}"
@@ -300,8 +314,9 @@ def desktops_provision_bulk(
         return []
     pool = pool_for(PoolPurpose.DESKTOPS)
     installation = installation_uuid()
+    storage_pools = storage_pool_directories()
     failures: dict[int, str] = {}
-    jobs: list[tuple[int, str, Path, Path, str, str, str]] = []
+    jobs: list[tuple[int, str, Path, Path, str, str, str, tuple[Path, ...]]] = []
     # Each desktop is placed in turn, seeing the ones before it: a class spreads over the
     # fleet (or packs, per its course's policy) instead of landing on one host.
     placements: dict[int, Hypervisor | NoCapacityError]
@@ -340,6 +355,11 @@ def desktops_provision_bulk(
             virtual_size_bytes=parent.virtual_size_bytes,
         )
         spec = desktop_domain_spec(desktop, hypervisor, installation=installation)
+        try:
+            xml = desktop_domain_xml(spec, storage_pools=storage_pools)
+        except PathOutsidePoolsError as error:
+            failures[desktop.pk] = f"Could not create the desktop: {error.message}"
+            continue
         jobs.append(
             (
                 desktop.pk,
@@ -347,8 +367,9 @@ def desktops_provision_bulk(
                 Path(desktop.disk.path),
                 Path(parent.path),
                 parent.format,
-                build_domain_xml(spec),
+                xml,
                 shape_key(spec),
+                storage_pools,
             )
         )
     made_ids = {job[0] for job in jobs}

@@ -66,7 +66,8 @@ def _define(name: str, installation: str | None) -> None:
                 vnc=False,
                 metadata=metadata,
                 disks=(),
-            )
+            ),
+            storage_pools=(),
         ),
     )
 
@@ -96,9 +97,9 @@ def test_a_deleted_desktops_leftover_domain_goes_after_the_grace_with_an_event(
 
 
 def _xml_for(desktop: Desktop) -> str:
-    from desktops.services.domains import desktop_domain_spec
+    from desktops.services.domains import desktop_domain_spec, desktop_domain_xml
 
-    return build_domain_xml(desktop_domain_spec(desktop, desktop.hypervisor or _any_host()))
+    return desktop_domain_xml(desktop_domain_spec(desktop, desktop.hypervisor or _any_host()))
 
 
 def _any_host() -> Any:

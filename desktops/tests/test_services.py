@@ -12,7 +12,7 @@ from accounts.tests.factories import CourseFactory, MembershipFactory, UserFacto
 from desktops.choices import DesktopStatus
 from desktops.fleet.placement import choose_hypervisor
 from desktops.models import Desktop, DesktopEvent
-from desktops.services.domains import desktop_domain_spec
+from desktops.services.domains import desktop_domain_spec, desktop_domain_xml
 from desktops.services.lifecycle import (
     desktop_shutdown,
     desktop_shutdown_timeout,
@@ -30,7 +30,6 @@ from desktops.services.transitions import desktop_transition
 from hypervisors import qemu_img
 from hypervisors.choices import DiskStatus
 from hypervisors.drivers import libvirt_driver
-from hypervisors.drivers.domain_xml import build_domain_xml
 from hypervisors.models import Disk
 from isard.core.errors import ConflictError, NoCapacityError, PermissionDeniedError
 
@@ -375,7 +374,7 @@ def test_a_start_the_host_does_not_answer_fails_in_time_and_a_late_start_is_sett
     # would have it running. tests/integration/test_faults.py freezes a real daemon.)
     assert done.wait(30), "the late start never returned"
     spec = desktop_domain_spec(desktop, test_hypervisor)
-    libvirt_driver.define_domain("test:///default", build_domain_xml(spec))
+    libvirt_driver.define_domain("test:///default", desktop_domain_xml(spec))
     libvirt_driver.start_domain("test:///default", desktop.domain_name)
     desktops_reconcile(hypervisor=test_hypervisor)
     desktop.refresh_from_db()

@@ -8,8 +8,12 @@ strings together. The output is checked against libvirt's own schema in the test
 from __future__ import annotations
 
 import hashlib
+import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+
+from hypervisors.paths import path_inside
 
 ISARD_XML_NAMESPACE = "https://isard.invalid/xmlns/libvirt/1"
 
@@ -96,8 +100,23 @@ def machine_type(spec: DomainSpec) -> str:
     return "pc" if any(disk.bus == "ide" for disk in spec.disks) else "q35"
 
 
-def build_domain_xml(spec: DomainSpec) -> str:
-    """Return the domain XML for `spec`."""
+def build_domain_xml(
+    spec: DomainSpec,
+    *,
+    storage_pools: Sequence[str | os.PathLike[str]],
+    log_directories: Sequence[str | os.PathLike[str]] = (),
+) -> str:
+    """Return the domain XML for `spec`, whose disks and CD-ROMs lie in `storage_pools`.
+
+    libvirt chowns every file the domain names to the qemu user and the guest reads it, so
+    a path from an editable row could expose any file of the host: each disk (after its
+    symlinks are followed) must lie inside a pool, the serial log inside a pool or one of
+    `log_directories`, or `PathOutsidePoolsError` is raised and no XML is made.
+    """
+    for disk in spec.disks:
+        path_inside(disk.path, storage_pools)
+    if spec.serial_log_path:
+        path_inside(spec.serial_log_path, (*storage_pools, *log_directories))
     domain = ET.Element("domain", {"type": spec.domain_type})
     _sub(domain, "name", spec.name)
     _sub(domain, "uuid", spec.uuid)

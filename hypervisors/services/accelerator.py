@@ -18,12 +18,15 @@ from hypervisors.choices import (
     AcceleratorSetting,
     PoolPurpose,
 )
+from hypervisors.demo import demo_image_cache_path
 from hypervisors.drivers import libvirt_driver
 from hypervisors.drivers.domain_xml import DiskSpec, DomainSpec, build_domain_xml
 from hypervisors.guest_image import GUEST_READY_MARKER
 from hypervisors.models import (
     Hypervisor,
 )
+from hypervisors.paths import PathOutsidePoolsError
+from hypervisors.selectors import storage_pool_directories
 from hypervisors.services.pools import pool_for
 
 if TYPE_CHECKING:
@@ -40,7 +43,9 @@ KVM_PROBE_TIMEOUT_SECONDS = 20.0
 TCG_PROBE_TIMEOUT_SECONDS = 60.0
 
 
-def _probe_domain_xml(*, domain_type: str, disk: Path, serial_log: Path) -> str:
+def _probe_domain_xml(
+    *, domain_type: str, disk: Path, serial_log: Path, storage_pools: tuple[Path, ...]
+) -> str:
     return build_domain_xml(
         DomainSpec(
             name=f"isard-probe-{domain_type}-{uuid.uuid4().hex[:8]}",
@@ -52,7 +57,8 @@ def _probe_domain_xml(*, domain_type: str, disk: Path, serial_log: Path) -> str:
             spice=False,
             vnc=False,
             serial_log_path=str(serial_log),
-        )
+        ),
+        storage_pools=storage_pools,
     )
 
 
@@ -79,6 +85,8 @@ def hypervisor_detect_accelerator(
     results: list[str] = []
     chosen = ""
     work = Path(tempfile.mkdtemp(prefix="probe-", dir=pool_for(PoolPurpose.DESKTOPS).path))
+    # The probe's overlay sits on the cached demo image, which is kept beside the pools.
+    storage_pools = (*storage_pool_directories(), demo_image_cache_path().parent)
     try:
         work.chmod(0o755)
         for domain_type, timeout in (
@@ -86,9 +94,14 @@ def hypervisor_detect_accelerator(
             (Accelerator.QEMU, TCG_PROBE_TIMEOUT_SECONDS),
         ):
             overlay = work / f"{domain_type}.qcow2"
-            qemu_img.create_overlay(overlay, probe_image)
+            qemu_img.create_overlay(overlay, probe_image, storage_pools=storage_pools)
             serial_log = work / f"{domain_type}.log"
-            xml = _probe_domain_xml(domain_type=domain_type, disk=overlay, serial_log=serial_log)
+            xml = _probe_domain_xml(
+                domain_type=domain_type,
+                disk=overlay,
+                serial_log=serial_log,
+                storage_pools=storage_pools,
+            )
             booted, detail = libvirt_driver.boot_probe(
                 hypervisor.uri, xml, str(serial_log), GUEST_READY_MARKER, timeout
             )
@@ -96,7 +109,7 @@ def hypervisor_detect_accelerator(
             if booted:
                 chosen = domain_type
                 break
-    except (qemu_img.QemuImgError, libvirt_driver.DriverError) as error:
+    except (qemu_img.QemuImgError, PathOutsidePoolsError, libvirt_driver.DriverError) as error:
         results.append(f"probe failed: {error}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -19,6 +19,7 @@ from hypervisors.models import (
     Disk,
     StoragePool,
 )
+from hypervisors.selectors import storage_pool_directories
 from hypervisors.services.pools import pool_for
 from isard.core.errors import (
     InfrastructureError,
@@ -86,7 +87,12 @@ def disk_create_overlay(*, parent: Disk, pool: StoragePool | None = None) -> Dis
     pool = pool or pool_for(PoolPurpose.DESKTOPS)
     path = disk_path(pool)
     try:
-        qemu_img.create_overlay(path, Path(parent.path), backing_format=parent.format)
+        qemu_img.create_overlay(
+            path,
+            Path(parent.path),
+            storage_pools=storage_pool_directories(),
+            backing_format=parent.format,
+        )
         # No `qemu-img info` here: an overlay has its parent's virtual size, and its real
         # size is what the file system says. A second subprocess per desktop would
         # double the cost of creating a class.
@@ -109,7 +115,7 @@ def disk_create_empty(*, size_bytes: int, pool: StoragePool | None = None) -> Di
     pool = pool or pool_for(PoolPurpose.DESKTOPS)
     path = disk_path(pool)
     try:
-        qemu_img.create_empty(path, size_bytes)
+        qemu_img.create_empty(path, size_bytes, storage_pools=storage_pool_directories())
         return disk_record(pool=pool, path=path)
     except Exception as error:
         path.unlink(missing_ok=True)

@@ -29,7 +29,8 @@ def define_one(uri: str = URI, **overrides: object) -> str:
         "graphics_password": "secret12",
     }
     values.update(overrides)
-    libvirt_driver.define_domain(uri, build_domain_xml(DomainSpec(**values)))  # type: ignore[arg-type]
+    spec = DomainSpec(**values)  # type: ignore[arg-type]
+    libvirt_driver.define_domain(uri, build_domain_xml(spec, storage_pools=("/tmp",)))
     return name
 
 

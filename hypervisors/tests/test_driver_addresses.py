@@ -27,7 +27,7 @@ def running_domain(*, networks: tuple[str, ...]) -> str:
         spice=False,
         vnc=False,
     )
-    libvirt_driver.define_domain(URI, build_domain_xml(spec))
+    libvirt_driver.define_domain(URI, build_domain_xml(spec, storage_pools=("/nonexistent",)))
     libvirt_driver.start_domain(URI, name)
     return name
 

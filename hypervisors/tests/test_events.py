@@ -107,7 +107,7 @@ def start_domain() -> str:
         spice=False,
         vnc=False,
     )
-    libvirt_driver.define_domain(SHARED, build_domain_xml(spec))
+    libvirt_driver.define_domain(SHARED, build_domain_xml(spec, storage_pools=("/tmp",)))
     libvirt_driver.start_domain(SHARED, name)
     return name
 

@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,6 +60,7 @@ from hypervisors.models import (
     PlacementRule,
     StoragePool,
 )
+from hypervisors.selectors import storage_pool_directories
 from hypervisors.services.hosts import hypervisor_enable
 from hypervisors.tests.conftest import HostMaker, RoutedRunner
 from isard.celery import app
@@ -121,7 +123,8 @@ def make_desktop(
             spice=False,
             vnc=False,
         )
-        libvirt_driver.define_domain(host.uri, build_domain_xml(spec))
+        pools = (*storage_pool_directories(), Path("/tmp"))
+        libvirt_driver.define_domain(host.uri, build_domain_xml(spec, storage_pools=pools))
         if status == S.STARTED:
             libvirt_driver.start_domain(host.uri, desktop.domain_name)
     return desktop

@@ -12,6 +12,7 @@ from accounts.models import User
 from accounts.quotas import QuotaChange, quota_check
 from hypervisors import qemu_img
 from hypervisors.choices import PoolPurpose
+from hypervisors.selectors import storage_pool_directories
 from hypervisors.services.disks import (
     disk_path,
     disk_record,
@@ -75,7 +76,12 @@ def template_flatten_run(*, template_id: int, source_id: int) -> Template:
             last[0], last[1] = int(percent), now
 
     try:
-        qemu_img.convert(Path(source.disk.path), destination, on_progress=on_progress)
+        qemu_img.convert(
+            Path(source.disk.path),
+            destination,
+            storage_pools=storage_pool_directories(),
+            on_progress=on_progress,
+        )
         os.chmod(destination, 0o444)
         disk = disk_record(pool=pool, path=destination, read_only=True)
     except (qemu_img.QemuImgError, OSError) as error:

@@ -6,11 +6,14 @@ import hashlib
 import uuid
 from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 
 from accounts.models import User
 from accounts.quotas import QuotaChange, quota_check
 from hypervisors.choices import PoolPurpose
+from hypervisors.paths import PathOutsidePoolsError, path_inside
+from hypervisors.selectors import storage_pool_directories
 from hypervisors.services.pools import pool_for
 from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from isard.core.tasks import send_after_commit
@@ -22,10 +25,38 @@ from templates_app.permissions import media_managed_by
 from templates_app.services.transitions import media_record_created, media_transition
 
 
+def media_path_check(path: str | Path) -> Path:
+    """The real path of a media row's file, which must be in the media pool: a guest reads
+    its CD-ROM, and libvirt hands the file to qemu whoever owns it."""
+    try:
+        return path_inside(path, storage_pool_directories(PoolPurpose.MEDIA))
+    except PathOutsidePoolsError as error:
+        raise PathOutsidePoolsError(
+            f"{path} is not inside the media pool; media files live there.", extra=error.extra
+        ) from error
+
+
+def media_source_check(source: Path) -> Path:
+    """The real path of a file media may be registered from: the media pool or a folder
+    of `ISARD_MEDIA_IMPORT_DIRS`. Anywhere else could be any file the platform can read
+    (its settings, its database), which the guest would then see."""
+    folders = (*storage_pool_directories(PoolPurpose.MEDIA), *settings.ISARD_MEDIA_IMPORT_DIRS)
+    try:
+        return path_inside(source, folders)
+    except PathOutsidePoolsError as error:
+        raise PathOutsidePoolsError(
+            f"Media can be registered only from the media pool or an import folder "
+            f"(ISARD_MEDIA_IMPORT_DIRS); {source} is in neither.",
+            extra=error.extra,
+        ) from error
+
+
 def media_register(*, actor: User, name: str, source: Path, kind: str = MediaKind.ISO) -> Media:
-    """Register an ISO (or floppy image) from a path: copied into the media pool by a task."""
+    """Register an ISO (or floppy image) from a path in the media pool or an import folder:
+    copied into the media pool by a task."""
     if not actor.is_teacher:
         raise PermissionDeniedError("Only teachers can add media.")
+    source = media_source_check(source)
     if not source.is_file():
         raise ApplicationError(f"There is no file at {source}.")
     name = name_check(name.strip() or source.name)
@@ -56,7 +87,15 @@ def media_import(*, media_id: int, source: Path) -> Media:
     media = Media.objects.get(pk=media_id)
     if media.status != MediaStatus.COPYING:
         return media
-    destination = Path(media.path)
+    try:
+        # Again here: the task's argument travelled through the queue, and a link may
+        # have changed since it was registered.
+        source = media_source_check(source)
+        destination = media_path_check(media.path)
+    except PathOutsidePoolsError as error:
+        media_transition(media=media, to=MediaStatus.FAILED, reason=error.message)
+        media.refresh_from_db()
+        return media
     partial = destination.with_suffix(destination.suffix + ".part")
     digest = hashlib.sha256()
     total = max(1, source.stat().st_size)
