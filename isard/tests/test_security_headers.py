@@ -61,7 +61,7 @@ def test_over_https_websockets_are_wss_and_hsts_is_sent_when_configured(
 
 
 def test_the_sign_in_page_and_error_answers_carry_the_policy(db: None) -> None:
-    for path in ("/accounts/sign-in/", "/no-such-page/", "/api/v1/nothing/"):
+    for path in (reverse("accounts:sign-in"), "/no-such-page/", "/api/v1/nothing/"):
         response = Client().get(path)
         assert directives(response)["script-src"] == ["'self'"], path
         assert "Permissions-Policy" in response, path
