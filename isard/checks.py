@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Tags, register
+from django.core.checks import Warning as CheckWarning
 
 from desktops.viewer.services import VIEWER_TLS_MODES
 from hypervisors.drivers import libvirt_driver
@@ -105,3 +106,19 @@ def check_viewer_tls_setting(app_configs: Any = None, **kwargs: Any) -> list[Err
             )
         ]
     return []
+
+
+@register(Tags.security, deploy=True)
+def check_secret_key_is_not_the_development_one(
+    app_configs: Any = None, **kwargs: Any
+) -> list[CheckWarning]:
+    """Django's own check passes this key (long, varied): it only fails on the demo's."""
+    if getattr(settings, "DEVELOPMENT_SECRET_KEY", None) != settings.SECRET_KEY:
+        return []
+    return [
+        CheckWarning(
+            "ISARD_SECRET_KEY is not set: the development key is in the source, so anyone can "
+            "sign sessions and password-reset links. Set a long random one.",
+            id="isard.W001",
+        )
+    ]

@@ -1,7 +1,13 @@
-"""Health of every part the platform needs: database, Redis, Celery worker, hypervisors."""
+"""Health of every part the platform needs: database, Redis, Celery worker, hypervisors.
+
+Anyone may ask whether the platform is healthy (a load balancer, a monitor); the details
+name disk paths, hypervisor URIs and error messages, so they go only to administrators
+(signed in, or with an API token) and to a monitor holding ISARD_HEALTH_TOKEN.
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +20,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from accounts.tokens import api_token_user
 from hypervisors.choices import DiskStatus
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Disk, Hypervisor
@@ -151,6 +158,23 @@ def collect_health() -> dict[str, Any]:
     return {"status": "ok" if healthy else "unhealthy", "checks": results}
 
 
+def may_see_details(request: HttpRequest) -> bool:
+    """An administrator's session or API token, or the configured health token."""
+    if getattr(request.user, "is_admin", False):
+        return True
+    kind, _, credential = request.headers.get("Authorization", "").partition(" ")
+    if kind.lower() != "bearer" or not credential:
+        return False
+    configured = settings.ISARD_HEALTH_TOKEN
+    if configured and hmac.compare_digest(credential.encode(), configured.encode()):
+        return True
+    found = api_token_user(key=credential)
+    return found is not None and found[0].is_admin
+
+
 def health_view(request: HttpRequest) -> JsonResponse:
     report = collect_health()
-    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)
+    status = 200 if report["status"] == "ok" else 503
+    if not may_see_details(request):
+        return JsonResponse({"status": report["status"]}, status=status)
+    return JsonResponse(report, status=status)

@@ -20,10 +20,13 @@ VAR_DIR = BASE_DIR / "var"
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("ISARD_DEBUG", default=True)
-SECRET_KEY = env.str(
-    "ISARD_SECRET_KEY", default="dev-insecure-change-me-in-production-0123456789abcdef"
-)
+# Off unless asked for, the demo included: with it on, an unknown URL answers with every
+# URL pattern and an error with the code and settings around it. (The tests run with it
+# off as well: pytest-django turns it off.)
+DEBUG = env.bool("ISARD_DEBUG", default=False)
+#: Public (it is in the source): `manage.py check --deploy` warns while it is in use.
+DEVELOPMENT_SECRET_KEY = "dev-insecure-change-me-in-production-0123456789abcdef"
+SECRET_KEY = env.str("ISARD_SECRET_KEY", default=DEVELOPMENT_SECRET_KEY)
 ALLOWED_HOSTS = env.list("ISARD_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("ISARD_CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -49,6 +52,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "isard.middleware.SecurityHeadersMiddleware",  # Content-Security-Policy and co.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -234,6 +238,34 @@ if bool(ISARD_TLS_CERT_FILE) != bool(ISARD_TLS_KEY_FILE):
         "Set both ISARD_TLS_CERT_FILE and ISARD_TLS_KEY_FILE (or neither, for the platform's "
         "own certificate)."
     )
+# HTTPS only (README, "Production"): plain HTTP redirected to ISARD_HTTPS_HOST (host[:port]
+# of the HTTPS listener: Django would keep the plain request's port), cookies sent over
+# HTTPS only, and HSTS. Each needs the HTTPS listener; without it they lock everyone out.
+SECURE_SSL_REDIRECT = env.bool("ISARD_HTTPS_REDIRECT", default=False)
+SECURE_SSL_HOST = env.str("ISARD_HTTPS_HOST", default="") or None
+# A monitor on this machine asks the plain port; anonymous callers get the status only.
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("ISARD_SECURE_COOKIES", default=False)
+SECURE_HSTS_SECONDS = env.int("ISARD_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("ISARD_HSTS_INCLUDE_SUBDOMAINS", default=True)
+# The preload list takes registrable domains only (school.example, not vdi.school.example
+# where the platform lives): a school opts in at its own apex, not from here.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+if SECURE_HSTS_SECONDS < 0:
+    raise ImproperlyConfigured("ISARD_HSTS_SECONDS must be 0 (no HSTS) or more seconds.")
+if not ISARD_TLS_PORT and (SECURE_SSL_REDIRECT or SESSION_COOKIE_SECURE or SECURE_HSTS_SECONDS):
+    raise ImproperlyConfigured(
+        "ISARD_HTTPS_REDIRECT, ISARD_SECURE_COOKIES and ISARD_HSTS_SECONDS need HTTPS, but "
+        "ISARD_TLS_PORT is 0: set the HTTPS port, or turn them off."
+    )
+if SECURE_SSL_REDIRECT and not SECURE_SSL_HOST:
+    raise ImproperlyConfigured(
+        "ISARD_HTTPS_REDIRECT needs ISARD_HTTPS_HOST: the name (and port, unless 443) that "
+        "browsers reach HTTPS at, e.g. vdi.school.example."
+    )
+# Who sees the health page's details besides administrators: a monitor sending
+# "Authorization: Bearer <this>" (blank: nobody else). Anonymous callers get the status.
+ISARD_HEALTH_TOKEN = env.str("ISARD_HEALTH_TOKEN", default="")
 ISARD_WEB_WORKERS = env.int("ISARD_WEB_WORKERS", default=0)
 if ISARD_WEB_WORKERS < 0:
     raise ImproperlyConfigured("ISARD_WEB_WORKERS must be 0 (one per CPU) or more.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.test import Client
 from django.urls import URLPattern, reverse
 from django.urls.converters import IntConverter
 from django.urls.resolvers import RoutePattern
@@ -25,3 +26,12 @@ def test_every_page_name_reverses_to_the_page_not_to_an_api_route() -> None:
         assert not path.startswith("/api/"), f"{pattern.name} leads to {path}"
         checked.append(pattern.name)
     assert {"dashboard", "course-page-list", "course-page", "template-page-list"} <= set(checked)
+
+
+def test_an_api_path_with_a_newline_gets_the_apis_own_not_found(db: None) -> None:
+    response = Client().get("/api/v1/desktops/1%0A/")
+    assert response.status_code == 404
+    assert response.json() == {
+        "message": "No API endpoint at /api/v1/desktops/1\n/.",
+        "extra": {},
+    }

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from isard.webserver import WebConfig, WebServerError, serve, web_config_from_settings
@@ -31,7 +32,13 @@ class Command(BaseCommand):
                 tls_key_file=config.tls_key_file,
                 access_log=config.access_log,
             )
-        logging.getLogger("isard.web").info(
+        logger = logging.getLogger("isard.web")
+        if settings.DEBUG:
+            logger.warning(
+                "ISARD_DEBUG is on: errors and unknown URLs show code, settings and every URL "
+                "pattern to whoever asks; never let a network reach this"
+            )
+        logger.info(
             "serving %s with %d Daphne workers",
             " and ".join(listener.url for listener in config.listeners),
             config.workers,
