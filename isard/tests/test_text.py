@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from accounts.models import Course, School
@@ -93,6 +92,5 @@ def test_log_lines_escape_what_people_typed() -> None:
 
 
 def test_the_platforms_log_configuration_escapes() -> None:
-    assert settings.LOGGING["formatters"]["plain"]["()"] == "isard.core.logs.EscapingFormatter"
     root_formatters = {type(handler.formatter) for handler in logging.getLogger().handlers}
     assert EscapingFormatter in root_formatters
