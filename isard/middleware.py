@@ -35,12 +35,6 @@ POLICY: Directives = {
 
 #: Extra sources for the pages (URL names) that need them, and why.
 PAGE_EXCEPTIONS: dict[str, Directives] = {
-    # The viewer page's code and style are inline in desktops/templates/desktops/viewer.html;
-    # once they move to static files this exception goes.
-    "desktop-viewer": {
-        "script-src": ("'unsafe-inline'",),
-        "style-src": ("'unsafe-inline'",),
-    },
     # Swagger UI and ReDoc (drf-spectacular-sidecar) style their elements inline; ReDoc
     # searches in a worker it makes from a blob. Their scripts are files.
     "api-docs": {"style-src": ("'unsafe-inline'",)},
