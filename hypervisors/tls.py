@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from django.conf import settings
 
+from hypervisors.drivers import libvirt_driver
 from isard.core.errors import InfrastructureError
 
 logger = logging.getLogger(__name__)
@@ -514,8 +515,6 @@ def libvirt_spice_install(
 
 def libvirtd_restart(*, uri: str = "qemu:///system", timeout: float = 30) -> None:
     """Restart the local libvirtd so it reads `qemu.conf` again; running guests keep running."""
-    from hypervisors.drivers import libvirt_driver
-
     if Path("/run/systemd/system").is_dir():
         subprocess.run(["systemctl", "restart", "libvirtd.service"], check=False)
     else:

@@ -83,6 +83,7 @@ class WebConfig:
 
 def web_config_from_settings() -> WebConfig:
     """The listeners, certificate and number of children the settings ask for."""
+    # Lazily: the parent process imports this module before Django is set up.
     from django.conf import settings
 
     from hypervisors.tls import pki_paths

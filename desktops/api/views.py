@@ -61,6 +61,7 @@ from desktops.services.lifecycle import desktop_reset, desktop_shutdown, desktop
 from desktops.services.provisioning import desktop_create, desktop_create_from_media
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from desktops.viewer import services as viewers
+from desktops.viewer.files import viewer_vv_build
 from isard.core.api.filters import FilterSet
 from isard.core.api.serializers import ErrorSerializer
 from isard.core.api.throttling import DesktopActionThrottle
@@ -272,7 +273,7 @@ class DesktopViewSet(
     )
     def vv(self, request: Request, pk: str | None = None) -> HttpResponse:
         """Download a `.vv` file that opens the running desktop in remote-viewer (owner only)."""
-        vv = viewers.viewer_vv_build(actor=request_user(request), desktop=self.get_object())
+        vv = viewer_vv_build(actor=request_user(request), desktop=self.get_object())
         response = HttpResponse(vv.content, content_type="application/x-virt-viewer")
         response["Content-Disposition"] = f'attachment; filename="{vv.filename}"'
         response["Cache-Control"] = "no-store"

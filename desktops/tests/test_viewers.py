@@ -18,15 +18,14 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
 from desktops.services.domains import desktop_domain_spec
 from desktops.services.provisioning import desktop_create
+from desktops.viewer.checks import ViewerRefusedError, ViewerUnavailableError
+from desktops.viewer.files import viewer_vv_build
 from desktops.viewer.services import (
-    ViewerRefusedError,
-    ViewerUnavailableError,
     graphics_host,
     hash_token,
     viewer_tls_required,
     viewer_token_consume,
     viewer_token_issue,
-    viewer_vv_build,
 )
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
@@ -105,7 +104,7 @@ def test_student_cannot_open_the_viewer_of_another_students_desktop(
 ) -> None:
     events = DesktopEvent.objects.filter(desktop=anas_desktop).count()
     with (
-        caplog.at_level(logging.WARNING, logger="desktops.viewer.services"),
+        caplog.at_level(logging.WARNING, logger="desktops.viewer.checks"),
         pytest.raises(NotFoundError) as refused,
     ):
         viewer_token_issue(actor=ben, desktop=anas_desktop)
@@ -167,7 +166,7 @@ def test_a_students_token_is_refused_to_another_student_and_stays_unspent(
 ) -> None:
     access = viewer_token_issue(actor=ana, desktop=anas_desktop)
     with (
-        caplog.at_level(logging.WARNING, logger="desktops.viewer.services"),
+        caplog.at_level(logging.WARNING, logger="desktops.viewer.checks"),
         pytest.raises(ViewerRefusedError) as refused,
     ):
         viewer_token_consume(token=access.token, user=ben, client="10.9.8.7:1")
@@ -467,12 +466,12 @@ def test_every_refused_token_is_logged_and_noted_on_the_desktop(
 ) -> None:
     token, user, options = case(ana, ben, anas_desktop)
     with (
-        caplog.at_level(logging.WARNING, logger="desktops.viewer.services"),
+        caplog.at_level(logging.WARNING, logger="desktops.viewer.checks"),
         pytest.raises((ViewerRefusedError, ViewerUnavailableError)) as refused,
     ):
         viewer_token_consume(token=token, user=user, client="192.0.2.7:4000", **options)
     assert refused.value.extra["reason"] == reason
-    [record] = [r for r in caplog.records if r.name == "desktops.viewer.services"]
+    [record] = [r for r in caplog.records if r.name == "desktops.viewer.checks"]
     assert record.levelno == logging.WARNING
     message = record.getMessage()
     assert f"viewer refused ({reason}): user={who} desktop={anas_desktop.pk}" in message

@@ -22,7 +22,8 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from desktops.services.lifecycle import desktop_start
 from desktops.services.provisioning import desktop_create
-from desktops.viewer.services import ViewerUnavailableError, viewer_rdp_build
+from desktops.viewer.checks import ViewerUnavailableError
+from desktops.viewer.files import viewer_rdp_build
 from hypervisors.drivers import libvirt_driver
 from isard.core.errors import NotFoundError
 from templates_app.services.templates import template_register_base

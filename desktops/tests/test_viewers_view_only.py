@@ -15,13 +15,9 @@ from accounts.choices import CourseRole
 from accounts.models import CourseMembership
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, ViewerToken
+from desktops.viewer.checks import ViewerRefusedError, ViewerUnavailableError
 from desktops.viewer.rfb import ClientMessages, RfbClientMessageError, client_message_size
-from desktops.viewer.services import (
-    ViewerRefusedError,
-    ViewerUnavailableError,
-    viewer_token_consume,
-    viewer_token_issue,
-)
+from desktops.viewer.services import viewer_token_consume, viewer_token_issue
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
 from isard.core.errors import NotFoundError

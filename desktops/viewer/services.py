@@ -38,36 +38,27 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
-from desktops.choices import DesktopStatus
-from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
-from desktops.permissions import can_act_on_desktop
-from hypervisors import tls
+from desktops.models import Desktop, ViewerProtocol, ViewerToken
+from desktops.viewer.checks import (
+    ViewerUnavailableError,
+    viewer_check,
+    viewer_event_record,
+    viewer_refuse,
+)
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Hypervisor
 from isard.core.errors import (
-    ConflictError,
     InfrastructureError,
-    NotFoundError,
-    PermissionDeniedError,
 )
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_SECONDS = 60
-DEFAULT_SPICE_TICKET_SECONDS = 120
 DEFAULT_TOKEN_RETENTION_SECONDS = 3600
 #: `ISARD_VIEWER_TLS`: "auto" encrypts the proxy's hop whenever it leaves this machine (and
 #: uses TLS on loopback too when the display offers it); "required" on every hop.
 VIEWER_TLS_MODES = ("auto", "required")
 WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "[::]"})
-
-
-class ViewerRefusedError(PermissionDeniedError):
-    """A viewer was refused to this person; `extra["reason"]` says why, for code and logs."""
-
-
-class ViewerUnavailableError(ConflictError):
-    """The desktop cannot be viewed now (stopped, no such display, TLS not set up)."""
 
 
 @dataclass(frozen=True)
@@ -98,27 +89,8 @@ class ViewerTarget:
     view_only: bool = False
 
 
-@dataclass(frozen=True)
-class VvFile:
-    filename: str
-    content: str
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class RdpFile:
-    filename: str
-    content: str
-    address: str
-
-
 def token_lifetime() -> timedelta:
     return timedelta(seconds=getattr(settings, "ISARD_VIEWER_TOKEN_SECONDS", DEFAULT_TOKEN_SECONDS))
-
-
-def spice_ticket_lifetime() -> timedelta:
-    seconds = getattr(settings, "ISARD_SPICE_TICKET_SECONDS", DEFAULT_SPICE_TICKET_SECONDS)
-    return timedelta(seconds=seconds)
 
 
 def hash_token(token: str) -> str:
@@ -127,133 +99,6 @@ def hash_token(token: str) -> str:
 
 def websocket_path(token: str) -> str:
     return f"/ws/viewer/{token}/"
-
-
-def _refuse(
-    reason: str,
-    message: str,
-    *,
-    user: Any,
-    desktop: Desktop | None = None,
-    client: str = "",
-    error: type[ViewerRefusedError] | type[ViewerUnavailableError] = ViewerRefusedError,
-) -> ViewerRefusedError | ViewerUnavailableError:
-    """Log a refusal (never the token itself), note it in the desktop's history, and return
-    the error to raise."""
-    username = getattr(user, "username", None) or "anonymous"
-    logger.warning(
-        "viewer refused (%s): user=%s desktop=%s client=%s: %s",
-        reason,
-        username,
-        desktop.pk if desktop is not None else "-",
-        client or "-",
-        message,
-    )
-    if desktop is not None:
-        DesktopEvent.objects.create(
-            desktop=desktop,
-            from_status=desktop.status,
-            to_status=desktop.status,
-            reason=f"viewer refused to {username} ({reason}) from {client or 'an unknown address'}",
-            actor=user if isinstance(user, User) else None,
-        )
-    return error(message, extra={"reason": reason})
-
-
-def _check_view_only_allowed(*, actor: User, desktop: Desktop, client: str = "") -> None:
-    """A view-only look is for someone who may act on the desktop and is not its owner."""
-    if desktop.owner_id == actor.pk:
-        raise _refuse(
-            "own-desktop",
-            f"“{desktop.name}” is your own desktop: open it with the ordinary viewer.",
-            user=actor,
-            desktop=desktop,
-            client=client,
-        )
-
-
-def _not_found(*, actor: User, desktop: Desktop, client: str) -> NotFoundError:
-    """Someone who may not see the desktop: as if it did not exist (the same answer as a
-    free id), and nothing written in its history; the log keeps the probe."""
-    logger.warning(
-        "viewer refused (not-visible): user=%s desktop=%s client=%s",
-        actor.get_username(),
-        desktop.pk,
-        client or "-",
-    )
-    return NotFoundError("No such desktop.")
-
-
-def _check_viewable(
-    *,
-    actor: User,
-    desktop: Desktop,
-    protocol: ViewerProtocol | None,
-    client: str = "",
-    view_only: bool = False,
-) -> Hypervisor:
-    """The checks every viewer path shares: the owner only (or, `view_only`, someone else
-    who may act on it), a running desktop, its display (`protocol` None: a path that
-    needs no display of the hypervisor's, such as RDP). Someone who may not see the
-    desktop is told it does not exist."""
-    if desktop.owner_id != actor.pk and not can_act_on_desktop(actor, desktop):
-        raise _not_found(actor=actor, desktop=desktop, client=client)
-    if view_only:
-        _check_view_only_allowed(actor=actor, desktop=desktop, client=client)
-    elif desktop.owner_id != actor.pk:
-        raise _refuse(
-            "not-owner",
-            f"Only the owner of the desktop “{desktop.name}” may open its viewer.",
-            user=actor,
-            desktop=desktop,
-            client=client,
-        )
-    elif not can_act_on_desktop(actor, desktop):
-        # The owner's own desktop, in a deployment the teacher has hidden for now.
-        raise _refuse(
-            "hidden",
-            f"Your teacher has hidden “{desktop.name}” for now.",
-            user=actor,
-            desktop=desktop,
-            client=client,
-        )
-    if desktop.status != DesktopStatus.STARTED or desktop.hypervisor is None:
-        label = DesktopStatus(desktop.status).label.lower()
-        raise _refuse(
-            "not-running",
-            f"The desktop “{desktop.name}” is {label}: start it, then open its viewer.",
-            user=actor,
-            desktop=desktop,
-            client=client,
-            error=ViewerUnavailableError,
-        )
-    if protocol is None:
-        return desktop.hypervisor
-    hardware = desktop.hardware
-    has_display = (
-        hardware.graphics_vnc if protocol == ViewerProtocol.BROWSER_VNC else hardware.graphics_spice
-    )
-    if not has_display:
-        kind = "VNC" if protocol == ViewerProtocol.BROWSER_VNC else "SPICE"
-        raise _refuse(
-            "no-display",
-            f"The desktop “{desktop.name}” has no {kind} display in its hardware profile.",
-            user=actor,
-            desktop=desktop,
-            client=client,
-            error=ViewerUnavailableError,
-        )
-    return desktop.hypervisor
-
-
-def _record(desktop: Desktop, reason: str, actor: User) -> None:
-    DesktopEvent.objects.create(
-        desktop=desktop,
-        from_status=desktop.status,
-        to_status=desktop.status,
-        reason=reason,
-        actor=actor,
-    )
 
 
 # --- browser viewer ---------------------------------------------------------------------------
@@ -265,7 +110,7 @@ def viewer_token_issue(
     """Give the desktop's owner a single-use token for the browser viewer; with
     `view_only`, give one to someone else who may act on the desktop (its course's
     teacher) to look at its screen without touching it or disconnecting the owner."""
-    _check_viewable(
+    viewer_check(
         actor=actor, desktop=desktop, protocol=ViewerProtocol.BROWSER_VNC, view_only=view_only
     )
     now = now or timezone.now()
@@ -308,14 +153,16 @@ def viewer_token_consume(
     """
     now = now or timezone.now()
     if user is None or not user.is_authenticated:
-        raise _refuse("anonymous", "Sign in to open a desktop viewer.", user=None, client=client)
+        raise viewer_refuse(
+            "anonymous", "Sign in to open a desktop viewer.", user=None, client=client
+        )
     record = (
         ViewerToken.objects.select_related("desktop__hypervisor", "desktop__hardware")
         .filter(key_hash=hash_token(token))
         .first()
     )
     if record is None:
-        raise _refuse(
+        raise viewer_refuse(
             "unknown-token",
             "This viewer link is not valid: open the viewer again from your desktops.",
             user=user,
@@ -323,7 +170,7 @@ def viewer_token_consume(
         )
     desktop = record.desktop
     if record.user_id != user.pk:
-        raise _refuse(
+        raise viewer_refuse(
             "other-user",
             "This viewer link was issued to someone else.",
             user=user,
@@ -331,7 +178,7 @@ def viewer_token_consume(
             client=client,
         )
     if record.protocol != protocol:
-        raise _refuse(
+        raise viewer_refuse(
             "wrong-protocol",
             "This viewer link is for another kind of viewer.",
             user=user,
@@ -339,7 +186,7 @@ def viewer_token_consume(
             client=client,
         )
     if record.used_at is not None:
-        raise _refuse(
+        raise viewer_refuse(
             "used",
             "This viewer link was already used: open the viewer again to get a new one.",
             user=user,
@@ -347,7 +194,7 @@ def viewer_token_consume(
             client=client,
         )
     if record.expires_at <= now:
-        raise _refuse(
+        raise viewer_refuse(
             "expired",
             "This viewer link expired: open the viewer again to get a new one.",
             user=user,
@@ -358,7 +205,7 @@ def viewer_token_consume(
         used_at=now, used_from=client[:100]
     )
     if spent == 0:  # another connection spent it between our read and this update
-        raise _refuse(
+        raise viewer_refuse(
             "used",
             "This viewer link was already used: open the viewer again to get a new one.",
             user=user,
@@ -367,7 +214,7 @@ def viewer_token_consume(
         )
     desktop.refresh_from_db()
     # Checked again at connection time: a teacher who left the course since cannot look.
-    hypervisor = _check_viewable(
+    hypervisor = viewer_check(
         actor=user, desktop=desktop, protocol=protocol, client=client, view_only=record.view_only
     )
     target = viewer_target(
@@ -376,9 +223,9 @@ def viewer_token_consume(
     where = client or "an unknown address"
     if record.view_only:
         looker = user.get_username()
-        _record(desktop, f"view-only look at the screen by {looker} from {where}", user)
+        viewer_event_record(desktop, f"view-only look at the screen by {looker} from {where}", user)
     else:
-        _record(desktop, f"browser viewer opened from {where}", user)
+        viewer_event_record(desktop, f"browser viewer opened from {where}", user)
     return target
 
 
@@ -451,7 +298,7 @@ def viewer_target(
             f"Could not find the screen of “{desktop.name}” on {hypervisor.name}: {error}"
         ) from error
     if ports.vnc_port is None:
-        raise _refuse(
+        raise viewer_refuse(
             "no-display",
             f"The desktop “{desktop.name}” has no VNC display running.",
             user=user,
@@ -474,161 +321,4 @@ def viewer_target(
 # --- SPICE over TLS: the .vv file for remote-viewer ------------------------------------------
 
 
-def _keyfile_value(value: str) -> str:
-    """Escape a value for a GLib key file (what remote-viewer reads)."""
-    escaped = (
-        value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    )
-    return "\\s" + escaped[1:] if escaped.startswith(" ") else escaped
-
-
-def _vv_filename(desktop: Desktop) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in desktop.name).strip("-")
-    return f"{safe or 'desktop'}.vv"
-
-
-def viewer_vv_build(
-    *,
-    actor: User,
-    desktop: Desktop,
-    pki: tls.PkiPaths | None = None,
-    now: datetime | None = None,
-) -> VvFile:
-    """A `.vv` file that opens the owner's running desktop in remote-viewer over TLS only.
-
-    Sets a fresh SPICE password on the guest that QEMU accepts for new connections until
-    the file's expiry; a viewer already connected stays connected. USB redirection is on:
-    the guest has as many redirection channels as its hardware profile says.
-    """
-    hypervisor = _check_viewable(actor=actor, desktop=desktop, protocol=ViewerProtocol.SPICE_TLS)
-    pki = pki or tls.pki_paths()
-    try:
-        ports = libvirt_driver.graphics_ports(hypervisor.uri, desktop.domain_name)
-    except libvirt_driver.DriverError as error:
-        raise InfrastructureError(
-            f"Could not find the screen of “{desktop.name}” on {hypervisor.name}: {error}"
-        ) from error
-    if ports.spice_tls_port is None:
-        raise _refuse(
-            "no-tls",
-            f"SPICE over TLS is not enabled on the hypervisor {hypervisor.name}: an "
-            "administrator runs `manage.py isard_certs --install-libvirt` there, then the "
-            f"desktop “{desktop.name}” is started again.",
-            user=actor,
-            desktop=desktop,
-            error=ViewerUnavailableError,
-        )
-    host_certificate = tls.hypervisor_certificate(
-        paths=pki, hypervisor_name=hypervisor.name
-    ) or tls.load_certificate(pki.host_cert)
-    if host_certificate is None:
-        raise ViewerUnavailableError(
-            "The platform has no host certificate yet: run `manage.py isard_certs`.",
-            extra={"reason": "no-tls"},
-        )
-    ca_bundle = tls.ca_bundle_pem(paths=pki)
-    now = now or timezone.now()
-    expires_at = now + spice_ticket_lifetime()
-    ticket = secrets.token_urlsafe(18)
-    try:
-        libvirt_driver.set_graphics_password(
-            hypervisor.uri,
-            desktop.domain_name,
-            graphics_type="spice",
-            password=ticket,
-            valid_until=expires_at.timestamp(),
-        )
-    except libvirt_driver.DriverError as error:
-        raise InfrastructureError(
-            f"Could not prepare the SPICE connection of “{desktop.name}”: {error}"
-        ) from error
-    # An audit row of who got a SPICE password and until when (spent as it is issued).
-    ViewerToken.objects.create(
-        key_hash=hash_token(ticket),
-        user=actor,
-        desktop=desktop,
-        protocol=ViewerProtocol.SPICE_TLS,
-        created_at=now,
-        expires_at=expires_at,
-        used_at=now,
-    )
-    _record(desktop, "SPICE viewer file (.vv) issued", actor)
-    host = graphics_host(hypervisor=hypervisor, listen=ports.listen)
-    lines = [
-        "[virt-viewer]",
-        "type=spice",
-        f"host={host}",
-        f"tls-port={ports.spice_tls_port}",
-        f"password={ticket}",
-        f"ca={_keyfile_value(ca_bundle)}",
-        f"host-subject={tls.host_subject(host_certificate)}",
-        "secure-channels=all",
-        f"title={_keyfile_value(desktop.name)} (isard)",
-        "enable-usbredir=1",
-        "delete-this-file=1",
-        "toggle-fullscreen=shift+f11",
-        "release-cursor=shift+f12",
-        "secure-attention=ctrl+alt+end",
-        f"# The password works for new connections until {expires_at:%Y-%m-%d %H:%M:%S} UTC.",
-        "",
-    ]
-    return VvFile(filename=_vv_filename(desktop), content="\n".join(lines), expires_at=expires_at)
-
-
 # --- RDP: a .rdp file for guests that report an IP address ----------------------------------
-
-
-def viewer_rdp_build(*, actor: User, desktop: Desktop) -> RdpFile:
-    """An `.rdp` file for the owner's running desktop, at the address its guest reports.
-
-    Windows guests with the QEMU guest agent report their addresses (every domain has the
-    agent's channel); guests on a libvirt network with DHCP have a lease, and guests the
-    host has talked to an entry in its ARP table. The file connects straight to the guest, so the
-    client must reach the guests' network, or go through the RD Gateway named in
-    `ISARD_RDP_GATEWAY`. The guest's own login applies: the file carries no password.
-    """
-    hypervisor = _check_viewable(actor=actor, desktop=desktop, protocol=None)
-    try:
-        addresses = libvirt_driver.domain_ip_addresses(hypervisor.uri, desktop.domain_name)
-    except libvirt_driver.DriverError as error:
-        raise InfrastructureError(
-            f"Could not ask {hypervisor.name} for the address of “{desktop.name}”: {error}"
-        ) from error
-    if not addresses:
-        raise _refuse(
-            "no-address",
-            f"The desktop “{desktop.name}” has not reported an IP address: install the QEMU "
-            "guest agent in the guest (or in its template), or wait until it has finished "
-            "booting and try again.",
-            user=actor,
-            desktop=desktop,
-            error=ViewerUnavailableError,
-        )
-    chosen = addresses[0]  # IPv4 first, from the best source (see domain_ip_addresses)
-    host = f"[{chosen.address}]" if chosen.version == 6 else chosen.address
-    lines = [
-        f"full address:s:{host}",
-        "screen mode id:i:2",
-        "use multimon:i:0",
-        "session bpp:i:32",
-        "prompt for credentials:i:1",
-        "authentication level:i:2",
-        "autoreconnection enabled:i:1",
-        "audiomode:i:0",
-        "redirectclipboard:i:1",
-        "redirectprinters:i:0",
-        "redirectsmartcards:i:0",
-        "drivestoredirect:s:",
-    ]
-    gateway = getattr(settings, "ISARD_RDP_GATEWAY", "")
-    if gateway:
-        lines += [
-            f"gatewayhostname:s:{gateway}",
-            "gatewayusagemethod:i:1",
-            "gatewayprofileusagemethod:i:1",
-            "gatewaycredentialssource:i:0",
-        ]
-    _record(desktop, f"RDP file issued for {chosen.address} ({chosen.source})", actor)
-    filename = _vv_filename(desktop).removesuffix(".vv") + ".rdp"
-    # RDP clients on Windows expect CRLF line ends.
-    return RdpFile(filename=filename, content="\r\n".join(lines) + "\r\n", address=chosen.address)

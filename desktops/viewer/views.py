@@ -21,12 +21,8 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.models import User
 from desktops.models import Desktop
 from desktops.permissions import can_act_on_desktop
-from desktops.viewer.services import (
-    BrowserViewerAccess,
-    viewer_rdp_build,
-    viewer_token_issue,
-    viewer_vv_build,
-)
+from desktops.viewer.files import viewer_rdp_build, viewer_vv_build
+from desktops.viewer.services import BrowserViewerAccess, viewer_token_issue
 from isard.core.errors import ApplicationError, NotFoundError
 
 

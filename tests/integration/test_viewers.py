@@ -42,7 +42,8 @@ from desktops.models import Desktop, ViewerProtocol, ViewerToken
 from desktops.services.domains import serial_log_path
 from desktops.services.lifecycle import desktop_start
 from desktops.services.provisioning import desktop_create
-from desktops.viewer.services import viewer_token_issue, viewer_vv_build
+from desktops.viewer.files import viewer_vv_build
+from desktops.viewer.services import viewer_token_issue
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import GUEST_READY_MARKER

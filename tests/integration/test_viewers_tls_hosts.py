@@ -47,8 +47,9 @@ from desktops.models import Desktop
 from desktops.services.domains import serial_log_path
 from desktops.services.lifecycle import desktop_start
 from desktops.services.provisioning import desktop_create
+from desktops.viewer.files import viewer_vv_build
 from desktops.viewer.rfb import RfbHandshakeError, UpstreamTls, upstream_sign_in
-from desktops.viewer.services import viewer_token_issue, viewer_vv_build
+from desktops.viewer.services import viewer_token_issue
 from hypervisors import tls
 from hypervisors.choices import AcceleratorSetting, MoveReason, MoveStatus, PoolPurpose
 from hypervisors.drivers import libvirt_driver
