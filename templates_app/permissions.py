@@ -6,6 +6,8 @@ desktop from it) is wider: `templates_app.selectors`.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from django.db.models import Q, QuerySet
 
 from accounts.choices import Role
@@ -13,17 +15,24 @@ from accounts.models import User
 from accounts.permissions import is_manager
 from templates_app.models import Media, Template
 
+Owned = TypeVar("Owned", Template, Media)
+
+
+def _managed_by(actor: User, rows: QuerySet[Owned]) -> QuerySet[Owned]:
+    """One rule for templates and media: all (admins); their own and their school's
+    (managers); their own (teachers); none (students)."""
+    if actor.is_admin:
+        return rows
+    if is_manager(actor):
+        return rows.filter(Q(owner=actor) | Q(owner__school_id=actor.school_id))
+    if actor.role == Role.STUDENT:
+        return rows.none()
+    return rows.filter(owner=actor)
+
 
 def templates_managed_by(actor: User) -> QuerySet[Template]:
     """Templates the person may edit, share, flatten and delete (not merely use)."""
-    templates = Template.objects.all()
-    if actor.is_admin:
-        return templates
-    if is_manager(actor):
-        return templates.filter(Q(owner=actor) | Q(owner__school_id=actor.school_id))
-    if actor.role == Role.STUDENT:
-        return templates.none()
-    return templates.filter(owner=actor)
+    return _managed_by(actor, Template.objects.all())
 
 
 def can_manage_template(actor: User, template: Template) -> bool:
@@ -34,14 +43,7 @@ def can_manage_template(actor: User, template: Template) -> bool:
 
 def media_managed_by(actor: User) -> QuerySet[Media]:
     """Install media the person may edit and delete: like templates."""
-    media = Media.objects.all()
-    if actor.is_admin:
-        return media
-    if is_manager(actor):
-        return media.filter(Q(owner=actor) | Q(owner__school_id=actor.school_id))
-    if actor.role == Role.STUDENT:
-        return media.none()
-    return media.filter(owner=actor)
+    return _managed_by(actor, Media.objects.all())
 
 
 def templates_choosable(actor: User) -> QuerySet[Template]:
