@@ -28,11 +28,13 @@ def template_usage(owner_ids: list[int]) -> Iterator[tuple[int, dict[str, int]]]
 
 
 def media_usage(owner_ids: list[int]) -> Iterator[tuple[int, dict[str, int]]]:
-    """Media that did not fail, and their size (an upload counts its declared size from
-    the moment it begins, so that two uploads at once cannot both fit under the limit)."""
+    """Media that did not fail, and their size. An upload still under way does not count:
+    its declared size is checked when it begins and again, against what is used then,
+    when it finishes (`templates_app.services.uploads`), so one left unfinished never
+    holds the quota (it expires)."""
     rows = (
         Media.objects.filter(owner_id__in=owner_ids)
-        .exclude(status=MediaStatus.FAILED)
+        .exclude(status__in=[MediaStatus.FAILED, MediaStatus.UPLOADING])
         .values("owner_id")
         .annotate(media=Count("pk"), disk_bytes=Sum("size_bytes"))
     )

@@ -166,6 +166,14 @@ def media_upload_finish(*, actor: User, media: Media, sha256: str = "") -> Media
         )
 
     with transaction.atomic():
+        # Again at the end: other media may have become ready, or the quota changed, since
+        # it began. Over it, the upload stays as it is (finish it after freeing space, or
+        # cancel it); nothing is lost.
+        quota_check(
+            owner=media.owner,
+            actor=actor,
+            change=QuotaChange(media=1, disk_bytes=media.size_bytes),
+        )
         changed, _conflicts = MEDIA_STATES.transition_many(
             changes=[(media, {})], to=MediaStatus.VERIFYING, actor=actor
         )

@@ -141,6 +141,27 @@ def test_an_upload_over_the_quota_is_refused_before_a_byte_and_makes_nothing(
     assert not list(Path(pools["media"].path).iterdir())
 
 
+def test_the_quota_is_checked_again_at_finish_and_an_unfinished_upload_holds_none(
+    run: Any, pools: Any, teacher: Any
+) -> None:
+    from accounts.models import Quota
+    from accounts.quotas import usage_of
+
+    Quota.objects.create(user=teacher, max_media=1)
+    client = client_for(teacher)
+    first = _upload(client, b"a" * 4096)
+    assert usage_of([teacher.pk])[teacher.pk].media == 0  # under way: holds nothing
+    second = _upload(client, b"b" * 4096)  # fits at its beginning too
+    assert run(client.post, second["finish_url"], headers=JSON).status_code == 202
+    assert Media.objects.get(pk=second["id"]).status == MediaStatus.READY
+    refused = run(client.post, first["finish_url"], headers=JSON)
+    assert refused.status_code == 422, refused.content
+    assert "quota" in refused.json()["message"].lower()
+    left = Media.objects.get(pk=first["id"])
+    assert left.status == MediaStatus.UPLOADING  # nothing lost: cancel it, or free space
+    assert Path(left.path + ".part").read_bytes() == b"a" * 4096
+
+
 def test_a_file_that_arrives_different_from_the_one_sent_fails_and_its_bytes_go(
     run: Any, pools: Any, teacher: Any
 ) -> None:
