@@ -170,7 +170,7 @@ def media_upload_finish(*, actor: User, media: Media, sha256: str = "") -> Media
         # it began. Over it, the upload stays as it is (finish it after freeing space, or
         # cancel it); nothing is lost.
         quota_check(
-            owner=media.owner,
+            owner=media.owner or actor,
             actor=actor,
             change=QuotaChange(media=1, disk_bytes=media.size_bytes),
         )

@@ -813,9 +813,10 @@ def test_a_worker_killed_mid_provisioning_leaves_no_stuck_desktop_disk_or_domain
             found = row("SELECT disk_id FROM desktops_desktop WHERE id = ?", desktop_id)
             return found and found[0]
 
-        disk_id = wait_for(disk_linked, 90, "the worker to make the overlay")
+        disk_id = wait_for(disk_linked, 90, "the worker to record the overlay")
         (overlay,) = row("SELECT path FROM hypervisors_disk WHERE id = ?", disk_id)
-        assert Path(overlay).exists()
+        # The row and link come first, then the file (qemu-img): wait for it as well.
+        wait_for(lambda: Path(overlay).exists(), 30, "the worker to make the overlay")
         os.killpg(worker.pid, signal.SIGKILL)  # mid-task: define_domain waits on libvirt
         worker.wait(timeout=10)
         assert row("SELECT status FROM desktops_desktop WHERE id = ?", desktop_id) == (S.CREATING,)
