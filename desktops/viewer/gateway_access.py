@@ -22,10 +22,11 @@ from django.utils import timezone
 
 from accounts.models import User
 from desktops.models import Desktop, GatewayCredential, ViewerProtocol
+from desktops.permissions import can_act_on_desktop
 from desktops.viewer.checks import viewer_check, viewer_event_record, viewer_refuse
 from desktops.viewer.services import graphics_host, hash_token
 from hypervisors.drivers import libvirt_driver
-from isard.core.errors import ApplicationError
+from isard.core.errors import ApplicationError, PermissionDeniedError
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,23 @@ def gateway_credential_issue(
     # Expired a day ago: worthless, and dropping this user's keeps the table small.
     GatewayCredential.objects.filter(user=actor, expires_at__lt=now - timedelta(days=1)).delete()
     return issued
+
+
+def gateway_credential_revoke(*, actor: User, credential: GatewayCredential) -> bool:
+    """Stop a `.vv` file's credential opening new tunnels (a file sent to someone else, a
+    lost laptop); tunnels open now stay, like the ordinary viewers. Someone who may act on
+    the desktop may revoke; it is noted in the desktop's history. False if already revoked.
+    """
+    if not can_act_on_desktop(actor, credential.desktop):
+        raise PermissionDeniedError("You may not revoke the viewer files of this desktop.")
+    revoked = GatewayCredential.objects.filter(pk=credential.pk, revoked=False).update(revoked=True)
+    if revoked:
+        viewer_event_record(
+            credential.desktop,
+            f"gateway credential {credential.public_id} of {credential.user} revoked",
+            actor,
+        )
+    return bool(revoked)
 
 
 def _same_host(a: str, b: str) -> bool:
