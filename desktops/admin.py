@@ -26,7 +26,7 @@ from accounts.admin_scope import ManagerAccess, RoleScopedMixin, ScopedModelAdmi
 from accounts.models import User
 from desktops.choices import DesktopStatus
 from desktops.fleet import admin as fleet_admin  # noqa: F401  (registers the hosts' pages)
-from desktops.models import Deployment, Desktop, DesktopEvent, ViewerToken
+from desktops.models import Deployment, Desktop, DesktopEvent, GatewayCredential, ViewerToken
 from desktops.permissions import desktops_visible_to
 from desktops.services.deployments import (
     BulkOutcome,
@@ -42,6 +42,7 @@ from desktops.services.deployments import (
 from desktops.services.lifecycle import desktop_shutdown, desktop_start, desktop_stop
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from desktops.services.templating import template_from_desktop
+from desktops.viewer.gateway_access import gateway_credential_revoke
 from isard.core.errors import ApplicationError
 
 
@@ -325,6 +326,54 @@ class ViewerTokenAdmin(ScopedModelAdmin):
         "expires_at",
         "used_at",
         "used_from",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.action(description="Revoke the selected gateway credentials (no new tunnels)")
+def revoke_gateway_credentials(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[GatewayCredential]
+) -> None:
+    revoked = 0
+    for credential in queryset.select_related("desktop", "user"):
+        try:
+            revoked += gateway_credential_revoke(
+                actor=cast(User, request.user), credential=credential
+            )
+        except ApplicationError as error:
+            modeladmin.message_user(request, f"{credential}: {error.message}", messages.ERROR)
+    modeladmin.message_user(request, f"Revoked {revoked} gateway credentials.", messages.SUCCESS)
+
+
+@admin.register(GatewayCredential)
+class GatewayCredentialAdmin(ScopedModelAdmin):
+    """The credentials `.vv` files carry for the SPICE gateway: whose, for which desktop,
+    until when, last used; revoking one stops new tunnels with it."""
+
+    manager_access: ClassVar[ManagerAccess] = "act"
+    teacher_access: ClassVar[ManagerAccess] = "act"
+    actions = (revoke_gateway_credentials,)
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(desktop__in=desktops_visible_to(actor))
+
+    list_display = ("desktop", "user", "created_at", "expires_at", "last_used_at", "revoked")
+    list_filter = ("revoked",)
+    search_fields = ("desktop__name", "user__username", "public_id")
+    readonly_fields = (
+        "public_id",
+        "key_hash",
+        "user",
+        "desktop",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked",
     )
 
     def has_add_permission(self, request: HttpRequest) -> bool:

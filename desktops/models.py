@@ -135,6 +135,42 @@ class ViewerToken(models.Model):
         return f"{self.get_protocol_display()} for {self.desktop} ({self.user})"
 
 
+class GatewayCredential(models.Model):
+    """What a `.vv` file's `proxy=` line carries: lets remote-viewer tunnel through the
+    platform's SPICE gateway (`desktops.viewer.gateway`) to one desktop's display.
+
+    remote-viewer sends it as HTTP Basic proxy authentication (`public_id:secret`) on
+    every channel it opens, so it is reusable until it expires or is revoked. Only a
+    SHA-256 of the secret is stored. It opens nothing by itself: the tunnel reaches only
+    the desktop's current SPICE TLS port, whose own password expires within minutes.
+    """
+
+    public_id = models.CharField(max_length=32, unique=True)
+    key_hash = models.CharField(max_length=64)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="gateway_credentials"
+    )
+    desktop = models.ForeignKey(
+        Desktop, on_delete=models.CASCADE, related_name="gateway_credentials"
+    )
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    revoked = models.BooleanField(default=False)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")),
+                name="gatewaycredential_expires_after_creation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"gateway credential {self.public_id} for {self.desktop} ({self.user})"
+
+
 class Deployment(models.Model):
     """A template given to the students of a course (all of them, or those chosen).
 

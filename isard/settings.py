@@ -238,6 +238,19 @@ if bool(ISARD_TLS_CERT_FILE) != bool(ISARD_TLS_KEY_FILE):
         "Set both ISARD_TLS_CERT_FILE and ISARD_TLS_KEY_FILE (or neither, for the platform's "
         "own certificate)."
     )
+# The SPICE gateway (`manage.py isard_gateway`, the Procfile's `gateway:` line): an HTTP
+# CONNECT proxy on ISARD_GATEWAY_BIND:ISARD_GATEWAY_PORT (0: off) that remote-viewer, told
+# by the .vv file's `proxy=` line, tunnels every SPICE channel through. The .vv names
+# ISARD_PUBLIC_HOST (blank: the host name the file was downloaded from). A .vv file's
+# gateway credential lives ISARD_GATEWAY_CREDENTIAL_SECONDS; a tunnel with no byte either
+# way for ISARD_GATEWAY_IDLE_SECONDS is closed.
+ISARD_GATEWAY_BIND = env.str("ISARD_GATEWAY_BIND", default=ISARD_TLS_BIND)
+ISARD_GATEWAY_PORT = env.int("ISARD_GATEWAY_PORT", default=8445)
+ISARD_PUBLIC_HOST = env.str("ISARD_PUBLIC_HOST", default="")
+ISARD_GATEWAY_CREDENTIAL_SECONDS = env.int("ISARD_GATEWAY_CREDENTIAL_SECONDS", default=28800)
+ISARD_GATEWAY_IDLE_SECONDS = env.int("ISARD_GATEWAY_IDLE_SECONDS", default=3600)
+if not 0 <= ISARD_GATEWAY_PORT <= 65535:
+    raise ImproperlyConfigured("ISARD_GATEWAY_PORT must be a port number (0: no gateway).")
 # HTTPS only (README, "Production"): plain HTTP redirected to ISARD_HTTPS_HOST (host[:port]
 # of the HTTPS listener: Django would keep the plain request's port), cookies sent over
 # HTTPS only, and HSTS. Each needs the HTTPS listener; without it they lock everyone out.

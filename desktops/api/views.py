@@ -14,6 +14,7 @@ from typing import Any
 import django_filters  # type: ignore[import-untyped]
 from django.db.models import QuerySet
 from django.http import HttpResponse
+from django.http.request import split_domain_port
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -273,7 +274,10 @@ class DesktopViewSet(
     )
     def vv(self, request: Request, pk: str | None = None) -> HttpResponse:
         """Download a `.vv` file that opens the running desktop in remote-viewer (owner only)."""
-        vv = viewer_vv_build(actor=request_user(request), desktop=self.get_object())
+        public_host, _ = split_domain_port(request.get_host())
+        vv = viewer_vv_build(
+            actor=request_user(request), desktop=self.get_object(), public_host=public_host
+        )
         response = HttpResponse(vv.content, content_type="application/x-virt-viewer")
         response["Content-Disposition"] = f'attachment; filename="{vv.filename}"'
         response["Cache-Control"] = "no-store"

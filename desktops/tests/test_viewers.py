@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client
@@ -15,7 +16,7 @@ from django.utils import timezone
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
-from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
+from desktops.models import Desktop, DesktopEvent, GatewayCredential, ViewerProtocol, ViewerToken
 from desktops.services.domains import desktop_domain_spec
 from desktops.services.provisioning import desktop_create
 from desktops.viewer.checks import ViewerRefusedError, ViewerUnavailableError
@@ -419,6 +420,56 @@ def test_vv_file_explains_when_the_hypervisor_has_no_spice_tls(
     with pytest.raises(ViewerUnavailableError, match="isard_certs --install-libvirt"):
         viewer_vv_build(actor=ana, desktop=anas_desktop)
     assert spice_passwords == []
+
+
+def test_vv_file_sends_every_channel_through_the_gateway_with_its_own_credential(
+    ana: Any,
+    ben: Any,
+    anas_desktop: Desktop,
+    pki: tls.PkiPaths,
+    vnc_port: list[Any],
+    spice_passwords: list[Any],
+    settings: Any,
+) -> None:
+    settings.ISARD_GATEWAY_PORT = 8445
+    settings.ISARD_PUBLIC_HOST = ""
+    bens_desktop = running_desktop(ben, graphics_password="B3n-s3cr")
+    vv = viewer_vv_build(actor=ana, desktop=anas_desktop, public_host="vdi.school.example")
+    fields = parse_vv(vv.content)
+    proxy = urlsplit(fields["proxy"])
+    assert (proxy.scheme, proxy.hostname, proxy.port) == ("http", "vdi.school.example", 8445)
+    # The display's own address stays: remote-viewer asks the gateway to CONNECT there.
+    assert fields["host"] == "127.0.0.1" and fields["tls-port"] == "5908"
+    credential = GatewayCredential.objects.get()
+    assert credential.public_id == proxy.username
+    assert credential.key_hash == hash_token(proxy.password or "") != proxy.password
+    assert credential.user == ana and credential.desktop == anas_desktop
+    assert credential.expires_at > vv.expires_at and not credential.revoked
+    # No graphics password of any desktop, Ana's or Ben's, is in the file.
+    assert PASSWORD not in vv.content and bens_desktop.graphics_password not in vv.content
+
+
+def test_vv_file_names_the_public_host_setting_and_no_proxy_when_the_gateway_is_off(
+    ana: Any,
+    anas_desktop: Desktop,
+    pki: tls.PkiPaths,
+    vnc_port: list[Any],
+    spice_passwords: list[Any],
+    settings: Any,
+) -> None:
+    settings.ISARD_GATEWAY_PORT = 8445
+    settings.ISARD_PUBLIC_HOST = "vdi.school.example"
+    response = client_for(ana).get(reverse("desktop-viewer-vv", args=[anas_desktop.pk]))
+    assert urlsplit(parse_vv(response.content.decode())["proxy"]).hostname == ("vdi.school.example")
+    settings.ISARD_PUBLIC_HOST = ""
+    response = client_for(ana).get(
+        reverse("desktop-viewer-vv", args=[anas_desktop.pk]), HTTP_HOST="localhost:8443"
+    )
+    assert urlsplit(parse_vv(response.content.decode())["proxy"]).hostname == "localhost"
+    settings.ISARD_GATEWAY_PORT = 0
+    vv = viewer_vv_build(actor=ana, desktop=anas_desktop)
+    assert "proxy" not in parse_vv(vv.content)
+    assert GatewayCredential.objects.count() == 2
 
 
 # --- refusals are logged and noted in the desktop's history ----------------------------------

@@ -22,6 +22,11 @@ from desktops.viewer.checks import (
     viewer_event_record,
     viewer_refuse,
 )
+from desktops.viewer.gateway_access import (
+    gateway_credential_issue,
+    gateway_port,
+    gateway_proxy_url,
+)
 from desktops.viewer.services import graphics_host, hash_token
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
@@ -70,12 +75,18 @@ def viewer_vv_build(
     desktop: Desktop,
     pki: tls.PkiPaths | None = None,
     now: datetime | None = None,
+    public_host: str = "localhost",
 ) -> VvFile:
     """A `.vv` file that opens the owner's running desktop in remote-viewer over TLS only.
 
     Sets a fresh SPICE password on the guest that QEMU accepts for new connections until
     the file's expiry; a viewer already connected stays connected. USB redirection is on:
     the guest has as many redirection channels as its hardware profile says.
+
+    With the SPICE gateway on (`ISARD_GATEWAY_PORT`), the file's `proxy=` line sends every
+    channel through it with a fresh gateway credential, so a student's own device needs
+    to reach only the platform (`ISARD_PUBLIC_HOST`, else `public_host`: the name the file
+    was downloaded from), not the hypervisor.
     """
     hypervisor = viewer_check(actor=actor, desktop=desktop, protocol=ViewerProtocol.SPICE_TLS)
     pki = pki or tls.pki_paths()
@@ -131,6 +142,11 @@ def viewer_vv_build(
     )
     viewer_event_record(desktop, "SPICE viewer file (.vv) issued", actor)
     host = graphics_host(hypervisor=hypervisor, listen=ports.listen)
+    proxy_lines = []
+    if gateway_port():
+        credential = gateway_credential_issue(actor=actor, desktop=desktop, now=now)
+        proxy = gateway_proxy_url(credential=credential, public_host=public_host)
+        proxy_lines.append(f"proxy={proxy}")
     lines = [
         "[virt-viewer]",
         "type=spice",
@@ -142,6 +158,7 @@ def viewer_vv_build(
         "secure-channels=all",
         f"title={_keyfile_value(desktop.name)} (isard)",
         "enable-usbredir=1",
+        *proxy_lines,
         "delete-this-file=1",
         "toggle-fullscreen=shift+f11",
         "release-cursor=shift+f12",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.request import split_domain_port
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -102,7 +103,11 @@ def viewer_token(request: HttpRequest, desktop_id: int) -> JsonResponse:
 def viewer_vv(request: HttpRequest, desktop_id: int) -> HttpResponse:
     """Download a `.vv` file that opens the desktop in remote-viewer over TLS."""
     try:
-        vv = viewer_vv_build(actor=_user(request), desktop=_desktop(desktop_id))
+        # The name this person reached the platform at is one their device resolves.
+        public_host, _ = split_domain_port(request.get_host())
+        vv = viewer_vv_build(
+            actor=_user(request), desktop=_desktop(desktop_id), public_host=public_host
+        )
     except ApplicationError as error:
         return HttpResponse(
             error.message, status=error.status_code, content_type="text/plain; charset=utf-8"

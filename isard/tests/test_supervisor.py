@@ -130,7 +130,7 @@ def _alive(pid: int) -> bool:
 
 def test_the_procfile_is_read_as_honcho_read_it() -> None:
     entries = read_procfile(ROOT / "Procfile")
-    assert [name for name, _ in entries] == ["web", "worker", "beat", "events"]
+    assert [name for name, _ in entries] == ["web", "worker", "beat", "events", "gateway"]
 
 
 def _free_port() -> int:
@@ -154,6 +154,7 @@ def test_killing_each_platform_process_in_turn_leaves_the_rest_serving(
         "ISARD_STORAGE_ROOT": str(storage),
         "ISARD_PORT": str(port),
         "ISARD_TLS_PORT": "0",
+        "ISARD_GATEWAY_PORT": str(_free_port()),
         "ISARD_WEB_WORKERS": "1",
         "ISARD_WORKER_QUEUES": f"supervisor-test-{port}",
     }
@@ -163,7 +164,7 @@ def test_killing_each_platform_process_in_turn_leaves_the_rest_serving(
     )
     procfile = procfile.replace("var/celerybeat-schedule", str(tmp_path / "beat-schedule"))
     running = supervised(procfile, env)
-    names = ("web", "worker", "beat", "events")
+    names = ("web", "worker", "beat", "events", "gateway")
 
     def health() -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/", timeout=5) as answer:

@@ -38,11 +38,12 @@ from django.test import Client
 from accounts.choices import Role
 from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
-from desktops.models import Desktop, ViewerProtocol, ViewerToken
+from desktops.models import Desktop, DesktopEvent, ViewerProtocol, ViewerToken
 from desktops.services.domains import serial_log_path
 from desktops.services.lifecycle import desktop_start
 from desktops.services.provisioning import desktop_create
 from desktops.viewer.files import viewer_vv_build
+from desktops.viewer.gateway import gateway_start
 from desktops.viewer.services import viewer_token_issue
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
@@ -214,8 +215,37 @@ def run_remote_viewer(
     return "".join(lines)
 
 
+@pytest.fixture
+def spice_gateway(settings: Any) -> Iterator[int]:
+    """The platform's SPICE gateway on a free loopback port, named by the .vv files."""
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(gateway_start(host="127.0.0.1", port=0))
+    port = int(server.sockets[0].getsockname()[1])
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    settings.ISARD_GATEWAY_PORT = port
+    settings.ISARD_PUBLIC_HOST = "127.0.0.1"
+    yield port
+
+    async def shut() -> None:  # tunnels remote-viewer left open end with it
+        server.close()
+        tunnels = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tunnels:
+            task.cancel()
+        await asyncio.gather(*tunnels, return_exceptions=True)
+        await server.wait_closed()
+
+    asyncio.run_coroutine_threadsafe(shut(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
 def test_remote_viewer_opens_the_vv_file_over_tls_with_usb_redirection(
-    running_guest: tuple[Any, Desktop], spice_tls: tls.PkiPaths, tmp_path: Path
+    running_guest: tuple[Any, Desktop],
+    spice_tls: tls.PkiPaths,
+    tmp_path: Path,
+    spice_gateway: int,
 ) -> None:
     if not (shutil.which("remote-viewer") and shutil.which("xvfb-run")):
         pytest.fail("needs Debian's virt-viewer and xvfb (`./isardctl test` installs them)")
@@ -264,10 +294,21 @@ def test_remote_viewer_opens_the_vv_file_over_tls_with_usb_redirection(
         assert f"{channel}: Using TLS, port {ports.spice_tls_port}" in log, tail
     assert "Using plain text" not in log
     assert not path.exists(), "delete-this-file=1 should have removed the .vv file"
+    # ...and every one of them went through the platform's SPICE gateway, which the .vv
+    # file named, authenticated with its credential (spice-gtk sends Basic proxy auth).
+    assert "proxy=http://" in vv.content and f"@127.0.0.1:{spice_gateway}\n" in vv.content
+    tunnels = DesktopEvent.objects.filter(
+        desktop=desktop, reason__startswith="SPICE channel opened through the gateway"
+    ).count()
+    assert tunnels >= 4 + usb_devices, (tunnels, tail)
 
 
 def test_a_vv_file_whose_password_expired_is_refused_by_the_spice_server(
-    running_guest: tuple[Any, Desktop], spice_tls: tls.PkiPaths, tmp_path: Path, settings: Any
+    running_guest: tuple[Any, Desktop],
+    spice_tls: tls.PkiPaths,
+    tmp_path: Path,
+    settings: Any,
+    spice_gateway: int,
 ) -> None:
     """QEMU's SPICE server itself enforces the file's expiry (the ticket's lifetime)."""
     if not (shutil.which("remote-viewer") and shutil.which("xvfb-run")):
