@@ -35,7 +35,11 @@ from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
 from templates_app.tests.factories import HardwareProfileFactory
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.asyncio,
+    pytest.mark.usefixtures("clean_throttles"),
+]
 
 PASSWORD = "Pa55-w0r"
 
@@ -343,3 +347,26 @@ async def test_an_idle_tunnel_is_closed(
     # The gateway of this test closes after 0.5 s without a byte either way.
     assert await asyncio.wait_for(reader.read(), timeout=5) == b""
     writer.close()
+
+
+async def test_a_flood_of_refused_connects_is_429_and_successes_never_count(
+    display: StandIn, spice_tls_port: list[int], gateway: int, settings: Any
+) -> None:
+    settings.ISARD_GATEWAY_FAILURE_RATE = "3/minute"
+    spice_tls_port[0] = display.port
+    owner, desktop = await student_with_desktop()
+    credential = await issue(owner, desktop)
+    target = f"127.0.0.1:{display.port}"
+    for _ in range(6):  # a session's channels and reconnects: more than the rate
+        status, *_, writer = await tunnel_with(gateway, credential, target)
+        writer.close()
+        assert status == 200
+    for _ in range(3):
+        status, *_, writer = await connect(gateway, target, basic(credential.public_id, "x"))
+        writer.close()
+        assert status == 407
+    # Now even the right credential is refused: nothing is looked at while limited.
+    status, *_, writer = await tunnel_with(gateway, credential, target)
+    writer.close()
+    assert status == 429
+    assert len(await gateway_events(desktop)) == 6

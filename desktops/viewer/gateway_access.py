@@ -11,6 +11,7 @@ general proxy into the hypervisors' network.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
@@ -27,6 +28,7 @@ from desktops.viewer.checks import viewer_check, viewer_event_record, viewer_ref
 from desktops.viewer.services import graphics_host, hash_token
 from hypervisors.drivers import libvirt_driver
 from isard.core.errors import ApplicationError, PermissionDeniedError
+from isard.core.rate_limits import rate_window_release, rate_window_take
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,10 @@ def _same_host(a: str, b: str) -> bool:
     return a.strip("[]").lower() == b.strip("[]").lower()
 
 
+#: Refused CONNECTs per client address before the gateway stops looking (429).
+DEFAULT_FAILURE_RATE = "30/minute"
+
+
 def gateway_tunnel_authorize(
     *,
     credential_id: str,
@@ -134,9 +140,34 @@ def gateway_tunnel_authorize(
     now: datetime | None = None,
 ) -> TunnelGrant:
     """May this CONNECT be tunnelled? Raises `GatewayRefusedError` (407: no valid
-    credential; 403: not this target, or not now; 502: the hypervisor does not answer).
-    A granted tunnel is a desktop event. Talks to libvirt: call it outside a transaction.
+    credential; 403: not this target, or not now; 429: too many refusals from this
+    address, `ISARD_GATEWAY_FAILURE_RATE`, checked before anything else; 502: the
+    hypervisor does not answer). Only refusals count: a session's channels and
+    reconnects never fill the window. A granted tunnel is a desktop event. Talks to
+    libvirt: call it outside a transaction.
     """
+    rate = getattr(settings, "ISARD_GATEWAY_FAILURE_RATE", DEFAULT_FAILURE_RATE)
+    ident = hashlib.sha256((client or "-").encode()).hexdigest()[:32]
+    window = rate_window_take(key=f"throttle_gateway_address_{ident}", rate=rate)
+    if not window.allowed:
+        logger.warning("gateway refused (too-many-refusals): client=%s", client or "-")
+        raise GatewayRefusedError(429, "flood", "Too many refused connections: wait.")
+    grant = _authorize(
+        credential_id=credential_id, secret=secret, host=host, port=port, client=client, now=now
+    )
+    rate_window_release(window)
+    return grant
+
+
+def _authorize(
+    *,
+    credential_id: str,
+    secret: str,
+    host: str,
+    port: int,
+    client: str,
+    now: datetime | None,
+) -> TunnelGrant:
     now = now or timezone.now()
     where = client or "an unknown address"
     record = (
