@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import authenticate
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
 
 from accounts.choices import Role
 from accounts.models import LdapAccount, User
@@ -21,7 +24,9 @@ from accounts.tests.slapd import (  # noqa: F401  (fixtures)
     slapd_fixture,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
+
+UNREACHABLE = "directory cannot be reached right now"
 
 
 @pytest.fixture
@@ -36,6 +41,16 @@ def role_groups(directory: LdapTree, settings: Any) -> dict[str, str]:
     }
     settings.ISARD_LDAP_ROLE_GROUPS = groups
     return groups
+
+
+@pytest.fixture
+def unreachable_directory(settings: Any) -> str:
+    """Directory login configured, with nothing listening where the directory should be."""
+    uri = f"ldap://127.0.0.1:{free_port()}"
+    settings.ISARD_LDAP_SERVER_URI = uri
+    settings.ISARD_LDAP_USER_SEARCH_BASE = "ou=people,dc=school,dc=test"
+    settings.ISARD_LDAP_TIMEOUT = 1.0
+    return uri
 
 
 @pytest.fixture
@@ -240,3 +255,84 @@ def test_backend_does_nothing_when_ldap_is_not_configured(
     settings.ISARD_LDAP_SERVER_URI = ""
 
     assert authenticate(None, username="alice", password="alice-password") is None
+
+
+def sign_in_page(username: str, password: str) -> Any:
+    return Client().post(reverse("accounts:sign-in"), {"username": username, "password": password})
+
+
+def test_sign_in_page_says_the_directory_cannot_be_reached_and_logs_it(
+    unreachable_directory: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap.backend"):
+        response = sign_in_page("alice", "alice-password")
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert UNREACHABLE in page
+    assert "correct username" not in page
+    assert unreachable_directory in caplog.text
+
+
+def test_an_unreachable_directory_does_not_tell_which_usernames_exist(
+    unreachable_directory: str,
+) -> None:
+    """A known local name with a wrong password and an unknown name get the same page."""
+    UserFactory.create(username="localteacher", role=Role.TEACHER)
+
+    known = sign_in_page("localteacher", "wrong")
+    unknown = sign_in_page("nobody", "wrong")
+
+    assert (known.status_code, unknown.status_code) == (200, 200)
+    assert known.context["form"].errors == unknown.context["form"].errors
+    assert UNREACHABLE in str(known.context["form"].errors)
+
+
+def test_local_accounts_sign_in_on_the_page_while_the_directory_is_down(
+    unreachable_directory: str,
+) -> None:
+    UserFactory.create(username="localteacher", role=Role.TEACHER)
+
+    response = sign_in_page("localteacher", "password")
+
+    assert response.status_code == 302
+
+
+def test_api_login_answers_503_when_the_directory_cannot_be_reached(
+    unreachable_directory: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    UserFactory.create(username="localteacher", role=Role.TEACHER)
+
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap.backend"):
+        response = APIClient().post(
+            "/api/v1/auth/login/", {"username": "alice", "password": "alice-password"}
+        )
+        local = APIClient().post(
+            "/api/v1/auth/login/", {"username": "localteacher", "password": "password"}
+        )
+
+    assert response.status_code == 503, response.content
+    assert UNREACHABLE in response.json()["message"]
+    assert unreachable_directory in caplog.text
+    assert local.status_code == 201, local.content
+
+
+def test_a_wrong_password_with_the_directory_up_is_still_a_wrong_password(
+    directory: LdapTree,
+) -> None:
+    directory.add_person("judy", password="judy-password")
+
+    page = sign_in_page("judy", "wrong").content.decode()
+    api = APIClient().post("/api/v1/auth/login/", {"username": "judy", "password": "wrong"})
+
+    assert "correct username" in page and UNREACHABLE not in page
+    assert api.status_code == 401
+
+
+def test_admin_login_says_the_directory_cannot_be_reached(unreachable_directory: str) -> None:
+    response = Client().post(
+        reverse("admin:login"), {"username": "carol", "password": "carol-password"}
+    )
+
+    assert response.status_code == 200
+    assert UNREACHABLE in response.content.decode()
