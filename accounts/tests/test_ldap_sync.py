@@ -24,6 +24,7 @@ from accounts.models import (
     School,
     User,
 )
+from accounts.services.enrolment import course_join_with_code, enrolment_code_regenerate
 from accounts.tasks import ldap_sync_task
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
 from accounts.tests.slapd import (  # noqa: F401  (fixtures)
@@ -279,6 +280,107 @@ def test_local_accounts_in_a_synced_course_are_left_alone(
 
     assert not report.has_changes
     assert "localhelper" in memberships("Maths 1A")
+
+
+def code_for(course: Course, role: CourseRole) -> str:
+    admin = UserFactory.create(role=Role.ADMIN)
+    return enrolment_code_regenerate(actor=admin, course=course, role=role).code
+
+
+def test_a_directory_teacher_who_joins_a_synced_course_with_a_code_stays_after_the_sync(
+    small_school: dict[str, str], school: School
+) -> None:
+    """Tina teaches Maths 1A through the directory; she joins Art with a teacher code."""
+    ldap_sync()
+    art = Course.objects.get(name="Art")
+    tina = User.objects.get(username="tina")
+    course_join_with_code(user=tina, code=code_for(art, CourseRole.TEACHER))
+
+    report = ldap_sync()
+
+    assert memberships("Art")["tina"] == CourseRole.TEACHER
+    assert CourseMembership.objects.get(user=tina, course=art).source == "code"
+    assert CourseMembership.objects.get(user=tina, course__name="Maths 1A").source == "directory"
+    assert report.removed_memberships == []
+
+
+def test_a_directory_student_made_teacher_by_a_code_stays_teacher_after_the_sync(
+    small_school: dict[str, str],
+) -> None:
+    ldap_sync()
+    maths = Course.objects.get(name="Maths 1A")
+    alice = User.objects.get(username="alice")  # a student of Maths 1A by the directory
+    course_join_with_code(user=alice, code=code_for(maths, CourseRole.TEACHER))
+
+    ldap_sync()
+
+    assert memberships("Maths 1A")["alice"] == CourseRole.TEACHER
+    assert CourseMembership.objects.get(user=alice, course=maths).source == "code"
+
+
+def test_a_membership_given_by_hand_to_a_directory_person_survives_the_sync(
+    small_school: dict[str, str], school: School
+) -> None:
+    ldap_sync()
+    dave = User.objects.get(username="dave")  # in Art only
+    MembershipFactory.create(user=dave, course=Course.objects.get(name="Maths 1A"))
+
+    report = ldap_sync()
+
+    assert memberships("Maths 1A")["dave"] == CourseRole.STUDENT
+    assert CourseMembership.objects.get(user=dave, course__name="Maths 1A").source == "manual"
+    assert not report.has_changes
+
+
+def test_the_sync_still_removes_what_the_directory_gave(
+    small_school: dict[str, str], directory: LdapTree
+) -> None:
+    ldap_sync()
+    directory.remove_member(small_school["math_students"], "bob")
+
+    report = ldap_sync()
+
+    assert "bob" not in memberships("Maths 1A")
+    assert [change.username for change in report.removed_memberships] == ["bob"]
+
+
+def test_a_membership_given_by_code_and_then_by_the_directory_keeps_its_source(
+    small_school: dict[str, str], school: School, directory: LdapTree
+) -> None:
+    """Given by a code first, later listed by a group too: the code's, so the directory
+    taking the person out of the group later does not take them out of the course."""
+    ldap_sync()
+    maths = Course.objects.get(name="Maths 1A")
+    dave = User.objects.get(username="dave")
+    course_join_with_code(user=dave, code=code_for(maths, CourseRole.STUDENT))
+    directory.add_member(small_school["math_students"], "dave")
+
+    assert not ldap_sync().added_memberships
+    assert CourseMembership.objects.get(user=dave, course=maths).source == "code"
+
+    directory.remove_member(small_school["math_students"], "dave")
+    ldap_sync()
+
+    assert memberships("Maths 1A")["dave"] == CourseRole.STUDENT
+
+
+def test_a_teacher_group_raises_a_membership_by_hand_but_never_lowers_one(
+    small_school: dict[str, str], school: School, directory: LdapTree
+) -> None:
+    ldap_sync()
+    maths = Course.objects.get(name="Maths 1A")
+    dave = User.objects.get(username="dave")
+    MembershipFactory.create(user=dave, course=maths, role=CourseRole.STUDENT)
+    directory.add_member(small_school["math_teachers"], "dave")
+    alice = CourseMembership.objects.get(user__username="alice", course=maths)
+    alice.role, alice.source = CourseRole.TEACHER, "manual"
+    alice.save()
+
+    ldap_sync()
+
+    assert memberships("Maths 1A")["dave"] == CourseRole.TEACHER  # raised
+    assert memberships("Maths 1A")["alice"] == CourseRole.TEACHER  # not lowered
+    assert CourseMembership.objects.get(user=dave, course=maths).source == "manual"
 
 
 def test_mapping_to_an_existing_course_uses_it(directory: LdapTree, school: School) -> None:
