@@ -8,6 +8,7 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.contrib.auth import authenticate
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -381,6 +382,23 @@ def test_a_teacher_group_raises_a_membership_by_hand_but_never_lowers_one(
     assert memberships("Maths 1A")["dave"] == CourseRole.TEACHER  # raised
     assert memberships("Maths 1A")["alice"] == CourseRole.TEACHER  # not lowered
     assert CourseMembership.objects.get(user=dave, course=maths).source == "manual"
+
+
+def test_people_in_no_synced_group_are_not_created_and_signing_in_alone_does_not_disable(
+    small_school: dict[str, str], directory: LdapTree
+) -> None:
+    """As the README says: the sync makes only people of synced groups, and disables only
+    those it has seen in one; someone who just signs in stays as they are."""
+    directory.add_person("walter", password="walter-password")
+    directory.add_person("xena")
+    walter = authenticate(None, username="walter", password="walter-password")
+    assert isinstance(walter, User)
+
+    ldap_sync()
+
+    assert not User.objects.filter(username="xena").exists()
+    walter.refresh_from_db()
+    assert walter.is_active and not walter.memberships.exists()
 
 
 def test_mapping_to_an_existing_course_uses_it(directory: LdapTree, school: School) -> None:
