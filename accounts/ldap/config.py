@@ -16,10 +16,10 @@ import ldap
 import ldap.dn
 from django.conf import settings
 from django_auth_ldap.config import (
-    GroupOfNamesType,
-    GroupOfUniqueNamesType,
     LDAPGroupType,
     LDAPSearch,
+    NestedGroupOfNamesType,
+    NestedGroupOfUniqueNamesType,
     PosixGroupType,
 )
 
@@ -162,9 +162,11 @@ class LdapConfig:
     def auth_ldap_settings(self) -> dict[str, Any]:
         """django-auth-ldap's settings (names without `AUTH_LDAP_`)."""
         object_class = self.group_type if self.group_type in GROUP_TYPES else GROUP_OF_NAMES
+        # The nested kinds follow groups listed in groups (a "teachers" group listing the
+        # science teachers' group), as the group sync does.
         group_types: dict[str, LDAPGroupType] = {
-            GROUP_OF_NAMES: GroupOfNamesType(),
-            GROUP_OF_UNIQUE_NAMES: GroupOfUniqueNamesType(),
+            GROUP_OF_NAMES: NestedGroupOfNamesType(),
+            GROUP_OF_UNIQUE_NAMES: NestedGroupOfUniqueNamesType(),
             POSIX_GROUP: PosixGroupType(),
         }
         return {

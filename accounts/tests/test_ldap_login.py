@@ -138,6 +138,26 @@ def test_group_of_unique_names_role_groups_work_at_login(
     assert isinstance(hugo, User) and hugo.role == Role.TEACHER
 
 
+@pytest.mark.parametrize("kind", ["groupOfNames", "groupOfUniqueNames"])
+def test_a_nested_role_group_gives_the_role_at_login(
+    directory: LdapTree, settings: Any, kind: str
+) -> None:
+    """Teachers lists the science teachers' group, which lists Nina."""
+    directory.add_person("nina", password="nina-password")
+    add_group = directory.add_group_of_names
+    if kind == "groupOfUniqueNames":
+        add_group = directory.add_group_of_unique_names
+    science = add_group("science-teachers", ["nina"])
+    teachers = add_group("teachers", [science])
+    settings.ISARD_LDAP_GROUP_TYPE = kind
+    settings.ISARD_LDAP_ROLE_GROUPS = {"teacher": teachers}
+
+    user = authenticate(None, username="nina", password="nina-password")
+
+    assert isinstance(user, User)
+    assert User.objects.get(pk=user.pk).role == Role.TEACHER
+
+
 def test_wrong_password_is_refused_and_creates_nobody(
     directory: LdapTree, role_groups: dict[str, str]
 ) -> None:

@@ -401,6 +401,69 @@ def test_people_in_no_synced_group_are_not_created_and_signing_in_alone_does_not
     assert walter.is_active and not walter.memberships.exists()
 
 
+def test_a_group_listing_other_groups_brings_their_members_at_any_depth(
+    directory: LdapTree, school: School
+) -> None:
+    """Year 1 lists class 1A (groupOfNames) and class 1B (groupOfUniqueNames), and 1B
+    lists the posixGroup of its late joiners: everyone of them is in Year 1's course."""
+    for uid in ("ana", "ben", "cai", "dov"):
+        directory.add_person(uid)
+    late = directory.add_posix_group("late-1b", ["dov"])
+    class_1a = directory.add_group_of_names("class-1a", ["ana"])
+    class_1b = directory.add_group_of_unique_names("class-1b", ["ben", late])
+    year_1 = directory.add_group_of_names("year-1", ["cai", class_1a, class_1b])
+    mapping(year_1, "Year 1", school=school)
+
+    report = ldap_sync()
+
+    assert set(memberships("Year 1")) == {"ana", "ben", "cai", "dov"}
+    assert report.skipped == []
+    directory.remove_member(class_1b, late)
+    ldap_sync()
+    assert set(memberships("Year 1")) == {"ana", "ben", "cai"}
+
+
+def test_groups_that_list_each_other_do_not_loop(directory: LdapTree, school: School) -> None:
+    for uid in ("eve", "fay"):
+        directory.add_person(uid)
+    first = directory.add_group_of_names("loop-a", ["eve"])
+    second = directory.add_group_of_names("loop-b", ["fay", first])
+    directory.add_member(first, second)
+    mapping(first, "Loop", school=school)
+
+    report = ldap_sync()
+
+    assert set(memberships("Loop")) == {"eve", "fay"}
+    assert report.skipped == []
+
+
+def test_groups_nested_too_deep_are_reported_not_read(directory: LdapTree, school: School) -> None:
+    directory.add_person("gil")
+    directory.add_person("hal")
+    inner = directory.add_group_of_names("level-12", ["gil"])
+    for level in range(11, 0, -1):
+        inner = directory.add_group_of_names(f"level-{level}", [inner])
+    directory.add_member(inner, "hal")
+    mapping(inner, "Deep", school=school)
+
+    report = ldap_sync()
+
+    assert set(memberships("Deep")) == {"hal"}
+    assert ["nested more than 10 deep" in entry.reason for entry in report.skipped] == [True]
+
+
+def test_a_nested_teacher_group_gives_the_role(
+    directory: LdapTree, small_school: dict[str, str], settings: Any
+) -> None:
+    science = directory.add_group_of_names("science-teachers", ["bob"])
+    teachers = directory.add_group_of_names("teachers", ["tina", science])
+    settings.ISARD_LDAP_ROLE_GROUPS = {"teacher": teachers}
+
+    ldap_sync()
+
+    assert User.objects.get(username="bob").role == Role.TEACHER
+
+
 def test_mapping_to_an_existing_course_uses_it(directory: LdapTree, school: School) -> None:
     course = CourseFactory.create(school=school, name="Physics")
     directory.add_person("zoe")
