@@ -107,7 +107,7 @@ class LdapGroupMapping(models.Model):
         "group DN",
         max_length=512,
         help_text=(
-            "A groupOfNames, groupOfUniqueNames or posixGroup, "
+            "A groupOfNames, groupOfUniqueNames, posixGroup or Active Directory group, "
             "e.g. cn=math-1a,ou=groups,dc=school,dc=example."
         ),
     )
@@ -179,6 +179,7 @@ class SchoolDirectory(models.Model):
             ("groupOfNames", "groupOfNames"),
             ("groupOfUniqueNames", "groupOfUniqueNames"),
             ("posixGroup", "posixGroup"),
+            ("group", "group (Active Directory)"),
         ],
         default="groupOfNames",
     )

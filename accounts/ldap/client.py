@@ -4,10 +4,10 @@
 `DirectoryError` (`DirectoryUnreachableError` when the directory does not answer).
 `read_directory` reads everything the group sync needs in one connection: every person
 under the search base (paged, so a server's size limit does not cut the list short) and
-each mapped group, groupOfNames, groupOfUniqueNames or posixGroup as each entry says,
-with the members of the groups it lists.
-Entries that cannot be used (a member that does not exist, a person without a login
-name...) are returned as `BrokenEntry` items to report, never raised.
+each mapped group, groupOfNames, groupOfUniqueNames, posixGroup or Active Directory's
+group as each entry says, with the members of the groups it lists. Entries that cannot
+be used (a member that does not exist, a person without a login name...) are returned as
+`BrokenEntry` items to report, never raised.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def read_people(
 
 
 #: Object classes of groups whose members are DNs, in lower case.
-DN_LIST_CLASSES = frozenset({"groupofnames", "groupofuniquenames"})
+DN_LIST_CLASSES = frozenset({"groupofnames", "groupofuniquenames", "group"})
 
 
 #: How deep groups listing groups are followed; deeper ones are reported, not read.
@@ -285,8 +285,9 @@ def read_group(
 
     posixGroup members are the memberUid values plus everyone whose primary group
     (gidNumber) it is, as django-auth-ldap counts them at login. groupOfNames (and
-    groupOfUniqueNames) members are DNs; a member that is itself a group brings its own
-    members, at any depth, as a school's "year 1" group lists its classes.
+    groupOfUniqueNames, Active Directory's group) members are DNs; a member that is
+    itself a group brings its own members, as a school's "year 1" group lists its
+    classes.
     """
     entry = read_entry(connection, group_dn, GROUP_ATTRIBUTES)
     if entry is None:
@@ -295,7 +296,9 @@ def read_group(
     is_posix, is_dn_list = group_classes(entry)
     if not (is_posix or is_dn_list):
         snapshot.broken.append(
-            BrokenEntry(group_dn, "is not a groupOfNames, groupOfUniqueNames or posixGroup")
+            BrokenEntry(
+                group_dn, "is not a groupOfNames, groupOfUniqueNames, posixGroup or group (AD)"
+            )
         )
         return None
     members, unresolved, listed = group_members(

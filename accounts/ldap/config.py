@@ -18,6 +18,7 @@ from django.conf import settings
 from django_auth_ldap.config import (
     LDAPGroupType,
     LDAPSearch,
+    NestedActiveDirectoryGroupType,
     NestedGroupOfNamesType,
     NestedGroupOfUniqueNamesType,
     PosixGroupType,
@@ -35,7 +36,10 @@ GROUP_OF_UNIQUE_NAMES = "groupOfUniqueNames"  # members in `uniqueMember` (older
 POSIX_GROUP = "posixGroup"
 
 
-GROUP_TYPES = (GROUP_OF_NAMES, GROUP_OF_UNIQUE_NAMES, POSIX_GROUP)
+ACTIVE_DIRECTORY_GROUP = "group"  # Active Directory's groups, members in `member`
+
+
+GROUP_TYPES = (GROUP_OF_NAMES, GROUP_OF_UNIQUE_NAMES, POSIX_GROUP, ACTIVE_DIRECTORY_GROUP)
 
 
 #: Highest first: someone in several role groups gets the first of these.
@@ -168,6 +172,7 @@ class LdapConfig:
             GROUP_OF_NAMES: NestedGroupOfNamesType(),
             GROUP_OF_UNIQUE_NAMES: NestedGroupOfUniqueNamesType(),
             POSIX_GROUP: PosixGroupType(),
+            ACTIVE_DIRECTORY_GROUP: NestedActiveDirectoryGroupType(),
         }
         return {
             "SERVER_URI": self.server_uri,

@@ -158,6 +158,23 @@ def test_a_nested_role_group_gives_the_role_at_login(
     assert User.objects.get(pk=user.pk).role == Role.TEACHER
 
 
+def test_active_directory_role_groups_work_at_login_nested_too(
+    directory: LdapTree, settings: Any
+) -> None:
+    """AD keeps groups as objectClass=group, members in `member`, often nested."""
+    directory.add_person("omar", password="omar-password")
+    directory.add_person("pia", password="pia-password")
+    science = directory.add_active_directory_group("Science Teachers", ["pia"])
+    teachers = directory.add_active_directory_group("Teachers", ["omar", science])
+    settings.ISARD_LDAP_GROUP_TYPE = "group"
+    settings.ISARD_LDAP_ROLE_GROUPS = {"teacher": teachers}
+
+    for username in ("omar", "pia"):
+        user = authenticate(None, username=username, password=f"{username}-password")
+        assert isinstance(user, User)
+        assert User.objects.get(pk=user.pk).role == Role.TEACHER
+
+
 def test_wrong_password_is_refused_and_creates_nobody(
     directory: LdapTree, role_groups: dict[str, str]
 ) -> None:

@@ -452,6 +452,24 @@ def test_groups_nested_too_deep_are_reported_not_read(directory: LdapTree, schoo
     assert ["nested more than 10 deep" in entry.reason for entry in report.skipped] == [True]
 
 
+def test_active_directory_groups_feed_courses_nested_and_empty_too(
+    directory: LdapTree, school: School
+) -> None:
+    for uid in ("quin", "rosa"):
+        directory.add_person(uid)
+    class_2a = directory.add_active_directory_group("Class 2A", ["rosa"])
+    year_2 = directory.add_active_directory_group("Year 2", ["quin", class_2a])
+    empty = directory.add_active_directory_group("Chess club", [])
+    mapping(year_2, "Year 2", school=school)
+    mapping(empty, "Chess club", school=school)
+
+    report = ldap_sync()
+
+    assert set(memberships("Year 2")) == {"quin", "rosa"}
+    assert memberships("Chess club") == {}
+    assert report.skipped == []
+
+
 def test_a_nested_teacher_group_gives_the_role(
     directory: LdapTree, small_school: dict[str, str], settings: Any
 ) -> None:
