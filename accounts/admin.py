@@ -181,6 +181,9 @@ class MembershipInline(RoleScopedMixin, admin.TabularInline):
     model = CourseMembership
     extra = 1
     autocomplete_fields = ("user",)
+    # Rows added here are "manual"; the group sync removes only those it gave itself.
+    fields = ("user", "role", "source")
+    readonly_fields = ("source",)
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(course__in=permissions.courses_taught_by(actor))

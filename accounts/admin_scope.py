@@ -29,6 +29,7 @@ from django.template.response import TemplateResponse
 
 from accounts import permissions
 from accounts.choices import Role
+from accounts.forms import DirectoryAwareSignInMixin
 from accounts.models import Course, School, User
 from accounts.rate_limits import sign_in_attempt_start
 from isard.core.errors import TooManyRequestsError
@@ -89,7 +90,7 @@ def admin_login_limited(login: AdminLogin) -> AdminLogin:
     return limited
 
 
-class IsardAdminAuthenticationForm(AdminAuthenticationForm):
+class IsardAdminAuthenticationForm(DirectoryAwareSignInMixin, AdminAuthenticationForm):
     """The admin's login: for the roles that use the admin, whatever their `is_staff`."""
 
     def confirm_login_allowed(self, user: Any) -> None:

@@ -15,3 +15,11 @@ class Role(models.TextChoices):
 class CourseRole(models.TextChoices):
     TEACHER = "teacher", "Teacher"
     STUDENT = "student", "Student"
+
+
+class MembershipSource(models.TextChoices):
+    """Who put someone in a course. The group sync removes only what the directory gave."""
+
+    DIRECTORY = "directory", "Directory (group sync)"
+    CODE = "code", "Enrolment code"
+    MANUAL = "manual", "By hand"

@@ -8,6 +8,7 @@ from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.validators import UnicodeUsernameValidator
 
+from accounts.ldap.backend import DIRECTORY_UNREACHABLE_MESSAGE, directory_unreachable
 from accounts.services.enrolment import enrolment_code_find
 from isard.core.errors import ApplicationError
 
@@ -23,7 +24,25 @@ def clean_code(value: str) -> str:
     return value
 
 
-class SignInForm(AuthenticationForm):
+class DirectoryAwareSignInMixin:
+    """A failed sign-in says the directory is down when it is, not "wrong password".
+
+    Whatever the username: it tells nobody which names exist. Local accounts still sign
+    in meanwhile (the backends try them after the directory).
+    """
+
+    request: Any
+
+    def get_invalid_login_error(self) -> forms.ValidationError:
+        if directory_unreachable(self.request):
+            return forms.ValidationError(
+                DIRECTORY_UNREACHABLE_MESSAGE, code="directory_unreachable"
+            )
+        error: forms.ValidationError = super().get_invalid_login_error()  # type: ignore[misc]
+        return error
+
+
+class SignInForm(DirectoryAwareSignInMixin, AuthenticationForm):
     """Username and password, and optionally a course code to join at the same time."""
 
     code = forms.CharField(

@@ -6,7 +6,7 @@ from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from accounts.choices import CourseRole, Role
+from accounts.choices import CourseRole, MembershipSource, Role
 from isard.core.text import validate_name
 
 
@@ -72,9 +72,18 @@ class Course(models.Model):
 
 
 class CourseMembership(models.Model):
+    """Someone in a course, with a course role and where the membership came from.
+
+    `source` is what lets the group sync remove only the memberships it made: one given
+    by hand or by a code stays when the directory does not (or no longer) list the person.
+    """
+
     course = models.ForeignKey(Course, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=CourseRole.choices, default=CourseRole.STUDENT)
+    source = models.CharField(
+        max_length=16, choices=MembershipSource.choices, default=MembershipSource.MANUAL
+    )
 
     class Meta:
         constraints = [
@@ -98,7 +107,7 @@ class LdapGroupMapping(models.Model):
         "group DN",
         max_length=512,
         help_text=(
-            "A groupOfNames, groupOfUniqueNames or posixGroup, "
+            "A groupOfNames, groupOfUniqueNames, posixGroup or Active Directory group, "
             "e.g. cn=math-1a,ou=groups,dc=school,dc=example."
         ),
     )
@@ -170,6 +179,7 @@ class SchoolDirectory(models.Model):
             ("groupOfNames", "groupOfNames"),
             ("groupOfUniqueNames", "groupOfUniqueNames"),
             ("posixGroup", "posixGroup"),
+            ("group", "group (Active Directory)"),
         ],
         default="groupOfNames",
     )

@@ -64,7 +64,8 @@ ISARD_LDAP_USER_FILTER = env.str("ISARD_LDAP_USER_FILTER", default="(uid=%(user)
 # The attribute that holds the login name (uid; sAMAccountName on Active Directory).
 ISARD_LDAP_USERNAME_ATTRIBUTE = env.str("ISARD_LDAP_USERNAME_ATTRIBUTE", default="uid")
 ISARD_LDAP_GROUP_SEARCH_BASE = env.str("ISARD_LDAP_GROUP_SEARCH_BASE", default="")
-# How login finds a person's role groups: groupOfNames, groupOfUniqueNames or posixGroup.
+# How login finds a person's role groups: groupOfNames, groupOfUniqueNames, posixGroup or
+# group (Active Directory).
 # (The group sync recognises every kind from each group's objectClass.)
 ISARD_LDAP_GROUP_TYPE = env.str("ISARD_LDAP_GROUP_TYPE", default="groupOfNames")
 ISARD_LDAP_START_TLS = env.bool("ISARD_LDAP_START_TLS", default=False)

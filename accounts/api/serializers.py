@@ -86,7 +86,7 @@ class MemberSerializer(serializers.ModelSerializer[CourseMembership]):
 
     class Meta:
         model = CourseMembership
-        fields = ["id", "user", "username", "first_name", "last_name", "role"]
+        fields = ["id", "user", "username", "first_name", "last_name", "role", "source"]
         read_only_fields = fields
 
 

@@ -30,6 +30,11 @@ from accounts.api.serializers import (
     QuotaSerializer,
     UsageLineSerializer,
 )
+from accounts.ldap.backend import (
+    DIRECTORY_UNREACHABLE_MESSAGE,
+    DirectoryUnavailableError,
+    directory_unreachable,
+)
 from accounts.models import ApiToken, Course, CourseMembership, Quota, User
 from accounts.permissions import (
     can_manage_course,
@@ -79,6 +84,8 @@ class LoginView(APIView):
         attempt = sign_in_attempt_start(username=username, address=client_address(request._request))
         user = authenticate(request._request, username=username, password=data["password"])
         if not isinstance(user, User) or not user.is_active:
+            if directory_unreachable(request._request):
+                raise DirectoryUnavailableError(DIRECTORY_UNREACHABLE_MESSAGE)
             raise exceptions.AuthenticationFailed("Wrong username or password.")
         attempt.succeeded()
         token, key = api_token_create(user=user, name=data.get("token_name", ""))

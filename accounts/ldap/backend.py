@@ -3,8 +3,9 @@
 
 It binds as the person to check the password, copies names and e-mail, sets the role
 from the role groups (the highest wins) and refuses disabled accounts. When the
-directory does not answer within `ISARD_LDAP_TIMEOUT` it logs why and lets the next
-backend (local accounts) try.
+directory does not answer within `ISARD_LDAP_TIMEOUT` it logs why, marks the request
+(`directory_unreachable`) so that the sign-in says so rather than "wrong password", and
+lets the next backend (local accounts) try.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from contextvars import ContextVar
 from typing import Any
 
 from django.dispatch import receiver
+from django.http import HttpRequest
 from django_auth_ldap.backend import LDAPBackend, ldap_error, populate_user
 
 from accounts.ldap.client import UNREACHABLE_ERRORS, describe_ldap_error
 from accounts.ldap.config import LdapConfig, highest_role
 from accounts.ldap.people import ldap_account_link
 from accounts.models import LdapAccount, School, SchoolDirectory, User
+from isard.core.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,30 @@ logger = logging.getLogger(__name__)
 #: The directory a login is trying now, for the error log (django-auth-ldap's signals do
 #: not say which backend instance sent them).
 current_config: ContextVar[LdapConfig | None] = ContextVar("current_ldap_config", default=None)
+
+
+#: The attribute set on a request whose sign-in could not reach a directory.
+UNREACHABLE_MARK = "isard_directory_unreachable"
+
+
+DIRECTORY_UNREACHABLE_MESSAGE = (
+    "The school's directory cannot be reached right now, so school accounts cannot sign "
+    "in. Try again in a few minutes; if it lasts, tell your school's administrator."
+)
+
+
+class DirectoryUnavailableError(ApplicationError):
+    """A sign-in failed while a directory it needed did not answer: not a wrong password.
+
+    Said whatever the username, so that it tells nobody which names exist.
+    """
+
+    status_code = 503
+
+
+def directory_unreachable(request: HttpRequest | None) -> bool:
+    """Whether a directory did not answer during this request's sign-in."""
+    return bool(getattr(request, UNREACHABLE_MARK, False))
 
 
 def school_directory_configs() -> list[LdapConfig]:
@@ -146,6 +173,8 @@ def log_directory_error(
     config = current_config.get() or LdapConfig.from_settings()
     uri = config.server_uri
     if isinstance(exception, UNREACHABLE_ERRORS):
+        if request is not None:
+            setattr(request, UNREACHABLE_MARK, True)
         logger.error(
             "The LDAP directory %s is unreachable (%s) while %s; trying local accounts.",
             uri,

@@ -4,9 +4,10 @@
 `DirectoryError` (`DirectoryUnreachableError` when the directory does not answer).
 `read_directory` reads everything the group sync needs in one connection: every person
 under the search base (paged, so a server's size limit does not cut the list short) and
-each mapped group, groupOfNames, groupOfUniqueNames or posixGroup as each entry says.
-Entries that cannot be used (a member that does not exist, a person without a login
-name...) are returned as `BrokenEntry` items to report, never raised.
+each mapped group, groupOfNames, groupOfUniqueNames, posixGroup or Active Directory's
+group as each entry says, with the members of the groups it lists. Entries that cannot
+be used (a member that does not exist, a person without a login name...) are returned as
+`BrokenEntry` items to report, never raised.
 """
 
 from __future__ import annotations
@@ -259,6 +260,20 @@ def read_people(
     return by_dn, by_gid
 
 
+#: Object classes of groups whose members are DNs, in lower case.
+DN_LIST_CLASSES = frozenset({"groupofnames", "groupofuniquenames", "group"})
+
+
+#: How deep groups listing groups are followed; deeper ones are reported, not read.
+MAX_NESTING = 10
+
+
+def group_classes(entry: Mapping[str, list[bytes]]) -> tuple[bool, bool]:
+    """(is a posixGroup, lists its members as DNs) for an entry."""
+    classes = {value.decode().lower() for value in entry.get("objectclass", [])}
+    return "posixgroup" in classes, bool(classes & DN_LIST_CLASSES)
+
+
 def read_group(
     connection: Any,
     group_dn: str,
@@ -270,20 +285,44 @@ def read_group(
 
     posixGroup members are the memberUid values plus everyone whose primary group
     (gidNumber) it is, as django-auth-ldap counts them at login. groupOfNames (and
-    groupOfUniqueNames) members are DNs.
+    groupOfUniqueNames, Active Directory's group) members are DNs; a member that is
+    itself a group brings its own members, as a school's "year 1" group lists its
+    classes.
     """
     entry = read_entry(connection, group_dn, GROUP_ATTRIBUTES)
     if entry is None:
         snapshot.broken.append(BrokenEntry(group_dn, "the group does not exist"))
         return None
-    classes = {value.decode().lower() for value in entry.get("objectclass", [])}
-    is_posix = "posixgroup" in classes
-    is_dn_list = bool(classes & {"groupofnames", "groupofuniquenames"})
+    is_posix, is_dn_list = group_classes(entry)
     if not (is_posix or is_dn_list):
         snapshot.broken.append(
-            BrokenEntry(group_dn, "is not a groupOfNames, groupOfUniqueNames or posixGroup")
+            BrokenEntry(
+                group_dn, "is not a groupOfNames, groupOfUniqueNames, posixGroup or group (AD)"
+            )
         )
         return None
+    members, unresolved, listed = group_members(
+        connection, group_dn, entry, snapshot, people_by_dn, people_by_gid, frozenset()
+    )
+    kind = POSIX_GROUP if is_posix else GROUP_OF_NAMES
+    return DirectoryGroup(group_dn, kind, frozenset(members), listed), unresolved
+
+
+def group_members(
+    connection: Any,
+    group_dn: str,
+    entry: Mapping[str, list[bytes]],
+    snapshot: DirectorySnapshot,
+    people_by_dn: Mapping[str, DirectoryPerson],
+    people_by_gid: Mapping[str, set[str]],
+    outer: frozenset[str],
+) -> tuple[set[str], list[str], int]:
+    """Usernames, member DNs that are neither people nor groups, and values listed.
+
+    `outer` holds the groups that led here: a group listing one of them is a loop and
+    adds nobody new.
+    """
+    is_posix, _is_dn_list = group_classes(entry)
     members: set[str] = set()
     unresolved: list[str] = []
     listed = 0
@@ -301,6 +340,7 @@ def read_group(
                 )
         members |= people_by_gid.get(first_text(entry, "gidNumber"), set())
     own_dn = normalize_dn(group_dn)
+    path = outer | {own_dn}
     for raw_dn in [*entry.get("member", []), *entry.get("uniquemember", [])]:
         member_dn = raw_dn.decode("utf-8", errors="replace")
         normalized = normalize_dn(member_dn)
@@ -310,19 +350,34 @@ def read_group(
         person = people_by_dn.get(normalized)
         if person is not None:
             members.add(person.username)
-        else:
+            continue
+        if normalized in path:
+            continue  # groups listing each other: everyone is counted once already
+        nested = read_entry(connection, member_dn, GROUP_ATTRIBUTES)
+        if nested is None or not any(group_classes(nested)):
             unresolved.append(member_dn)
-    kind = POSIX_GROUP if is_posix else GROUP_OF_NAMES
-    return DirectoryGroup(group_dn, kind, frozenset(members), listed), unresolved
+            continue
+        if len(path) > MAX_NESTING:
+            snapshot.broken.append(
+                BrokenEntry(
+                    member_dn,
+                    f"a group nested more than {MAX_NESTING} deep was not read; "
+                    f"listed in {group_dn}",
+                )
+            )
+            continue
+        nested_members, nested_unresolved, _listed = group_members(
+            connection, member_dn, nested, snapshot, people_by_dn, people_by_gid, path
+        )
+        members |= nested_members
+        unresolved.extend(nested_unresolved)
+    return members, unresolved, listed
 
 
 def explain_unresolved_member(connection: Any, config: LdapConfig, member_dn: str) -> str:
     entry = read_entry(connection, member_dn, ["objectClass", config.username_attribute])
     if entry is None:
         return "the member does not exist"
-    classes = {value.decode().lower() for value in entry.get("objectclass", [])}
-    if classes & {"groupofnames", "groupofuniquenames", "posixgroup"}:
-        return "the member is a group; nested groups are not followed"
     if not entry.get(config.username_attribute.lower()):
         return f"the member has no {config.username_attribute}"
     return f"the member is not found by {config.user_filter} under {config.user_search_base}"

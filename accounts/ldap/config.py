@@ -16,10 +16,11 @@ import ldap
 import ldap.dn
 from django.conf import settings
 from django_auth_ldap.config import (
-    GroupOfNamesType,
-    GroupOfUniqueNamesType,
     LDAPGroupType,
     LDAPSearch,
+    NestedActiveDirectoryGroupType,
+    NestedGroupOfNamesType,
+    NestedGroupOfUniqueNamesType,
     PosixGroupType,
 )
 
@@ -35,7 +36,10 @@ GROUP_OF_UNIQUE_NAMES = "groupOfUniqueNames"  # members in `uniqueMember` (older
 POSIX_GROUP = "posixGroup"
 
 
-GROUP_TYPES = (GROUP_OF_NAMES, GROUP_OF_UNIQUE_NAMES, POSIX_GROUP)
+ACTIVE_DIRECTORY_GROUP = "group"  # Active Directory's groups, members in `member`
+
+
+GROUP_TYPES = (GROUP_OF_NAMES, GROUP_OF_UNIQUE_NAMES, POSIX_GROUP, ACTIVE_DIRECTORY_GROUP)
 
 
 #: Highest first: someone in several role groups gets the first of these.
@@ -162,10 +166,13 @@ class LdapConfig:
     def auth_ldap_settings(self) -> dict[str, Any]:
         """django-auth-ldap's settings (names without `AUTH_LDAP_`)."""
         object_class = self.group_type if self.group_type in GROUP_TYPES else GROUP_OF_NAMES
+        # The nested kinds follow groups listed in groups (a "teachers" group listing the
+        # science teachers' group), as the group sync does.
         group_types: dict[str, LDAPGroupType] = {
-            GROUP_OF_NAMES: GroupOfNamesType(),
-            GROUP_OF_UNIQUE_NAMES: GroupOfUniqueNamesType(),
+            GROUP_OF_NAMES: NestedGroupOfNamesType(),
+            GROUP_OF_UNIQUE_NAMES: NestedGroupOfUniqueNamesType(),
             POSIX_GROUP: PosixGroupType(),
+            ACTIVE_DIRECTORY_GROUP: NestedActiveDirectoryGroupType(),
         }
         return {
             "SERVER_URI": self.server_uri,

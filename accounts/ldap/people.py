@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from django.db.models import CharField, Model
 from django.db.models.functions import Lower
 
-from accounts.choices import CourseRole, Role
+from accounts.choices import CourseRole, MembershipSource, Role
 from accounts.ldap.client import BrokenEntry, DirectorySnapshot
 from accounts.ldap.report import MembershipChange, SyncReport
 from accounts.models import (
@@ -167,9 +167,12 @@ def sync_memberships(
     users: dict[str, User],
     report: SyncReport,
 ) -> None:
-    """In the synced courses, make the memberships of directory people match the groups.
+    """In the synced courses, make the memberships the directory gave match the groups.
 
-    Memberships of local accounts (no `LdapAccount`) are the teachers' business and stay.
+    Only memberships with source "directory" are changed or removed. One given by hand or
+    by a code stays, with its source, even when the groups list the person too (so that
+    leaving the group later does not take them out); a teacher group may raise it to
+    teacher, never lower it. Memberships of local accounts are never the sync's.
     """
     course_names = {course.pk: course.name for course in courses}
     current = CourseMembership.objects.filter(
@@ -182,12 +185,15 @@ def sync_memberships(
         username = membership.user.username.lower()
         wanted = desired[membership.course_id].get(username)
         change = MembershipChange(username, course_names[membership.course_id], membership.role)
+        from_directory = membership.source == MembershipSource.DIRECTORY
         if wanted is None:
-            to_remove.append(membership.pk)
-            report.removed_memberships.append(change)
+            if from_directory:
+                to_remove.append(membership.pk)
+                report.removed_memberships.append(change)
             continue
         seen.add((membership.course_id, username))
-        if membership.role != wanted:
+        lowered = wanted == CourseRole.STUDENT and membership.role == CourseRole.TEACHER
+        if membership.role != wanted and (from_directory or not lowered):
             membership.role = wanted
             to_change.append(membership)
             report.changed_memberships.append(
@@ -198,7 +204,12 @@ def sync_memberships(
         for username, role in sorted(members.items()):
             if (course_id, username) not in seen:
                 to_add.append(
-                    CourseMembership(course_id=course_id, user=users[username], role=role)
+                    CourseMembership(
+                        course_id=course_id,
+                        user=users[username],
+                        role=role,
+                        source=MembershipSource.DIRECTORY,
+                    )
                 )
                 report.added_memberships.append(
                     MembershipChange(username, course_names[course_id], str(role))

@@ -78,10 +78,11 @@ def ldap_sync(*, actor: User | None = None, dry_run: bool = False) -> SyncReport
     are synced in turn, each with its mappings and role groups; one report covers all.
     For each: reads the directory first (no transaction is open during network I/O),
     then in one transaction: creates missing people and courses, updates names, e-mails
-    and roles, adds, changes and removes the course memberships of that directory's
-    people in synced courses, and disables (never deletes) its people who left every
-    synced group. Local accounts are never touched, nor people of another directory. A
-    second run with unchanged directories changes nothing.
+    and roles, adds, changes and removes the course memberships it gave (source
+    "directory"; those given by hand or by a code stay) in synced courses, and disables
+    (never deletes) its people who left every synced group. Local accounts are never
+    touched, nor people of another directory. A second run with unchanged directories
+    changes nothing.
 
     Broken entries are skipped and reported. If a mapped group cannot be read, its
     courses are left alone and nobody is disabled, so that one missing group cannot empty

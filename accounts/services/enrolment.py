@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.choices import CourseRole, Role
+from accounts.choices import CourseRole, MembershipSource, Role
 from accounts.models import (
     Course,
     CourseMembership,
@@ -116,7 +116,8 @@ def course_join_with_code(*, user: User, code: str) -> Enrolment:
 
     A teacher code makes a student a teacher (of this course, and a teacher overall);
     a student code never lowers a teacher. A person of another school is refused, so that
-    a code cannot carry anyone across schools.
+    a code cannot carry anyone across schools. The membership's source is "code", so the
+    LDAP group sync leaves it alone.
     """
     found = enrolment_code_find(code)
     course = found.course
@@ -136,12 +137,15 @@ def course_join_with_code(*, user: User, code: str) -> Enrolment:
         if changed_fields:
             user.save(update_fields=changed_fields)
         membership, created = CourseMembership.objects.get_or_create(
-            course=course, user=user, defaults={"role": role}
+            course=course, user=user, defaults={"role": role, "source": MembershipSource.CODE}
         )
         changed = created
         if not created and membership.role == CourseRole.STUDENT and role == CourseRole.TEACHER:
+            # The code now gives this role, not the directory: the group sync must not
+            # lower it or take it away.
             membership.role = role
-            membership.save(update_fields=["role"])
+            membership.source = MembershipSource.CODE
+            membership.save(update_fields=["role", "source"])
             changed = True
     final_role = CourseRole(membership.role)
     if changed:

@@ -56,6 +56,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+#: Active Directory's group class (its own OID), members in `member`, which may be empty:
+#: enough of AD's schema for isard to read AD groups from slapd.
+ACTIVE_DIRECTORY_SCHEMA = """\
+dn: cn=activedirectory,cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: activedirectory
+olcObjectClasses: ( 1.2.840.113556.1.5.8 NAME 'group' SUP top STRUCTURAL
+  MUST cn MAY ( member $ description ) )
+"""
+
+
 def config_ldif(workdir: Path) -> str:
     """cn=config for one mdb database; schemas come from Debian's /etc/ldap/schema."""
     includes = "\n".join(f"include: file:///etc/ldap/schema/{name}.ldif" for name in SCHEMAS)
@@ -82,6 +93,7 @@ cn: schema
 
 {includes}
 
+{ACTIVE_DIRECTORY_SCHEMA}
 dn: olcDatabase={{-1}}frontend,cn=config
 objectClass: olcDatabaseConfig
 objectClass: olcFrontendConfig
@@ -366,6 +378,14 @@ class LdapTree:
         return self.add(
             dn, {"objectClass": "groupOfUniqueNames", "cn": cn, "uniqueMember": member_dns}
         )
+
+    def add_active_directory_group(self, cn: str, members: list[str]) -> str:
+        """An Active Directory group (objectClass `group`); it may be empty, as in AD."""
+        dn = f"cn={cn},{self.groups_dn}"
+        attributes: dict[str, list[str] | str] = {"objectClass": "group", "cn": cn}
+        if members:
+            attributes["member"] = [self.member_dn(member) for member in members]
+        return self.add(dn, attributes)
 
     def add_posix_group(self, cn: str, member_uids: list[str], *, gid_number: int = 0) -> str:
         dn = f"cn={cn},{self.groups_dn}"

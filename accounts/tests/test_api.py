@@ -196,6 +196,7 @@ def test_a_teacher_sees_the_members_of_their_course_not_another_teachers(north: 
     assert course["can_manage"] is True and course["my_role"] == "teacher"
     members = client.get(f"/api/v1/courses/{north.course.pk}/members/").json()["results"]
     assert {m["username"] for m in members} == {north.teacher.username, north.student.username}
+    assert {m["source"] for m in members} == {"manual"}  # given by hand, not by the directory
     assert_error(client.get(f"/api/v1/courses/{north.other_course.pk}/members/"), 404)
 
 

@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import authenticate
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
 
 from accounts.choices import Role
 from accounts.models import LdapAccount, User
@@ -21,7 +24,9 @@ from accounts.tests.slapd import (  # noqa: F401  (fixtures)
     slapd_fixture,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
+
+UNREACHABLE = "directory cannot be reached right now"
 
 
 @pytest.fixture
@@ -36,6 +41,16 @@ def role_groups(directory: LdapTree, settings: Any) -> dict[str, str]:
     }
     settings.ISARD_LDAP_ROLE_GROUPS = groups
     return groups
+
+
+@pytest.fixture
+def unreachable_directory(settings: Any) -> str:
+    """Directory login configured, with nothing listening where the directory should be."""
+    uri = f"ldap://127.0.0.1:{free_port()}"
+    settings.ISARD_LDAP_SERVER_URI = uri
+    settings.ISARD_LDAP_USER_SEARCH_BASE = "ou=people,dc=school,dc=test"
+    settings.ISARD_LDAP_TIMEOUT = 1.0
+    return uri
 
 
 @pytest.fixture
@@ -121,6 +136,43 @@ def test_group_of_unique_names_role_groups_work_at_login(
     directory.add_member(teachers, "hugo")
     hugo = authenticate(None, username="hugo", password="hugo-password")
     assert isinstance(hugo, User) and hugo.role == Role.TEACHER
+
+
+@pytest.mark.parametrize("kind", ["groupOfNames", "groupOfUniqueNames"])
+def test_a_nested_role_group_gives_the_role_at_login(
+    directory: LdapTree, settings: Any, kind: str
+) -> None:
+    """Teachers lists the science teachers' group, which lists Nina."""
+    directory.add_person("nina", password="nina-password")
+    add_group = directory.add_group_of_names
+    if kind == "groupOfUniqueNames":
+        add_group = directory.add_group_of_unique_names
+    science = add_group("science-teachers", ["nina"])
+    teachers = add_group("teachers", [science])
+    settings.ISARD_LDAP_GROUP_TYPE = kind
+    settings.ISARD_LDAP_ROLE_GROUPS = {"teacher": teachers}
+
+    user = authenticate(None, username="nina", password="nina-password")
+
+    assert isinstance(user, User)
+    assert User.objects.get(pk=user.pk).role == Role.TEACHER
+
+
+def test_active_directory_role_groups_work_at_login_nested_too(
+    directory: LdapTree, settings: Any
+) -> None:
+    """AD keeps groups as objectClass=group, members in `member`, often nested."""
+    directory.add_person("omar", password="omar-password")
+    directory.add_person("pia", password="pia-password")
+    science = directory.add_active_directory_group("Science Teachers", ["pia"])
+    teachers = directory.add_active_directory_group("Teachers", ["omar", science])
+    settings.ISARD_LDAP_GROUP_TYPE = "group"
+    settings.ISARD_LDAP_ROLE_GROUPS = {"teacher": teachers}
+
+    for username in ("omar", "pia"):
+        user = authenticate(None, username=username, password=f"{username}-password")
+        assert isinstance(user, User)
+        assert User.objects.get(pk=user.pk).role == Role.TEACHER
 
 
 def test_wrong_password_is_refused_and_creates_nobody(
@@ -240,3 +292,84 @@ def test_backend_does_nothing_when_ldap_is_not_configured(
     settings.ISARD_LDAP_SERVER_URI = ""
 
     assert authenticate(None, username="alice", password="alice-password") is None
+
+
+def sign_in_page(username: str, password: str) -> Any:
+    return Client().post(reverse("accounts:sign-in"), {"username": username, "password": password})
+
+
+def test_sign_in_page_says_the_directory_cannot_be_reached_and_logs_it(
+    unreachable_directory: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap.backend"):
+        response = sign_in_page("alice", "alice-password")
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert UNREACHABLE in page
+    assert "correct username" not in page
+    assert unreachable_directory in caplog.text
+
+
+def test_an_unreachable_directory_does_not_tell_which_usernames_exist(
+    unreachable_directory: str,
+) -> None:
+    """A known local name with a wrong password and an unknown name get the same page."""
+    UserFactory.create(username="localteacher", role=Role.TEACHER)
+
+    known = sign_in_page("localteacher", "wrong")
+    unknown = sign_in_page("nobody", "wrong")
+
+    assert (known.status_code, unknown.status_code) == (200, 200)
+    assert known.context["form"].errors == unknown.context["form"].errors
+    assert UNREACHABLE in str(known.context["form"].errors)
+
+
+def test_local_accounts_sign_in_on_the_page_while_the_directory_is_down(
+    unreachable_directory: str,
+) -> None:
+    UserFactory.create(username="localteacher", role=Role.TEACHER)
+
+    response = sign_in_page("localteacher", "password")
+
+    assert response.status_code == 302
+
+
+def test_api_login_answers_503_when_the_directory_cannot_be_reached(
+    unreachable_directory: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    UserFactory.create(username="localteacher", role=Role.TEACHER)
+
+    with caplog.at_level(logging.ERROR, logger="accounts.ldap.backend"):
+        response = APIClient().post(
+            "/api/v1/auth/login/", {"username": "alice", "password": "alice-password"}
+        )
+        local = APIClient().post(
+            "/api/v1/auth/login/", {"username": "localteacher", "password": "password"}
+        )
+
+    assert response.status_code == 503, response.content
+    assert UNREACHABLE in response.json()["message"]
+    assert unreachable_directory in caplog.text
+    assert local.status_code == 201, local.content
+
+
+def test_a_wrong_password_with_the_directory_up_is_still_a_wrong_password(
+    directory: LdapTree,
+) -> None:
+    directory.add_person("judy", password="judy-password")
+
+    page = sign_in_page("judy", "wrong").content.decode()
+    api = APIClient().post("/api/v1/auth/login/", {"username": "judy", "password": "wrong"})
+
+    assert "correct username" in page and UNREACHABLE not in page
+    assert api.status_code == 401
+
+
+def test_admin_login_says_the_directory_cannot_be_reached(unreachable_directory: str) -> None:
+    response = Client().post(
+        reverse("admin:login"), {"username": "carol", "password": "carol-password"}
+    )
+
+    assert response.status_code == 200
+    assert UNREACHABLE in response.content.decode()

@@ -8,6 +8,7 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.contrib.auth import authenticate
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -24,6 +25,7 @@ from accounts.models import (
     School,
     User,
 )
+from accounts.services.enrolment import course_join_with_code, enrolment_code_regenerate
 from accounts.tasks import ldap_sync_task
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
 from accounts.tests.slapd import (  # noqa: F401  (fixtures)
@@ -279,6 +281,205 @@ def test_local_accounts_in_a_synced_course_are_left_alone(
 
     assert not report.has_changes
     assert "localhelper" in memberships("Maths 1A")
+
+
+def code_for(course: Course, role: CourseRole) -> str:
+    admin = UserFactory.create(role=Role.ADMIN)
+    return enrolment_code_regenerate(actor=admin, course=course, role=role).code
+
+
+def test_a_directory_teacher_who_joins_a_synced_course_with_a_code_stays_after_the_sync(
+    small_school: dict[str, str], school: School
+) -> None:
+    """Tina teaches Maths 1A through the directory; she joins Art with a teacher code."""
+    ldap_sync()
+    art = Course.objects.get(name="Art")
+    tina = User.objects.get(username="tina")
+    course_join_with_code(user=tina, code=code_for(art, CourseRole.TEACHER))
+
+    report = ldap_sync()
+
+    assert memberships("Art")["tina"] == CourseRole.TEACHER
+    assert CourseMembership.objects.get(user=tina, course=art).source == "code"
+    assert CourseMembership.objects.get(user=tina, course__name="Maths 1A").source == "directory"
+    assert report.removed_memberships == []
+
+
+def test_a_directory_student_made_teacher_by_a_code_stays_teacher_after_the_sync(
+    small_school: dict[str, str],
+) -> None:
+    ldap_sync()
+    maths = Course.objects.get(name="Maths 1A")
+    alice = User.objects.get(username="alice")  # a student of Maths 1A by the directory
+    course_join_with_code(user=alice, code=code_for(maths, CourseRole.TEACHER))
+
+    ldap_sync()
+
+    assert memberships("Maths 1A")["alice"] == CourseRole.TEACHER
+    assert CourseMembership.objects.get(user=alice, course=maths).source == "code"
+
+
+def test_a_membership_given_by_hand_to_a_directory_person_survives_the_sync(
+    small_school: dict[str, str], school: School
+) -> None:
+    ldap_sync()
+    dave = User.objects.get(username="dave")  # in Art only
+    MembershipFactory.create(user=dave, course=Course.objects.get(name="Maths 1A"))
+
+    report = ldap_sync()
+
+    assert memberships("Maths 1A")["dave"] == CourseRole.STUDENT
+    assert CourseMembership.objects.get(user=dave, course__name="Maths 1A").source == "manual"
+    assert not report.has_changes
+
+
+def test_the_sync_still_removes_what_the_directory_gave(
+    small_school: dict[str, str], directory: LdapTree
+) -> None:
+    ldap_sync()
+    directory.remove_member(small_school["math_students"], "bob")
+
+    report = ldap_sync()
+
+    assert "bob" not in memberships("Maths 1A")
+    assert [change.username for change in report.removed_memberships] == ["bob"]
+
+
+def test_a_membership_given_by_code_and_then_by_the_directory_keeps_its_source(
+    small_school: dict[str, str], school: School, directory: LdapTree
+) -> None:
+    """Given by a code first, later listed by a group too: the code's, so the directory
+    taking the person out of the group later does not take them out of the course."""
+    ldap_sync()
+    maths = Course.objects.get(name="Maths 1A")
+    dave = User.objects.get(username="dave")
+    course_join_with_code(user=dave, code=code_for(maths, CourseRole.STUDENT))
+    directory.add_member(small_school["math_students"], "dave")
+
+    assert not ldap_sync().added_memberships
+    assert CourseMembership.objects.get(user=dave, course=maths).source == "code"
+
+    directory.remove_member(small_school["math_students"], "dave")
+    ldap_sync()
+
+    assert memberships("Maths 1A")["dave"] == CourseRole.STUDENT
+
+
+def test_a_teacher_group_raises_a_membership_by_hand_but_never_lowers_one(
+    small_school: dict[str, str], school: School, directory: LdapTree
+) -> None:
+    ldap_sync()
+    maths = Course.objects.get(name="Maths 1A")
+    dave = User.objects.get(username="dave")
+    MembershipFactory.create(user=dave, course=maths, role=CourseRole.STUDENT)
+    directory.add_member(small_school["math_teachers"], "dave")
+    alice = CourseMembership.objects.get(user__username="alice", course=maths)
+    alice.role, alice.source = CourseRole.TEACHER, "manual"
+    alice.save()
+
+    ldap_sync()
+
+    assert memberships("Maths 1A")["dave"] == CourseRole.TEACHER  # raised
+    assert memberships("Maths 1A")["alice"] == CourseRole.TEACHER  # not lowered
+    assert CourseMembership.objects.get(user=dave, course=maths).source == "manual"
+
+
+def test_people_in_no_synced_group_are_not_created_and_signing_in_alone_does_not_disable(
+    small_school: dict[str, str], directory: LdapTree
+) -> None:
+    """As the README says: the sync makes only people of synced groups, and disables only
+    those it has seen in one; someone who just signs in stays as they are."""
+    directory.add_person("walter", password="walter-password")
+    directory.add_person("xena")
+    walter = authenticate(None, username="walter", password="walter-password")
+    assert isinstance(walter, User)
+
+    ldap_sync()
+
+    assert not User.objects.filter(username="xena").exists()
+    walter.refresh_from_db()
+    assert walter.is_active and not walter.memberships.exists()
+
+
+def test_a_group_listing_other_groups_brings_their_members_at_any_depth(
+    directory: LdapTree, school: School
+) -> None:
+    """Year 1 lists class 1A (groupOfNames) and class 1B (groupOfUniqueNames), and 1B
+    lists the posixGroup of its late joiners: everyone of them is in Year 1's course."""
+    for uid in ("ana", "ben", "cai", "dov"):
+        directory.add_person(uid)
+    late = directory.add_posix_group("late-1b", ["dov"])
+    class_1a = directory.add_group_of_names("class-1a", ["ana"])
+    class_1b = directory.add_group_of_unique_names("class-1b", ["ben", late])
+    year_1 = directory.add_group_of_names("year-1", ["cai", class_1a, class_1b])
+    mapping(year_1, "Year 1", school=school)
+
+    report = ldap_sync()
+
+    assert set(memberships("Year 1")) == {"ana", "ben", "cai", "dov"}
+    assert report.skipped == []
+    directory.remove_member(class_1b, late)
+    ldap_sync()
+    assert set(memberships("Year 1")) == {"ana", "ben", "cai"}
+
+
+def test_groups_that_list_each_other_do_not_loop(directory: LdapTree, school: School) -> None:
+    for uid in ("eve", "fay"):
+        directory.add_person(uid)
+    first = directory.add_group_of_names("loop-a", ["eve"])
+    second = directory.add_group_of_names("loop-b", ["fay", first])
+    directory.add_member(first, second)
+    mapping(first, "Loop", school=school)
+
+    report = ldap_sync()
+
+    assert set(memberships("Loop")) == {"eve", "fay"}
+    assert report.skipped == []
+
+
+def test_groups_nested_too_deep_are_reported_not_read(directory: LdapTree, school: School) -> None:
+    directory.add_person("gil")
+    directory.add_person("hal")
+    inner = directory.add_group_of_names("level-12", ["gil"])
+    for level in range(11, 0, -1):
+        inner = directory.add_group_of_names(f"level-{level}", [inner])
+    directory.add_member(inner, "hal")
+    mapping(inner, "Deep", school=school)
+
+    report = ldap_sync()
+
+    assert set(memberships("Deep")) == {"hal"}
+    assert ["nested more than 10 deep" in entry.reason for entry in report.skipped] == [True]
+
+
+def test_active_directory_groups_feed_courses_nested_and_empty_too(
+    directory: LdapTree, school: School
+) -> None:
+    for uid in ("quin", "rosa"):
+        directory.add_person(uid)
+    class_2a = directory.add_active_directory_group("Class 2A", ["rosa"])
+    year_2 = directory.add_active_directory_group("Year 2", ["quin", class_2a])
+    empty = directory.add_active_directory_group("Chess club", [])
+    mapping(year_2, "Year 2", school=school)
+    mapping(empty, "Chess club", school=school)
+
+    report = ldap_sync()
+
+    assert set(memberships("Year 2")) == {"quin", "rosa"}
+    assert memberships("Chess club") == {}
+    assert report.skipped == []
+
+
+def test_a_nested_teacher_group_gives_the_role(
+    directory: LdapTree, small_school: dict[str, str], settings: Any
+) -> None:
+    science = directory.add_group_of_names("science-teachers", ["bob"])
+    teachers = directory.add_group_of_names("teachers", ["tina", science])
+    settings.ISARD_LDAP_ROLE_GROUPS = {"teacher": teachers}
+
+    ldap_sync()
+
+    assert User.objects.get(username="bob").role == Role.TEACHER
 
 
 def test_mapping_to_an_existing_course_uses_it(directory: LdapTree, school: School) -> None:
