@@ -1,0 +1,423 @@
+"""Issue 14 on a small network of this machine: a student's PC that reaches only the platform.
+
+A network namespace stands for the student's PC, joined to the machine by a veth pair on a
+/30 of its own and no other route: from it only the platform's public address answers. The
+SPICE gateway listens on that address. Inside the namespace, Debian's remote-viewer (on an
+Xvfb of the namespace) opens a real guest's `.vv` file: every channel is a CONNECT tunnel
+through the gateway over TLS, and the X screen shows the guest's screen, pixel for pixel.
+The guest's SPICE port itself is out of the student's reach, and the gateway refuses to
+tunnel anywhere else (the hypervisor's SSH, another desktop's display, any address).
+
+Needs root (`ip netns`). The logs are kept in `test-artifacts/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accounts.choices import Role
+from accounts.tests.factories import UserFactory
+from desktops.choices import DesktopStatus
+from desktops.models import Desktop, DesktopEvent
+from desktops.services.lifecycle import desktop_start
+from desktops.services.provisioning import desktop_create
+from desktops.viewer.files import viewer_vv_build
+from desktops.viewer.gateway import gateway_start
+from hypervisors import tls
+from hypervisors.drivers import libvirt_driver
+from hypervisors.guest_image import GUEST_READY_MARKER
+from tests.integration.browser import ARTIFACTS, direct_framebuffer, vga_text
+from tests.integration.conftest import SYSTEM_URI, wait_for
+from tests.integration.test_viewers import running_guest  # noqa: F401  (a fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+#: A CONNECT (or a bare TCP connect, target "-") from inside the student's namespace.
+PROBE = r"""
+import base64, socket, sys
+host, port, target, auth = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+try:
+    connection = socket.create_connection((host, port), timeout=5)
+except OSError as error:
+    print("unreachable", type(error).__name__)
+    sys.exit()
+if target == "-":
+    print("connected")
+    sys.exit()
+basic = base64.b64encode(auth.encode()).decode()
+head = f"CONNECT {target} HTTP/1.0\r\nProxy-Authorization: Basic {basic}\r\n\r\n"
+connection.sendall(head.encode())
+print(connection.makefile("rb").readline().decode().strip())
+"""
+
+
+def ip(*arguments: str) -> str:
+    return subprocess.run(["ip", *arguments], capture_output=True, text=True, check=True).stdout
+
+
+@dataclass(frozen=True)
+class StudentNetwork:
+    namespace: str
+    platform_address: str  # the root namespace's end of the veth pair
+    student_address: str
+
+    def command(self, *arguments: str) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace, *arguments]
+
+    def probe(self, host: str, port: int, target: str = "-", auth: str = "") -> str:
+        return subprocess.run(
+            self.command(sys.executable, "-c", PROBE, host, str(port), target, auth),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+
+
+@pytest.fixture
+def student_network() -> Iterator[StudentNetwork]:
+    """`isard-student-<random>`, joined to this machine by 10.77.<n>.0/30 and nothing else."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.fail("needs root and iproute2 (`ip netns`)")
+    used = ip("-4", "-o", "addr")
+    subnet = next(
+        n for n in secrets.SystemRandom().sample(range(1, 255), 254) if f" 10.77.{n}." not in used
+    )
+    tag = secrets.token_hex(3)
+    network = StudentNetwork(f"isard-student-{tag}", f"10.77.{subnet}.1", f"10.77.{subnet}.2")
+    root_end, student_end = f"isr-{tag}", f"iss-{tag}"  # interface names: 15 bytes at most
+    try:
+        ip("netns", "add", network.namespace)
+        ip("link", "add", root_end, "type", "veth", "peer", "name", student_end)
+        ip("link", "set", student_end, "netns", network.namespace)
+        ip("addr", "add", f"{network.platform_address}/30", "dev", root_end)
+        ip("link", "set", root_end, "up")
+        inside = ("-n", network.namespace)
+        ip(*inside, "addr", "add", f"{network.student_address}/30", "dev", student_end)
+        ip(*inside, "link", "set", student_end, "up")
+        ip(*inside, "link", "set", "lo", "up")
+        # The link's own /30 is the only route the student has: no default route.
+        routes = ip(*inside, "-4", "route")
+        link_only = f"10.77.{subnet}.0/30 dev {student_end} proto kernel scope link src"
+        assert routes.split() == [*link_only.split(), network.student_address], routes
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "student-network.txt").write_text(
+            f"namespace {network.namespace}\n"
+            + ip(*inside, "addr")
+            + ip(*inside, "route")
+            + ip("addr", "show", "dev", root_end)
+        )
+        yield network
+    finally:
+        subprocess.run(["ip", "link", "del", root_end], capture_output=True)
+        subprocess.run(["ip", "netns", "del", network.namespace], capture_output=True)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    port: int
+    log: Path
+
+
+@pytest.fixture
+def student_gateway(settings: Any, student_network: StudentNetwork) -> Iterator[Gateway]:
+    """The platform's SPICE gateway on the platform's public address (the student's only
+    reachable one), named by the .vv files; its log lines go to an artifact."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / "student-network-gateway.log"
+    handler = logging.FileHandler(log, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    viewer_logger = logging.getLogger("desktops.viewer")
+    level = viewer_logger.level
+    viewer_logger.setLevel(logging.INFO)
+    viewer_logger.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(gateway_start(host=student_network.platform_address, port=0))
+    port = int(server.sockets[0].getsockname()[1])
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    settings.ISARD_GATEWAY_BIND = student_network.platform_address
+    settings.ISARD_GATEWAY_PORT = port
+    settings.ISARD_PUBLIC_HOST = student_network.platform_address
+    try:
+        yield Gateway(port=port, log=log)
+    finally:
+
+        async def shut() -> None:  # tunnels remote-viewer left open end with it
+            server.close()
+            tunnels = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tunnels:
+                task.cancel()
+            await asyncio.gather(*tunnels, return_exceptions=True)
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shut(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        viewer_logger.removeHandler(handler)
+        viewer_logger.setLevel(level)
+        handler.close()
+
+
+@pytest.fixture
+def another_desktop(direct_tasks: list[str], demo_template: Any) -> Iterator[Desktop]:
+    """A second student's running desktop: its display is a target the first may not reach."""
+    ben = UserFactory.create(role=Role.STUDENT, username="ben")
+    desktop = desktop_create(actor=ben, template=demo_template, name="Ben's desktop")
+    try:
+        desktop.refresh_from_db()
+        desktop_start(actor=ben, desktop=desktop)
+        desktop.refresh_from_db()
+        assert desktop.status == DesktopStatus.STARTED, desktop.status_reason
+        yield desktop
+    finally:
+        libvirt_driver.undefine_domain(SYSTEM_URI, desktop.domain_name)
+
+
+# --- the student's screen --------------------------------------------------------------------
+
+
+def stop_process_group(process: subprocess.Popen[Any]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+@pytest.fixture
+def student_screen(student_network: StudentNetwork, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An Xvfb started inside the student's namespace, its screen kept as an XWD file
+    (`-fbdir`) to read pixels from. Returns (DISPLAY, the screen file)."""
+    if not (shutil.which("remote-viewer") and shutil.which("Xvfb")):
+        pytest.fail("needs Debian's virt-viewer and xvfb (`./isardctl test` installs them)")
+    screen_dir = tmp_path / "screen"
+    screen_dir.mkdir()
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        student_network.command(
+            *("Xvfb", "-displayfd", str(write_end), "-screen", "0", "1280x1024x24"),
+            *("-fbdir", str(screen_dir), "-nolisten", "tcp"),
+        ),
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end) as announced:
+            display = announced.readline().strip()
+        assert display.isdigit(), "Xvfb did not start"
+        yield f":{display}", screen_dir / "Xvfb_screen0"
+    finally:
+        stop_process_group(process)
+
+
+def screen_rgb(path: Path) -> tuple[int, int, bytes]:
+    """Width, height and RGB bytes (3 a pixel) of Xvfb's 24-bit screen in XWD format."""
+    data = path.read_bytes()
+    fields = struct.unpack(">25I", data[:100])
+    header_size, depth, width, height = fields[0], fields[3], fields[4], fields[5]
+    byte_order, bits_per_pixel, bytes_per_line = fields[7], fields[11], fields[12]
+    ncolors = fields[19]
+    assert depth == 24 and bits_per_pixel == 32, fields
+    start = header_size + 12 * ncolors
+    rows = []
+    for y in range(height):
+        row = data[start + y * bytes_per_line : start + y * bytes_per_line + width * 4]
+        if byte_order == 0:  # LSBFirst: B, G, R, X
+            red, green, blue = row[2::4], row[1::4], row[0::4]
+        else:
+            red, green, blue = row[1::4], row[2::4], row[3::4]
+        rgb = bytearray(width * 3)
+        rgb[0::3], rgb[1::3], rgb[2::3] = red, green, blue
+        rows.append(bytes(rgb))
+    return width, height, b"".join(rows)
+
+
+def guest_on_screen(path: Path, desktop: Desktop) -> float:
+    """Share of the guest's pixels (read from QEMU) shown 1:1 somewhere on the X screen, at
+    the place where the guest's first row of text is found; 0 if it is nowhere."""
+    guest = direct_framebuffer(desktop)
+    guest_rgb = bytearray(guest.width * guest.height * 3)
+    guest_rgb[0::3], guest_rgb[1::3], guest_rgb[2::3] = (
+        guest.pixels[0::4],
+        guest.pixels[1::4],
+        guest.pixels[2::4],
+    )
+    stride = guest.width * 3
+    guest_rows = [bytes(guest_rgb[y * stride : (y + 1) * stride]) for y in range(guest.height)]
+    # The first row that is not one colour: a row through text.
+    marked = next((y for y, row in enumerate(guest_rows) if len(set(row)) > 1), None)
+    if marked is None or not path.exists():
+        return 0.0
+    width, height, screen = screen_rgb(path)
+    screen_stride = width * 3
+    for y in range(marked, height - guest.height + marked + 1):
+        line = screen[y * screen_stride : (y + 1) * screen_stride]
+        x = line.find(guest_rows[marked])
+        if x < 0 or x % 3:
+            continue
+        top = y - marked
+        same = sum(
+            screen[(top + row) * screen_stride + x : (top + row) * screen_stride + x + stride]
+            == guest_rows[row]
+            for row in range(guest.height)
+        )
+        return same / guest.height
+    return 0.0
+
+
+# --- the test --------------------------------------------------------------------------------
+
+
+def test_a_student_pc_reaches_a_real_guest_only_through_the_gateway(
+    running_guest: tuple[Any, Desktop],  # noqa: F811
+    another_desktop: Desktop,
+    spice_tls: tls.PkiPaths,
+    student_network: StudentNetwork,
+    student_gateway: Gateway,
+    student_screen: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    owner, desktop = running_guest
+    platform, student = student_network.platform_address, student_network.student_address
+    ports = libvirt_driver.graphics_ports(SYSTEM_URI, desktop.domain_name)
+    assert ports.spice_tls_port is not None, "libvirt gave the guest no SPICE TLS port"
+    tls_port = ports.spice_tls_port
+
+    # The student reaches the gateway, and neither the guest's SPICE port (on this machine's
+    # loopback) nor any other network.
+    assert student_network.probe(platform, student_gateway.port) == "connected"
+    refused, no_route = "unreachable ConnectionRefusedError", "unreachable OSError"
+    assert student_network.probe("127.0.0.1", tls_port) == refused  # its own loopback
+    assert student_network.probe(platform, tls_port) == refused
+    assert student_network.probe("192.0.2.1", 80) == no_route
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=5):
+        pass  # ...while from the machine itself the port answers
+
+    vv = viewer_vv_build(actor=owner, desktop=desktop)
+    proxy = re.search(r"^proxy=http://([0-9a-f]+):([^@\s]+)@([^:\s]+):(\d+)$", vv.content, re.M)
+    assert proxy is not None, vv.content
+    assert proxy.group(3, 4) == (platform, str(student_gateway.port))
+    credential = f"{proxy.group(1)}:{proxy.group(2)}"
+    vv_path = tmp_path / vv.filename
+    vv_path.write_text(vv.content)
+
+    display, screen_file = student_screen
+    usb_devices = desktop.hardware.usb_redirect_devices
+    assert usb_devices == 2
+    wanted = [
+        "main channel: opened",
+        "SpiceDisplayChannel",
+        *(f"usbredir-9:{index}: channel up" for index in range(usb_devices)),
+    ]
+    process = subprocess.Popen(
+        student_network.command("remote-viewer", "--debug", str(vv_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "DISPLAY": display, "G_MESSAGES_DEBUG": "all", "SPICE_DEBUG": "1"},
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            lines.extend(process.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    shown = 0.0
+    try:
+        wait_for(
+            lambda: process.poll() is not None or all(text in "".join(lines) for text in wanted),
+            90,
+            "remote-viewer's channels",
+        )
+
+        def screen_shows_guest() -> bool:
+            nonlocal shown
+            shown = guest_on_screen(screen_file, desktop)
+            return shown > 0.99 or process.poll() is not None
+
+        wait_for(screen_shows_guest, 30, "the guest on the student's screen")
+    finally:
+        if screen_file.exists():
+            shutil.copy(screen_file, ARTIFACTS / "student-network-screen.xwd")
+        stop_process_group(process)
+        reader.join(5)
+        log = "".join(lines)
+        (ARTIFACTS / "student-network-remote-viewer.log").write_text(log)
+    tail = log[-4000:]
+
+    # Every channel went over TLS to the guest's port, through the gateway.
+    assert all(text in log for text in wanted), tail
+    for channel in ("main-1:0", "display-2:0", "inputs-3:0", "usbredir-9:0", "usbredir-9:1"):
+        assert f"{channel}: Using TLS, port {tls_port}" in log, tail
+    assert "verify_subject: subjects match" in log, tail
+    assert "Using plain text" not in log
+    # The student's screen is the guest's, and the guest's screen holds its ready line.
+    assert shown > 0.99, shown
+    assert GUEST_READY_MARKER in vga_text(desktop)
+    gateway_log = student_gateway.log.read_text()
+    opened = re.findall(
+        rf"gateway tunnel opened: desktop={desktop.pk} .* target=127\.0\.0\.1:{tls_port} "
+        rf"client={re.escape(student)}$",
+        gateway_log,
+        re.M,
+    )
+    assert len(opened) >= 4 + usb_devices, gateway_log
+    events = DesktopEvent.objects.filter(
+        desktop=desktop, reason=f"SPICE channel opened through the gateway from {student}"
+    )
+    assert events.count() == len(opened)
+
+    # With the same valid credential, the gateway tunnels to nothing else.
+    other_ports = libvirt_driver.graphics_ports(SYSTEM_URI, another_desktop.domain_name)
+    assert other_ports.spice_tls_port is not None
+    with socket.create_connection(("127.0.0.1", other_ports.spice_tls_port), timeout=5):
+        pass  # Ben's display is there: refusing it is the gateway's decision
+    for target in (
+        f"{platform}:22",  # the hypervisor's SSH (this machine), by its public address
+        "127.0.0.1:22",
+        f"127.0.0.1:{other_ports.spice_tls_port}",  # another desktop's display
+        "192.0.2.1:80",  # an arbitrary address
+    ):
+        answer = student_network.probe(platform, student_gateway.port, target, credential)
+        assert answer == "HTTP/1.1 403 Forbidden", (target, answer)
+    granted = student_network.probe(
+        platform, student_gateway.port, f"127.0.0.1:{tls_port}", credential
+    )
+    assert granted == "HTTP/1.1 200 Connection established"  # the credential was valid
+    # Each refusal is logged with the student's address (and kept in the artifact).
+    refusals = re.findall(
+        rf"viewer refused \(wrong-target\): user=ana desktop={desktop.pk} "
+        rf"client={re.escape(student)}: ",
+        student_gateway.log.read_text(),
+    )
+    assert len(refusals) == 4, student_gateway.log.read_text()
