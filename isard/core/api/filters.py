@@ -3,6 +3,10 @@
 A foreign key is filtered by its id as a plain number. django-filter's default (a choice
 among every row of the related table) would answer 400 for an id that does not exist and
 200 for one that does but is not the caller's, telling strangers which ids exist.
+
+A filter named with no value (`?course=`) is a 400, like any value its schema refuses:
+django-filter's default reads it as "no filter", a request that says one thing and
+means another (leave the parameter out to not filter).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from django_filters.rest_framework.filterset import (  # type: ignore[import-unt
     FILTER_FOR_DBFIELD_DEFAULTS,
 )
 from django_filters.utils import translate_validation  # type: ignore[import-untyped]
+from rest_framework.exceptions import ValidationError
 
 from isard.core.api.serializers import MAX_ID
 
@@ -65,6 +70,15 @@ class FilterBackend(DjangoFilterBackend):
         if filterset_class is None:
             return queryset
         names, always = _filter_names(filterset_class)
+        empty = sorted(
+            key
+            for key in request.query_params
+            if key in filterset_class.base_filters and "" in request.query_params.getlist(key)
+        )
+        if empty:
+            raise ValidationError(
+                {key: ["Give a value, or leave the parameter out."] for key in empty}
+            )
         if not always and not any(key.startswith(names) for key in request.query_params):
             return queryset
         filterset = filterset_class(**self.get_filterset_kwargs(request, queryset, view))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.contrib.django_filters import DjangoFilterExtension
 from drf_spectacular.openapi import AutoSchema
 
 from isard.core.api.serializers import ErrorSerializer
@@ -41,3 +42,29 @@ class IsardAutoSchema(AutoSchema):
                 response["description"] = description
                 responses[code] = response
         return responses
+
+
+class BoundedFilterExtension(DjangoFilterExtension):
+    """django-filter's parameters, with the bounds their filters check (ids: 1 to MAX_ID).
+
+    drf-spectacular leaves a NumberFilter's `min_value`/`max_value` out, so the schema
+    allowed `course=0`, which the code refuses with a 400.
+    """
+
+    priority = 1
+
+    def resolve_filter_field(
+        self, auto_schema: Any, model: Any, filterset_class: Any, field_name: str, filter_field: Any
+    ) -> list[dict[str, Any]]:
+        parameters: list[dict[str, Any]] = super().resolve_filter_field(
+            auto_schema, model, filterset_class, field_name, filter_field
+        )
+        bounds = {
+            key: filter_field.extra[name]
+            for key, name in (("minimum", "min_value"), ("maximum", "max_value"))
+            if filter_field.extra.get(name) is not None
+        }
+        for parameter in parameters:
+            if parameter["schema"].get("type") in ("integer", "number"):
+                parameter["schema"].update(bounds)
+        return parameters

@@ -1,0 +1,95 @@
+"""What the schema says of the query parameters every list shares is what the code does.
+
+Found by fuzzing the contract: `page_size` of null, "", a float or an array used to be
+read as "the default", `course=0` was refused while the schema allowed it, and a filter
+with no value was read as no filter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from isard.core.api.serializers import MAX_ID
+from tests.campus import Campus, assert_error, client_for
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
+
+
+def list_parameters(north: Campus, path: str) -> dict[str, Any]:
+    schema = client_for(north.student).get("/api/v1/schema/?format=json").json()
+    return {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "page_size=null",
+        "page_size=",
+        "page_size=1.5",
+        "page_size=2.0",
+        "page_size=1&page_size=2",
+        "page_size=0",
+        "page_size=-1",
+        "page_size=501",
+        "page_size=%C2%B2",
+        "page=",
+        "page=last&page=last",
+        "page=first",
+        "page=0",
+        "page=1e3",
+    ],
+)
+def test_a_page_or_page_size_that_is_not_a_whole_number_in_bounds_is_a_400(
+    north: Campus, query: str
+) -> None:
+    response = client_for(north.teacher).get(f"/api/v1/desktops/?{query}")
+    body = assert_error(response, 400)
+    assert set(body["extra"]["fields"]) == {query.split("=")[0]}
+
+
+def test_page_size_in_bounds_is_honoured_and_past_the_last_page_is_a_404(north: Campus) -> None:
+    client = client_for(north.teacher)
+    assert client.get("/api/v1/desktops/?page_size=500").status_code == 200
+    assert len(client.get("/api/v1/courses/?page_size=1").json()["results"]) == 1
+    assert_error(client.get("/api/v1/desktops/?page=99"), 404)
+
+
+def test_the_schema_publishes_the_bounds_of_page_and_page_size(north: Campus) -> None:
+    parameters = list_parameters(north, "/api/v1/desktops/")
+    assert parameters["page_size"] == {"type": "integer", "minimum": 1, "maximum": 500}
+    assert parameters["page"] == {
+        "oneOf": [
+            {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+            {"type": "string", "enum": ["last"]},
+        ]
+    }
+
+
+def test_id_filters_are_bounded_in_the_schema_as_in_the_code(north: Campus) -> None:
+    parameters = list_parameters(north, "/api/v1/desktops/")
+    for name in ("course", "template", "owner", "deployment"):
+        assert parameters[name] == {"type": "integer", "minimum": 1, "maximum": MAX_ID}, name
+    client = client_for(north.teacher)
+    assert_error(client.get("/api/v1/desktops/?course=0"), 400)
+    assert client.get(f"/api/v1/desktops/?course={MAX_ID}").json()["results"] == []
+
+
+@pytest.mark.parametrize("query", ["course=", "status=", "in_recycle_bin=", "course=1&course="])
+def test_a_filter_given_no_value_is_a_400_not_no_filter(north: Campus, query: str) -> None:
+    body = assert_error(client_for(north.teacher).get(f"/api/v1/desktops/?{query}"), 400)
+    assert set(body["extra"]["fields"]) == {query.split("=")[0]}
+
+
+def test_a_path_with_a_newline_under_the_api_gets_the_json_404(north: Campus) -> None:
+    response = client_for(north.student).get("/api/v1/desktops/1%0A/")
+    assert_error(response, 404)
+    assert response["Content-Type"] == "application/json"
+
+
+def test_a_multipart_body_without_a_boundary_gets_the_api_400(north: Campus) -> None:
+    response = client_for(north.student).generic(
+        "POST", "/api/v1/desktops/", "x", content_type="multipart/form-data"
+    )
+    assert_error(response, 400)
