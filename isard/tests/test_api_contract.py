@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from isard.core.api.serializers import MAX_ID
+from isard.core.text import NAME_PATTERN, TEXT_PATTERN
 from tests.campus import Campus, assert_error, client_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
@@ -93,3 +94,30 @@ def test_a_multipart_body_without_a_boundary_gets_the_api_400(north: Campus) -> 
         "POST", "/api/v1/desktops/", "x", content_type="multipart/form-data"
     )
     assert_error(response, 400)
+
+
+def test_names_and_descriptions_publish_the_characters_they_refuse(north: Campus) -> None:
+    schema = client_for(north.student).get("/api/v1/schema/?format=json").json()
+    desktop = schema["components"]["schemas"]["DesktopCreateRequest"]["properties"]
+    assert desktop["name"]["pattern"] == NAME_PATTERN
+    assert desktop["description"]["pattern"] == TEXT_PATTERN
+    login = schema["components"]["schemas"]["LoginRequest"]["properties"]
+    assert login["token_name"]["pattern"] == NAME_PATTERN
+
+
+@pytest.mark.parametrize("course", ["", "-1", "0", "1.0", str(MAX_ID + 1)])
+def test_the_usage_course_is_an_id_in_the_schemas_bounds_or_a_400(
+    north: Campus, course: str
+) -> None:
+    client = client_for(north.student)
+    body = assert_error(client.get(f"/api/v1/me/usage/?course={course}"), 400)
+    assert set(body["extra"]["fields"]) == {"course"}
+    assert client.get(f"/api/v1/me/usage/?course={north.course.pk}").status_code == 200
+    schema = client.get("/api/v1/schema/?format=json").json()
+    (parameter,) = schema["paths"]["/api/v1/me/usage/"]["get"]["parameters"]
+    assert parameter["schema"] | {"format": "int64"} == {
+        "type": "integer",
+        "format": "int64",
+        "minimum": 1,
+        "maximum": MAX_ID,
+    }

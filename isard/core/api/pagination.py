@@ -14,8 +14,9 @@ from typing import Any
 from django.core.paginator import Page, PageNotAnInteger
 from django.core.paginator import Paginator as DjangoPaginator
 from rest_framework import pagination
-from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
+
+from isard.core.api.parameters import query_whole_number
 
 
 class FirstPageCountingPaginator(DjangoPaginator):
@@ -53,13 +54,13 @@ class PageNumberPagination(pagination.PageNumberPagination):
     max_page = 2**31 - 1
 
     def get_page_size(self, request: Request) -> int:
-        size = _whole_number(request, self.page_size_query_param, maximum=self.max_page_size)
+        size = query_whole_number(request, self.page_size_query_param, maximum=self.max_page_size)
         return self.page_size if size is None else size
 
     def get_page_number(self, request: Request, paginator: DjangoPaginator) -> int:
         if request.query_params.getlist(self.page_query_param) == ["last"]:
             return paginator.num_pages
-        number = _whole_number(request, self.page_query_param, maximum=self.max_page)
+        number = query_whole_number(request, self.page_query_param, maximum=self.max_page)
         return 1 if number is None else number
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
@@ -76,20 +77,3 @@ class PageNumberPagination(pagination.PageNumberPagination):
                 last = {"type": "string", "enum": list(self.last_page_strings)}
                 parameter["schema"] = {"oneOf": [parameter["schema"], last]}
         return parameters
-
-
-def _whole_number(request: Request, name: str, *, maximum: int) -> int | None:
-    """The query parameter `name` as a number from 1 to `maximum`, None if not given."""
-    values = request.query_params.getlist(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise ValidationError({name: ["Give it once."]})
-    value = values[0]
-    # `isdecimal`, not `isdigit`: int() refuses superscripts, which isdigit accepts.
-    if not (value.isascii() and value.isdecimal()) or len(value) > 12:
-        raise ValidationError({name: [f"A whole number from 1 to {maximum}."]})
-    number = int(value)
-    if not 1 <= number <= maximum:
-        raise ValidationError({name: [f"A whole number from 1 to {maximum}."]})
-    return number

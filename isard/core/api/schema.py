@@ -14,6 +14,7 @@ from drf_spectacular.contrib.django_filters import DjangoFilterExtension
 from drf_spectacular.openapi import AutoSchema
 
 from isard.core.api.serializers import ErrorSerializer
+from isard.core.text import NAME_PATTERN, TEXT_PATTERN, validate_name, validate_text
 
 ANY_REQUEST_ERRORS = {
     "400": "Bad input: `extra.fields` names each field and what is wrong with it.",
@@ -42,6 +43,15 @@ class IsardAutoSchema(AutoSchema):
                 response["description"] = description
                 responses[code] = response
         return responses
+
+    def _insert_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
+        """A name or a description says, as a pattern, which characters it refuses."""
+        super()._insert_field_validators(field, schema)
+        validators = getattr(field, "validators", ())
+        if validate_name in validators:
+            schema["pattern"] = NAME_PATTERN
+        elif validate_text in validators:
+            schema["pattern"] = TEXT_PATTERN
 
 
 class BoundedFilterExtension(DjangoFilterExtension):
