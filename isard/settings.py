@@ -382,6 +382,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "isard.core.api.schema.add_created_links",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "DesktopStatusEnum": "desktops.choices.DesktopStatus",
         "TemplateStatusEnum": "templates_app.choices.TemplateStatus",

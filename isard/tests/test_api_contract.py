@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from isard.core.api.schema import NO_NUL_PATTERN
 from isard.core.api.serializers import MAX_ID
 from isard.core.text import NAME_PATTERN, TEXT_PATTERN
-from tests.campus import Campus, assert_error, client_for
+from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 
@@ -121,3 +122,38 @@ def test_the_usage_course_is_an_id_in_the_schemas_bounds_or_a_400(
         "minimum": 1,
         "maximum": MAX_ID,
     }
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/api/v1/desktops/", "in_recycle_bin"),
+        ("/api/v1/templates/", "shared_with_everyone"),
+        ("/api/v1/deployments/", "deleted"),
+    ],
+)
+def test_a_boolean_filter_is_true_or_false_in_the_schema_and_the_code(
+    north: Campus, path: str, name: str
+) -> None:
+    assert list_parameters(north, path)[name]["type"] == "boolean"
+    client = client_for(north.teacher)
+    for value in ("true", "false"):
+        assert client.get(f"{path}?{name}={value}").status_code == 200
+    for value in ("yes", "1", "True", "null"):
+        body = assert_error(client.get(f"{path}?{name}={value}"), 400)
+        assert set(body["extra"]["fields"]) == {name}
+
+
+def test_in_recycle_bin_still_filters(north: Campus) -> None:
+    client = client_for(north.student)
+    assert ids(client.get("/api/v1/desktops/?in_recycle_bin=false")) == {north.student_desktop.pk}
+    assert ids(client.get("/api/v1/desktops/?in_recycle_bin=true")) == set()
+
+
+def test_other_text_publishes_that_it_refuses_nul(north: Campus) -> None:
+    schema = client_for(north.student).get("/api/v1/schema/?format=json").json()
+    login = schema["components"]["schemas"]["LoginRequest"]["properties"]
+    assert login["username"]["pattern"] == NO_NUL_PATTERN
+    assert_error(
+        client_for(None).post("/api/v1/auth/login/", {"username": "a\0", "password": "x"}), 400
+    )

@@ -15,12 +15,15 @@ import functools
 from typing import Any, ClassVar
 
 import django_filters  # type: ignore[import-untyped]
+from django import forms
 from django.db import models
 from django_filters.rest_framework import DjangoFilterBackend  # type: ignore[import-untyped]
 from django_filters.rest_framework.filterset import (  # type: ignore[import-untyped]
     FILTER_FOR_DBFIELD_DEFAULTS,
 )
 from django_filters.utils import translate_validation  # type: ignore[import-untyped]
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework.exceptions import ValidationError
 
 from isard.core.api.serializers import MAX_ID
@@ -30,9 +33,30 @@ def _by_id(field: Any) -> dict[str, Any]:
     return {"min_value": 1, "max_value": MAX_ID}
 
 
+class StrictBooleanField(forms.Field):
+    """`true` or `false`, as the schema's boolean is written in a query string.
+
+    django-filter's BooleanFilter reads any other text as "no filter", so a typo (`?deleted=yes`)
+    answered the whole list.
+    """
+
+    def to_python(self, value: Any) -> bool | None:
+        if value in self.empty_values:
+            return None
+        if value in ("true", "false"):
+            return bool(value == "true")
+        raise forms.ValidationError("true or false.", code="invalid")
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class BooleanFilter(django_filters.BooleanFilter):
+    field_class = StrictBooleanField
+
+
 class FilterSet(django_filters.rest_framework.FilterSet):
     FILTER_DEFAULTS = {
         **FILTER_FOR_DBFIELD_DEFAULTS,
+        models.BooleanField: {"filter_class": BooleanFilter},
         models.ForeignKey: {"filter_class": django_filters.NumberFilter, "extra": _by_id},
         models.OneToOneField: {"filter_class": django_filters.NumberFilter, "extra": _by_id},
     }

@@ -4,12 +4,16 @@ The contract is fuzzed (schemathesis) against the running code, so an error resp
 must match a declared schema too: each operation gets the `Error` body for the status
 codes any request may meet (bad input, no credentials, not allowed, not found, too many
 requests) and writes also for the state, quota and capacity errors.
+
+What a create answers names the object made: OpenAPI links say which operations take its
+id next (a client's next step, and the fuzzer's stateful walk through the API).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.contrib.django_filters import DjangoFilterExtension
 from drf_spectacular.openapi import AutoSchema
 
@@ -23,6 +27,8 @@ ANY_REQUEST_ERRORS = {
     "404": "No such object, or not one you may see.",
     "429": "Too many requests: `Retry-After` says when to try again.",
 }
+#: Text without NUL, which DRF's CharField refuses (PostgreSQL cannot store it).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
 WRITE_ERRORS = {
     "409": "The object is not in a state that allows this (`extra.status` says which).",
     "422": "A quota would be exceeded.",
@@ -45,13 +51,18 @@ class IsardAutoSchema(AutoSchema):
         return responses
 
     def _insert_field_validators(self, field: Any, schema: dict[str, Any]) -> None:
-        """A name or a description says, as a pattern, which characters it refuses."""
+        """Text says, as a pattern, which characters it refuses: a name or a description
+        the control characters, any other text (DRF's CharField) the NUL character."""
         super()._insert_field_validators(field, schema)
         validators = getattr(field, "validators", ())
         if validate_name in validators:
             schema["pattern"] = NAME_PATTERN
         elif validate_text in validators:
             schema["pattern"] = TEXT_PATTERN
+        elif "pattern" not in schema and any(
+            isinstance(validator, ProhibitNullCharactersValidator) for validator in validators
+        ):
+            schema["pattern"] = NO_NUL_PATTERN
 
 
 class BoundedFilterExtension(DjangoFilterExtension):
@@ -78,3 +89,62 @@ class BoundedFilterExtension(DjangoFilterExtension):
             if parameter["schema"].get("type") in ("integer", "number"):
                 parameter["schema"].update(bounds)
         return parameters
+
+
+#: operationId of a create -> (its success status, {link name: operationId taking the id}).
+CREATED_LINKS: dict[str, tuple[str, dict[str, str]]] = {
+    "desktops_create": (
+        "202",
+        {
+            "GetDesktop": "desktops_retrieve",
+            "StartDesktop": "desktops_start_create",
+            "DesktopEvents": "desktops_events_list",
+            "DeleteDesktop": "desktops_destroy",
+            "RestoreDesktop": "desktops_restore_create",
+        },
+    ),
+    "deployments_create": (
+        "202",
+        {
+            "GetDeployment": "deployments_retrieve",
+            "DeploymentDesktops": "deployments_desktops_list",
+            "HideDeployment": "deployments_hide_create",
+            "DeleteDeployment": "deployments_destroy",
+        },
+    ),
+    "templates_create": (
+        "202",
+        {
+            "GetTemplate": "templates_retrieve",
+            "TemplateTree": "templates_tree_retrieve",
+            "TemplateSharing": "templates_sharing_retrieve",
+            "DeleteTemplate": "templates_destroy",
+        },
+    ),
+    "hypervisors_create": (
+        "201",
+        {"GetHypervisor": "hypervisors_retrieve", "DrainHypervisor": "hypervisors_drain_create"},
+    ),
+}
+
+
+def add_created_links(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: the links of `CREATED_LINKS`."""
+    operations = {
+        operation["operationId"]: operation
+        for item in result.get("paths", {}).values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "operationId" in operation
+    }
+    for source, (status, links) in CREATED_LINKS.items():
+        response = operations[source]["responses"][status]
+        response["links"] = {
+            name: {
+                "operationId": target,
+                "parameters": {"id": "$response.body#/id"},
+                "description": f"The object just made, by `{target}`.",
+            }
+            for name, target in links.items()
+            if target in operations
+        }
+    return result
