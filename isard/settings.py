@@ -329,7 +329,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": [
         "isard.core.api.filters.FilterBackend",
         "rest_framework.filters.OrderingFilter",
-        "rest_framework.filters.SearchFilter",
+        "isard.core.api.filters.SearchFilter",
     ],
     "DEFAULT_THROTTLE_CLASSES": ["isard.core.api.throttling.UserRateThrottle"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",

@@ -49,6 +49,8 @@ def _refused(char: str) -> bool:
 #: pattern a client can check (isard.core.api.schema publishes it).
 NAME_PATTERN = _pattern(frozenset())
 TEXT_PATTERN = _pattern(TEXT_WHITESPACE)
+#: Any other text: without NUL, which DRF's CharField refuses (PostgreSQL cannot store it).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
 
 
 def control_characters(value: str, *, allow_whitespace: bool = False) -> list[str]:

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from isard.core.api.schema import NO_NUL_PATTERN
 from isard.core.api.serializers import MAX_ID
-from isard.core.text import NAME_PATTERN, TEXT_PATTERN
+from isard.core.text import NAME_PATTERN, NO_NUL_PATTERN, TEXT_PATTERN
 from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
@@ -157,3 +156,9 @@ def test_other_text_publishes_that_it_refuses_nul(north: Campus) -> None:
     assert_error(
         client_for(None).post("/api/v1/auth/login/", {"username": "a\0", "password": "x"}), 400
     )
+
+
+def test_a_search_with_nul_is_a_400_naming_search_as_the_schema_says(north: Campus) -> None:
+    body = assert_error(client_for(north.teacher).get("/api/v1/media/?search=a%00b"), 400)
+    assert set(body["extra"]["fields"]) == {"search"}
+    assert list_parameters(north, "/api/v1/media/")["search"]["pattern"] == NO_NUL_PATTERN

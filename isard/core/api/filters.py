@@ -24,9 +24,11 @@ from django_filters.rest_framework.filterset import (  # type: ignore[import-unt
 from django_filters.utils import translate_validation  # type: ignore[import-untyped]
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
+from rest_framework import filters
 from rest_framework.exceptions import ValidationError
 
 from isard.core.api.serializers import MAX_ID
+from isard.core.text import NO_NUL_PATTERN
 
 
 def _by_id(field: Any) -> dict[str, Any]:
@@ -123,3 +125,20 @@ def _filter_names(filterset_class: type) -> tuple[tuple[str, ...], bool]:
         or getattr(filterset_class, "qs", None) is not base.qs
     )
     return tuple(filters), always
+
+
+class SearchFilter(filters.SearchFilter):
+    """DRF's `?search=`, its bad input named like any other (`extra.fields.search`) and
+    its refusal of NUL published in the schema."""
+
+    def get_search_terms(self, request: Any) -> Any:
+        try:
+            return super().get_search_terms(request)
+        except ValidationError as error:
+            raise ValidationError({self.search_param: error.detail}) from error
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"]["pattern"] = NO_NUL_PATTERN
+        return parameters

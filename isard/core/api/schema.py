@@ -18,7 +18,13 @@ from drf_spectacular.contrib.django_filters import DjangoFilterExtension
 from drf_spectacular.openapi import AutoSchema
 
 from isard.core.api.serializers import ErrorSerializer
-from isard.core.text import NAME_PATTERN, TEXT_PATTERN, validate_name, validate_text
+from isard.core.text import (
+    NAME_PATTERN,
+    NO_NUL_PATTERN,
+    TEXT_PATTERN,
+    validate_name,
+    validate_text,
+)
 
 ANY_REQUEST_ERRORS = {
     "400": "Bad input: `extra.fields` names each field and what is wrong with it.",
@@ -27,8 +33,6 @@ ANY_REQUEST_ERRORS = {
     "404": "No such object, or not one you may see.",
     "429": "Too many requests: `Retry-After` says when to try again.",
 }
-#: Text without NUL, which DRF's CharField refuses (PostgreSQL cannot store it).
-NO_NUL_PATTERN = "^[^\\u0000]*$"
 WRITE_ERRORS = {
     "409": "The object is not in a state that allows this (`extra.status` says which).",
     "422": "A quota would be exceeded.",
@@ -91,10 +95,12 @@ class BoundedFilterExtension(DjangoFilterExtension):
         return parameters
 
 
-#: operationId of a create -> (its success status, {link name: operationId taking the id}).
-CREATED_LINKS: dict[str, tuple[str, dict[str, str]]] = {
+#: operationId of a create -> (its success status, where its body holds the id made,
+#: {link name: operationId taking that id}).
+CREATED_LINKS: dict[str, tuple[str, str, dict[str, str]]] = {
     "desktops_create": (
         "202",
+        "/id",
         {
             "GetDesktop": "desktops_retrieve",
             "StartDesktop": "desktops_start_create",
@@ -105,6 +111,7 @@ CREATED_LINKS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "deployments_create": (
         "202",
+        "/deployment/id",
         {
             "GetDeployment": "deployments_retrieve",
             "DeploymentDesktops": "deployments_desktops_list",
@@ -114,6 +121,7 @@ CREATED_LINKS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "templates_create": (
         "202",
+        "/id",
         {
             "GetTemplate": "templates_retrieve",
             "TemplateTree": "templates_tree_retrieve",
@@ -123,6 +131,7 @@ CREATED_LINKS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "hypervisors_create": (
         "201",
+        "/id",
         {"GetHypervisor": "hypervisors_retrieve", "DrainHypervisor": "hypervisors_drain_create"},
     ),
 }
@@ -136,12 +145,12 @@ def add_created_links(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         for operation in item.values()
         if isinstance(operation, dict) and "operationId" in operation
     }
-    for source, (status, links) in CREATED_LINKS.items():
+    for source, (status, pointer, links) in CREATED_LINKS.items():
         response = operations[source]["responses"][status]
         response["links"] = {
             name: {
                 "operationId": target,
-                "parameters": {"id": "$response.body#/id"},
+                "parameters": {"id": f"$response.body#{pointer}"},
                 "description": f"The object just made, by `{target}`.",
             }
             for name, target in links.items()
