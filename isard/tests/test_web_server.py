@@ -50,6 +50,8 @@ session[BACKEND_SESSION_KEY] = "accounts.backends.LocalAccountBackend"
 session[HASH_SESSION_KEY] = student.get_session_auth_hash()
 session.create()
 print("SEED", student.pk, session.session_key)
+from accounts.tokens import api_token_create
+print("TOKEN", api_token_create(user=student, name="web")[1])
 """
 
 
@@ -60,6 +62,7 @@ class WebPlatform:
     https_port: int
     ca_file: Path
     cookie: str
+    token: str
     student_id: int
     environment: dict[str, str]
 
@@ -145,6 +148,7 @@ def web_platform(tmp_path: Path) -> Iterator[WebPlatform]:
     _, student_id, session_key = next(
         line for line in seeded.stdout.splitlines() if line.startswith("SEED ")
     ).split()
+    token = next(line for line in seeded.stdout.splitlines() if line.startswith("TOKEN "))
     log = (tmp_path / "web.log").open("wb")
     process = subprocess.Popen(
         [python, "manage.py", "isard_web"],
@@ -160,6 +164,7 @@ def web_platform(tmp_path: Path) -> Iterator[WebPlatform]:
         https_port=int(environment["ISARD_TLS_PORT"]),
         ca_file=paths.ca_cert,
         cookie=f"sessionid={session_key}",
+        token=token.split()[1],
         student_id=int(student_id),
         environment=environment,
     )
@@ -273,3 +278,35 @@ def test_sighup_replaces_every_worker_and_the_site_keeps_answering(
     )
     wait_until(lambda: web_platform.get("/", secure=True)[0] == 200, "HTTPS after SIGHUP")
     assert web_platform.process.poll() is None
+
+
+def test_a_multipart_body_without_a_boundary_reaches_django_and_gets_the_api_400(
+    web_platform: WebPlatform,
+) -> None:
+    # Twisted used to parse every form POST itself, and answered this with an empty 400
+    # (and closed the connection) before Django saw it.
+    connection = http.client.HTTPConnection("127.0.0.1", web_platform.http_port, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            "/api/v1/desktops/",
+            body=b"x",
+            headers={
+                "Authorization": f"Bearer {web_platform.token}",
+                "Content-Type": "multipart/form-data",
+            },
+        )
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 400
+    assert set(body) == {"message", "extra"}, body
+
+
+def test_a_path_with_a_newline_under_the_api_gets_the_json_404_over_http(
+    web_platform: WebPlatform,
+) -> None:
+    status, body = web_platform.get("/api/v1/desktops/1%0A/", secure=False)
+    assert status == 404
+    assert set(json.loads(body)) == {"message", "extra"}
