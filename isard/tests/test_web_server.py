@@ -23,9 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import schemathesis
 from django.conf import settings
+from schemathesis.core.result import Err
+from schemathesis.generation import GenerationMode
 
 from hypervisors import tls
+from isard.tests.test_api_schema import fuzz
 
 ROOT = Path(settings.BASE_DIR)
 
@@ -310,3 +314,43 @@ def test_a_path_with_a_newline_under_the_api_gets_the_json_404_over_http(
     status, body = web_platform.get("/api/v1/desktops/1%0A/", secure=False)
     assert status == 404
     assert set(json.loads(body)) == {"message", "extra"}
+
+
+#: Requests per operation over HTTP: the in-process fuzzing (test_api_schema) is the
+#: thorough one; this pass is for what only the web tier does (Twisted, Daphne, ASGI).
+HTTP_POSITIVE_EXAMPLES = 3
+HTTP_NEGATIVE_EXAMPLES = 3
+
+
+def test_the_api_keeps_its_contract_over_the_real_web_tier(web_platform: WebPlatform) -> None:
+    schema = schemathesis.openapi.from_url(
+        f"http://127.0.0.1:{web_platform.http_port}/api/v1/schema/"
+    )
+    tokens = {"student": web_platform.token}
+    failures: list[str] = []
+    seen: dict[str, set[int]] = {}
+    for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            failures.append(f"the schema has an operation it cannot test: {result.err()}")
+            continue
+        operation = result.ok()
+        name = f"{operation.method.upper()} {operation.path}"
+        # A fuzzed logout or token deletion would sign the rest of the pass out.
+        if operation.path.startswith("/api/v1/auth/") and operation.method != "get":
+            continue
+        for mode, examples in (
+            (GenerationMode.POSITIVE, HTTP_POSITIVE_EXAMPLES),
+            (GenerationMode.NEGATIVE, HTTP_NEGATIVE_EXAMPLES),
+        ):
+            try:
+                fuzz(
+                    operation.as_strategy(generation_mode=mode),
+                    tokens,
+                    examples,
+                    seen.setdefault(name, set()),
+                )
+            except (Exception, BaseExceptionGroup) as error:
+                failures.append(f"{name} ({mode}): {error}")
+    assert not failures, "\n\n".join(failures)
+    assert len(seen) > 40
+    assert any(200 <= code < 300 for codes in seen.values() for code in codes), seen
