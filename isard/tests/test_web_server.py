@@ -116,7 +116,9 @@ def answers(port: int) -> bool:
 
 
 @pytest.fixture
-def web_platform(tmp_path: Path) -> Iterator[WebPlatform]:
+def web_platform(tmp_path: Path, clean_throttles: None) -> Iterator[WebPlatform]:
+    # Each server's database starts its ids at 1, and its rate-limit counters live in the
+    # tests' Redis: one test's requests would count against the next one's student.
     paths = tls.PkiPaths(tmp_path / "pki")
     tls.host_certificate_issue(paths=paths, names=tls.HostNames(dns=("localhost",)))
     environment = dict(
@@ -284,11 +286,11 @@ def test_sighup_replaces_every_worker_and_the_site_keeps_answering(
     assert web_platform.process.poll() is None
 
 
-def test_a_multipart_body_without_a_boundary_reaches_django_and_gets_the_api_400(
+def test_requests_twisted_used_to_answer_itself_get_the_apis_json_error(
     web_platform: WebPlatform,
 ) -> None:
-    # Twisted used to parse every form POST itself, and answered this with an empty 400
-    # (and closed the connection) before Django saw it.
+    # Twisted parsed every form POST itself, and answered a multipart body without a
+    # boundary with an empty 400 (closing the connection) before Django saw it.
     connection = http.client.HTTPConnection("127.0.0.1", web_platform.http_port, timeout=30)
     try:
         connection.request(
@@ -307,13 +309,10 @@ def test_a_multipart_body_without_a_boundary_reaches_django_and_gets_the_api_400
     assert response.status == 400
     assert set(body) == {"message", "extra"}, body
 
-
-def test_a_path_with_a_newline_under_the_api_gets_the_json_404_over_http(
-    web_platform: WebPlatform,
-) -> None:
-    status, body = web_platform.get("/api/v1/desktops/1%0A/", secure=False)
+    # A newline in the path: the API's catch-all, not Django's HTML 404.
+    status, answer = web_platform.get("/api/v1/desktops/1%0A/", secure=False)
     assert status == 404
-    assert set(json.loads(body)) == {"message", "extra"}
+    assert set(json.loads(answer)) == {"message", "extra"}
 
 
 #: Requests per operation over HTTP: the in-process fuzzing (test_api_schema) is the
