@@ -162,3 +162,24 @@ def test_a_search_with_nul_is_a_400_naming_search_as_the_schema_says(north: Camp
     body = assert_error(client_for(north.teacher).get("/api/v1/media/?search=a%00b"), 400)
     assert set(body["extra"]["fields"]) == {"search"}
     assert list_parameters(north, "/api/v1/media/")["search"]["pattern"] == NO_NUL_PATTERN
+
+
+def test_a_create_links_to_the_operations_on_what_it_made(north: Campus) -> None:
+    schema = client_for(north.student).get("/api/v1/schema/?format=json").json()
+    operation_ids = {
+        operation["operationId"] for item in schema["paths"].values() for operation in item.values()
+    }
+    desktop = schema["paths"]["/api/v1/desktops/"]["post"]["responses"]["202"]["links"]
+    assert desktop["StartDesktop"] == {
+        "operationId": "desktops_start_create",
+        "parameters": {"id": "$response.body#/id"},
+        "description": "The object just made, by `desktops_start_create`.",
+    }
+    deployment = schema["paths"]["/api/v1/deployments/"]["post"]["responses"]["202"]["links"]
+    # Its answer is the deployment and what was made of it: the id is one level down.
+    assert deployment["GetDeployment"]["parameters"] == {"id": "$response.body#/deployment/id"}
+    for item in schema["paths"].values():
+        for operation in item.values():
+            for response in operation["responses"].values():
+                for link in response.get("links", {}).values():
+                    assert link["operationId"] in operation_ids
