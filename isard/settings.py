@@ -342,7 +342,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": [
         "isard.core.api.filters.FilterBackend",
         "rest_framework.filters.OrderingFilter",
-        "rest_framework.filters.SearchFilter",
+        "isard.core.api.filters.SearchFilter",
     ],
     "DEFAULT_THROTTLE_CLASSES": ["isard.core.api.throttling.UserRateThrottle"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -395,6 +395,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "isard.core.api.schema.add_created_links",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "DesktopStatusEnum": "desktops.choices.DesktopStatus",
         "TemplateStatusEnum": "templates_app.choices.TemplateStatus",

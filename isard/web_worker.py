@@ -67,6 +67,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isard.settings")
     # Daphne's server module installs Twisted's asyncio reactor: it comes first.
     from daphne.access import AccessLogGenerator
+    from daphne.http_protocol import HTTPFactory, WebRequest
     from daphne.server import Server
     from twisted.internet import reactor as twisted_reactor
     from twisted.internet import task
@@ -82,15 +83,35 @@ def worker_main(argv: list[str] | None = None) -> None:
             parser.error("a tls socket needs --tls-cert and --tls-key")
         tls_options = twisted_tls_options(options.tls_cert, options.tls_key)
 
+    class BodyLeavingRequest(WebRequest):
+        """Daphne's request, leaving the body to Django.
+
+        Twisted parses a form POST's body into `request.args` (which Daphne never reads)
+        and answers one it cannot parse, a multipart body without a boundary, with an
+        empty 400 before Django sees it: the API's JSON error, and its parsers' limits,
+        never applied. Parsing it twice also cost the memory of every upload twice.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._parsePOSTFormSubmission = False
+
+    class BodyLeavingHTTPFactory(HTTPFactory):
+        def buildProtocol(self, addr: Any) -> Any:
+            protocol = super().buildProtocol(addr)
+            protocol.requestFactory = BodyLeavingRequest
+            return protocol
+
     class AdoptingServer(Server):
         """Daphne serving sockets opened by the parent instead of its endpoint strings."""
 
         def adopt_sockets(self) -> None:
+            self.http_factory = BodyLeavingHTTPFactory(self)
             for inherited in sockets:
                 # Every worker is woken for each new connection and only one gets it: a
                 # blocking accept() would stall the others' whole event loop.
                 os.set_blocking(inherited.fileno, False)
-                factory = self.http_factory
+                factory: Any = self.http_factory
                 if inherited.tls:
                     factory = TLSMemoryBIOFactory(tls_options, False, factory)
                 port = reactor.adoptStreamPort(inherited.fileno, inherited.family, factory)

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib.auth import authenticate, logout
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -46,6 +46,7 @@ from accounts.permissions import (
 from accounts.quotas import quota_report
 from accounts.rate_limits import sign_in_attempt_start, sign_in_name
 from accounts.tokens import api_token_create, api_token_revoke
+from isard.core.api.parameters import id_parameter, query_id
 from isard.core.api.throttling import LoginRateThrottle
 from isard.core.errors import PermissionDeniedError
 from isard.core.rate_limits import client_address
@@ -153,12 +154,10 @@ def _usage_lines(user: User, course: Course | None) -> list[dict[str, Any]]:
 
 
 def _course_param(request: Request, actor: User) -> Course | None:
-    raw = request.query_params.get("course") or ""
-    if not raw:
+    course_id = query_id(request, "course")
+    if course_id is None:
         return None
-    if not str(raw).isdigit() or int(raw) > 2**63 - 1:
-        raise exceptions.ValidationError({"course": ["A course id."]})
-    course = courses_visible_to(actor).filter(pk=int(raw)).first()
+    course = courses_visible_to(actor).filter(pk=course_id).first()
     if course is None:
         raise exceptions.NotFound("No such course.")
     return course
@@ -168,7 +167,7 @@ class MyUsageView(APIView):
     """What you use against your limits: in general, or in one course (`?course=<id>`)."""
 
     @extend_schema(
-        parameters=[OpenApiParameter("course", int, required=False)],
+        parameters=[id_parameter("course", "Only this course's limits and usage.")],
         responses=UsageLineSerializer(many=True),
         tags=["people"],
     )
@@ -182,7 +181,7 @@ class UserUsageView(APIView):
     """A person's usage against their limits, for their teachers, school manager, admins."""
 
     @extend_schema(
-        parameters=[OpenApiParameter("course", int, required=False)],
+        parameters=[id_parameter("course", "Only this course's limits and usage.")],
         responses=UsageLineSerializer(many=True),
         tags=["people"],
     )

@@ -63,7 +63,7 @@ from desktops.services.provisioning import desktop_create, desktop_create_from_m
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from desktops.viewer import services as viewers
 from desktops.viewer.files import viewer_vv_build
-from isard.core.api.filters import FilterSet
+from isard.core.api.filters import BooleanFilter, FilterSet
 from isard.core.api.serializers import ErrorSerializer
 from isard.core.api.throttling import DesktopActionThrottle
 from isard.core.errors import ApplicationError, NotFoundError
@@ -79,9 +79,7 @@ THROTTLED_ACTIONS = frozenset(
 
 class DesktopFilter(FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=DesktopStatus.choices)
-    in_recycle_bin = django_filters.BooleanFilter(
-        method="filter_in_recycle_bin", label="In the recycle bin"
-    )
+    in_recycle_bin = BooleanFilter(method="filter_in_recycle_bin", label="In the recycle bin")
 
     class Meta:
         model = Desktop
@@ -308,7 +306,7 @@ def _outcome(outcome: BulkOutcome, code: int = status.HTTP_202_ACCEPTED) -> Resp
 
 
 class DeploymentFilter(FilterSet):
-    deleted = django_filters.BooleanFilter(
+    deleted = BooleanFilter(
         field_name="deleted_at", lookup_expr="isnull", exclude=True, label="In the recycle bin"
     )
 

@@ -22,10 +22,35 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 TEXT_WHITESPACE = frozenset("\n\r\t")
 
 
+def _pattern(allowed: frozenset[str]) -> str:
+    """A JSON Schema pattern (ECMA-262, as Python reads it too) for text without what
+    `_refused` refuses, surrogates aside (JSON text cannot carry a lone one)."""
+    ranges = [(0x00, 0x1F), (0x7F, 0x9F), (0x202A, 0x202E), (0x2066, 0x2069), (0xFFFE, 0xFFFF)]
+    parts: list[str] = []
+    for low, high in ranges:
+        start = None
+        for code in range(low, high + 2):
+            if code <= high and chr(code) not in allowed:
+                start = code if start is None else start
+            elif start is not None:
+                end = code - 1
+                parts.append(f"\\u{start:04x}" + (f"-\\u{end:04x}" if end > start else ""))
+                start = None
+    return f"^[^{''.join(parts)}]*$"
+
+
 def _refused(char: str) -> bool:
     if char in BIDI_CONTROLS or char in ("\ufffe", "\uffff"):
         return True
     return unicodedata.category(char) in ("Cc", "Cs")
+
+
+#: What the API's schema says of a name (and of free text): the validators below, as a
+#: pattern a client can check (isard.core.api.schema publishes it).
+NAME_PATTERN = _pattern(frozenset())
+TEXT_PATTERN = _pattern(TEXT_WHITESPACE)
+#: Any other text: without NUL, which DRF's CharField refuses (PostgreSQL cannot store it).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
 
 
 def control_characters(value: str, *, allow_whitespace: bool = False) -> list[str]:

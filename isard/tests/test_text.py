@@ -6,6 +6,7 @@ import io
 import logging
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from django.core.exceptions import ValidationError
 
@@ -14,7 +15,13 @@ from desktops.models import Desktop, DesktopEvent
 from desktops.services.provisioning import desktop_create
 from isard.core.errors import ApplicationError
 from isard.core.logs import EscapingFormatter, log_escape
-from isard.core.text import control_characters, validate_name, validate_text
+from isard.core.text import (
+    NAME_PATTERN,
+    TEXT_PATTERN,
+    control_characters,
+    validate_name,
+    validate_text,
+)
 from tests.campus import Campus, assert_error, client_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
@@ -94,3 +101,18 @@ def test_log_lines_escape_what_people_typed() -> None:
 def test_the_platforms_log_configuration_escapes() -> None:
     root_formatters = {type(handler.formatter) for handler in logging.getLogger().handlers}
     assert EscapingFormatter in root_formatters
+
+
+def test_the_published_patterns_refuse_exactly_what_the_validators_refuse() -> None:
+    # Read as JSON Schema reads them (ECMA-262: `$` is the end, not a final newline).
+    name = jsonschema_rs.validator_for({"type": "string", "pattern": NAME_PATTERN})
+    text = jsonschema_rs.validator_for({"type": "string", "pattern": TEXT_PATTERN})
+    for code in range(0x110000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # no JSON text carries a lone surrogate
+        char = chr(code)
+        for value in (char, f"a{char}"):
+            assert name.is_valid(value) == (not control_characters(value)), hex(code)
+            assert text.is_valid(value) == (not control_characters(value, allow_whitespace=True)), (
+                hex(code)
+            )

@@ -1,4 +1,11 @@
-"""Page-number pagination: `?page=2&page_size=100`."""
+"""Page-number pagination: `?page=2&page_size=100`.
+
+Both are whole numbers, given once, within the bounds the schema publishes: anything
+else is a 400 naming the parameter, as for any other bad input. (DRF's own would quietly
+use the default page size for `page_size=abc`, clamp `page_size=100000` and read
+`page=1.0`: a client's mistake answered as if it were right, and a contract that said
+something else.)
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ from typing import Any
 from django.core.paginator import Page, PageNotAnInteger
 from django.core.paginator import Paginator as DjangoPaginator
 from rest_framework import pagination
+from rest_framework.request import Request
+
+from isard.core.api.parameters import query_whole_number
 
 
 class FirstPageCountingPaginator(DjangoPaginator):
@@ -39,3 +49,31 @@ class PageNumberPagination(pagination.PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
     django_paginator_class = FirstPageCountingPaginator
+    last_page_strings = ("last",)
+    #: The largest page number asked for: past the last page is a 404, past this a 400.
+    max_page = 2**31 - 1
+
+    def get_page_size(self, request: Request) -> int:
+        size = query_whole_number(request, self.page_size_query_param, maximum=self.max_page_size)
+        return self.page_size if size is None else size
+
+    def get_page_number(self, request: Request, paginator: DjangoPaginator) -> int:
+        if request.query_params.getlist(self.page_query_param) == ["last"]:
+            return paginator.num_pages
+        number = query_whole_number(request, self.page_query_param, maximum=self.max_page)
+        return 1 if number is None else number
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
+        bounds = {
+            self.page_query_param: (self.max_page, "`last` for the last; past it: 404."),
+            self.page_size_query_param: (self.max_page_size, f"{self.page_size} if not given."),
+        }
+        for parameter in parameters:
+            maximum, note = bounds[parameter["name"]]
+            parameter["schema"].update(minimum=1, maximum=maximum)
+            parameter["description"] = f"{parameter['description']} {note}"
+            if parameter["name"] == self.page_query_param:
+                last = {"type": "string", "enum": list(self.last_page_strings)}
+                parameter["schema"] = {"oneOf": [parameter["schema"], last]}
+        return parameters
