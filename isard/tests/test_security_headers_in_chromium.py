@@ -32,8 +32,10 @@ document.addEventListener("securitypolicyviolation", (event) => {
 """
 
 
-#: What the policy is meant to block: ReDoc's footer logo from its CDN (ReDoc hides the
-#: image when it does not load; the platform requests nothing from elsewhere).
+#: What the policy may block: ReDoc's footer logo from its CDN (ReDoc hides the image
+#: when it does not load; the platform requests nothing from elsewhere). ReDoc draws the
+#: footer late, so the block is not always seen before the page is read: allowed, not
+#: required. Anything else blocked fails.
 EXPECTED_BLOCKS = {"/api/v1/redoc/": ["img-src blocked https://cdn.redoc.ly/redoc/logo-mini.svg"]}
 
 
@@ -87,7 +89,11 @@ def test_no_page_of_any_role_trips_the_policy(campus: Campus, chromium: Any) -> 
             assert "Server Error" not in chromium.title, path
             if blocked:
                 found[path] = blocked
-    assert found == EXPECTED_BLOCKS
+    unexpected = {
+        path: [block for block in blocked if block not in EXPECTED_BLOCKS.get(path, [])]
+        for path, blocked in found.items()
+    }
+    assert {path: blocks for path, blocks in unexpected.items() if blocks} == {}, found
 
 
 def test_the_viewer_page_still_runs_its_code(campus: Campus, chromium: Any) -> None:
