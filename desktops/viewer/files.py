@@ -27,7 +27,7 @@ from desktops.viewer.gateway_access import (
     gateway_port,
     gateway_proxy_url,
 )
-from desktops.viewer.services import graphics_host, hash_token
+from desktops.viewer.services import graphics_host, graphics_ports, hash_token
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from isard.core.errors import (
@@ -90,12 +90,7 @@ def viewer_vv_build(
     """
     hypervisor = viewer_check(actor=actor, desktop=desktop, protocol=ViewerProtocol.SPICE_TLS)
     pki = pki or tls.pki_paths()
-    try:
-        ports = libvirt_driver.graphics_ports(hypervisor.uri, desktop.domain_name)
-    except libvirt_driver.DriverError as error:
-        raise InfrastructureError(
-            f"Could not find the screen of “{desktop.name}” on {hypervisor.name}: {error}"
-        ) from error
+    ports = graphics_ports(desktop=desktop, hypervisor=hypervisor)
     if ports.spice_tls_port is None:
         raise viewer_refuse(
             "no-tls",

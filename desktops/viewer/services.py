@@ -287,16 +287,21 @@ def graphics_host(*, hypervisor: Hypervisor, listen: str | None) -> str:
     return urlsplit(hypervisor.uri).hostname or "127.0.0.1"
 
 
-def viewer_target(
-    *, desktop: Desktop, hypervisor: Hypervisor, user: User, view_only: bool = False
-) -> ViewerTarget:
-    """Ask the desktop's hypervisor which VNC port its running guest has."""
+def graphics_ports(*, desktop: Desktop, hypervisor: Hypervisor) -> libvirt_driver.GraphicsPorts:
+    """The ports the running guest's displays listen on now, as its hypervisor says."""
     try:
-        ports = libvirt_driver.graphics_ports(hypervisor.uri, desktop.domain_name)
+        return libvirt_driver.graphics_ports(hypervisor.uri, desktop.domain_name)
     except libvirt_driver.DriverError as error:
         raise InfrastructureError(
             f"Could not find the screen of “{desktop.name}” on {hypervisor.name}: {error}"
         ) from error
+
+
+def viewer_target(
+    *, desktop: Desktop, hypervisor: Hypervisor, user: User, view_only: bool = False
+) -> ViewerTarget:
+    """Ask the desktop's hypervisor which VNC port its running guest has."""
+    ports = graphics_ports(desktop=desktop, hypervisor=hypervisor)
     if ports.vnc_port is None:
         raise viewer_refuse(
             "no-display",
