@@ -108,6 +108,37 @@ def check_viewer_tls_setting(app_configs: Any = None, **kwargs: Any) -> list[Err
     return []
 
 
+@register(TAG, deploy=True)
+def check_spice_gateway(app_configs: Any = None, **kwargs: Any) -> list[Error | CheckWarning]:
+    """The gateway is how remote-viewer on a student's own device reaches a desktop."""
+    shared = settings.ISARD_GATEWAY_SHARED and settings.ISARD_TLS_PORT
+    if not shared and not settings.ISARD_GATEWAY_PORT:
+        why = "ISARD_TLS_PORT=0" if settings.ISARD_GATEWAY_SHARED else "ISARD_GATEWAY_SHARED=false"
+        return [
+            CheckWarning(
+                f"the SPICE gateway is off ({why} and ISARD_GATEWAY_PORT=0): .vv files name "
+                "the display's own address, which only the hypervisor's network reaches.",
+                id="isard.W050",
+            )
+        ]
+    if shared:
+        directory = Path(settings.ISARD_GATEWAY_SOCKET).parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # said below
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return [
+                Error(
+                    f"ISARD_GATEWAY_SOCKET={settings.ISARD_GATEWAY_SOCKET}: this user cannot "
+                    f"write in {directory}, so the gateway cannot take the HTTPS port's "
+                    "CONNECTs; choose another path.",
+                    id="isard.E051",
+                )
+            ]
+    return []
+
+
 @register(Tags.security, deploy=True)
 def check_secret_key_is_not_the_development_one(
     app_configs: Any = None, **kwargs: Any

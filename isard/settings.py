@@ -239,18 +239,36 @@ if bool(ISARD_TLS_CERT_FILE) != bool(ISARD_TLS_KEY_FILE):
         "own certificate)."
     )
 # The SPICE gateway (`manage.py isard_gateway`, the Procfile's `gateway:` line): an HTTP
-# CONNECT proxy on ISARD_GATEWAY_BIND:ISARD_GATEWAY_PORT (0: off) that remote-viewer, told
-# by the .vv file's `proxy=` line, tunnels every SPICE channel through. The .vv names
-# ISARD_PUBLIC_HOST (blank: the host name the file was downloaded from). A .vv file's
-# gateway credential lives ISARD_GATEWAY_CREDENTIAL_SECONDS; a tunnel with no byte either
-# way for ISARD_GATEWAY_IDLE_SECONDS is closed.
+# CONNECT proxy that remote-viewer, told by the .vv file's `proxy=` line, tunnels every
+# SPICE channel through. With ISARD_GATEWAY_SHARED (the default) the web workers pass each
+# CONNECT that arrives on the HTTPS port to it over the Unix socket ISARD_GATEWAY_SOCKET,
+# so one public port serves HTTPS, wss and SPICE; ISARD_GATEWAY_PORT (0: none) opens a port
+# of its own as well, e.g. behind a TLS-terminating proxy. The .vv names
+# ISARD_PUBLIC_HOST:ISARD_PUBLIC_PORT (blank: the host name the file was downloaded from;
+# 0: the HTTPS port when shared, else ISARD_GATEWAY_PORT). A .vv file's gateway credential
+# lives ISARD_GATEWAY_CREDENTIAL_SECONDS; a tunnel with no byte either way for
+# ISARD_GATEWAY_IDLE_SECONDS is closed.
+ISARD_GATEWAY_SHARED = env.bool("ISARD_GATEWAY_SHARED", default=True)
+ISARD_GATEWAY_SOCKET = Path(
+    env.str("ISARD_GATEWAY_SOCKET", default=str(VAR_DIR / "run" / "gateway.sock"))
+)
 ISARD_GATEWAY_BIND = env.str("ISARD_GATEWAY_BIND", default=ISARD_TLS_BIND)
-ISARD_GATEWAY_PORT = env.int("ISARD_GATEWAY_PORT", default=8445)
+ISARD_GATEWAY_PORT = env.int("ISARD_GATEWAY_PORT", default=0)
 ISARD_PUBLIC_HOST = env.str("ISARD_PUBLIC_HOST", default="")
+ISARD_PUBLIC_PORT = env.int("ISARD_PUBLIC_PORT", default=0)
 ISARD_GATEWAY_CREDENTIAL_SECONDS = env.int("ISARD_GATEWAY_CREDENTIAL_SECONDS", default=28800)
 ISARD_GATEWAY_IDLE_SECONDS = env.int("ISARD_GATEWAY_IDLE_SECONDS", default=3600)
-if not 0 <= ISARD_GATEWAY_PORT <= 65535:
-    raise ImproperlyConfigured("ISARD_GATEWAY_PORT must be a port number (0: no gateway).")
+for _name, _port in (
+    ("ISARD_GATEWAY_PORT", ISARD_GATEWAY_PORT),
+    ("ISARD_PUBLIC_PORT", ISARD_PUBLIC_PORT),
+):
+    if not 0 <= _port <= 65535:
+        raise ImproperlyConfigured(f"{_name} must be a port number (0: none).")
+if len(str(ISARD_GATEWAY_SOCKET).encode()) > 107:
+    raise ImproperlyConfigured(
+        f"ISARD_GATEWAY_SOCKET is {len(str(ISARD_GATEWAY_SOCKET).encode())} bytes long: a "
+        "Unix socket's path may have 107 at most; choose a shorter one."
+    )
 # HTTPS only (README, "Production"): plain HTTP redirected to ISARD_HTTPS_HOST (host[:port]
 # of the HTTPS listener: Django would keep the plain request's port), cookies sent over
 # HTTPS only, and HSTS. Each needs the HTTPS listener; without it they lock everyone out.

@@ -11,7 +11,9 @@ import argparse
 import logging
 import os
 import re
+import socket
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,18 @@ def twisted_tls_options(cert_file: Path, key_file: Path) -> Any:
         raise SystemExit(f"isard web worker: {cert_file} holds no PEM certificate")
     chain = [Certificate.loadPEM(block).original for block in blocks]
     key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_file.read_bytes())
-    return CertificateOptions(
+    options = CertificateOptions(
         privateKey=key,
         certificate=chain[0],
         extraCertChain=chain[1:],
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )
+    # Twisted hands pyOpenSSL X509 objects, which pyOpenSSL deprecates; its context is
+    # made (and kept) here, once, rather than inside the first client's connection.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Passing pyOpenSSL", DeprecationWarning)
+        options.getContext()
+    return options
 
 
 def worker_main(argv: list[str] | None = None) -> None:
@@ -62,6 +70,11 @@ def worker_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--no-access-log", action="store_true")
+    parser.add_argument(
+        "--gateway-socket",
+        type=Path,
+        help="the SPICE gateway's Unix socket: CONNECTs on the TLS socket go there",
+    )
     options = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isard.settings")
@@ -74,6 +87,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     from isard.asgi import application
+    from isard.port_sharing import SharedTLSPort
 
     reactor: Any = twisted_reactor  # the asyncio reactor Daphne installed
     sockets: list[InheritedSocket] = options.listen
@@ -114,6 +128,11 @@ def worker_main(argv: list[str] | None = None) -> None:
                 factory: Any = self.http_factory
                 if inherited.tls:
                     factory = TLSMemoryBIOFactory(tls_options, False, factory)
+                if inherited.tls and options.gateway_socket is not None:
+                    # One public port: this worker accepts and tells TLS from CONNECT.
+                    listening = socket.socket(fileno=inherited.fileno)
+                    SharedTLSPort(reactor, listening, factory, options.gateway_socket).start()
+                    continue
                 port = reactor.adoptStreamPort(inherited.fileno, inherited.family, factory)
                 # Twisted listens on a duplicate; the inherited descriptor is ours to close.
                 os.close(inherited.fileno)

@@ -79,6 +79,8 @@ class WebConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     access_log: bool = True
+    #: Where CONNECTs arriving on the HTTPS port go (the SPICE gateway); None: not shared.
+    gateway_socket: Path | None = None
 
 
 def web_config_from_settings() -> WebConfig:
@@ -96,12 +98,16 @@ def web_config_from_settings() -> WebConfig:
         cert_file = Path(settings.ISARD_TLS_CERT_FILE or paths.host_cert)
         key_file = Path(settings.ISARD_TLS_KEY_FILE or paths.host_key)
     workers = settings.ISARD_WEB_WORKERS or os.cpu_count() or 1
+    gateway_socket = None
+    if settings.ISARD_TLS_PORT and settings.ISARD_GATEWAY_SHARED:
+        gateway_socket = Path(settings.ISARD_GATEWAY_SOCKET)
     return WebConfig(
         listeners=tuple(listeners),
         workers=workers,
         tls_cert_file=cert_file,
         tls_key_file=key_file,
         access_log=settings.ISARD_WEB_ACCESS_LOG,
+        gateway_socket=gateway_socket,
     )
 
 
@@ -186,6 +192,8 @@ class Supervisor:
             ]
         if not self.config.access_log:
             command.append("--no-access-log")
+        if self.config.gateway_socket is not None:
+            command += ["--gateway-socket", str(self.config.gateway_socket)]
         return command
 
     def spawn(self, slot: _Slot) -> None:

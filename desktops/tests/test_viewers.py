@@ -431,13 +431,14 @@ def test_vv_file_sends_every_channel_through_the_gateway_with_its_own_credential
     spice_passwords: list[Any],
     settings: Any,
 ) -> None:
-    settings.ISARD_GATEWAY_PORT = 8445
+    settings.ISARD_TLS_PORT = 8443
     settings.ISARD_PUBLIC_HOST = ""
     bens_desktop = running_desktop(ben, graphics_password="B3n-s3cr")
     vv = viewer_vv_build(actor=ana, desktop=anas_desktop, public_host="vdi.school.example")
     fields = parse_vv(vv.content)
     proxy = urlsplit(fields["proxy"])
-    assert (proxy.scheme, proxy.hostname, proxy.port) == ("http", "vdi.school.example", 8445)
+    # One public port: the gateway takes its CONNECTs on the HTTPS port by default.
+    assert (proxy.scheme, proxy.hostname, proxy.port) == ("http", "vdi.school.example", 8443)
     # The display's own address stays: remote-viewer asks the gateway to CONNECT there.
     assert fields["host"] == "127.0.0.1" and fields["tls-port"] == "5908"
     credential = GatewayCredential.objects.get()
@@ -457,19 +458,28 @@ def test_vv_file_names_the_public_host_setting_and_no_proxy_when_the_gateway_is_
     spice_passwords: list[Any],
     settings: Any,
 ) -> None:
-    settings.ISARD_GATEWAY_PORT = 8445
+    settings.ISARD_TLS_PORT = 8443
     settings.ISARD_PUBLIC_HOST = "vdi.school.example"
+    settings.ISARD_PUBLIC_PORT = 443  # the school's firewall forwards 443 to 8443
     response = client_for(ana).get(reverse("desktop-viewer-vv", args=[anas_desktop.pk]))
-    assert urlsplit(parse_vv(response.content.decode())["proxy"]).hostname == ("vdi.school.example")
+    proxy = urlsplit(parse_vv(response.content.decode())["proxy"])
+    assert (proxy.hostname, proxy.port) == ("vdi.school.example", 443)
     settings.ISARD_PUBLIC_HOST = ""
+    settings.ISARD_PUBLIC_PORT = 0
     response = client_for(ana).get(
         reverse("desktop-viewer-vv", args=[anas_desktop.pk]), HTTP_HOST="localhost:8443"
     )
-    assert urlsplit(parse_vv(response.content.decode())["proxy"]).hostname == "localhost"
+    proxy = urlsplit(parse_vv(response.content.decode())["proxy"])
+    assert (proxy.hostname, proxy.port) == ("localhost", 8443)
+    # Not shared, a port of its own (behind a proxy that ends TLS itself).
+    settings.ISARD_GATEWAY_SHARED = False
+    settings.ISARD_GATEWAY_PORT = 8445
+    vv = viewer_vv_build(actor=ana, desktop=anas_desktop)
+    assert urlsplit(parse_vv(vv.content)["proxy"]).port == 8445
     settings.ISARD_GATEWAY_PORT = 0
     vv = viewer_vv_build(actor=ana, desktop=anas_desktop)
     assert "proxy" not in parse_vv(vv.content)
-    assert GatewayCredential.objects.count() == 2
+    assert GatewayCredential.objects.count() == 3
 
 
 # --- refusals are logged and noted in the desktop's history ----------------------------------

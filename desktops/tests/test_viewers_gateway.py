@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,11 +30,12 @@ from accounts.tests.factories import UserFactory
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, GatewayCredential
 from desktops.viewer.files import viewer_vv_build
-from desktops.viewer.gateway import MAX_HEADER_BYTES, gateway_start
+from desktops.viewer.gateway import MAX_HEADER_BYTES, gateway_start, gateway_take_handoffs
 from desktops.viewer.gateway_access import IssuedCredential, gateway_credential_issue
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
+from isard.core.handoff import handoff_send, handoff_socket
 from templates_app.tests.factories import HardwareProfileFactory
 
 pytestmark = [
@@ -185,6 +188,65 @@ async def test_a_valid_credential_tunnels_bytes_both_ways_to_the_desktops_displa
     assert len(await gateway_events(desktop)) == 2
 
 
+@pytest_asyncio.fixture
+async def shared_port() -> AsyncIterator[int]:
+    """A listening port that does what a web worker does with a CONNECT on the shared
+    HTTPS port: accept, read nothing, pass the descriptor to the gateway, close its copy."""
+    path = Path(tempfile.mkdtemp(prefix="isard-gw-", dir="/tmp")) / "gateway.sock"
+    stop_taking = gateway_take_handoffs(path, idle_seconds=0.5)
+    loop = asyncio.get_running_loop()
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    listening.setblocking(False)
+    sender = handoff_socket()
+
+    async def front() -> None:
+        while True:
+            connection, _ = await loop.sock_accept(listening)
+            assert handoff_send(sender, path, connection)
+            connection.close()
+
+    task = asyncio.ensure_future(front())
+    yield listening.getsockname()[1]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    listening.close()
+    sender.close()
+    await stop_taking()
+    path.parent.rmdir()
+
+
+async def test_a_connection_handed_over_from_the_https_port_is_served_as_if_accepted(
+    display: StandIn, spice_tls_port: list[int], shared_port: int
+) -> None:
+    spice_tls_port[0] = display.port
+    owner, desktop = await student_with_desktop()
+    credential = await issue(owner, desktop)
+    status, _, reader, writer = await tunnel_with(
+        shared_port, credential, f"127.0.0.1:{display.port}"
+    )
+    assert status == 200
+    writer.write(b"through the shared port")
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readexactly(23), timeout=5) == b"through the shared port"
+    writer.close()
+    # The gateway decides as ever: no credential, 407; another port, 403.
+    status, *_, writer = await connect(shared_port, f"127.0.0.1:{display.port}", None)
+    writer.close()
+    assert status == 407
+    status, *_, writer = await tunnel_with(shared_port, credential, "127.0.0.1:22")
+    writer.close()
+    assert status == 403
+
+
+async def test_a_handoff_to_a_gateway_that_is_not_running_says_so() -> None:
+    path = Path(tempfile.mkdtemp(prefix="isard-gw-", dir="/tmp")) / "gateway.sock"
+    with socket.socket() as connection, handoff_socket() as sender:
+        assert not handoff_send(sender, path, connection)
+    path.parent.rmdir()
+
+
 async def test_tls_passes_through_the_tunnel_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spice_tls_port: list[int], gateway: int
 ) -> None:
@@ -227,6 +289,7 @@ async def test_the_vv_files_proxy_line_opens_the_tunnel_its_host_and_port_name(
         paths=tls.pki_paths(), names=tls.HostNames(dns=("vdi.school.example",))
     )
     settings.ISARD_GATEWAY_PORT = gateway
+    settings.ISARD_GATEWAY_SHARED = False  # its own port, as a gateway behind a TLS proxy
     settings.ISARD_PUBLIC_HOST = ""
     monkeypatch.setattr(libvirt_driver, "set_graphics_password", lambda *a, **k: None)
     spice_tls_port[0] = display.port
@@ -370,3 +433,23 @@ async def test_a_flood_of_refused_connects_is_429_and_successes_never_count(
     writer.close()
     assert status == 429
     assert len(await gateway_events(desktop)) == 6
+
+
+async def test_the_preflight_says_when_students_devices_have_no_gateway(
+    settings: Any, tmp_path: Path
+) -> None:
+    from isard.checks import check_spice_gateway
+
+    settings.ISARD_GATEWAY_SHARED, settings.ISARD_TLS_PORT = True, 8443
+    settings.ISARD_GATEWAY_SOCKET = tmp_path / "run" / "gateway.sock"
+    assert check_spice_gateway() == []
+    assert (tmp_path / "run").is_dir()
+    settings.ISARD_TLS_PORT, settings.ISARD_GATEWAY_PORT = 0, 0
+    (warning,) = check_spice_gateway()
+    assert warning.id == "isard.W050" and "ISARD_TLS_PORT=0" in warning.msg
+    settings.ISARD_GATEWAY_PORT = 8445
+    assert check_spice_gateway() == []
+    settings.ISARD_TLS_PORT = 8443
+    settings.ISARD_GATEWAY_SOCKET = Path("/proc/isard/gateway.sock")
+    (error,) = check_spice_gateway()
+    assert error.id == "isard.E051"

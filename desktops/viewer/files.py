@@ -83,7 +83,7 @@ def viewer_vv_build(
     the file's expiry; a viewer already connected stays connected. USB redirection is on:
     the guest has as many redirection channels as its hardware profile says.
 
-    With the SPICE gateway on (`ISARD_GATEWAY_PORT`), the file's `proxy=` line sends every
+    With the SPICE gateway on (`gateway_port`), the file's `proxy=` line sends every
     channel through it with a fresh gateway credential, so a student's own device needs
     to reach only the platform (`ISARD_PUBLIC_HOST`, else `public_host`: the name the file
     was downloaded from), not the hypervisor.

@@ -21,7 +21,10 @@ import asyncio
 import base64
 import binascii
 import logging
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from channels.db import database_sync_to_async
 
@@ -30,6 +33,7 @@ from desktops.viewer.gateway_access import (
     TunnelGrant,
     gateway_tunnel_authorize,
 )
+from isard.core.handoff import handoff_listen, handoff_receive
 
 logger = logging.getLogger(__name__)
 
@@ -287,3 +291,42 @@ async def gateway_start(
     """Listen on host:port (port 0: any free one) and serve CONNECT tunnels."""
     gateway = Gateway(idle_seconds=idle_seconds)
     return await asyncio.start_server(gateway.handle, host, port, limit=MAX_HEADER_BYTES)
+
+
+def gateway_take_handoffs(
+    path: Path, *, idle_seconds: float = DEFAULT_IDLE_SECONDS
+) -> Callable[[], Awaitable[None]]:
+    """Serve the CONNECTs the web workers pass on from the shared HTTPS port (see
+    `isard.port_sharing`) from the Unix socket at `path`, in the running loop. Returns
+    the coroutine function that stops: no more hand-offs, open tunnels closed."""
+    loop = asyncio.get_running_loop()
+    gateway = Gateway(idle_seconds=idle_seconds)
+    listening = handoff_listen(path)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(connection: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=connection, limit=MAX_HEADER_BYTES)
+        except OSError:
+            connection.close()
+            return
+        await gateway.handle(reader, writer)
+
+    def take() -> None:
+        for connection in handoff_receive(listening):
+            connection.setblocking(False)
+            task = loop.create_task(serve(connection))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    loop.add_reader(listening.fileno(), take)
+
+    async def stop() -> None:
+        loop.remove_reader(listening.fileno())
+        listening.close()
+        path.unlink(missing_ok=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    return stop

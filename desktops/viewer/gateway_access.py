@@ -69,7 +69,18 @@ def credential_lifetime() -> timedelta:
 
 
 def gateway_port() -> int:
-    return int(getattr(settings, "ISARD_GATEWAY_PORT", 0))
+    """The port `.vv` files send remote-viewer to (0: no gateway, the file names the
+    display itself): `ISARD_PUBLIC_PORT` if set; else the HTTPS port when CONNECTs share
+    it (`ISARD_GATEWAY_SHARED`); else the gateway's own `ISARD_GATEWAY_PORT`."""
+    public = int(getattr(settings, "ISARD_PUBLIC_PORT", 0))
+    shared = getattr(settings, "ISARD_GATEWAY_SHARED", False)
+    tls_port = int(getattr(settings, "ISARD_TLS_PORT", 0))
+    own = int(getattr(settings, "ISARD_GATEWAY_PORT", 0))
+    if not own and not (shared and tls_port):
+        return 0
+    if public:
+        return public
+    return tls_port if shared and tls_port else own
 
 
 def gateway_proxy_url(*, credential: IssuedCredential, public_host: str) -> str:

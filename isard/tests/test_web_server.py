@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ def web_platform(tmp_path: Path, clean_throttles: None) -> Iterator[WebPlatform]
         ISARD_WEB_WORKERS="2",
         ISARD_WEB_ACCESS_LOG="false",
         ISARD_DEBUG="false",
+        # Short: a Unix socket's path has 107 bytes at most, pytest's tmp_path can be longer.
+        ISARD_GATEWAY_SOCKET=f"{tempfile.mkdtemp(prefix='isard-gw-', dir='/tmp')}/gw.sock",
     )
     python = sys.executable
     subprocess.run(
@@ -214,6 +217,68 @@ def test_https_is_served_with_a_certificate_of_the_platform_ca_and_django_sees_i
         untrusting.wrap_socket(raw, server_hostname="localhost"),
     ):
         pass
+
+
+def proxy_connect(port: int, *pieces: bytes) -> bytes:
+    """Send a CONNECT in `pieces` (a pause between each) and return the answer's head."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        for index, piece in enumerate(pieces):
+            if index:
+                time.sleep(0.3)
+            client.sendall(piece)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = client.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_the_https_port_also_carries_the_spice_gateways_connects(
+    web_platform: WebPlatform, tmp_path: Path
+) -> None:
+    """One public port (README: remote-viewer through the SPICE gateway): the workers tell
+    a CONNECT from TLS by its first bytes and pass it to the gateway process."""
+    request = b"CONNECT 127.0.0.1:5901 HTTP/1.1\r\nHost: 127.0.0.1:5901\r\n\r\n"
+    port = web_platform.https_port
+    # No gateway running: the client is told so, and HTTPS goes on.
+    assert proxy_connect(port, request).startswith(b"HTTP/1.1 503 ")
+    assert web_platform.get("/", secure=True)[0] == 200
+
+    log = (tmp_path / "gateway.log").open("wb")
+    gateway = subprocess.Popen(
+        [sys.executable, "manage.py", "isard_gateway"],
+        cwd=ROOT,
+        env=web_platform.environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(
+            lambda: Path(web_platform.environment["ISARD_GATEWAY_SOCKET"]).exists(),
+            "the gateway's socket",
+        )
+        for _ in range(4):  # on both workers, most likely
+            # The gateway itself answers: a CONNECT without a credential is 407.
+            answer = proxy_connect(port, request)
+            assert answer.startswith(b"HTTP/1.1 407 "), answer
+            assert b'Proxy-Authenticate: Basic realm="isard"' in answer
+            assert web_platform.get("/", secure=True)[0] == 200
+        # The first bytes may arrive in pieces; a credential that does not exist is 407 too.
+        answer = proxy_connect(
+            port,
+            b"CON",
+            b"NECT 127.0.0.1:5901 HTTP/1.1\r\nProxy-Authorization: Basic bm86bm8=\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 407 "), answer
+        # Another method is not a CONNECT: it goes to TLS, which drops it.
+        assert proxy_connect(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=20)
+        log.close()
+    assert gateway.returncode == 0, (tmp_path / "gateway.log").read_text()
 
 
 def test_a_status_change_reaches_websockets_over_wss_on_every_worker(

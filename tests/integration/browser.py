@@ -12,6 +12,7 @@ import base64
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,35 @@ class AsgiServer:
         threading.Thread(target=self.server.run, name="daphne", daemon=True).start()
         if not ready.wait(15):
             raise RuntimeError("Daphne did not start")
+
+    def listen_shared_tls(
+        self, host: str, *, cert_file: Path, key_file: Path, gateway_socket: Path
+    ) -> tuple[int, Callable[[], None]]:
+        """Also serve HTTPS and wss on `host`, sharing the port with the SPICE gateway's
+        CONNECTs as a web worker does (`isard.port_sharing`). Returns the port (a free one)
+        and the function that stops serving it."""
+        from twisted.internet import reactor, threads
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from isard.port_sharing import SharedTLSPort
+        from isard.web_worker import twisted_tls_options
+
+        listening = socket.socket()
+        listening.bind((host, 0))
+        listening.listen(128)
+        listening.setblocking(False)
+
+        def adopt() -> SharedTLSPort:
+            factory = TLSMemoryBIOFactory(
+                twisted_tls_options(cert_file, key_file), False, self.server.http_factory
+            )
+            port = SharedTLSPort(reactor, listening, factory, gateway_socket)
+            port.start()
+            return port
+
+        shared = threads.blockingCallFromThread(reactor, adopt)
+        port = int(listening.getsockname()[1])
+        return port, lambda: threads.blockingCallFromThread(reactor, shared.stop)
 
     @classmethod
     def get(cls) -> AsgiServer:

@@ -217,12 +217,14 @@ def run_remote_viewer(
 
 @pytest.fixture
 def spice_gateway(settings: Any) -> Iterator[int]:
-    """The platform's SPICE gateway on a free loopback port, named by the .vv files."""
+    """The platform's SPICE gateway on a port of its own (`ISARD_GATEWAY_PORT`, not shared
+    with HTTPS: the student-network test covers that), named by the .vv files."""
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(gateway_start(host="127.0.0.1", port=0))
     port = int(server.sockets[0].getsockname()[1])
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    settings.ISARD_GATEWAY_SHARED = False
     settings.ISARD_GATEWAY_PORT = port
     settings.ISARD_PUBLIC_HOST = "127.0.0.1"
     yield port

@@ -24,6 +24,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from desktops.models import Desktop, DesktopEvent
 from desktops.services.lifecycle import desktop_start
 from desktops.services.provisioning import desktop_create
 from desktops.viewer.files import viewer_vv_build
-from desktops.viewer.gateway import gateway_start
+from desktops.viewer.gateway import gateway_take_handoffs
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import GUEST_READY_MARKER
@@ -68,6 +69,18 @@ print(connection.makefile("rb").readline().decode().strip())
 """
 
 
+#: An HTTPS GET from inside the student's namespace: the status line.
+HTTPS_PROBE = r"""
+import http.client, ssl, sys
+host, port, cafile, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+connection = http.client.HTTPSConnection(
+    host, port, context=ssl.create_default_context(cafile=cafile), timeout=10
+)
+connection.request("GET", path)
+print(connection.getresponse().status)
+"""
+
+
 def ip(*arguments: str) -> str:
     return subprocess.run(["ip", *arguments], capture_output=True, text=True, check=True).stdout
 
@@ -80,6 +93,15 @@ class StudentNetwork:
 
     def command(self, *arguments: str) -> list[str]:
         return ["ip", "netns", "exec", self.namespace, *arguments]
+
+    def https_get(self, host: str, port: int, ca_file: Path, path: str) -> str:
+        return subprocess.run(
+            self.command(sys.executable, "-c", HTTPS_PROBE, host, str(port), str(ca_file), path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
 
     def probe(self, host: str, port: int, target: str = "-", auth: str = "") -> str:
         return subprocess.run(
@@ -132,14 +154,25 @@ def student_network() -> Iterator[StudentNetwork]:
 
 @dataclass(frozen=True)
 class Gateway:
+    """The platform's one public port: HTTPS, wss and the SPICE gateway's CONNECTs."""
+
     port: int
     log: Path
+    ca_file: Path
 
 
 @pytest.fixture
-def student_gateway(settings: Any, student_network: StudentNetwork) -> Iterator[Gateway]:
-    """The platform's SPICE gateway on the platform's public address (the student's only
-    reachable one), named by the .vv files; its log lines go to an artifact."""
+def student_gateway(
+    settings: Any, student_network: StudentNetwork, tmp_path: Path
+) -> Iterator[Gateway]:
+    """The platform on its public address (the student's only reachable one), as
+    `./isardctl up` serves it: HTTPS on one port, whose CONNECTs the web tier passes to the
+    SPICE gateway (`isard.port_sharing`); the .vv files name that port. The gateway's log
+    lines go to an artifact."""
+    from tests.integration.browser import AsgiServer
+
+    # First: starting it sets Django's logging up again, which would drop our handler.
+    server = AsgiServer.get()
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "student-network-gateway.log"
     handler = logging.FileHandler(log, mode="w")
@@ -148,30 +181,42 @@ def student_gateway(settings: Any, student_network: StudentNetwork) -> Iterator[
     level = viewer_logger.level
     viewer_logger.setLevel(logging.INFO)
     viewer_logger.addHandler(handler)
+    web_pki = tls.PkiPaths(tmp_path / "web-pki")
+    tls.host_certificate_issue(
+        paths=web_pki,
+        names=tls.HostNames(dns=("isard.test",), addresses=(student_network.platform_address,)),
+    )
+    socket_path = Path(tempfile.mkdtemp(prefix="isard-gw-", dir="/tmp")) / "gateway.sock"
     loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(gateway_start(host=student_network.platform_address, port=0))
-    port = int(server.sockets[0].getsockname()[1])
+
+    async def take() -> Any:
+        return gateway_take_handoffs(socket_path)
+
+    stop_taking = loop.run_until_complete(take())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    settings.ISARD_GATEWAY_BIND = student_network.platform_address
-    settings.ISARD_GATEWAY_PORT = port
+    port, stop_serving = server.listen_shared_tls(
+        student_network.platform_address,
+        cert_file=web_pki.host_cert,
+        key_file=web_pki.host_key,
+        gateway_socket=socket_path,
+    )
+    settings.ISARD_TLS_PORT = port
+    settings.ISARD_GATEWAY_SHARED = True
+    settings.ISARD_GATEWAY_PORT = 0
+    settings.ISARD_PUBLIC_PORT = 0
     settings.ISARD_PUBLIC_HOST = student_network.platform_address
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, student_network.platform_address]
     try:
-        yield Gateway(port=port, log=log)
+        yield Gateway(port=port, log=log, ca_file=web_pki.ca_cert)
     finally:
-
-        async def shut() -> None:  # tunnels remote-viewer left open end with it
-            server.close()
-            tunnels = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in tunnels:
-                task.cancel()
-            await asyncio.gather(*tunnels, return_exceptions=True)
-            await server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(shut(), loop).result(10)
+        stop_serving()
+        # Tunnels remote-viewer left open end with it.
+        asyncio.run_coroutine_threadsafe(stop_taking(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+        socket_path.parent.rmdir()
         viewer_logger.removeHandler(handler)
         viewer_logger.setLevel(level)
         handler.close()
@@ -312,6 +357,11 @@ def test_a_student_pc_reaches_a_real_guest_only_through_the_gateway(
     # The student reaches the gateway, and neither the guest's SPICE port (on this machine's
     # loopback) nor any other network.
     assert student_network.probe(platform, student_gateway.port) == "connected"
+    # ...the same port the pages are served on, over HTTPS.
+    https = student_network.https_get(
+        platform, student_gateway.port, student_gateway.ca_file, "/health/"
+    )
+    assert https in ("200", "503"), https
     refused, no_route = "unreachable ConnectionRefusedError", "unreachable OSError"
     assert student_network.probe("127.0.0.1", tls_port) == refused  # its own loopback
     assert student_network.probe(platform, tls_port) == refused

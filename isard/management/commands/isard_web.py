@@ -3,6 +3,7 @@ Daphne child per CPU (ISARD_WEB_WORKERS). The `web:` line of the Procfile runs t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from isard.webserver import WebConfig, WebServerError, serve, web_config_from_settings
+from isard.webserver import WebServerError, serve, web_config_from_settings
 
 
 class Command(BaseCommand):
@@ -25,13 +26,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         config = web_config_from_settings()
         if options["workers"] is not None:
-            config = WebConfig(
-                listeners=config.listeners,
-                workers=options["workers"],
-                tls_cert_file=config.tls_cert_file,
-                tls_key_file=config.tls_key_file,
-                access_log=config.access_log,
-            )
+            config = dataclasses.replace(config, workers=options["workers"])
         logger = logging.getLogger("isard.web")
         if settings.DEBUG:
             logger.warning(
