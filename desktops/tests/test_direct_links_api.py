@@ -151,6 +151,7 @@ def test_a_link_that_does_not_work_is_a_plain_404_page_and_a_flood_is_429(
     revoked = anonymous.get(issued.path)
     unknown = anonymous.get("/v/no-such-link/")
     assert revoked.status_code == unknown.status_code == 404
+
     # The same page, but for the CSRF token (masked afresh each time).
     def without_csrf(response: Any) -> str:
         return re.sub(r'name="csrf-token" content="[^"]*"', "", response.content.decode())
@@ -191,9 +192,7 @@ def test_the_course_page_downloads_a_csv_and_revokes_them_all(
     assert not DirectLink.objects.filter(revoked_at__isnull=True).exists()
 
 
-def test_a_csv_cell_that_a_spreadsheet_would_run_is_quoted(
-    north: Campus, exam: Deployment
-) -> None:
+def test_a_csv_cell_that_a_spreadsheet_would_run_is_quoted(north: Campus, exam: Deployment) -> None:
     Desktop.objects.filter(deployment=exam).update(name="=HYPERLINK(1)")
     teacher = Client()
     teacher.force_login(north.teacher)
