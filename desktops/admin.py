@@ -26,7 +26,14 @@ from accounts.admin_scope import ManagerAccess, RoleScopedMixin, ScopedModelAdmi
 from accounts.models import User
 from desktops.choices import DesktopStatus
 from desktops.fleet import admin as fleet_admin  # noqa: F401  (registers the hosts' pages)
-from desktops.models import Deployment, Desktop, DesktopEvent, GatewayCredential, ViewerToken
+from desktops.models import (
+    Deployment,
+    Desktop,
+    DesktopEvent,
+    DirectLink,
+    GatewayCredential,
+    ViewerToken,
+)
 from desktops.permissions import desktops_visible_to
 from desktops.services.deployments import (
     BulkOutcome,
@@ -42,6 +49,7 @@ from desktops.services.deployments import (
 from desktops.services.lifecycle import desktop_shutdown, desktop_start, desktop_stop
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from desktops.services.templating import template_from_desktop
+from desktops.viewer.direct_links import direct_link_revoke
 from desktops.viewer.gateway_access import gateway_credential_revoke
 from isard.core.errors import ApplicationError
 
@@ -374,6 +382,61 @@ class GatewayCredentialAdmin(ScopedModelAdmin):
         "expires_at",
         "last_used_at",
         "revoked",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.action(description="Revoke the selected direct links")
+def revoke_direct_links(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[DirectLink]
+) -> None:
+    revoked = 0
+    for link in queryset.select_related("desktop", "created_by"):
+        try:
+            revoked += direct_link_revoke(actor=cast(User, request.user), link=link)
+        except ApplicationError as error:
+            modeladmin.message_user(request, f"{link}: {error.message}", messages.ERROR)
+    modeladmin.message_user(request, f"Revoked {revoked} direct links.", messages.SUCCESS)
+
+
+@admin.register(DirectLink)
+class DirectLinkAdmin(ScopedModelAdmin):
+    """Links that open a desktop's viewer without signing in: who made each, until when,
+    how often it was used; revoking one stops it opening anything."""
+
+    manager_access: ClassVar[ManagerAccess] = "act"
+    teacher_access: ClassVar[ManagerAccess] = "act"
+    actions = (revoke_direct_links,)
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(desktop__in=desktops_visible_to(actor))
+
+    list_display = (
+        "id",
+        "desktop",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "uses",
+    )
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "expires_at")
+    search_fields = ("desktop__name", "desktop__owner__username", "created_by__username")
+    readonly_fields = (
+        "key_hash",
+        "desktop",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "uses",
     )
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
@@ -121,6 +122,15 @@ class ViewerToken(models.Model):
     expires_at = models.DateTimeField(db_index=True)
     used_at = models.DateTimeField(null=True, blank=True)
     used_from = models.CharField(max_length=100, blank=True)
+    #: Issued to whoever opened this direct link (signed in or not): `user` is then the
+    #: desktop's owner, whose screen it opens, and the link is checked again on connect.
+    direct_link = models.ForeignKey(
+        "desktops.DirectLink",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="viewer_tokens",
+    )
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -169,6 +179,43 @@ class GatewayCredential(models.Model):
 
     def __str__(self) -> str:
         return f"gateway credential {self.public_id} for {self.desktop} ({self.user})"
+
+
+class DirectLink(models.Model):
+    """A link that opens one desktop's browser viewer without signing in (an exam, a guest).
+
+    Whoever holds the URL (`/v/<token>/`) gets the owner's interactive viewer, and the
+    desktop is started for them if it is stopped, until `expires_at` or `revoked_at`.
+    Only a SHA-256 of the secret is stored, so a copy of the database opens no screen;
+    the URL is shown once, when the link is made (`desktops.viewer.direct_links`).
+    """
+
+    key_hash = models.CharField(max_length=64, unique=True)
+    desktop = models.ForeignKey(Desktop, on_delete=models.CASCADE, related_name="direct_links")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="direct_links_made"
+    )
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")),
+                name="directlink_expires_after_creation",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"direct link {self.pk} to {self.desktop}"
+
+    def is_live(self, now: datetime) -> bool:
+        """Neither revoked nor expired at `now`."""
+        return self.revoked_at is None and self.expires_at > now
 
 
 class Deployment(models.Model):

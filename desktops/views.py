@@ -8,6 +8,8 @@ same forms with fetch, asks for JSON, and keeps the cards live over the websocke
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +44,13 @@ from desktops.services.provisioning import desktop_create, desktop_create_from_m
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from desktops.services.templating import template_from_desktop
 from desktops.services.transitions import desktop_status_payload
+from desktops.viewer.direct_links import (
+    DirectLinkRow,
+    default_link_hours,
+    direct_links_create_for_deployment,
+    direct_links_revoke_for_deployment,
+    max_link_hours,
+)
 from isard.core.errors import ApplicationError, NotFoundError, PermissionDeniedError
 from templates_app.models import HardwareProfile
 from templates_app.selectors import media_owned_by, templates_visible_to
@@ -291,6 +300,8 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
             ("delete", "Delete all"),
         ],
         "socket_path": f"/ws/desktops/?course={course.pk}",
+        "direct_link_hours": default_link_hours(),
+        "direct_link_max_hours": max_link_hours(),
         **_card_tables(),
     }
     if request.GET.get("fragment") == "cards":
@@ -415,6 +426,79 @@ def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> 
         messages.error(request, error.message)
     else:
         messages.success(request, _outcome_message(deployment.name, action, outcome))
+    return redirect("course-page", course_id=deployment.course_id)
+
+
+# --- direct links of a deployment: a CSV to hand out, and revoking them all ------------------
+
+#: A spreadsheet runs a cell that starts with one of these as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: str) -> str:
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
+
+
+def _direct_links_csv(request: HttpRequest, rows: list[DirectLinkRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["username", "desktop", "url", "expires_at"])
+    for row in rows:
+        writer.writerow(
+            [
+                _csv_cell(row.username),
+                _csv_cell(row.desktop_name),
+                request.build_absolute_uri(row.path),
+                row.expires_at.isoformat(),
+            ]
+        )
+    return out.getvalue()
+
+
+def _deployment_or_none(user: User, deployment_id: int) -> Any:
+    return deployments_visible_to(user).filter(pk=deployment_id).first()
+
+
+@login_required
+@require_POST
+def deployment_direct_links_csv(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    """New direct links for every desktop of the deployment, as a CSV download."""
+    user = _user(request)
+    deployment = _deployment_or_none(user, deployment_id)
+    if deployment is None:
+        return render(request, "desktops/not_found.html", {"what": "deployment"}, status=404)
+    raw_hours = request.POST.get("hours", "").strip()
+    try:
+        hours = int(raw_hours) if raw_hours else None
+        rows = direct_links_create_for_deployment(actor=user, deployment=deployment, hours=hours)
+    except ValueError:
+        messages.error(request, "Write the hours the links work as a whole number.")
+        return redirect("course-page", course_id=deployment.course_id)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+        return redirect("course-page", course_id=deployment.course_id)
+    response = HttpResponse(_direct_links_csv(request, rows), content_type="text/csv")
+    response["Content-Disposition"] = (
+        f'attachment; filename="direct-links-deployment-{deployment.pk}.csv"'
+    )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def deployment_direct_links_revoke(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    """Revoke every live direct link to the deployment's desktops."""
+    user = _user(request)
+    deployment = _deployment_or_none(user, deployment_id)
+    if deployment is None:
+        return render(request, "desktops/not_found.html", {"what": "deployment"}, status=404)
+    try:
+        revoked = direct_links_revoke_for_deployment(actor=user, deployment=deployment)
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"“{deployment.name}”: {revoked} direct link(s) revoked.")
     return redirect("course-page", course_id=deployment.course_id)
 
 

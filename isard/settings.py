@@ -213,6 +213,16 @@ if any(not directory.is_absolute() for directory in ISARD_MEDIA_IMPORT_DIRS):
 ISARD_VIEWER_TOKEN_SECONDS = env.int("ISARD_VIEWER_TOKEN_SECONDS", default=60)
 ISARD_SPICE_TICKET_SECONDS = env.int("ISARD_SPICE_TICKET_SECONDS", default=120)
 ISARD_VIEWER_TOKEN_RETENTION_SECONDS = env.int("ISARD_VIEWER_TOKEN_RETENTION_SECONDS", default=3600)
+# Direct links (`/v/<token>/`, no sign-in): a new link lives ISARD_DIRECT_LINK_HOURS unless
+# its maker chooses, at most ISARD_DIRECT_LINK_MAX_HOURS (30 days); wrong tokens from one
+# address beyond ISARD_DIRECT_LINK_FAILURE_RATE are answered 429.
+ISARD_DIRECT_LINK_HOURS = env.int("ISARD_DIRECT_LINK_HOURS", default=24)
+ISARD_DIRECT_LINK_MAX_HOURS = env.int("ISARD_DIRECT_LINK_MAX_HOURS", default=720)
+ISARD_DIRECT_LINK_FAILURE_RATE = env.str("ISARD_DIRECT_LINK_FAILURE_RATE", default="20/minute")
+if not 1 <= ISARD_DIRECT_LINK_HOURS <= ISARD_DIRECT_LINK_MAX_HOURS:
+    raise ImproperlyConfigured(
+        "ISARD_DIRECT_LINK_HOURS must be between 1 and ISARD_DIRECT_LINK_MAX_HOURS."
+    )
 # The proxy's hop to a desktop's VNC: TLS whenever it leaves this machine ("auto"), or always.
 ISARD_VIEWER_TLS = env.str("ISARD_VIEWER_TLS", default="auto")
 # An RD Gateway that .rdp files go through to reach the guests' network (blank: direct).
@@ -390,6 +400,7 @@ for _name, _rate in [
     ("ISARD_SIGNIN_RATE", ISARD_SIGNIN_RATE),
     ("ISARD_SIGNIN_ADDRESS_RATE", ISARD_SIGNIN_ADDRESS_RATE),
     ("ISARD_ENROLMENT_CODE_RATE", ISARD_ENROLMENT_CODE_RATE),
+    ("ISARD_DIRECT_LINK_FAILURE_RATE", ISARD_DIRECT_LINK_FAILURE_RATE),
 ]:
     # DRF would only fail at the first request; a wrong rate stops the start instead.
     if not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)s?", _rate):

@@ -44,6 +44,16 @@ urlpatterns = [
     path("courses/<int:course_id>/", desktop_views.course_detail, name="course-page"),
     path("courses/<int:course_id>/deploy/", desktop_views.course_deploy, name="course-deploy"),
     path(
+        "deployments/<int:deployment_id>/direct-links.csv",
+        desktop_views.deployment_direct_links_csv,
+        name="deployment-direct-links-csv",
+    ),
+    path(
+        "deployments/<int:deployment_id>/direct-links/revoke/",
+        desktop_views.deployment_direct_links_revoke,
+        name="deployment-direct-links-revoke",
+    ),
+    path(
         "deployments/<int:deployment_id>/<slug:action>/",
         desktop_views.deployment_action,
         name="deployment-action",
@@ -83,4 +93,7 @@ urlpatterns += [
         viewer_views.viewer_rdp,
         name="desktop-viewer-rdp",
     ),
+    # A direct link (no sign-in): the token is the whole credential.
+    path("v/<str:token>/", viewer_views.direct_link_page, name="direct-link"),
+    path("v/<str:token>/token/", viewer_views.direct_link_token, name="direct-link-token"),
 ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.utils import timezone
 from rest_framework import serializers
 
 from desktops.choices import DesktopStatus
-from desktops.models import Deployment, Desktop, DesktopEvent
+from desktops.models import Deployment, Desktop, DesktopEvent, DirectLink
 from desktops.services.deployments import deployment_desktops
 from isard.core.api.serializers import FieldsBuiltOnce, id_field
 from isard.core.text import validate_name, validate_text
@@ -182,3 +184,52 @@ class DeploymentOutcomeSerializer(serializers.Serializer[Any]):
     deployment = DeploymentSerializer()
     changed = DesktopSerializer(many=True)
     refused = RefusalSerializer(many=True)
+
+
+class DirectLinkSerializer(serializers.ModelSerializer[DirectLink]):
+    """A direct link to a desktop's browser viewer (its URL was shown once, when made)."""
+
+    created_by_username = serializers.CharField(source="created_by.username", read_only=True)
+    desktop_name = serializers.CharField(source="desktop.name", read_only=True)
+    live = serializers.SerializerMethodField(help_text="Neither revoked nor expired now.")
+
+    class Meta:
+        model = DirectLink
+        fields = ["id", "desktop", "desktop_name", "created_by", "created_by_username"]
+        fields += ["created_at", "expires_at", "revoked_at", "last_used_at", "uses", "live"]
+        read_only_fields = fields
+
+    def get_live(self, link: DirectLink) -> bool:
+        return link.is_live(timezone.now())
+
+
+class DirectLinkCreateSerializer(serializers.Serializer[Any]):
+    hours = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=1,
+        max_value=settings.ISARD_DIRECT_LINK_MAX_HOURS,
+        help_text="How long the link works (default: ISARD_DIRECT_LINK_HOURS).",
+    )
+
+
+class DirectLinkIssuedSerializer(serializers.Serializer[Any]):
+    """A link just made: `url` holds its secret and is never shown again."""
+
+    id = serializers.IntegerField()
+    desktop = serializers.IntegerField()
+    username = serializers.CharField(help_text="The desktop's owner.")
+    desktop_name = serializers.CharField()
+    url = serializers.CharField(help_text="Opens the desktop's viewer without signing in.")
+    expires_at = serializers.DateTimeField()
+
+
+class DirectLinkBatchSerializer(serializers.Serializer[Any]):
+    """One new link per desktop of a deployment (the rows of its CSV)."""
+
+    links = DirectLinkIssuedSerializer(many=True)
+
+
+class DirectLinksRevokedSerializer(serializers.Serializer[Any]):
+    revoked = serializers.IntegerField(help_text="How many live links were revoked.")

@@ -27,6 +27,7 @@ from rest_framework.throttling import BaseThrottle
 from accounts.api.views import request_user
 from accounts.models import User
 from accounts.permissions import courses_visible_to, sees_own_desktops_only, users_visible_to
+from desktops.api.direct_links import issued_body, row_body
 from desktops.api.serializers import (
     DeploymentCoTeachersSerializer,
     DeploymentCreateSerializer,
@@ -38,6 +39,10 @@ from desktops.api.serializers import (
     DesktopCreateSerializer,
     DesktopEventSerializer,
     DesktopSerializer,
+    DirectLinkBatchSerializer,
+    DirectLinkCreateSerializer,
+    DirectLinkIssuedSerializer,
+    DirectLinksRevokedSerializer,
     ViewerAccessSerializer,
 )
 from desktops.choices import DesktopStatus
@@ -62,6 +67,11 @@ from desktops.services.lifecycle import desktop_reset, desktop_shutdown, desktop
 from desktops.services.provisioning import desktop_create, desktop_create_from_media
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
 from desktops.viewer import services as viewers
+from desktops.viewer.direct_links import (
+    direct_link_create,
+    direct_links_create_for_deployment,
+    direct_links_revoke_for_deployment,
+)
 from desktops.viewer.files import viewer_vv_build
 from isard.core.api.filters import BooleanFilter, FilterSet
 from isard.core.api.serializers import ErrorSerializer
@@ -281,6 +291,25 @@ class DesktopViewSet(
         response["Cache-Control"] = "no-store"
         return response
 
+    @extend_schema(request=DirectLinkCreateSerializer, responses={201: DirectLinkIssuedSerializer})
+    @action(detail=True, methods=["post"], url_path="direct-links")
+    def direct_links(self, request: Request, pk: str | None = None) -> Response:
+        """A link that opens this desktop's viewer without signing in (and starts it if it
+        is stopped), for `hours`; its `url` is shown this once. Not for students."""
+        serializer = DirectLinkCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        issued = direct_link_create(
+            actor=request_user(request),
+            desktop=self.get_object(),
+            hours=serializer.validated_data["hours"],
+        )
+        response = Response(
+            DirectLinkIssuedSerializer(issued_body(request, issued)).data,
+            status=status.HTTP_201_CREATED,
+        )
+        response["Cache-Control"] = "no-store"
+        return response
+
 
 # --- deployments ------------------------------------------------------------------------------
 
@@ -466,6 +495,32 @@ class DeploymentViewSet(
             actor=request_user(request), deployment=self.get_object(), visible=True
         )
         return _outcome(outcome, status.HTTP_200_OK)
+
+    @extend_schema(request=DirectLinkCreateSerializer, responses={201: DirectLinkBatchSerializer})
+    @action(detail=True, methods=["post"], url_path="direct-links")
+    def direct_links(self, request: Request, pk: str | None = None) -> Response:
+        """A new direct link for every current desktop of the deployment, one row per
+        student (the page's CSV); the URLs are shown this once."""
+        serializer = DirectLinkCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rows = direct_links_create_for_deployment(
+            actor=request_user(request),
+            deployment=self.get_object(),
+            hours=serializer.validated_data["hours"],
+        )
+        body = {"links": [row_body(request, row) for row in rows]}
+        response = Response(DirectLinkBatchSerializer(body).data, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @extend_schema(request=None, responses={200: DirectLinksRevokedSerializer})
+    @action(detail=True, methods=["post"], url_path="revoke-direct-links")
+    def revoke_direct_links(self, request: Request, pk: str | None = None) -> Response:
+        """Revoke every live direct link to the deployment's desktops."""
+        revoked = direct_links_revoke_for_deployment(
+            actor=request_user(request), deployment=self.get_object()
+        )
+        return Response(DirectLinksRevokedSerializer({"revoked": revoked}).data)
 
     @extend_schema(request=DeploymentCoTeachersSerializer, responses={200: DeploymentSerializer})
     @action(detail=True, methods=["put"], url_path="co-teachers")

@@ -122,6 +122,15 @@ def viewer_check(
             desktop=desktop,
             client=client,
         )
+    return viewer_check_display(actor=actor, desktop=desktop, protocol=protocol, client=client)
+
+
+def viewer_check_display(
+    *, actor: User, desktop: Desktop, protocol: ViewerProtocol | None, client: str = ""
+) -> Hypervisor:
+    """The desktop's part of `viewer_check`: running, with the display `protocol` needs.
+    On its own for a direct link, whose holder is checked by the link
+    (`desktops.viewer.direct_links`), not as a person."""
     if desktop.status != DesktopStatus.STARTED or desktop.hypervisor is None:
         label = DesktopStatus(desktop.status).label.lower()
         raise viewer_refuse(
@@ -151,7 +160,7 @@ def viewer_check(
     return desktop.hypervisor
 
 
-def viewer_event_record(desktop: Desktop, reason: str, actor: User) -> None:
+def viewer_event_record(desktop: Desktop, reason: str, actor: User | None) -> None:
     DesktopEvent.objects.create(
         desktop=desktop,
         from_status=desktop.status,

@@ -38,10 +38,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
-from desktops.models import Desktop, ViewerProtocol, ViewerToken
+from desktops.models import Desktop, DirectLink, ViewerProtocol, ViewerToken
+from desktops.permissions import can_act_on_desktop
 from desktops.viewer.checks import (
     ViewerUnavailableError,
     viewer_check,
+    viewer_check_display,
     viewer_event_record,
     viewer_refuse,
 )
@@ -113,20 +115,45 @@ def viewer_token_issue(
     viewer_check(
         actor=actor, desktop=desktop, protocol=ViewerProtocol.BROWSER_VNC, view_only=view_only
     )
+    return _token_create(user=actor, desktop=desktop, view_only=view_only, now=now)
+
+
+def viewer_token_issue_direct(
+    *, link: DirectLink, client: str = "", now: datetime | None = None
+) -> BrowserViewerAccess:
+    """A single-use token for whoever holds a live direct link (checked by the caller,
+    `desktops.viewer.direct_links`, and again when the token is spent): the owner's
+    interactive viewer of the link's running desktop."""
+    desktop = link.desktop
+    viewer_check_display(
+        actor=desktop.owner, desktop=desktop, protocol=ViewerProtocol.BROWSER_VNC, client=client
+    )
+    return _token_create(user=desktop.owner, desktop=desktop, direct_link=link, now=now)
+
+
+def _token_create(
+    *,
+    user: User,
+    desktop: Desktop,
+    view_only: bool = False,
+    direct_link: DirectLink | None = None,
+    now: datetime | None = None,
+) -> BrowserViewerAccess:
     now = now or timezone.now()
     token = secrets.token_urlsafe(32)
     expires_at = now + token_lifetime()
     ViewerToken.objects.create(
         key_hash=hash_token(token),
-        user=actor,
+        user=user,
         desktop=desktop,
         protocol=ViewerProtocol.BROWSER_VNC,
         view_only=view_only,
+        direct_link=direct_link,
         created_at=now,
         expires_at=expires_at,
     )
     # Tokens are worthless once expired; dropping this user's old ones keeps the table small.
-    ViewerToken.objects.filter(user=actor, expires_at__lt=now - timedelta(days=1)).delete()
+    ViewerToken.objects.filter(user=user, expires_at__lt=now - timedelta(days=1)).delete()
     return BrowserViewerAccess(
         token=token,
         expires_at=expires_at,
@@ -152,15 +179,23 @@ def viewer_token_consume(
     a refused token cannot be tried again. Talks to libvirt: call it outside a transaction.
     """
     now = now or timezone.now()
-    if user is None or not user.is_authenticated:
-        raise viewer_refuse(
-            "anonymous", "Sign in to open a desktop viewer.", user=None, client=client
-        )
+    signed_in = user is not None and user.is_authenticated
     record = (
-        ViewerToken.objects.select_related("desktop__hypervisor", "desktop__hardware")
+        ViewerToken.objects.select_related(
+            "desktop__hypervisor", "desktop__hardware", "desktop__owner", "direct_link__created_by"
+        )
         .filter(key_hash=hash_token(token))
         .first()
     )
+    if record is not None and record.direct_link is not None:
+        # Whoever opened the link holds this token, signed in or not.
+        return _direct_token_consume(
+            record=record, link=record.direct_link, protocol=protocol, client=client, now=now
+        )
+    if not signed_in:
+        raise viewer_refuse(
+            "anonymous", "Sign in to open a desktop viewer.", user=None, client=client
+        )
     if record is None:
         raise viewer_refuse(
             "unknown-token",
@@ -177,6 +212,30 @@ def viewer_token_consume(
             desktop=desktop,
             client=client,
         )
+    _spend(record=record, protocol=protocol, user=user, client=client, now=now)
+    desktop.refresh_from_db()
+    # Checked again at connection time: a teacher who left the course since cannot look.
+    hypervisor = viewer_check(
+        actor=user, desktop=desktop, protocol=protocol, client=client, view_only=record.view_only
+    )
+    target = viewer_target(
+        desktop=desktop, hypervisor=hypervisor, user=user, view_only=record.view_only
+    )
+    where = client or "an unknown address"
+    if record.view_only:
+        looker = user.get_username()
+        viewer_event_record(desktop, f"view-only look at the screen by {looker} from {where}", user)
+    else:
+        viewer_event_record(desktop, f"browser viewer opened from {where}", user)
+    return target
+
+
+def _spend(
+    *, record: ViewerToken, protocol: ViewerProtocol, user: Any, client: str, now: datetime
+) -> None:
+    """Refuse a token for another protocol, used or expired; spend it with one conditional
+    update (of two connections racing with the same token, exactly one wins)."""
+    desktop = record.desktop
     if record.protocol != protocol:
         raise viewer_refuse(
             "wrong-protocol",
@@ -212,20 +271,39 @@ def viewer_token_consume(
             desktop=desktop,
             client=client,
         )
+
+
+def _direct_token_consume(
+    *,
+    record: ViewerToken,
+    link: DirectLink,
+    protocol: ViewerProtocol,
+    client: str,
+    now: datetime,
+) -> ViewerTarget:
+    """A token issued through a direct link: spent like any other, then the link is
+    checked again (revoked or expired since, or its maker no longer over the desktop)."""
+    owner = record.desktop.owner
+    _spend(record=record, protocol=protocol, user=None, client=client, now=now)
+    desktop = record.desktop
     desktop.refresh_from_db()
-    # Checked again at connection time: a teacher who left the course since cannot look.
-    hypervisor = viewer_check(
-        actor=user, desktop=desktop, protocol=protocol, client=client, view_only=record.view_only
+    link.refresh_from_db()
+    if not link.is_live(now) or not can_act_on_desktop(link.created_by, desktop):
+        raise viewer_refuse(
+            "direct-link-closed",
+            "This direct link was revoked or expired.",
+            user=None,
+            desktop=desktop,
+            client=client,
+        )
+    hypervisor = viewer_check_display(
+        actor=owner, desktop=desktop, protocol=protocol, client=client
     )
-    target = viewer_target(
-        desktop=desktop, hypervisor=hypervisor, user=user, view_only=record.view_only
-    )
+    target = viewer_target(desktop=desktop, hypervisor=hypervisor, user=owner)
     where = client or "an unknown address"
-    if record.view_only:
-        looker = user.get_username()
-        viewer_event_record(desktop, f"view-only look at the screen by {looker} from {where}", user)
-    else:
-        viewer_event_record(desktop, f"browser viewer opened from {where}", user)
+    viewer_event_record(
+        desktop, f"browser viewer opened through direct link {link.pk} from {where}", None
+    )
     return target
 
 

@@ -17,11 +17,17 @@ from django.http.request import split_domain_port
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
 from desktops.models import Desktop
 from desktops.permissions import can_act_on_desktop
+from desktops.viewer.direct_links import (
+    DirectLinkOpening,
+    direct_link_open,
+    direct_link_viewer_access,
+)
 from desktops.viewer.files import viewer_rdp_build, viewer_vv_build
 from desktops.viewer.services import BrowserViewerAccess, viewer_token_issue
 from isard.core.errors import ApplicationError, NotFoundError
@@ -131,3 +137,57 @@ def viewer_rdp(request: HttpRequest, desktop_id: int) -> HttpResponse:
     response = HttpResponse(rdp.content, content_type="application/x-rdp")
     response["Content-Disposition"] = f'attachment; filename="{rdp.filename}"'
     return response
+
+
+# --- direct links: the same viewer page, for whoever holds the link ----------------------------
+
+
+def _client(request: HttpRequest) -> str:
+    return str(request.META.get("REMOTE_ADDR") or "")
+
+
+def _opening_payload(opening: DirectLinkOpening) -> dict[str, object]:
+    if opening.access is not None:
+        return _access_payload(opening.access)
+    return {"status": opening.status.value, "status_label": opening.status.label}
+
+
+@never_cache
+@ensure_csrf_cookie
+@require_GET
+def direct_link_page(request: HttpRequest, token: str) -> HttpResponse:
+    """`/v/<token>/`: no sign-in. Starts the desktop if it is stopped, then the viewer;
+    while it starts, the page asks `direct-link-token` until it runs."""
+    try:
+        opening = direct_link_open(token=token, client=_client(request))
+    except ApplicationError as error:
+        return render(
+            request,
+            "desktops/viewer.html",
+            {"refusal": error.message, "reason": error.extra.get("reason", ""), "direct": True},
+            status=error.status_code,
+        )
+    context = {
+        "access": _access_payload(opening.access) if opening.access is not None else None,
+        "waiting": opening.access is None,
+        "status_label": opening.status.label,
+        "direct": True,
+        "view_only": False,
+        "desktop_name": opening.link.desktop.name,
+        "token_url": reverse("direct-link-token", args=[token]),
+    }
+    return render(request, "desktops/viewer.html", context)
+
+
+@never_cache
+@require_POST
+def direct_link_token(request: HttpRequest, token: str) -> JsonResponse:
+    """A viewer token for the direct link's page (200), or the status it still waits on
+    (202: starting); a link that stopped working is 404, like one that never did."""
+    try:
+        opening = direct_link_viewer_access(token=token, client=_client(request))
+    except ApplicationError as error:
+        return JsonResponse(
+            {"message": error.message, "extra": error.extra}, status=error.status_code
+        )
+    return JsonResponse(_opening_payload(opening), status=200 if opening.access else 202)

@@ -1,12 +1,15 @@
 // The viewer page (desktops/viewer.html): noVNC, single-use tokens, reconnects.
 // A file, not inline, so the page runs under the strict Content-Security-Policy.
+// `access` is null on a direct link's page while its desktop starts: the page asks the
+// token URL until the desktop runs (202 while it is on its way).
 const access = JSON.parse(document.getElementById("viewer-access").textContent);
 const tokenUrl = document.body.dataset.tokenUrl;
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const statusLine = document.getElementById("status");
 const screen = document.getElementById("screen");
 // Absent on a view-only page: the proxy drops input from such a viewer anyway.
-const viewOnly = Boolean(access.view_only);
+const viewOnly = Boolean(access && access.view_only);
+const WAIT_POLL_MS = 2000;
 const ctrlAltDel = document.getElementById("ctrl-alt-del");
 const reconnectButton = document.getElementById("reconnect");
 const clipboard = document.getElementById("clipboard");
@@ -97,6 +100,12 @@ async function freshAccess() {
     credentials: "same-origin",
   });
   const body = await response.json().catch(() => ({}));
+  if (response.status === 202) {
+    const error = new Error(`The desktop is ${(body.status_label || "starting").toLowerCase()}…`);
+    error.waiting = true;
+    error.final = false;
+    throw error;
+  }
   if (!response.ok) {
     const error = new Error(body.message || `The server answered ${response.status}.`);
     error.final = response.status < 500;
@@ -152,9 +161,29 @@ reconnectButton.addEventListener("click", () => {
 });
 window.addEventListener("beforeunload", () => { userClosed = true; if (rfb) rfb.disconnect(); });
 
+async function waitForStart() {
+  try {
+    open(await freshAccess());
+  } catch (error) {
+    if (error.waiting) {
+      setState("waiting", `${error.message} The viewer opens when it runs.`);
+      setTimeout(waitForStart, WAIT_POLL_MS);
+    } else if (error.final) {
+      setState("failed", error.message);
+    } else {
+      setState("waiting", `${error.message} Trying again…`);
+      setTimeout(waitForStart, WAIT_POLL_MS);
+    }
+  }
+}
+
 import(document.body.dataset.rfbUrl).then((module) => {
   RFB = module.default;
-  open(access);
+  if (access) {
+    open(access);
+  } else {
+    setTimeout(waitForStart, WAIT_POLL_MS);
+  }
 }).catch((error) => {
   setState("failed", `The viewer could not load noVNC (${error}).`);
 });
