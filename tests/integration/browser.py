@@ -46,6 +46,8 @@ class AsgiServer:
         # test needs no collectstatic.
         http = ASGIStaticFilesHandler(get_asgi_application())
         websocket = platform.application_mapping["websocket"]
+        #: The websockets' origin check (channels' OriginValidator, from ALLOWED_HOSTS).
+        self.websocket_origins = websocket
 
         async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
             handler = websocket if scope["type"] == "websocket" else http

@@ -159,11 +159,15 @@ class Gateway:
     port: int
     log: Path
     ca_file: Path
+    cert_file: Path
 
 
 @pytest.fixture
 def student_gateway(
-    settings: Any, student_network: StudentNetwork, tmp_path: Path
+    settings: Any,
+    student_network: StudentNetwork,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Gateway]:
     """The platform on its public address (the student's only reachable one), as
     `./isardctl up` serves it: HTTPS on one port, whose CONNECTs the web tier passes to the
@@ -206,9 +210,13 @@ def student_gateway(
     settings.ISARD_GATEWAY_PORT = 0
     settings.ISARD_PUBLIC_PORT = 0
     settings.ISARD_PUBLIC_HOST = student_network.platform_address
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, student_network.platform_address]
+    # As ISARD_ALLOWED_HOSTS would name it at start: the pages read the setting on each
+    # request, the websockets' origin check took its list when the application was built.
+    allowed = [*settings.ALLOWED_HOSTS, student_network.platform_address]
+    settings.ALLOWED_HOSTS = allowed
+    monkeypatch.setattr(server.websocket_origins, "allowed_origins", allowed)
     try:
-        yield Gateway(port=port, log=log, ca_file=web_pki.ca_cert)
+        yield Gateway(port=port, log=log, ca_file=web_pki.ca_cert, cert_file=web_pki.host_cert)
     finally:
         stop_serving()
         # Tunnels remote-viewer left open end with it.
@@ -471,3 +479,125 @@ def test_a_student_pc_reaches_a_real_guest_only_through_the_gateway(
         student_gateway.log.read_text(),
     )
     assert len(refusals) == 4, student_gateway.log.read_text()
+
+
+# --- the browser on the student's PC ---------------------------------------------------------
+
+
+@pytest.fixture
+def student_chromium(
+    student_network: StudentNetwork, student_gateway: Gateway, tmp_path: Path
+) -> Iterator[Any]:
+    """Chromium on the student's PC: Debian's chromedriver started inside the namespace,
+    driven from here over the veth link (chromedriver allows only the platform's address).
+    It trusts the platform's HTTPS certificate by its key (`--ignore-certificate-errors-
+    spki-list`, Chromium's way to pin one certificate without a system CA store)."""
+    import base64
+    import hashlib
+    import urllib.request
+
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from selenium import webdriver
+
+    from tests.integration.browser import CHROMEDRIVER, CHROMIUM
+
+    certificate = tls.load_certificate(student_gateway.cert_file)
+    assert certificate is not None
+    spki = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    port = 9515  # the namespace's own: nothing else listens there
+    driver_process = subprocess.Popen(
+        student_network.command(
+            CHROMEDRIVER, f"--port={port}", f"--allowed-ips={student_network.platform_address}"
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://{student_network.student_address}:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/status", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    driver = None
+    try:
+        wait_for(ready, 30, "chromedriver in the student's namespace")
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'student-chromium'}",
+            "--window-size=1024,700",
+            f"--ignore-certificate-errors-spki-list={pin}",
+        ):
+            options.add_argument(flag)
+        driver = webdriver.Remote(command_executor=url, options=options)
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        if driver is not None:
+            driver.quit()
+        stop_process_group(driver_process)
+
+
+def test_a_student_pc_opens_the_browser_viewer_and_a_direct_link_through_the_one_port(
+    running_guest: tuple[Any, Desktop],  # noqa: F811
+    student_network: StudentNetwork,
+    student_gateway: Gateway,
+    student_chromium: Any,
+) -> None:
+    from django.conf import settings as django_settings
+    from django.test import Client
+    from django.urls import reverse
+
+    from desktops.viewer.direct_links import direct_link_create
+    from tests.integration.browser import canvas_matches_screen, page_state, wait_for_state
+
+    owner, desktop = running_guest
+    origin = f"https://{student_network.platform_address}:{student_gateway.port}"
+    student = student_network.student_address
+
+    # Signed in: the page over HTTPS and the viewer's wss, on the one public port.
+    client = Client()
+    client.force_login(owner)
+    session = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    student_chromium.get(f"{origin}/no-such-page/")  # a cookie needs a page of its origin
+    student_chromium.add_cookie(
+        {"name": django_settings.SESSION_COOKIE_NAME, "value": session, "path": "/"}
+    )
+    student_chromium.get(origin + reverse("desktop-viewer", args=[desktop.pk]))
+    status = wait_for_state(student_chromium, "connected", timeout=60)
+    assert status == f"Connected to QEMU ({desktop.domain_name})"
+    wait_for(lambda: canvas_matches_screen(student_chromium, desktop) > 0.99, 30, "the canvas")
+    student_chromium.save_screenshot(str(ARTIFACTS / "student-network-chromium-viewer.png"))
+
+    # A direct link, never signed in, from the same PC.
+    admin = UserFactory.create(role=Role.ADMIN, username="it-admin")
+    issued = direct_link_create(actor=admin, desktop=desktop)
+    student_chromium.delete_all_cookies()
+    student_chromium.get(origin + issued.path)
+    status = wait_for_state(student_chromium, "connected", timeout=60)
+    assert status == f"Connected to QEMU ({desktop.domain_name})"
+    wait_for(lambda: canvas_matches_screen(student_chromium, desktop) > 0.99, 30, "the canvas")
+    student_chromium.save_screenshot(str(ARTIFACTS / "student-network-chromium-link.png"))
+    history = list(desktop.events.order_by("pk").values_list("reason", flat=True))
+    link = issued.link
+    assert any(
+        f"opened through direct link {link.pk} (made by it-admin) from {student}" in reason
+        for reason in history
+    ), history
+
+    # A link that is not one: the same refusal as for a revoked or expired link.
+    student_chromium.get(f"{origin}/v/not-a-link/")
+    assert page_state(student_chromium)[0] == "refused"
