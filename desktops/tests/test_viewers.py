@@ -274,6 +274,19 @@ def test_viewer_page_gives_the_owner_a_fresh_token_uncached_and_no_password(
     assert record.user == ana and record.desktop == anas_desktop
 
 
+def test_viewer_page_says_where_each_way_of_opening_works(
+    ana: Any, anas_desktop: Desktop, settings: Any
+) -> None:
+    settings.ISARD_RDP_GATEWAY = ""
+    body = client_for(ana).get(reverse("desktop-viewer", args=[anas_desktop.pk])).content.decode()
+    assert "Other ways to open it" in body
+    assert "only from the school's own network (this platform has no RD Gateway)" in body
+    settings.ISARD_RDP_GATEWAY = "rdgw.school.example"
+    body = client_for(ana).get(reverse("desktop-viewer", args=[anas_desktop.pk])).content.decode()
+    assert "through the school's RD Gateway rdgw.school.example" in body
+    assert "no RD Gateway" not in body
+
+
 def test_viewer_page_of_another_students_desktop_is_refused_without_the_password(
     ben: Any, anas_desktop: Desktop
 ) -> None:

@@ -11,6 +11,7 @@ The browser viewer is interactive for the desktop's owner and view-only for anyo
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.request import split_domain_port
@@ -85,6 +86,7 @@ def viewer_page(request: HttpRequest, desktop_id: int) -> HttpResponse:
         "token_url": reverse("desktop-viewer-token", args=[access.desktop_id]),
         "vv_url": reverse("desktop-viewer-vv", args=[access.desktop_id]),
         "rdp_url": reverse("desktop-viewer-rdp", args=[access.desktop_id]),
+        "rdp_gateway": getattr(settings, "ISARD_RDP_GATEWAY", ""),
     }
     return render(request, "desktops/viewer.html", context)
 
