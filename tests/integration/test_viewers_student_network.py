@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,14 @@ from desktops.viewer.gateway import gateway_take_handoffs
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.guest_image import GUEST_READY_MARKER
-from tests.integration.browser import ARTIFACTS, direct_framebuffer, vga_text
+from tests.integration.browser import ARTIFACTS, direct_framebuffer, vga_text, vga_text_on
 from tests.integration.conftest import SYSTEM_URI, wait_for
 from tests.integration.test_viewers import running_guest  # noqa: F401  (a fixture)
+from tests.integration.test_viewers_tls_hosts import (  # noqa: F401  (fixtures)
+    module_pki,
+    tls_daemons,
+    tls_hosts,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -311,25 +316,28 @@ def screen_rgb(path: Path) -> tuple[int, int, bytes]:
     return width, height, b"".join(rows)
 
 
-def guest_on_screen(path: Path, desktop: Desktop) -> float:
-    """Share of the guest's pixels (read from QEMU) shown 1:1 somewhere on the X screen, at
-    the place where the guest's first row of text is found; 0 if it is nowhere."""
+def framebuffer_rgb(desktop: Desktop) -> tuple[int, int, bytes]:
+    """The guest's screen as QEMU's VNC server gives it (a guest of the local host)."""
     guest = direct_framebuffer(desktop)
-    guest_rgb = bytearray(guest.width * guest.height * 3)
-    guest_rgb[0::3], guest_rgb[1::3], guest_rgb[2::3] = (
-        guest.pixels[0::4],
-        guest.pixels[1::4],
-        guest.pixels[2::4],
-    )
-    stride = guest.width * 3
-    guest_rows = [bytes(guest_rgb[y * stride : (y + 1) * stride]) for y in range(guest.height)]
+    rgb = bytearray(guest.width * guest.height * 3)
+    rgb[0::3], rgb[1::3], rgb[2::3] = guest.pixels[0::4], guest.pixels[1::4], guest.pixels[2::4]
+    return guest.width, guest.height, bytes(rgb)
+
+
+def guest_on_screen(path: Path, guest_screen: Callable[[], tuple[int, int, bytes]]) -> float:
+    """Share of the guest's pixels (`guest_screen`: width, height, RGB, read from QEMU)
+    shown 1:1 somewhere on the X screen, at the place where the guest's first row of text
+    is found; 0 if it is nowhere."""
+    guest_width, guest_height, guest_rgb = guest_screen()
+    stride = guest_width * 3
+    guest_rows = [bytes(guest_rgb[y * stride : (y + 1) * stride]) for y in range(guest_height)]
     # The first row that is not one colour: a row through text.
     marked = next((y for y, row in enumerate(guest_rows) if len(set(row)) > 1), None)
     if marked is None or not path.exists():
         return 0.0
     width, height, screen = screen_rgb(path)
     screen_stride = width * 3
-    for y in range(marked, height - guest.height + marked + 1):
+    for y in range(marked, height - guest_height + marked + 1):
         line = screen[y * screen_stride : (y + 1) * screen_stride]
         x = line.find(guest_rows[marked])
         if x < 0 or x % 3:
@@ -338,10 +346,78 @@ def guest_on_screen(path: Path, desktop: Desktop) -> float:
         same = sum(
             screen[(top + row) * screen_stride + x : (top + row) * screen_stride + x + stride]
             == guest_rows[row]
-            for row in range(guest.height)
+            for row in range(guest_height)
         )
-        return same / guest.height
+        return same / guest_height
     return 0.0
+
+
+def remote_viewer_through_the_gateway(
+    network: StudentNetwork,
+    screen: tuple[str, Path],
+    vv_path: Path,
+    guest_screen: Callable[[], tuple[int, int, bytes]],
+    *,
+    usb_devices: int,
+    tls_port: int,
+    artifact: str,
+) -> tuple[str, float]:
+    """Open `vv_path` in remote-viewer on the student's PC until every channel is up and
+    the X screen shows the guest; check each went over TLS to the guest's port. Returns
+    remote-viewer's log and the share of the guest's pixels on the student's screen."""
+    display, screen_file = screen
+    wanted = [
+        "main channel: opened",
+        "SpiceDisplayChannel",
+        *(f"usbredir-9:{index}: channel up" for index in range(usb_devices)),
+    ]
+    process = subprocess.Popen(
+        network.command("remote-viewer", "--debug", str(vv_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "DISPLAY": display, "G_MESSAGES_DEBUG": "all", "SPICE_DEBUG": "1"},
+    )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            lines.extend(process.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    shown = 0.0
+    try:
+        wait_for(
+            lambda: process.poll() is not None or all(text in "".join(lines) for text in wanted),
+            90,
+            "remote-viewer's channels",
+        )
+
+        def screen_shows_guest() -> bool:
+            nonlocal shown
+            shown = guest_on_screen(screen_file, guest_screen)
+            return shown > 0.99 or process.poll() is not None
+
+        wait_for(screen_shows_guest, 30, "the guest on the student's screen")
+    finally:
+        if screen_file.exists():
+            shutil.copy(screen_file, ARTIFACTS / f"{artifact}-screen.xwd")
+        stop_process_group(process)
+        reader.join(5)
+        log = "".join(lines)
+        (ARTIFACTS / f"{artifact}-remote-viewer.log").write_text(log)
+    tail = log[-4000:]
+    # Every channel went over TLS to the guest's port, through the gateway.
+    assert all(text in log for text in wanted), tail
+    channels = ("main-1:0", "display-2:0", "inputs-3:0")
+    for channel in (*channels, *(f"usbredir-9:{index}" for index in range(usb_devices))):
+        assert f"{channel}: Using TLS, port {tls_port}" in log, tail
+    assert "verify_subject: subjects match" in log, tail
+    assert "Using plain text" not in log
+    return log, shown
 
 
 # --- the test --------------------------------------------------------------------------------
@@ -385,60 +461,17 @@ def test_a_student_pc_reaches_a_real_guest_only_through_the_gateway(
     vv_path = tmp_path / vv.filename
     vv_path.write_text(vv.content)
 
-    display, screen_file = student_screen
     usb_devices = desktop.hardware.usb_redirect_devices
     assert usb_devices == 2
-    wanted = [
-        "main channel: opened",
-        "SpiceDisplayChannel",
-        *(f"usbredir-9:{index}: channel up" for index in range(usb_devices)),
-    ]
-    process = subprocess.Popen(
-        student_network.command("remote-viewer", "--debug", str(vv_path)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "DISPLAY": display, "G_MESSAGES_DEBUG": "all", "SPICE_DEBUG": "1"},
+    _, shown = remote_viewer_through_the_gateway(
+        student_network,
+        student_screen,
+        vv_path,
+        lambda: framebuffer_rgb(desktop),
+        usb_devices=usb_devices,
+        tls_port=tls_port,
+        artifact="student-network",
     )
-    lines: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        with process.stdout:
-            lines.extend(process.stdout)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    shown = 0.0
-    try:
-        wait_for(
-            lambda: process.poll() is not None or all(text in "".join(lines) for text in wanted),
-            90,
-            "remote-viewer's channels",
-        )
-
-        def screen_shows_guest() -> bool:
-            nonlocal shown
-            shown = guest_on_screen(screen_file, desktop)
-            return shown > 0.99 or process.poll() is not None
-
-        wait_for(screen_shows_guest, 30, "the guest on the student's screen")
-    finally:
-        if screen_file.exists():
-            shutil.copy(screen_file, ARTIFACTS / "student-network-screen.xwd")
-        stop_process_group(process)
-        reader.join(5)
-        log = "".join(lines)
-        (ARTIFACTS / "student-network-remote-viewer.log").write_text(log)
-    tail = log[-4000:]
-
-    # Every channel went over TLS to the guest's port, through the gateway.
-    assert all(text in log for text in wanted), tail
-    for channel in ("main-1:0", "display-2:0", "inputs-3:0", "usbredir-9:0", "usbredir-9:1"):
-        assert f"{channel}: Using TLS, port {tls_port}" in log, tail
-    assert "verify_subject: subjects match" in log, tail
-    assert "Using plain text" not in log
     # The student's screen is the guest's, and the guest's screen holds its ready line.
     assert shown > 0.99, shown
     assert GUEST_READY_MARKER in vga_text(desktop)
@@ -601,3 +634,74 @@ def test_a_student_pc_opens_the_browser_viewer_and_a_direct_link_through_the_one
     # A link that is not one: the same refusal as for a revoked or expired link.
     student_chromium.get(f"{origin}/v/not-a-link/")
     assert page_state(student_chromium)[0] == "refused"
+
+
+# --- a desktop on another hypervisor ---------------------------------------------------------
+
+
+def test_a_student_pc_opens_a_desktop_on_another_hypervisor_through_the_same_port(
+    tls_hosts: tuple[Any, Any],  # noqa: F811
+    tiny_image: Path,
+    direct_tasks: list[str],
+    student_network: StudentNetwork,
+    student_gateway: Gateway,
+    student_screen: tuple[str, Path],
+    storage_root: Path,
+    tmp_path: Path,
+) -> None:
+    """A hypervisor set up as `isard_certs --hypervisor` sets up a remote host (its own
+    libvirt daemon, certificates from the platform CA, SPICE over TLS only): the .vv names
+    its display and its certificate, and the gateway on the shared port tunnels there."""
+    from templates_app.demo import demo_hardware_profile
+    from templates_app.services.templates import template_register_base
+    from tests.integration.test_viewers_tls_hosts import screendump
+
+    template = template_register_base(
+        name="Tiny Linux (demo)", image=tiny_image, hardware=demo_hardware_profile()
+    )
+    owner = UserFactory.create(role=Role.STUDENT, username="ana")
+    desktop = desktop_create(actor=owner, template=template, name="Ana's remote desktop")
+    desktop.refresh_from_db()
+    assert desktop.disk is not None
+    os.chmod(desktop.disk.path, 0o666)  # the daemons run qemu as users of their own
+    desktop_start(actor=owner, desktop=desktop)
+    desktop.refresh_from_db()
+    assert desktop.status == DesktopStatus.STARTED, desktop.status_reason
+    host = desktop.hypervisor
+    assert host is not None and host.name in ("tls-a", "tls-b")
+    wait_for(
+        lambda: GUEST_READY_MARKER in vga_text_on(host.uri, desktop.domain_name),
+        240,
+        "the guest to boot",
+    )
+    ports = libvirt_driver.graphics_ports(host.uri, desktop.domain_name)
+    assert ports.spice_tls_port is not None
+    platform = student_network.platform_address
+    assert student_network.probe(platform, ports.spice_tls_port).startswith("unreachable")
+
+    vv = viewer_vv_build(actor=owner, desktop=desktop)
+    proxy = re.search(r"^proxy=http://[0-9a-f]+:[^@\s]+@([^:\s]+):(\d+)$", vv.content, re.M)
+    assert proxy is not None and proxy.group(1, 2) == (platform, str(student_gateway.port))
+    assert f"tls-port={ports.spice_tls_port}" in vv.content
+    vv_path = tmp_path / vv.filename
+    vv_path.write_text(vv.content)
+    dumps = storage_root / "screendumps"
+    dumps.mkdir(exist_ok=True)
+    dumps.chmod(0o777)  # QEMU writes them as the daemon's user
+    _, shown = remote_viewer_through_the_gateway(
+        student_network,
+        student_screen,
+        vv_path,
+        lambda: screendump(host.uri, desktop.domain_name, dumps),
+        usb_devices=desktop.hardware.usb_redirect_devices,
+        tls_port=ports.spice_tls_port,
+        artifact="student-network-remote-host",
+    )
+    assert shown > 0.99, shown
+    opened = re.findall(
+        rf"gateway tunnel opened: desktop={desktop.pk} .* target=127\.0\.0\.1:"
+        rf"{ports.spice_tls_port} client={re.escape(student_network.student_address)}$",
+        student_gateway.log.read_text(),
+        re.M,
+    )
+    assert len(opened) >= 3 + desktop.hardware.usb_redirect_devices
