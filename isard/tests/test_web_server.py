@@ -57,6 +57,17 @@ session.create()
 print("SEED", student.pk, session.session_key)
 from accounts.tokens import api_token_create
 print("TOKEN", api_token_create(user=student, name="web")[1])
+# The other roles of the student's school, for the HTTP pass of the API's contract.
+from accounts.choices import CourseRole, Role
+from accounts.tests.factories import CourseFactory, MembershipFactory
+teacher = UserFactory.create(username="web-teacher", role=Role.TEACHER, school=student.school)
+manager = UserFactory.create(username="web-manager", role=Role.MANAGER, school=student.school)
+admin = UserFactory.create(username="web-admin", role=Role.ADMIN, school=student.school)
+course = CourseFactory.create(school=student.school, name="web course")
+MembershipFactory.create(course=course, user=teacher, role=CourseRole.TEACHER)
+MembershipFactory.create(course=course, user=student, role=CourseRole.STUDENT)
+for person in (teacher, manager, admin):
+    print("ROLE", person.role, api_token_create(user=person, name="web")[1])
 """
 
 
@@ -69,6 +80,8 @@ class WebPlatform:
     cookie: str
     token: str
     student_id: int
+    #: API tokens of the student's school's teacher, manager and an administrator.
+    role_tokens: dict[str, str]
     environment: dict[str, str]
 
     def tls_context(self) -> ssl.SSLContext:
@@ -158,6 +171,9 @@ def web_platform(tmp_path: Path, clean_throttles: None) -> Iterator[WebPlatform]
         line for line in seeded.stdout.splitlines() if line.startswith("SEED ")
     ).split()
     token = next(line for line in seeded.stdout.splitlines() if line.startswith("TOKEN "))
+    role_tokens = dict(
+        line.split()[1:] for line in seeded.stdout.splitlines() if line.startswith("ROLE ")
+    )
     log = (tmp_path / "web.log").open("wb")
     process = subprocess.Popen(
         [python, "manage.py", "isard_web"],
@@ -175,6 +191,7 @@ def web_platform(tmp_path: Path, clean_throttles: None) -> Iterator[WebPlatform]
         cookie=f"sessionid={session_key}",
         token=token.split()[1],
         student_id=int(student_id),
+        role_tokens=role_tokens,
         environment=environment,
     )
     try:
@@ -390,7 +407,8 @@ def test_the_api_keeps_its_contract_over_the_real_web_tier(web_platform: WebPlat
     schema = schemathesis.openapi.from_url(
         f"http://127.0.0.1:{web_platform.http_port}/api/v1/schema/"
     )
-    tokens = {"student": web_platform.token}
+    tokens = {"student": web_platform.token, **web_platform.role_tokens}
+    assert sorted(tokens) == ["admin", "manager", "student", "teacher"]
     failures: list[str] = []
     seen: dict[str, set[int]] = {}
     for result in schema.get_all_operations():
@@ -406,15 +424,16 @@ def test_the_api_keeps_its_contract_over_the_real_web_tier(web_platform: WebPlat
             (GenerationMode.POSITIVE, HTTP_POSITIVE_EXAMPLES),
             (GenerationMode.NEGATIVE, HTTP_NEGATIVE_EXAMPLES),
         ):
-            try:
-                fuzz(
-                    operation.as_strategy(generation_mode=mode),
-                    tokens,
-                    examples,
-                    seen.setdefault(name, set()),
-                )
-            except (Exception, BaseExceptionGroup) as error:
-                failures.append(f"{name} ({mode}): {error}")
+            for role, token in tokens.items():  # each role its own examples
+                try:
+                    fuzz(
+                        operation.as_strategy(generation_mode=mode),
+                        {role: token},
+                        examples,
+                        seen.setdefault(name, set()),
+                    )
+                except (Exception, BaseExceptionGroup) as error:
+                    failures.append(f"{name} ({mode}, {role}): {error}")
     assert not failures, "\n\n".join(failures)
     assert len(seen) > 40
     assert any(200 <= code < 300 for codes in seen.values() for code in codes), seen
