@@ -6,6 +6,7 @@ a teacher the courses they teach (members read-only, enrolment codes through act
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from django import forms
@@ -31,6 +32,7 @@ from accounts.admin_scope import (
 )
 from accounts.choices import CourseRole, Role
 from accounts.ldap.sync import ldap_sync
+from accounts.ldap.syntax import format_role_groups, parse_role_groups
 from accounts.models import (
     Course,
     CourseMembership,
@@ -364,11 +366,39 @@ class QuotaAdmin(ScopedModelAdmin):
 
 @admin.register(LdapGroupMapping)
 class LdapGroupMappingAdmin(ScopedModelAdmin):
-    list_display = ("group_dn", "school", "course", "course_name", "role", "enabled")
+    list_display = ("group_dn", "school", "course", "course_name", "role", "teachers", "enabled")
     list_filter = ("school", "role", "enabled")
-    search_fields = ("group_dn", "course_name", "course__name")
+    search_fields = ("group_dn", "course_name", "course__name", "teachers_group_dn")
     autocomplete_fields = ("course",)
     actions = ["run_ldap_sync"]
+    fieldsets = (
+        (None, {"fields": ("group_dn", "school", "course_name", "course", "role", "enabled")}),
+        (
+            "The course's teachers, if the directory says who they are elsewhere (any of "
+            "these, together; on the students' mapping)",
+            {
+                "fields": (
+                    "teachers_group_dn",
+                    "teachers_group_pattern",
+                    "teachers_attribute",
+                    "teachers_attribute_value",
+                )
+            },
+        ),
+    )
+
+    @admin.display(description="teachers from")
+    def teachers(self, mapping: LdapGroupMapping) -> str:
+        sources = [
+            label
+            for label, value in (
+                ("group", mapping.teachers_group_dn),
+                (f"rule {mapping.teachers_group_pattern}", mapping.teachers_group_pattern),
+                (f"attribute {mapping.teachers_attribute}", mapping.teachers_attribute),
+            )
+            if value
+        ]
+        return ", ".join(sources) or "-"
 
     @admin.action(description="Run the LDAP group sync now (all enabled mappings)")
     def run_ldap_sync(self, request: HttpRequest, queryset: QuerySet[LdapGroupMapping]) -> None:
@@ -382,13 +412,46 @@ class LdapGroupMappingAdmin(ScopedModelAdmin):
         self.message_user(request, str(report).splitlines()[0], level=level)
 
 
+class RoleGroupsField(forms.CharField):
+    """The role groups written as `ISARD_LDAP_ROLE_GROUPS` is: `role=group DN` per line
+    (or separated by `;`); kept as a role -> DN mapping."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 80})
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return format_role_groups(value)
+        if isinstance(value, str) and value.strip().startswith("{"):
+            # The stored JSON, as the model field renders it: shown in the one format.
+            try:
+                loaded = json.loads(value)
+            except ValueError:
+                return value
+            if isinstance(loaded, dict):
+                return format_role_groups(loaded)
+        return value
+
+    def to_python(self, value: Any) -> dict[str, str]:  # type: ignore[override]
+        if isinstance(value, dict):
+            return value
+        try:
+            return parse_role_groups(str(value or ""))
+        except ValueError as error:
+            raise forms.ValidationError(f"Role groups: {error}", code="role_groups") from error
+
+
 class SchoolDirectoryForm(forms.ModelForm):
-    """The bind password is never shown again; left empty, it stays as it was."""
+    """The bind password is never shown again; left empty, it stays as it was. The role
+    groups are written as in `ISARD_LDAP_ROLE_GROUPS`."""
 
     bind_password = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
         help_text="Left empty when editing: unchanged.",
+    )
+    role_groups = RoleGroupsField(
+        required=False,
+        help_text=SchoolDirectory._meta.get_field("role_groups").help_text,
     )
 
     class Meta:
@@ -402,6 +465,9 @@ class SchoolDirectoryForm(forms.ModelForm):
             "user_search_base",
             "user_filter",
             "username_attribute",
+            "first_name_attribute",
+            "last_name_attribute",
+            "email_attribute",
             "group_search_base",
             "group_type",
             "start_tls",

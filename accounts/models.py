@@ -7,6 +7,11 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from accounts.choices import CourseRole, MembershipSource, Role
+from accounts.ldap.syntax import (
+    validate_attribute_name,
+    validate_dn,
+    validate_group_name_pattern,
+)
 from isard.core.text import validate_name
 
 
@@ -101,11 +106,20 @@ class LdapGroupMapping(models.Model):
     `course_name` in `school`, creating it if missing, and links it, so renaming the course
     later keeps the mapping. Several groups may feed one course; someone in both a teacher
     and a student group of the same course is its teacher.
+
+    A directory rarely says who teaches which class the way it lists the class, so a
+    students' mapping may also say where the course's teachers are, in any of three ways
+    (together, their union): a teachers' group of its own (`teachers_group_dn`), a
+    naming rule that finds that group by the course group's name
+    (`teachers_group_pattern`, `teachers-{course}`), or an attribute of the teachers'
+    own entries that lists the classes they teach (`teachers_attribute`, matched against
+    `teachers_attribute_value` or else the course group's name).
     """
 
     group_dn = models.CharField(
         "group DN",
         max_length=512,
+        validators=[validate_dn],
         help_text=(
             "A groupOfNames, groupOfUniqueNames, posixGroup or Active Directory group, "
             "e.g. cn=math-1a,ou=groups,dc=school,dc=example."
@@ -127,6 +141,40 @@ class LdapGroupMapping(models.Model):
         help_text="Linked by the sync; choose one to feed an existing course.",
     )
     role = models.CharField(max_length=16, choices=CourseRole.choices, default=CourseRole.STUDENT)
+    teachers_group_dn = models.CharField(
+        "teachers' group DN",
+        max_length=512,
+        blank=True,
+        validators=[validate_dn],
+        help_text="The group of this course's teachers, e.g. "
+        "cn=teachers-1a,ou=groups,dc=school,dc=example.",
+    )
+    teachers_group_pattern = models.CharField(
+        "teachers' group naming rule",
+        max_length=200,
+        blank=True,
+        validators=[validate_group_name_pattern],
+        help_text="The teachers' group's name (cn), with {course} for the name of this "
+        "mapping's group: teachers-{course} finds cn=teachers-1a for cn=1a. Looked for "
+        "under the group search base (or beside the course's group).",
+    )
+    teachers_attribute = models.CharField(
+        "teachers' attribute",
+        max_length=100,
+        blank=True,
+        validators=[validate_attribute_name],
+        help_text="An attribute of people's entries that lists the classes they teach "
+        "(departmentNumber, or a schoolClass of your schema). With role groups, only "
+        "people whose role is teacher or above count.",
+    )
+    teachers_attribute_value = models.CharField(
+        "value that names this course",
+        max_length=200,
+        blank=True,
+        validators=[validate_name],
+        help_text="What the teachers' attribute holds for this course (case does not "
+        "matter); empty: the name of this mapping's group (1a for cn=1a,...).",
+    )
     enabled = models.BooleanField(default=True)
 
     class Meta:
@@ -147,6 +195,23 @@ class LdapGroupMapping(models.Model):
             raise ValidationError("Choose a course or give the name of one to create.")
         if self.course is not None and self.course.school_id != self.school_id:
             raise ValidationError({"course": "The course belongs to another school."})
+        teacher_fields = ["teachers_group_dn", "teachers_group_pattern", "teachers_attribute"]
+        if self.role == CourseRole.TEACHER and any(getattr(self, f) for f in teacher_fields):
+            raise ValidationError(
+                "This mapping's members are the course's teachers already: say where the "
+                "teachers are on the mapping of the course's students."
+            )
+        if self.teachers_attribute_value and not self.teachers_attribute:
+            raise ValidationError(
+                {"teachers_attribute_value": "Give the teachers' attribute this value is in."}
+            )
+
+    @property
+    def finds_teachers(self) -> bool:
+        """Whether this mapping also says where its course's teachers are."""
+        return bool(
+            self.teachers_group_dn or self.teachers_group_pattern or self.teachers_attribute
+        )
 
 
 class SchoolDirectory(models.Model):
@@ -171,7 +236,27 @@ class SchoolDirectory(models.Model):
     user_filter = models.CharField(
         max_length=500, default="(uid=%(user)s)", help_text="`%(user)s` is the login name."
     )
-    username_attribute = models.CharField(max_length=100, default="uid")
+    username_attribute = models.CharField(
+        max_length=100, default="uid", validators=[validate_attribute_name]
+    )
+    first_name_attribute = models.CharField(
+        max_length=100,
+        default="givenName",
+        blank=True,
+        validators=[validate_attribute_name],
+        help_text="Copied to the first name at each sign-in and sync (empty: not copied). "
+        "A directory with one display name: put displayName here, and clear the last name's.",
+    )
+    last_name_attribute = models.CharField(
+        max_length=100, default="sn", blank=True, validators=[validate_attribute_name]
+    )
+    email_attribute = models.CharField(
+        "e-mail attribute",
+        max_length=100,
+        default="mail",
+        blank=True,
+        validators=[validate_attribute_name],
+    )
     group_search_base = models.CharField(max_length=500, blank=True)
     group_type = models.CharField(
         max_length=24,
@@ -193,7 +278,8 @@ class SchoolDirectory(models.Model):
     role_groups = models.JSONField(
         default=dict,
         blank=True,
-        help_text='Role → group DN, e.g. {"teacher": "cn=teachers,ou=groups,dc=x"}; the '
+        help_text="role=group DN, one per line or separated by “;”, as in "
+        "ISARD_LDAP_ROLE_GROUPS, e.g. teacher=cn=teachers,ou=groups,dc=school,dc=example; the "
         "highest role among a person's groups wins; in none of them: student. A school's "
         "directory cannot make administrators.",
     )
@@ -211,10 +297,15 @@ class SchoolDirectory(models.Model):
             raise ValidationError({"user_filter": "The filter needs %(user)s."})
         allowed = [role for role in Role.values if role != Role.ADMIN]
         if not isinstance(self.role_groups, dict) or not all(
-            role in allowed and isinstance(dn, str) for role, dn in self.role_groups.items()
+            isinstance(role, str) and isinstance(dn, str) for role, dn in self.role_groups.items()
         ):
+            raise ValidationError({"role_groups": "A mapping of roles to group DNs."})
+        if unknown := sorted(set(self.role_groups) - set(allowed)):
             raise ValidationError(
-                {"role_groups": f"A mapping of roles ({', '.join(allowed)}) to group DNs."}
+                {
+                    "role_groups": f"{', '.join(unknown)}: not a role a school's directory may "
+                    f"give; the roles are {', '.join(allowed)}."
+                }
             )
 
 
@@ -222,8 +313,9 @@ class LdapAccount(models.Model):
     """Links a person to their directory entry.
 
     Only people with one are changed by the group sync: local accounts never are. The sync
-    disables (never deletes) a person who left every synced group, and enables them again
-    when they come back, unless an administrator disabled them.
+    disables (never deletes) a person who left the directory, or who left every synced
+    group after it had seen them in one, and enables them again when they come back,
+    unless an administrator disabled them.
     """
 
     user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="ldap_account")
@@ -243,7 +335,8 @@ class LdapAccount(models.Model):
     )
     disabled_by_sync = models.BooleanField(
         default=False,
-        help_text="Disabled because they left every synced group; enabled again on return.",
+        help_text="Disabled because they left the directory or every synced group; enabled "
+        "again on return.",
     )
 
     class Meta:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from accounts.ldap.syntax import parse_role_groups
+
 __all__ = [
     "AUTHENTICATION_BACKENDS",
     "ISARD_LDAP_ATTRIBUTE_EMAIL",
@@ -36,21 +38,12 @@ __all__ = [
 env = environ.Env()
 
 
-def parse_role_groups(value: str) -> dict[str, str]:
-    """`"teacher=cn=teachers,ou=groups,dc=x;admin=cn=admins,..."` -> {"teacher": "cn=..."}.
-
-    Entries are separated by semicolons because DNs are full of commas.
-    """
-    groups: dict[str, str] = {}
-    for entry in filter(None, (part.strip() for part in value.split(";"))):
-        role, separator, group_dn = entry.partition("=")
-        if not separator or not role.strip() or not group_dn.strip():
-            raise ImproperlyConfigured(
-                f"ISARD_LDAP_ROLE_GROUPS: {entry!r} is not role=group DN "
-                "(for example teacher=cn=teachers,ou=groups,dc=school,dc=example)."
-            )
-        groups[role.strip().lower()] = group_dn.strip()
-    return groups
+def role_groups_setting(value: str) -> dict[str, str]:
+    """`ISARD_LDAP_ROLE_GROUPS`, in the format a school directory's form takes too."""
+    try:
+        return parse_role_groups(value)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"ISARD_LDAP_ROLE_GROUPS: {error}") from error
 
 
 # ldap://host, ldaps://host:636 (LDAPS), or empty for local accounts only.
@@ -72,9 +65,10 @@ ISARD_LDAP_START_TLS = env.bool("ISARD_LDAP_START_TLS", default=False)
 # The CA that signed the directory's certificate, for StartTLS and ldaps:// (empty: the
 # system's CAs).
 ISARD_LDAP_CA_CERT_FILE = env.str("ISARD_LDAP_CA_CERT_FILE", default="")
-# role=group DN pairs separated by ";"; the highest role among a person's groups wins,
-# and people in none of them are students.
-ISARD_LDAP_ROLE_GROUPS = parse_role_groups(env.str("ISARD_LDAP_ROLE_GROUPS", default=""))
+# role=group DN entries separated by ";" (or new lines), as a school directory's form
+# takes them; the highest role among a person's groups wins, and people in none of them
+# are students.
+ISARD_LDAP_ROLE_GROUPS = role_groups_setting(env.str("ISARD_LDAP_ROLE_GROUPS", default=""))
 ISARD_LDAP_ATTRIBUTE_FIRST_NAME = env.str("ISARD_LDAP_ATTRIBUTE_FIRST_NAME", default="givenName")
 ISARD_LDAP_ATTRIBUTE_LAST_NAME = env.str("ISARD_LDAP_ATTRIBUTE_LAST_NAME", default="sn")
 ISARD_LDAP_ATTRIBUTE_EMAIL = env.str("ISARD_LDAP_ATTRIBUTE_EMAIL", default="mail")

@@ -18,10 +18,11 @@ from django.dispatch import receiver
 from django.http import HttpRequest
 from django_auth_ldap.backend import LDAPBackend, ldap_error, populate_user
 
+from accounts.choices import CourseRole, MembershipSource, Role
 from accounts.ldap.client import UNREACHABLE_ERRORS, describe_ldap_error
-from accounts.ldap.config import LdapConfig, highest_role
+from accounts.ldap.config import LdapConfig, at_least, highest_role
 from accounts.ldap.people import ldap_account_link
-from accounts.models import LdapAccount, School, SchoolDirectory, User
+from accounts.models import CourseMembership, LdapAccount, School, SchoolDirectory, User
 from isard.core.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -150,11 +151,22 @@ class IsardLDAPBackend(LDAPBackend):
 
 @receiver(populate_user, sender=IsardLDAPBackend)
 def apply_directory_role(sender: Any, user: User, ldap_user: Any, **kwargs: Any) -> None:
-    """Before the user is saved at login: role from the role groups, school if none."""
+    """Before the user is saved at login: role from the role groups, school if none.
+
+    Someone the group sync made a course's teacher (a teachers' group, naming rule or
+    attribute) stays a teacher at least, as the sync leaves them.
+    """
     config: LdapConfig = ldap_user.backend.config
     if config.role_groups:
         if config.group_search_base:
             user.role = highest_role(ldap_user.group_dns, config.role_groups)
+            teaches = user.pk is not None and (
+                CourseMembership.objects.filter(
+                    user=user, role=CourseRole.TEACHER, source=MembershipSource.DIRECTORY
+                ).exists()
+            )
+            if teaches:
+                user.role = at_least(user.role, Role.TEACHER)
         else:
             logger.error(
                 "ISARD_LDAP_ROLE_GROUPS is set but ISARD_LDAP_GROUP_SEARCH_BASE is empty: "

@@ -3,9 +3,10 @@
 `open_connection` binds as the service account and turns LDAP errors into
 `DirectoryError` (`DirectoryUnreachableError` when the directory does not answer).
 `read_directory` reads everything the group sync needs in one connection: every person
-under the search base (paged, so a server's size limit does not cut the list short) and
-each mapped group, groupOfNames, groupOfUniqueNames, posixGroup or Active Directory's
-group as each entry says, with the members of the groups it lists. Entries that cannot
+under the search base (paged, so a server's size limit does not cut the list short), with
+the attributes the mappings name, the groups found by name (a naming rule's teachers'
+groups) and each mapped group, groupOfNames, groupOfUniqueNames, posixGroup or Active
+Directory's group as each entry says, with the members of the groups it lists. Entries that cannot
 be used (a member that does not exist, a person without a login name...) are returned as
 `BrokenEntry` items to report, never raised.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 import ldap
 import ldap.dn
+import ldap.filter
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
 from ldap.controls import SimplePagedResultsControl
@@ -142,6 +144,11 @@ class DirectoryPerson:
     first_name: str
     last_name: str
     email: str
+    #: The extra attributes asked for (lower-case name -> values in lower case).
+    values: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
+
+    def has_value(self, attribute: str, value: str) -> bool:
+        return value.strip().lower() in self.values.get(attribute.lower(), frozenset())
 
 
 @dataclass(frozen=True)
@@ -173,20 +180,44 @@ class DirectorySnapshot:
     #: By normalized DN; groups that could not be read are missing here and in `broken`.
     groups: dict[str, DirectoryGroup] = field(default_factory=dict)
     broken: list[BrokenEntry] = field(default_factory=list)
+    #: (normalized search base, name in lower case) -> DN, for the groups found by name.
+    named_groups: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def group(self, dn: str) -> DirectoryGroup | None:
         return self.groups.get(normalize_dn(dn))
 
+    def group_named(self, base: str, name: str) -> str | None:
+        """The DN of the group called `name` under `base`, if exactly one was found."""
+        return self.named_groups.get((normalize_dn(base), name.lower()))
 
-def read_directory(*, config: LdapConfig, group_dns: Iterable[str]) -> DirectorySnapshot:
-    """Every person under the user search base, and the groups `group_dns` with members."""
+
+@dataclass(frozen=True)
+class GroupName:
+    """A group to find by its name (cn) under a search base."""
+
+    base: str
+    name: str
+
+
+def read_directory(
+    *,
+    config: LdapConfig,
+    group_dns: Iterable[str],
+    person_attributes: Iterable[str] = (),
+    group_names: Iterable[GroupName] = (),
+) -> DirectorySnapshot:
+    """Every person under the user search base (with `person_attributes` too), the groups
+    named `group_names`, and the groups `group_dns` and those found by name, with members."""
     snapshot = DirectorySnapshot()
     with open_connection(config) as connection:
-        people_by_dn, people_by_gid = read_people(connection, config, snapshot)
+        people_by_dn, people_by_gid = read_people(
+            connection, config, snapshot, sorted(set(person_attributes))
+        )
         skipped_people = {normalize_dn(entry.dn) for entry in snapshot.broken}
+        find_groups_by_name(connection, group_names, snapshot)
         # Member DNs that are not people, by normalized DN: (as first spelled, groups).
         unresolved: dict[str, tuple[str, list[str]]] = {}
-        for group_dn in dict.fromkeys(group_dns):
+        for group_dn in dict.fromkeys([*group_dns, *snapshot.named_groups.values()]):
             group = read_group(connection, group_dn, snapshot, people_by_dn, people_by_gid)
             if group is None:
                 continue
@@ -204,12 +235,67 @@ def read_directory(*, config: LdapConfig, group_dns: Iterable[str]) -> Directory
     return snapshot
 
 
+#: The object classes of the groups a name may find.
+GROUP_CLASSES_FILTER = (
+    "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup)"
+    "(objectClass=group))"
+)
+
+
+def find_groups_by_name(
+    connection: Any, group_names: Iterable[GroupName], snapshot: DirectorySnapshot
+) -> None:
+    """Fill `snapshot.named_groups`: one search per base for all its names (by cn).
+
+    A name found twice under one base is reported and not used: a teachers' group must
+    not be picked by chance. A base that does not exist is reported too.
+    """
+    names_by_base: dict[str, dict[str, str]] = defaultdict(dict)
+    for wanted in group_names:
+        names_by_base[wanted.base].setdefault(wanted.name.lower(), wanted.name)
+    for base, names in names_by_base.items():
+        alternatives = "".join(
+            f"(cn={ldap.filter.escape_filter_chars(name)})" for name in names.values()
+        )
+        found: dict[str, list[str]] = defaultdict(list)
+        try:
+            for dn, attributes in paged_search(
+                connection, base, f"(&{GROUP_CLASSES_FILTER}(|{alternatives}))", ["cn"]
+            ):
+                for raw_name in attributes.get("cn", []):
+                    name = raw_name.decode("utf-8", errors="replace").strip().lower()
+                    if name in names:
+                        found[name].append(dn)
+        except ldap.NO_SUCH_OBJECT:
+            snapshot.broken.append(
+                BrokenEntry(base, "does not exist: no teachers' group was looked for there")
+            )
+            continue
+        for name, dns in found.items():
+            if len(dns) > 1:
+                snapshot.broken.append(
+                    BrokenEntry(
+                        base, f"{len(dns)} groups are named “{name}” ({'; '.join(dns)}): none used"
+                    )
+                )
+                continue
+            snapshot.named_groups[(normalize_dn(base), name)] = dns[0]
+
+
 def read_people(
-    connection: Any, config: LdapConfig, snapshot: DirectorySnapshot
+    connection: Any,
+    config: LdapConfig,
+    snapshot: DirectorySnapshot,
+    extra_attributes: list[str],
 ) -> tuple[dict[str, DirectoryPerson], dict[str, set[str]]]:
     """Fill `snapshot.people`; return them by normalized DN and usernames by gidNumber."""
     attribute_map = config.attribute_map()
-    attributes = [config.username_attribute, *attribute_map.values(), "gidNumber"]
+    attributes = [
+        config.username_attribute,
+        *attribute_map.values(),
+        "gidNumber",
+        *extra_attributes,
+    ]
     by_dn: dict[str, DirectoryPerson] = {}
     by_gid: dict[str, set[str]] = defaultdict(set)
     validate_username = UnicodeUsernameValidator()
@@ -252,6 +338,13 @@ def read_people(
             first_name=first_text(attributes_found, attribute_map.get("first_name", "")),
             last_name=first_text(attributes_found, attribute_map.get("last_name", "")),
             email=first_text(attributes_found, attribute_map.get("email", "")),
+            values={
+                name.lower(): frozenset(
+                    value.decode("utf-8", errors="replace").strip().lower()
+                    for value in attributes_found.get(name.lower(), [])
+                )
+                for name in extra_attributes
+            },
         )
         snapshot.people[username] = person
         by_dn[normalize_dn(dn)] = person

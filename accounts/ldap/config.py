@@ -46,6 +46,10 @@ GROUP_TYPES = (GROUP_OF_NAMES, GROUP_OF_UNIQUE_NAMES, POSIX_GROUP, ACTIVE_DIRECT
 ROLES_BY_RANK = (Role.ADMIN, Role.MANAGER, Role.TEACHER, Role.STUDENT)
 
 
+#: The roles that may teach a course.
+TEACHING_ROLES = (Role.ADMIN, Role.MANAGER, Role.TEACHER)
+
+
 @dataclass(frozen=True)
 class LdapConfig:
     """The `ISARD_LDAP_*` settings, as one value."""
@@ -71,7 +75,7 @@ class LdapConfig:
 
     @classmethod
     def from_directory(cls, directory: SchoolDirectory) -> LdapConfig:
-        """A school's own directory, with the platform's attribute names."""
+        """A school's own directory, with its own attribute names."""
         return cls(
             server_uri=directory.server_uri if directory.enabled else "",
             bind_dn=directory.bind_dn,
@@ -87,9 +91,9 @@ class LdapConfig:
             role_groups={
                 role: dn for role, dn in dict(directory.role_groups).items() if role != Role.ADMIN
             },
-            first_name_attribute=settings.ISARD_LDAP_ATTRIBUTE_FIRST_NAME,
-            last_name_attribute=settings.ISARD_LDAP_ATTRIBUTE_LAST_NAME,
-            email_attribute=settings.ISARD_LDAP_ATTRIBUTE_EMAIL,
+            first_name_attribute=directory.first_name_attribute,
+            last_name_attribute=directory.last_name_attribute,
+            email_attribute=directory.email_attribute,
             timeout=float(directory.timeout_seconds),
             school_slug=directory.school.slug,
             directory_id=directory.pk,
@@ -210,3 +214,9 @@ def highest_role(group_dns: Iterable[str], role_groups: Mapping[str, str]) -> Ro
         if group_dn and normalize_dn(group_dn) in member_of:
             return role
     return Role.STUDENT
+
+
+def at_least(role: str, minimum: Role) -> Role:
+    """`role`, raised to `minimum` if it ranks below it."""
+    current = Role(role)
+    return minimum if ROLES_BY_RANK.index(current) > ROLES_BY_RANK.index(minimum) else current

@@ -11,6 +11,7 @@ from django.db.models.functions import Lower
 
 from accounts.choices import CourseRole, MembershipSource, Role
 from accounts.ldap.client import BrokenEntry, DirectorySnapshot
+from accounts.ldap.config import at_least
 from accounts.ldap.report import MembershipChange, SyncReport
 from accounts.models import (
     Course,
@@ -47,12 +48,16 @@ def sync_people(
     snapshot: DirectorySnapshot,
     present: set[str],
     roles: dict[str, Role] | None,
+    at_least_teachers: set[str],
     school_of: dict[str, School],
     default_school: School | None,
     report: SyncReport,
     directory_id: int | None = None,
 ) -> dict[str, User]:
     """Create, update and enable the people in synced groups; return them by username.
+
+    Roles follow `roles` (the role groups) when given; either way, the people in
+    `at_least_teachers` (who teach a synced course by the directory) are teachers at least.
 
     A name that already belongs to someone of another directory (or, for a school's
     directory, to a local account of another school) is skipped and reported: one
@@ -100,9 +105,10 @@ def sync_people(
         }
         user = existing.get(username)
         if user is None:
+            role = roles[username] if roles is not None else Role.STUDENT
             user = User(
                 username=username,
-                role=(roles or {}).get(username, Role.STUDENT),
+                role=at_least(role, Role.TEACHER) if username in at_least_teachers else role,
                 school=school_of.get(username, default_school),
                 **values,
             )
@@ -115,9 +121,12 @@ def sync_people(
             setattr(user, name, values[name])
         if changed:
             report.updated_users.append(username)
-        if roles is not None and user.role != roles[username]:
-            report.role_changes.append(f"{username}: {user.role} → {roles[username]}")
-            user.role = roles[username]
+        role = Role(roles[username] if roles is not None else user.role)
+        if username in at_least_teachers:
+            role = at_least(role, Role.TEACHER)
+        if user.role != role:
+            report.role_changes.append(f"{username}: {user.role} → {role}")
+            user.role = role
             changed.append("role")
         account = accounts.get(user.pk)
         if not user.is_active and account is not None and account.disabled_by_sync:
@@ -219,25 +228,51 @@ def sync_memberships(
     CourseMembership.objects.bulk_create(to_add, batch_size=500)
 
 
-def disable_departed(
-    *, present_ids: set[int], report: SyncReport, directory_id: int | None = None
+def follow_departures(
+    *,
+    present_ids: set[int] | None,
+    in_directory: set[str],
+    report: SyncReport,
+    directory_id: int | None = None,
 ) -> None:
-    """Disable this directory's people who left every synced group; their desktops stay."""
-    departed = (
-        LdapAccount.objects.filter(
-            managed_by_sync=True, user__is_active=True, directory_id=directory_id
-        )
-        .exclude(user_id__in=present_ids)
+    """Disable this directory's people who left it, or left every synced group; their
+    desktops stay.
+
+    Gone from the directory (the user filter no longer finds them under the search base):
+    anyone linked to it, including people who only ever signed in. Left every synced
+    group (when `present_ids`, the people in one, is given): those the sync has seen in
+    one. Someone disabled for leaving the directory who is back in it, and in no group,
+    is enabled again here (people back in a group are enabled by `sync_people`).
+    """
+    accounts = (
+        LdapAccount.objects.filter(directory_id=directory_id)
         .select_related("user")
         .order_by("user__username")
     )
     users: list[User] = []
-    accounts: list[LdapAccount] = []
-    for account in departed:
-        account.user.is_active = False
-        account.disabled_by_sync = True
-        users.append(account.user)
-        accounts.append(account)
-        report.disabled_users.append(account.user.username)
+    changed: list[LdapAccount] = []
+    for account in accounts:
+        user = account.user
+        gone = user.username.lower() not in in_directory
+        left_groups = (
+            present_ids is not None and account.managed_by_sync and user.pk not in present_ids
+        )
+        if user.is_active and (gone or left_groups):
+            user.is_active = False
+            account.disabled_by_sync = True
+            report.disabled_users.append(user.username)
+        elif (
+            not user.is_active
+            and account.disabled_by_sync
+            and not gone
+            and not account.managed_by_sync
+        ):
+            user.is_active = True
+            account.disabled_by_sync = False
+            report.reactivated_users.append(user.username)
+        else:
+            continue
+        users.append(user)
+        changed.append(account)
     User.objects.bulk_update(users, ["is_active"], batch_size=500)
-    LdapAccount.objects.bulk_update(accounts, ["disabled_by_sync"], batch_size=500)
+    LdapAccount.objects.bulk_update(changed, ["disabled_by_sync"], batch_size=500)

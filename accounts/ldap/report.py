@@ -80,8 +80,8 @@ class SyncReport:
         lines = [f"{line} ({self.seconds:.2f} s)."]
         if self.disabled_users:
             lines.append(
-                "Disabled, not deleted (they left every synced group; desktops kept): "
-                + shorten(self.disabled_users)
+                "Disabled, not deleted (they left the directory or every synced group; "
+                "desktops kept): " + shorten(self.disabled_users)
             )
         for name, _singular, plural in self.CHANGES:
             if name != "disabled_users" and (items := getattr(self, name)):

@@ -82,6 +82,37 @@ def test_a_role_group_without_a_dn_stops_the_start(
         load_settings(ISARD_LDAP_ROLE_GROUPS="teacher")
 
 
+def test_role_groups_may_be_one_per_line_as_in_a_school_directorys_form(
+    load_settings: Callable[..., ModuleType],
+) -> None:
+    module = load_settings(
+        ISARD_LDAP_ROLE_GROUPS="teacher=cn=teachers,dc=x\nmanager=cn=managers,dc=x\n"
+    )
+
+    assert module.ISARD_LDAP_ROLE_GROUPS == {
+        "teacher": "cn=teachers,dc=x",
+        "manager": "cn=managers,dc=x",
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            '{"teacher": "cn=teachers,dc=x"}',
+            "write role=group DN entries, one per line .* \\(not JSON\\)",
+        ),
+        ("teacher=teachers", "is not a DN"),
+        ("teacher=cn=a,dc=x;teacher=cn=b,dc=x", "given twice"),
+    ],
+)
+def test_role_groups_in_another_format_stop_the_start_with_the_format_to_use(
+    load_settings: Callable[..., ModuleType], value: str, message: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match=message):
+        load_settings(ISARD_LDAP_ROLE_GROUPS=value)
+
+
 def test_default_settings_pass_the_checks() -> None:
     assert check_ldap_settings() == []
     assert check_ldap_directory() == []

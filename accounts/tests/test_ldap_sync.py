@@ -401,6 +401,83 @@ def test_people_in_no_synced_group_are_not_created_and_signing_in_alone_does_not
     assert walter.is_active and not walter.memberships.exists()
 
 
+def test_someone_who_only_signed_in_and_left_the_directory_is_disabled_by_the_sync(
+    small_school: dict[str, str], directory: LdapTree
+) -> None:
+    """In no mapped group, created at first sign-in: the sync disables them (not deletes)
+    once the directory no longer has them, and enables them again if they come back."""
+    directory.add_person("walter", password="walter-password")
+    walter = authenticate(None, username="walter", password="walter-password")
+    assert isinstance(walter, User)
+    desktop = Desktop.objects.create(
+        name="Walter's desktop", owner=walter, hardware=HardwareProfileFactory.create()
+    )
+    ldap_sync()
+    directory.delete(directory.people["walter"])
+
+    report = ldap_sync()
+
+    assert report.disabled_users == ["walter"]
+    assert report.counts()["disabled_users"] == 1
+    walter.refresh_from_db()
+    assert not walter.is_active and Desktop.objects.get(pk=desktop.pk).owner == walter
+    assert not ldap_sync().has_changes
+
+    directory.add_person("walter", password="walter-password")
+    report = ldap_sync()
+
+    assert report.reactivated_users == ["walter"]
+    assert authenticate(None, username="walter", password="walter-password") == walter
+
+
+def test_a_directory_with_nothing_mapped_still_disables_who_left_it(
+    directory: LdapTree,
+) -> None:
+    for uid in ("walter", "xena"):
+        directory.add_person(uid, password=f"{uid}-password")
+        assert authenticate(None, username=uid, password=f"{uid}-password") is not None
+    directory.delete(directory.people["xena"])
+
+    report = ldap_sync()
+
+    assert report.disabled_users == ["xena"]
+    assert "only people who left the directory were looked for there" in report.warnings[0]
+    assert User.objects.get(username="walter").is_active
+
+
+def test_people_the_user_filter_no_longer_finds_count_as_gone(
+    directory: LdapTree, settings: Any
+) -> None:
+    """A school that lets only some people in by the user filter: whoever it stops
+    finding is disabled at the next sync."""
+    for uid in ("walter", "xena"):
+        directory.add_person(uid, password=f"{uid}-password")
+        directory.modify(directory.people[uid], "employeeType", ["isard"])
+    settings.ISARD_LDAP_USER_FILTER = "(&(uid=%(user)s)(employeeType=isard))"
+    for uid in ("walter", "xena"):
+        assert authenticate(None, username=uid, password=f"{uid}-password") is not None
+    directory.modify(directory.people["xena"], "employeeType", ["former"])
+
+    report = ldap_sync()
+
+    assert report.disabled_users == ["xena"]
+    assert authenticate(None, username="xena", password="xena-password") is None
+
+
+def test_a_search_base_with_nobody_under_it_disables_nobody(
+    directory: LdapTree, settings: Any
+) -> None:
+    directory.add_person("walter", password="walter-password")
+    assert authenticate(None, username="walter", password="walter-password") is not None
+    settings.ISARD_LDAP_USER_SEARCH_BASE = directory.groups_dn  # no people there
+
+    report = ldap_sync()
+
+    assert report.disabled_users == []
+    assert any("Nobody was disabled: no person was found" in w for w in report.warnings)
+    assert User.objects.get(username="walter").is_active
+
+
 def test_a_group_listing_other_groups_brings_their_members_at_any_depth(
     directory: LdapTree, school: School
 ) -> None:
@@ -651,4 +728,6 @@ def test_report_summary_is_readable() -> None:
         "LDAP group sync: 25 people created, 1 person disabled (1.50 s)."
     )
     assert "user19 and 5 more" in text
-    assert "Disabled, not deleted (they left every synced group; desktops kept): bob" in text
+    assert (
+        "Disabled, not deleted (they left the directory or every synced group; desktops kept): bob"
+    ) in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -310,63 +311,162 @@ def test_an_unreachable_school_directory_is_reported_and_the_others_synced(
     assert any(uri in warning and "does not answer" in warning for warning in report.warnings)
 
 
+def directory_form(directory: SchoolDirectory, **changes: str) -> dict[str, Any]:
+    """The school directory's admin form as a browser posts it, with `changes`."""
+    values: dict[str, Any] = {
+        "school": directory.school_id,
+        "enabled": "on",
+        "server_uri": directory.server_uri,
+        "bind_dn": directory.bind_dn,
+        "bind_password": "",
+        "user_search_base": directory.user_search_base,
+        "user_filter": directory.user_filter,
+        "username_attribute": directory.username_attribute,
+        "first_name_attribute": directory.first_name_attribute,
+        "last_name_attribute": directory.last_name_attribute,
+        "email_attribute": directory.email_attribute,
+        "group_search_base": directory.group_search_base,
+        "group_type": "groupOfNames",
+        "ca_cert_file": "",
+        "role_groups": "",
+        "timeout_seconds": "3",
+    }
+    return values | changes
+
+
+@pytest.fixture
+def admin_client(north: School) -> Client:
+    client = Client()
+    client.force_login(UserFactory.create(role=Role.ADMIN, is_staff=True, is_superuser=True))
+    return client
+
+
+def directory_url(directory: SchoolDirectory) -> str:
+    return reverse("admin:accounts_schooldirectory_change", args=[directory.pk])
+
+
 def test_school_directories_are_set_by_administrators_and_keep_their_password(
-    north: School,
+    north: School, admin_client: Client
 ) -> None:
-    admin = UserFactory.create(role=Role.ADMIN, is_staff=True, is_superuser=True)
     manager = UserFactory.create(role=Role.MANAGER, school=north)
     directory = north.directory
-    url = reverse("admin:accounts_schooldirectory_change", args=[directory.pk])
+    url = directory_url(directory)
     client = Client()
     client.force_login(manager)
     assert client.get(url).status_code == 403
 
-    client.force_login(admin)
-    page = client.get(url).content.decode()
+    page = admin_client.get(url).content.decode()
     assert SERVICE_PASSWORD not in page
-    response = client.post(
-        url,
-        {
-            "school": north.pk,
-            "enabled": "on",
-            "server_uri": directory.server_uri,
-            "bind_dn": directory.bind_dn,
-            "bind_password": "",
-            "user_search_base": directory.user_search_base,
-            "user_filter": directory.user_filter,
-            "username_attribute": "uid",
-            "group_search_base": directory.group_search_base,
-            "group_type": "groupOfNames",
-            "ca_cert_file": "",
-            "role_groups": '{"admin": "cn=admins,dc=x"}',
-            "timeout_seconds": "3",
-        },
-    )
+    response = admin_client.post(url, directory_form(directory, role_groups="admin=cn=admins,dc=x"))
     assert response.status_code == 200  # refused: a school directory makes no admins
-    assert "A mapping of roles (manager, teacher, student) to group DNs." in (
+    assert html.escape("admin: not a role a school's directory may give") in (
         response.content.decode()
     )
 
-    response = client.post(
-        url,
-        {
-            "school": north.pk,
-            "enabled": "on",
-            "server_uri": directory.server_uri,
-            "bind_dn": directory.bind_dn,
-            "bind_password": "",
-            "user_search_base": directory.user_search_base,
-            "user_filter": directory.user_filter,
-            "username_attribute": "uid",
-            "group_search_base": directory.group_search_base,
-            "group_type": "groupOfNames",
-            "ca_cert_file": "",
-            "role_groups": "{}",
-            "timeout_seconds": "3",
-        },
-    )
+    response = admin_client.post(url, directory_form(directory))
     assert response.status_code == 302
     directory.refresh_from_db()
     assert directory.bind_password == SERVICE_PASSWORD
     assert directory.timeout_seconds == 3.0
+    assert directory.role_groups == {}
     assert authenticate(None, username="nina", password="nina-password") is not None
+
+
+def test_role_groups_are_written_in_the_settings_format_and_shown_in_it(
+    north: School, admin_client: Client, north_tree: LdapTree
+) -> None:
+    """One format, `ISARD_LDAP_ROLE_GROUPS`'s, in the school directory's form too."""
+    directory = north.directory
+    url = directory_url(directory)
+    teachers = directory.role_groups["teacher"]
+    managers = north_tree.add_group_of_names("managers", ["sam"])
+
+    assert f"teacher={teachers}" in admin_client.get(url).content.decode()
+    response = admin_client.post(
+        url, directory_form(directory, role_groups=f"Teacher = {teachers}\nmanager={managers}")
+    )
+
+    assert response.status_code == 302
+    directory.refresh_from_db()
+    assert directory.role_groups == {"teacher": teachers, "manager": managers}
+    sam = authenticate(None, username="sam", password="north-sam-password")
+    assert isinstance(sam, User) and sam.role == Role.MANAGER
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ('{"teacher": "cn=teachers,dc=x"}', "(not JSON)"),
+        ("teacher", "“teacher” is not role=group DN"),
+        ("teacher=teachers", "the group of “teacher”, “teachers”, is not a DN"),
+        ("teacher=cn=a,dc=x;teacher=cn=b,dc=x", "“teacher” is given twice"),
+    ],
+)
+def test_role_groups_in_another_format_are_refused_with_the_format_to_use(
+    north: School, admin_client: Client, written: str, message: str
+) -> None:
+    directory = north.directory
+    before = dict(directory.role_groups)
+
+    response = admin_client.post(
+        directory_url(directory), directory_form(directory, role_groups=written)
+    )
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert html.escape(message) in page
+    assert "one per line or separated by" in page
+    directory.refresh_from_db()
+    assert directory.role_groups == before
+
+
+def test_a_school_directory_names_its_own_name_and_mail_attributes(
+    north: School, north_tree: LdapTree, admin_client: Client
+) -> None:
+    """A directory that keeps one display name (cn) and its mail elsewhere: the sync and
+    the first sign-in copy what the school's directory says."""
+    north_tree.add_person("olga", password="olga-password", given_name="Olga", surname="Ivanova")
+    north_tree.modify(north_tree.people["olga"], "description", ["olga.ivanova@north.test"])
+    north_tree.add_person("pia", password="pia-password", given_name="Pia", surname="Berg")
+    north_tree.modify(north_tree.people["pia"], "description", ["pia@north.test"])
+    directory = north.directory
+    response = admin_client.post(
+        directory_url(directory),
+        directory_form(
+            directory,
+            first_name_attribute="cn",
+            last_name_attribute="",
+            email_attribute="description",
+            role_groups=f"teacher={directory.role_groups['teacher']}",
+        ),
+    )
+    assert response.status_code == 302
+    map_group(north, north_tree.add_group_of_names("1a", ["olga"]), "North 1A")
+
+    ldap_sync()
+    pia = authenticate(None, username="pia", password="pia-password")
+
+    olga = User.objects.get(username="olga")
+    assert (olga.first_name, olga.last_name, olga.email) == (
+        "Olga Ivanova",
+        "",
+        "olga.ivanova@north.test",
+    )
+    assert isinstance(pia, User)
+    pia.refresh_from_db()
+    assert (pia.first_name, pia.last_name, pia.email) == ("Pia Berg", "", "pia@north.test")
+
+
+def test_a_school_directorys_attribute_names_are_checked(
+    north: School, admin_client: Client
+) -> None:
+    directory = north.directory
+
+    response = admin_client.post(
+        directory_url(directory), directory_form(directory, email_attribute="e mail;binary")
+    )
+
+    assert response.status_code == 200
+    assert "is not an LDAP attribute name" in response.content.decode()
+    directory.refresh_from_db()
+    assert directory.email_attribute == "mail"
