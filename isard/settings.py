@@ -8,6 +8,7 @@ localhost, the local libvirt daemon and a storage directory inside the checkout.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -19,6 +20,26 @@ VAR_DIR = BASE_DIR / "var"
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+#: Secrets may be kept in files instead (Docker secrets, systemd credentials): with
+#: `<NAME>_FILE=/run/secrets/...` set and `<NAME>` not, `<NAME>` is the file's content.
+SECRET_VARIABLES = (
+    "ISARD_SECRET_KEY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "ISARD_HEALTH_TOKEN",
+    "ISARD_LDAP_BIND_PASSWORD",
+    "ISARD_METRICS_TOKEN",
+)
+for _name in SECRET_VARIABLES:
+    _secret_file = os.environ.get(f"{_name}_FILE", "")
+    if _secret_file and _name not in os.environ:
+        try:
+            os.environ[_name] = Path(_secret_file).read_text().strip()
+        except OSError as _error:
+            raise ImproperlyConfigured(
+                f"{_name}_FILE={_secret_file}: cannot read it ({_error.strerror})."
+            ) from _error
 
 # Off unless asked for, the demo included: with it on, an unknown URL answers with every
 # URL pattern and an error with the code and settings around it. (The tests run with it

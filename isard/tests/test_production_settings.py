@@ -183,3 +183,29 @@ def test_https_only_settings_come_from_the_environment(tmp_path: Path) -> None:
         "SECURE_HSTS_SECONDS": 31536000,
         "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
     }
+
+
+def test_secrets_can_come_from_files_and_an_unreadable_one_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    key = secrets.token_urlsafe(50)
+    key_file = tmp_path / "secret_key"
+    key_file.write_text(key + "\n")  # as `echo` writes it
+    database_file = tmp_path / "database_url"
+    database_file.write_text(f"sqlite:///{tmp_path / 'from-file.sqlite3'}")
+    environment = fresh_environment(
+        tmp_path, ISARD_SECRET_KEY_FILE=str(key_file), DATABASE_URL_FILE=str(database_file)
+    )
+    del environment["DATABASE_URL"]
+    loaded = loaded_settings(environment, "SECRET_KEY", "DATABASES")
+    assert loaded["SECRET_KEY"] == key
+    assert loaded["DATABASES"]["default"]["NAME"] == str(tmp_path / "from-file.sqlite3")
+    # The variable itself wins over its file.
+    direct = fresh_environment(
+        tmp_path, ISARD_SECRET_KEY="x" * 60, ISARD_SECRET_KEY_FILE=str(key_file)
+    )
+    assert loaded_settings(direct, "SECRET_KEY") == {"SECRET_KEY": "x" * 60}
+    missing = fresh_environment(tmp_path, ISARD_SECRET_KEY_FILE=str(tmp_path / "nowhere"))
+    done = run_python(SHOW_SETTINGS % (("SECRET_KEY",),), missing)
+    assert done.returncode != 0
+    assert f"ISARD_SECRET_KEY_FILE={tmp_path / 'nowhere'}: cannot read it" in done.stderr
