@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -87,11 +88,22 @@ class DesktopEvent(StatusEvent):
     from_status = models.CharField(max_length=24, choices=DesktopStatus.choices, blank=True)
     to_status = models.CharField(max_length=24, choices=DesktopStatus.choices)
 
+    subject_field = "desktop"
+
     class Meta(StatusEvent.Meta):
         pass
 
     def __str__(self) -> str:
         return f"{self.desktop}: {self.from_status or '-'} -> {self.to_status}"
+
+    def log_fields(self) -> dict[str, Any]:
+        fields = super().log_fields()
+        desktop = self._state.fields_cache.get("desktop")
+        host = desktop._state.fields_cache.get("hypervisor") if desktop is not None else None
+        fields["owner_id"] = desktop.owner_id if desktop is not None else None
+        fields["host_id"] = desktop.hypervisor_id if desktop is not None else None
+        fields["host"] = host.name if host is not None else ""
+        return fields
 
 
 class ViewerProtocol(models.TextChoices):

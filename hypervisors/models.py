@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -22,6 +23,7 @@ from hypervisors.choices import (
     PlacementPolicy,
     PoolPurpose,
 )
+from isard.core.events import EventManager
 from isard.core.text import validate_name
 
 
@@ -164,11 +166,25 @@ class HypervisorEvent(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
+    objects = EventManager()
+
     class Meta:
         ordering = ["-created_at", "-pk"]
 
     def __str__(self) -> str:
         return f"{self.hypervisor}: {self.message}"
+
+    def log_fields(self) -> dict[str, Any]:
+        host = self._state.fields_cache.get("hypervisor")
+        actor = self._state.fields_cache.get("actor") if self.actor_id else None
+        return {
+            "kind": "host",
+            "id": self.hypervisor_id,
+            "name": host.name if host is not None else "",
+            "host": host.name if host is not None else "",
+            "reason": self.message,
+            "actor": actor.username if actor is not None else "",
+        }
 
 
 class PlacementRule(models.Model):

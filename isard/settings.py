@@ -462,18 +462,24 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# Every line plain text (control characters escaped: a name cannot forge a log line or
+# send escape sequences to the terminal that reads the log) or, with ISARD_LOG_FORMAT=json,
+# one JSON object per line for a log collector (isard.core.logs). Every event row of a
+# desktop, template, media or host is a line of `isard.events` too (isard.core.events).
+ISARD_LOG_FORMAT = env.str("ISARD_LOG_FORMAT", default="plain")
+if ISARD_LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"ISARD_LOG_FORMAT={ISARD_LOG_FORMAT!r}: plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    # Escapes control characters in messages: a name cannot forge a log line or send
-    # escape sequences to the terminal that reads the log (isard.core.logs).
     "formatters": {
         "plain": {
             "()": "isard.core.logs.EscapingFormatter",
             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
-        }
+        },
+        "json": {"()": "isard.core.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": ISARD_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("ISARD_LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -144,6 +144,8 @@ class TemplateEvent(StatusEvent):
     from_status = models.CharField(max_length=16, choices=TemplateStatus.choices, blank=True)
     to_status = models.CharField(max_length=16, choices=TemplateStatus.choices)
 
+    subject_field = "template"
+
     class Meta(StatusEvent.Meta):
         pass
 
@@ -157,6 +159,8 @@ class MediaEvent(StatusEvent):
     media = models.ForeignKey(Media, on_delete=models.CASCADE, related_name="events")
     from_status = models.CharField(max_length=16, choices=MediaStatus.choices, blank=True)
     to_status = models.CharField(max_length=16, choices=MediaStatus.choices)
+
+    subject_field = "media"
 
     class Meta(StatusEvent.Meta):
         pass

@@ -1,4 +1,4 @@
-"""One log record, one line of plain text: what people typed is escaped on its way in.
+"""One log record, one line: plain text with what people typed escaped, or JSON.
 
 Loaded by the logging configuration before Django is set up, so it imports nothing of
 Django or of the platform.
@@ -6,6 +6,7 @@ Django or of the platform.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -24,3 +25,23 @@ class EscapingFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = log_escape(record.message)
         return super().formatMessage(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line for a log collector (`ISARD_LOG_FORMAT=json`): time,
+    level, logger, message and, for an event's line, the event's fields as keys (desktop,
+    person, host...). JSON's own escaping keeps what people typed inside its string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        event = getattr(record, "event", None)
+        if isinstance(event, dict):
+            line["event"] = event
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
