@@ -111,3 +111,32 @@ def signed_in_class(name: str, students: int, desktops_per_student: int = 1) -> 
         session.create()
         cookies.append(f"sessionid={session.session_key}")
     return cookies
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The value at `share` (0.95: p95) of the sorted values, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command name: state is field 3 of stat(5), utime 14 and stime 15.
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30) -> None:
+    """Until something accepts TCP connections on host:port."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {host}:{port} after {timeout:.0f} s")
