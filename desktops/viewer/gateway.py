@@ -44,7 +44,13 @@ HEADER_TIMEOUT_SECONDS = 10.0
 #: How long reaching the display may take.
 CONNECT_TIMEOUT_SECONDS = 10.0
 DEFAULT_IDLE_SECONDS = 3600.0
-CHUNK_BYTES = 65536
+CHUNK_BYTES = 262144
+#: Each side's read buffer. Not MAX_HEADER_BYTES: a StreamReader pauses its transport
+#: whenever it holds twice its limit, and an 8 KiB one stalled the tunnel's bulk copy
+#: every 16 KiB (BENCHMARKS.md). The request head is held to MAX_HEADER_BYTES by hand.
+STREAM_LIMIT = 4 * CHUNK_BYTES
+#: What a side's writer may hold before its pump waits (asyncio's default is 64 KiB).
+WRITE_BUFFER_HIGH = 4 * CHUNK_BYTES
 
 REASONS = {
     200: "Connection established",
@@ -230,6 +236,8 @@ class Gateway:
             head = await asyncio.wait_for(
                 reader.readuntil(b"\r\n\r\n"), timeout=HEADER_TIMEOUT_SECONDS
             )
+            if len(head) > MAX_HEADER_BYTES:
+                raise asyncio.LimitOverrunError("request head too large", len(head))
             request = parse_connect(head)
             if not request.credential_id:
                 raise GatewayRefusedError(407, "no-credential", "No gateway credential.")
@@ -250,7 +258,8 @@ class Gateway:
             return
         try:
             display = await asyncio.wait_for(
-                asyncio.open_connection(grant.host, grant.port), timeout=CONNECT_TIMEOUT_SECONDS
+                asyncio.open_connection(grant.host, grant.port, limit=STREAM_LIMIT),
+                timeout=CONNECT_TIMEOUT_SECONDS,
             )
         except (OSError, TimeoutError) as error:
             logger.warning(
@@ -263,6 +272,8 @@ class Gateway:
             await _answer(writer, 502)
             return
         await _answer(writer, 200)
+        for side in (writer, display[1]):
+            side.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         logger.info(
             "gateway tunnel opened: desktop=%s user=%s credential=%s target=%s:%s client=%s",
             grant.desktop_id,
@@ -290,7 +301,7 @@ async def gateway_start(
 ) -> asyncio.Server:
     """Listen on host:port (port 0: any free one) and serve CONNECT tunnels."""
     gateway = Gateway(idle_seconds=idle_seconds)
-    return await asyncio.start_server(gateway.handle, host, port, limit=MAX_HEADER_BYTES)
+    return await asyncio.start_server(gateway.handle, host, port, limit=STREAM_LIMIT)
 
 
 def gateway_take_handoffs(
@@ -306,7 +317,7 @@ def gateway_take_handoffs(
 
     async def serve(connection: socket.socket) -> None:
         try:
-            reader, writer = await asyncio.open_connection(sock=connection, limit=MAX_HEADER_BYTES)
+            reader, writer = await asyncio.open_connection(sock=connection, limit=STREAM_LIMIT)
         except OSError:
             connection.close()
             return
