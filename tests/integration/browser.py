@@ -164,12 +164,9 @@ def direct_framebuffer(desktop: Desktop) -> Any:
     return asyncio.run(read())
 
 
-def new_chromium(profile: Path, width: int = 1024, height: int = 700) -> Any:
-    """Headless Chromium in a fresh profile, at a window size (a laptop's, a phone's)."""
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("needs Debian's chromium and chromium-driver (`./isardctl test` installs them)")
+def chromium_options(profile: Path, width: int, height: int, *extra: str) -> Any:
+    """Headless Debian Chromium in `profile`, at a window size, with `extra` flags."""
     from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -184,8 +181,20 @@ def new_chromium(profile: Path, width: int = 1024, height: int = 700) -> Any:
         "--disable-sync",
         f"--user-data-dir={profile}",
         f"--window-size={width},{height}",
+        *extra,
     ):
         options.add_argument(flag)
+    return options
+
+
+def new_chromium(profile: Path, width: int = 1024, height: int = 700) -> Any:
+    """Headless Chromium in a fresh profile, at a window size (a laptop's, a phone's)."""
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("needs Debian's chromium and chromium-driver (`./isardctl test` installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = chromium_options(profile, width, height)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     return driver

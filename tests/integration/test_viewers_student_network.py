@@ -532,7 +532,7 @@ def student_chromium(
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     from selenium import webdriver
 
-    from tests.integration.browser import CHROMEDRIVER, CHROMIUM
+    from tests.integration.browser import CHROMEDRIVER, chromium_options
 
     certificate = tls.load_certificate(student_gateway.cert_file)
     assert certificate is not None
@@ -559,22 +559,12 @@ def student_chromium(
     driver = None
     try:
         wait_for(ready, 30, "chromedriver in the student's namespace")
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in (
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'student-chromium'}",
-            "--window-size=1024,700",
+        options = chromium_options(
+            tmp_path / "student-chromium",
+            1024,
+            700,
             f"--ignore-certificate-errors-spki-list={pin}",
-        ):
-            options.add_argument(flag)
+        )
         driver = webdriver.Remote(command_executor=url, options=options)
         driver.set_page_load_timeout(30)
         yield driver
