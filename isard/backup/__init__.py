@@ -1,0 +1,1 @@
+"""Backups of a whole installation (`manage.py isard_backup` / `isard_restore`)."""
