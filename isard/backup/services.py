@@ -515,7 +515,7 @@ def backup_restore(
         target = Path(entry["path"])
         for directory in reversed(target.parents):
             if directory in pools or any(directory.is_relative_to(pool) for pool in pools):
-                directory.mkdir(exist_ok=True)
+                directory.mkdir(parents=True, exist_ok=True)
                 directory.chmod(0o755)  # qemu runs as its own user and must reach the files
         write_file(content, target, mode=entry["mode"], on_bytes=progress.on_bytes)
         progress.file_done()
