@@ -44,6 +44,7 @@ from isard.backup.archive import (
     remove_partial_archive,
     write_file,
 )
+from templates_app.choices import TemplateStatus
 from templates_app.models import Template
 
 FORMAT_VERSION = 1
@@ -56,6 +57,8 @@ OWN_APPS = ("accounts", "hypervisors", "templates_app", "desktops")
 QUIESCENT_DESKTOP_STATUSES = frozenset(
     {DesktopStatus.STOPPED, DesktopStatus.FAILED, DesktopStatus.DELETED}
 )
+#: Templates whose disk is final and read-only (the recycle bin's can be restored).
+COPIED_TEMPLATE_STATUSES = frozenset({TemplateStatus.READY, TemplateStatus.DELETED})
 PROGRESS_EVERY_BYTES = 512 * 1024 * 1024
 
 Say = Callable[[str], None]
@@ -157,7 +160,9 @@ def _platform_version() -> str:
         return ""
 
 
-def _snapshot_database(dump_path: Path) -> tuple[list[Path], list[Desktop]]:
+def _snapshot_database(
+    dump_path: Path,
+) -> tuple[list[tuple[int, str, str]], list[Desktop]]:
     """Dump every row, and read which disks that dump names, in one consistent read."""
     outermost = not connection.in_atomic_block
     with transaction.atomic():
@@ -173,19 +178,21 @@ def _snapshot_database(dump_path: Path) -> tuple[list[Path], list[Desktop]]:
             output=str(dump_path),
             verbosity=0,
         )
-        template_disks = [
-            Path(path)
-            for path in Template.objects.exclude(disk=None)
+        templates = list(
+            Template.objects.exclude(disk=None)
             .order_by("pk")
-            .values_list("disk__path", flat=True)
-        ]
+            .values_list("pk", "status", "disk__path")
+        )
         desktops = list(Desktop.objects.exclude(disk=None).select_related("disk").order_by("pk"))
-    return template_disks, desktops
+    return templates, desktops
 
 
 def _chain(path: Path, pools: tuple[Path, ...]) -> list[qemu_img.ImageInfo]:
     """The disk and its backing files, every one inside the pools (else refused)."""
-    chain = qemu_img.backing_chain(path)
+    try:
+        chain = qemu_img.backing_chain(path)
+    except qemu_img.QemuImgError as error:
+        raise BackupError(f"cannot read the chain of {path}: {error}; the backup stops.") from error
     for image in chain:
         try:
             path_inside(image.path, pools)
@@ -233,7 +240,7 @@ def backup_create(
         with tempfile.TemporaryDirectory() as scratch:
             dump_path = Path(scratch) / DATABASE_MEMBER
             say("reading the database")
-            template_disks, desktops = _snapshot_database(dump_path)
+            templates, desktops = _snapshot_database(dump_path)
             pools = tuple(Path(p) for p in StoragePool.objects.values_list("path", flat=True))
             files: list[dict[str, Any]] = []
             database = writer.add_file(DATABASE_MEMBER, dump_path)
@@ -241,8 +248,12 @@ def backup_create(
             files.append({"name": database.name, "kind": "database", **_sums(database)})
 
             to_copy: dict[str, _DiskToCopy] = {}
-            for template_disk in template_disks:
-                for image in _chain(template_disk, pools):
+            for template_id, status, disk_path in templates:
+                if status not in COPIED_TEMPLATE_STATUSES:
+                    # Its disk may still be moving (a desktop becoming a template).
+                    warn(f"template {template_id} is {status}: its disk is not copied")
+                    continue
+                for image in _chain(Path(disk_path), pools):
                     to_copy.setdefault(
                         image.path,
                         _DiskToCopy(Path(image.path), role="template", backing=image.backing_file),

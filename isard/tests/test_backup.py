@@ -301,3 +301,21 @@ def test_the_database_is_read_in_one_transaction_of_its_own(
         "alone"
     ]
     assert any("no PKI directory" in warning for warning in result.warnings)
+
+
+def test_a_template_still_being_made_is_not_copied_and_a_missing_disk_stops_the_backup(
+    installation: Installation, tmp_path: Path
+) -> None:
+    top = installation.top_template
+    assert top.disk is not None
+    Template.objects.filter(pk=top.pk).update(status="creating")
+    result = backup_create(out=tmp_path / "one", env_file=installation.env_file)
+    assert f"template {top.pk} is creating: its disk is not copied" in result.warnings
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_bytes())
+    assert top.disk.path not in [entry.get("path") for entry in manifest["files"]]
+
+    Template.objects.filter(pk=top.pk).update(status="ready")
+    Path(top.disk.path).unlink()
+    with pytest.raises(BackupError, match="cannot read the chain"):
+        backup_create(out=tmp_path / "two", env_file=installation.env_file)
+    assert not (tmp_path / "two").exists()
