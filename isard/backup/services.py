@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -156,8 +157,12 @@ def _platform_version() -> str:
 
     try:
         return version("isard")
-    except PackageNotFoundError:
-        return ""
+    except PackageNotFoundError:  # run from a checkout, not installed
+        try:
+            with (Path(settings.BASE_DIR) / "pyproject.toml").open("rb") as file:
+                return str(tomllib.load(file)["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return ""
 
 
 def _snapshot_database(
@@ -472,19 +477,21 @@ def backup_restore(
     pki_dir = Path(settings.ISARD_PKI_DIR if pki_dir is None else pki_dir)
     env_file = Path(settings.BASE_DIR / ".env" if env_file is None else env_file)
     archive = Path(archive)
-    manifest = backup_verify(archive=archive, say=say)
+    reader = ArchiveReader(archive)
+    # The quick refusals first, before hashing what may be many gigabytes.
     if not force and not install_is_empty():
         raise BackupError(
             "this install's database is not empty; restore into a freshly migrated one, "
             "or pass --force to replace everything in it."
         )
     here = str(resolved(settings.ISARD_STORAGE_ROOT))
-    if manifest["storage_root"] != here:
+    archived_root = _read_manifest(reader)["storage_root"]
+    if archived_root != here:
         raise BackupError(
-            f"the archive's disks lived under {manifest['storage_root']}, this install's "
+            f"the archive's disks lived under {archived_root}, this install's "
             f"storage root is {here}; set ISARD_STORAGE_ROOT to the archive's to restore."
         )
-    reader = ArchiveReader(archive)
+    manifest = backup_verify(archive=archive, say=say)
     database_bytes = reader.read_bytes(DATABASE_MEMBER)
     rows = json.loads(database_bytes)
     pools = _archived_pools(rows)

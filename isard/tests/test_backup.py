@@ -301,6 +301,11 @@ def test_the_database_is_read_in_one_transaction_of_its_own(
         "alone"
     ]
     assert any("no PKI directory" in warning for warning in result.warnings)
+    manifest = json.loads((archive / "manifest.json").read_bytes())
+    assert manifest["format_version"] == 1 and manifest["platform_version"]
+    assert manifest["counts"]["rows"]["accounts.user"] == 1
+    for entry in manifest["files"]:
+        assert sha256(archive / entry["name"]) == entry["sha256"]
 
 
 def test_a_template_still_being_made_is_not_copied_and_a_missing_disk_stops_the_backup(
