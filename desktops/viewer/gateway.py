@@ -33,6 +33,7 @@ from desktops.viewer.gateway_access import (
     TunnelGrant,
     gateway_tunnel_authorize,
 )
+from isard.core import metrics
 from isard.core.handoff import handoff_listen, handoff_receive
 
 logger = logging.getLogger(__name__)
@@ -272,10 +273,14 @@ class Gateway:
             grant.port,
             client,
         )
+        await asyncio.to_thread(metrics.count, metrics.VIEWER_CONNECTIONS_OPENED, kind="gateway")
         try:
             up, down = await splice((reader, writer), display, idle_seconds=self.idle_seconds)
         finally:
             display[1].close()
+            await asyncio.to_thread(
+                metrics.count, metrics.VIEWER_CONNECTIONS_CLOSED, kind="gateway"
+            )
         logger.info(
             "gateway tunnel closed: desktop=%s client=%s up=%d down=%d bytes",
             grant.desktop_id,
