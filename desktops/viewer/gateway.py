@@ -263,18 +263,19 @@ class Gateway:
             )
             await _answer(writer, 502)
             return
-        await _answer(writer, 200)
-        logger.info(
-            "gateway tunnel opened: desktop=%s user=%s credential=%s target=%s:%s client=%s",
-            grant.desktop_id,
-            grant.user_id,
-            grant.credential_id,
-            grant.host,
-            grant.port,
-            client,
-        )
+        # Counted before the answer, so a scrape after the client's 200 sees it.
         await asyncio.to_thread(metrics.count, metrics.VIEWER_CONNECTIONS_OPENED, kind="gateway")
         try:
+            await _answer(writer, 200)
+            logger.info(
+                "gateway tunnel opened: desktop=%s user=%s credential=%s target=%s:%s client=%s",
+                grant.desktop_id,
+                grant.user_id,
+                grant.credential_id,
+                grant.host,
+                grant.port,
+                client,
+            )
             up, down = await splice((reader, writer), display, idle_seconds=self.idle_seconds)
         finally:
             display[1].close()
