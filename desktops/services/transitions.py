@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter as CountOf
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -95,16 +96,16 @@ def failure_reason_kind(reason: str) -> str:
 
 
 def _record_metrics(changes: Sequence[Change[Desktop]]) -> None:
-    """Starts, failures and start-to-running times, once the changes are committed."""
+    """Starts, failures and start-to-running times, once the changes are committed.
+
+    A class's changes come in one call: each counter is written once per label set."""
+    starts: CountOf[str] = CountOf()
+    failures: CountOf[tuple[str, str]] = CountOf()
     for change in changes:
         if change.to_status == S.STARTING:
-            metrics.count(metrics.DESKTOP_STARTS, from_status=change.from_status)
+            starts[change.from_status] += 1
         elif change.to_status == S.FAILED:
-            metrics.count(
-                metrics.DESKTOP_FAILURES,
-                from_status=change.from_status,
-                reason=failure_reason_kind(change.reason),
-            )
+            failures[(change.from_status, failure_reason_kind(change.reason))] += 1
         elif (
             change.to_status == S.STARTED
             and change.from_status == S.STARTING
@@ -112,6 +113,10 @@ def _record_metrics(changes: Sequence[Change[Desktop]]) -> None:
         ):
             waited = change.changed_at - change.previous_changed_at
             metrics.observe(metrics.DESKTOP_START_TO_RUNNING, waited.total_seconds())
+    for from_status, amount in starts.items():
+        metrics.count(metrics.DESKTOP_STARTS, amount, from_status=from_status)
+    for (from_status, kind), amount in failures.items():
+        metrics.count(metrics.DESKTOP_FAILURES, amount, from_status=from_status, reason=kind)
 
 
 def _after_commit(changes: Sequence[Change[Desktop]]) -> None:

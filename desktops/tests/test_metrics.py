@@ -139,3 +139,19 @@ def test_a_transition_rolled_back_is_not_counted(
 )
 def test_failure_reasons_fall_into_a_few_kinds(reason: str, kind: str) -> None:
     assert failure_reason_kind(reason) == kind
+
+
+def test_a_class_moved_in_one_transition_is_counted_whole(
+    run: Any, test_hypervisor: Any, base_template: Any, student: Any
+) -> None:
+    from desktops.services.transitions import desktops_transition
+
+    desktops = [
+        run(desktop_create, actor=student, template=base_template, name=f"Seat {seat}")
+        for seat in range(3)
+    ]
+    for desktop in desktops:
+        desktop.refresh_from_db()
+    run(desktops_transition, changes=[(desktop, {}) for desktop in desktops], to=S.STARTING)
+    starts = scrape()["isard_desktop_starts"]
+    assert value(starts, "isard_desktop_starts_total", from_status="stopped") == 3
