@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from isard.core import metrics
 from isard.core.errors import TooManyRequestsError
 from isard.core.rate_limits import RateWindow, rate_window_release, rate_window_take
 
@@ -47,21 +48,30 @@ class Attempt:
     """The places one attempt took; `succeeded()` gives them back."""
 
     windows: list[RateWindow] = field(default_factory=list)
+    #: "sign_in" or "course_code": what the metrics count it as.
+    kind: str = ""
 
     def succeeded(self) -> None:
         """The password or the code was right: this attempt does not count."""
+        if self.kind == "sign_in" and self.windows:
+            metrics.count(metrics.SIGN_INS)
+        self.abandoned()
+
+    def abandoned(self) -> None:
+        """Nothing was tried after all (another limit refused): the places go back."""
         for window in self.windows:
             rate_window_release(window)
         self.windows = []
 
 
-def _take(what: str, refusal: str, windows: list[tuple[str, str, str]]) -> Attempt:
+def _take(kind: str, what: str, refusal: str, windows: list[tuple[str, str, str]]) -> Attempt:
     """Take a place in each (key, rate, description) window, or none and refuse."""
-    attempt = Attempt()
+    attempt = Attempt(kind=kind)
     for key, rate, description in windows:
         window = rate_window_take(key=key, rate=rate)
         if not window.allowed:
-            attempt.succeeded()  # the places already taken: nothing was tried
+            attempt.abandoned()  # the places already taken: nothing was tried
+            metrics.count(metrics.SIGN_IN_REFUSALS, limit=kind)
             wait = window.retry_after()
             logger.warning(
                 "%s refused: too many failures %s; %d s to wait", what, description, wait
@@ -86,7 +96,8 @@ def sign_in_attempt_start(*, username: str, address: str) -> Attempt:
     password is checked; raises TooManyRequestsError (429) while either is over its rate
     (ISARD_SIGNIN_RATE, ISARD_SIGNIN_ADDRESS_RATE). Call `succeeded()` on a right password.
     """
-    return _take(
+    attempt = _take(
+        "sign_in",
         "sign-in",
         "Too many failed sign-ins in a short time.",
         [
@@ -102,6 +113,8 @@ def sign_in_attempt_start(*, username: str, address: str) -> Attempt:
             ),
         ],
     )
+    metrics.count(metrics.SIGN_IN_ATTEMPTS)
+    return attempt
 
 
 def enrolment_code_attempt_start(*, address: str, user_id: int | None = None) -> Attempt:
@@ -124,4 +137,6 @@ def enrolment_code_attempt_start(*, address: str, user_id: int | None = None) ->
                 f"by user {user_id}",
             )
         )
-    return _take("course code", "Too many wrong course codes in a short time.", windows)
+    return _take(
+        "course_code", "course code", "Too many wrong course codes in a short time.", windows
+    )

@@ -71,7 +71,7 @@ class SignInView(LoginView):
                 try:
                     self.code_attempt = enrolment_code_attempt_start(address=address)
                 except TooManyRequestsError:
-                    self.sign_in_attempt.succeeded()  # nothing was tried
+                    self.sign_in_attempt.abandoned()  # nothing was tried
                     raise
         except TooManyRequestsError as error:
             form = self.form_class(request, initial={"username": username, "code": code})

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isard.settings")
 
@@ -18,6 +21,7 @@ from django.conf import settings  # noqa: E402  (after DJANGO_SETTINGS_MODULE is
 
 from accounts import task_calls as accounts_tasks  # noqa: E402
 from desktops import task_calls as desktops_tasks  # noqa: E402
+from isard.core import metrics  # noqa: E402
 from templates_app import task_calls as templates_tasks  # noqa: E402
 
 app.conf.beat_schedule = {
@@ -50,3 +54,25 @@ app.conf.beat_schedule = {
         "schedule": 600.0,
     },
 }
+
+
+# Task latency per queue (isard.core.metrics): the sender stamps the message, the worker
+# that starts it measures the wait.
+@before_task_publish.connect
+def _stamp_sent(headers: dict[str, Any] | None = None, **_kwargs: Any) -> None:
+    if headers is not None:
+        metrics.task_sent(headers, now=time.time())
+
+
+@task_prerun.connect
+def _measure_wait(task: Any = None, **_kwargs: Any) -> None:
+    if task is None:
+        return
+    request = task.request
+    delivery = request.delivery_info or {}
+    metrics.task_started(
+        sent_at=getattr(request, metrics.SENT_AT_HEADER, None),
+        eta=request.eta,
+        queue=str(delivery.get("routing_key") or ""),
+        now=time.time(),
+    )

@@ -8,6 +8,7 @@ localhost, the local libvirt daemon and a storage directory inside the checkout.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -306,7 +307,7 @@ if len(str(ISARD_GATEWAY_SOCKET).encode()) > 107:
 SECURE_SSL_REDIRECT = env.bool("ISARD_HTTPS_REDIRECT", default=False)
 SECURE_SSL_HOST = env.str("ISARD_HTTPS_HOST", default="") or None
 # A monitor on this machine asks the plain port; anonymous callers get the status only.
-SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^metrics$"]
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("ISARD_SECURE_COOKIES", default=False)
 SECURE_HSTS_SECONDS = env.int("ISARD_HSTS_SECONDS", default=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("ISARD_HSTS_INCLUDE_SUBDOMAINS", default=True)
@@ -328,6 +329,22 @@ if SECURE_SSL_REDIRECT and not SECURE_SSL_HOST:
 # Who sees the health page's details besides administrators: a monitor sending
 # "Authorization: Bearer <this>" (blank: nobody else). Anonymous callers get the status.
 ISARD_HEALTH_TOKEN = env.str("ISARD_HEALTH_TOKEN", default="")
+# Who may scrape /metrics: a client sending "Authorization: Bearer <ISARD_METRICS_TOKEN>"
+# (blank: no token works), or one whose own address (the connection's, never a forwarded
+# header) is in ISARD_METRICS_ALLOW (CIDRs; blank: none). Anyone else gets a 404.
+ISARD_METRICS_TOKEN = env.str("ISARD_METRICS_TOKEN", default="")
+ISARD_METRICS_ALLOW = [
+    cidr.strip()
+    for cidr in env.list("ISARD_METRICS_ALLOW", default=["127.0.0.0/8", "::1/128"])
+    if cidr.strip()
+]
+for _cidr in ISARD_METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError as _error:
+        raise ImproperlyConfigured(
+            f"ISARD_METRICS_ALLOW: {_cidr!r} is not an address or network ({_error})."
+        ) from None
 ISARD_WEB_WORKERS = env.int("ISARD_WEB_WORKERS", default=0)
 if ISARD_WEB_WORKERS < 0:
     raise ImproperlyConfigured("ISARD_WEB_WORKERS must be 0 (one per CPU) or more.")

@@ -7,6 +7,7 @@ from django.urls import include, path, re_path
 
 from desktops import views as desktop_views
 from isard.health import health_view
+from isard.metrics_view import metrics_view
 from templates_app import views as template_views
 
 admin.site.site_header = "isard administration"
@@ -64,6 +65,7 @@ urlpatterns = [
         name="desktop-action",
     ),
     path("health/", health_view, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("isard.api.urls")),
     path("accounts/", include("accounts.urls")),

@@ -244,3 +244,20 @@ def test_the_admins_login_counts_in_the_same_windows(password_checks: list[str])
     for _ in range(6):
         assert admin_sign_in(fresh, "root2", "password", "10.0.0.7").status_code == 302
         fresh.logout()
+
+
+def test_sign_ins_failures_and_refusals_are_counted_for_the_metrics(alice: User) -> None:
+    from isard.core import metrics
+
+    metrics.reset_all()
+    client = Client()
+    assert sign_in(client, "alice", "password").status_code == 302
+    for _ in range(3):
+        assert sign_in(Client(), "alice", "guess").status_code == 200
+    assert sign_in(Client(), "alice", "guess").status_code == 429
+    counters = metrics.read_counters(metrics.metrics_redis())
+    metrics.reset_all()
+    assert [s.value for s in counters[metrics.SIGN_INS.name]] == [1]
+    assert [s.value for s in counters[metrics.SIGN_IN_ATTEMPTS.name]] == [4]
+    refusals = {s.labels: s.value for s in counters[metrics.SIGN_IN_REFUSALS.name]}
+    assert refusals == {("sign_in",): 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Disk, Hypervisor
 from hypervisors.paths import PathOutsidePoolsError
 from hypervisors.services.disks import disk_refresh_actual_size
+from isard.core import metrics
 from isard.core.errors import (
     ConflictError,
     InfrastructureError,
@@ -158,9 +160,13 @@ def desktop_boot(*, desktop_id: int, hypervisor_id: int | None = None) -> Deskto
                     "could not undefine %s on %s: %s", desktop.domain_name, previous, error
                 )
         # Redefine at every start: a fresh graphics password and the current hardware.
+        boot_began = time.monotonic()
         desktop_define(desktop, hypervisor)
         Desktop.objects.filter(pk=desktop.pk).update(hypervisor=hypervisor)
         libvirt_driver.start_domain(hypervisor.uri, desktop.domain_name)
+        metrics.observe(
+            metrics.DESKTOP_BOOT, time.monotonic() - boot_began, hypervisor=hypervisor.name
+        )
     except libvirt_driver.DriverError as error:
         return desktop_fail(desktop, f"Could not start on {hypervisor.name}: {error}")
     except PathOutsidePoolsError as error:

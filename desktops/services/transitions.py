@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter as CountOf
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,7 @@ from accounts.models import User
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from desktops.permissions import can_act_on_desktop
+from isard.core import metrics
 from isard.core.broadcast import group_send_many
 from isard.core.errors import (
     ConflictError,
@@ -66,6 +68,60 @@ def _event_of(change: Change[Desktop], actor: User | None) -> DesktopEvent:
         reason=change.reason,
         actor=actor,
     )
+
+
+#: A failure's reason is free text (it names hosts and errors); the metrics label it by
+#: the first of these beginnings it has, so the label keeps a handful of values.
+FAILURE_REASON_KINDS: tuple[tuple[str, str], ...] = (
+    ("The desktop has no disk", "disk_missing"),
+    ("The desktop has no template disk", "disk_missing"),
+    ("The desktop's disk or its template is missing", "disk_missing"),
+    ("The hypervisor it was placed on", "hypervisor_gone"),
+    ("Could not start on", "hypervisor_error"),
+    ("Could not start:", "storage_refused"),
+    ("Could not create", "create_error"),
+    ("Could not shut down", "stop_error"),
+    ("Could not force off", "stop_error"),
+    ("No hypervisor", "no_capacity"),
+    ("“", "interrupted"),
+)
+
+
+def failure_reason_kind(reason: str) -> str:
+    """The bounded kind of a failure's reason, for the metrics' `reason` label."""
+    for beginning, kind in FAILURE_REASON_KINDS:
+        if reason.startswith(beginning):
+            return kind
+    return "other"
+
+
+def _record_metrics(changes: Sequence[Change[Desktop]]) -> None:
+    """Starts, failures and start-to-running times, once the changes are committed.
+
+    A class's changes come in one call: each counter is written once per label set."""
+    starts: CountOf[str] = CountOf()
+    failures: CountOf[tuple[str, str]] = CountOf()
+    for change in changes:
+        if change.to_status == S.STARTING:
+            starts[change.from_status] += 1
+        elif change.to_status == S.FAILED:
+            failures[(change.from_status, failure_reason_kind(change.reason))] += 1
+        elif (
+            change.to_status == S.STARTED
+            and change.from_status == S.STARTING
+            and change.previous_changed_at is not None
+        ):
+            waited = change.changed_at - change.previous_changed_at
+            metrics.observe(metrics.DESKTOP_START_TO_RUNNING, waited.total_seconds())
+    for from_status, amount in starts.items():
+        metrics.count(metrics.DESKTOP_STARTS, amount, from_status=from_status)
+    for (from_status, kind), amount in failures.items():
+        metrics.count(metrics.DESKTOP_FAILURES, amount, from_status=from_status, reason=kind)
+
+
+def _after_commit(changes: Sequence[Change[Desktop]]) -> None:
+    _broadcast_changes(changes)
+    _record_metrics(changes)
 
 
 def _broadcast_changes(changes: Sequence[Change[Desktop]]) -> None:
@@ -213,5 +269,5 @@ DESKTOP_STATES: StateMachine[Desktop] = StateMachine(
     noun="desktop",
     event=_event_of,
     changed_at_field="status_changed_at",
-    after_commit=_broadcast_changes,
+    after_commit=_after_commit,
 )

@@ -453,3 +453,32 @@ async def test_the_preflight_says_when_students_devices_have_no_gateway(
     settings.ISARD_GATEWAY_SOCKET = Path("/proc/isard/gateway.sock")
     (error,) = check_spice_gateway()
     assert error.id == "isard.E051"
+
+
+async def test_gateway_tunnels_opened_and_closed_are_counted(
+    display: StandIn, spice_tls_port: list[int], gateway: int
+) -> None:
+    from isard.core import metrics
+
+    def counts() -> tuple[list[float], list[float]]:
+        counters = metrics.read_counters(metrics.metrics_redis())
+        return (
+            [s.value for s in counters[metrics.VIEWER_CONNECTIONS_OPENED.name]],
+            [s.value for s in counters[metrics.VIEWER_CONNECTIONS_CLOSED.name]],
+        )
+
+    await asyncio.to_thread(metrics.reset_all)
+    spice_tls_port[0] = display.port
+    owner, desktop = await student_with_desktop()
+    credential = await issue(owner, desktop)
+    status, *_, writer = await tunnel_with(gateway, credential, f"127.0.0.1:{display.port}")
+    assert status == 200
+    assert (await asyncio.to_thread(counts))[0] == [1]
+    writer.close()
+    for _ in range(100):  # the gateway notices the close on its next read
+        if (await asyncio.to_thread(counts))[1]:
+            break
+        await asyncio.sleep(0.05)
+    opened_closed = await asyncio.to_thread(counts)
+    await asyncio.to_thread(metrics.reset_all)
+    assert opened_closed == ([1], [1])

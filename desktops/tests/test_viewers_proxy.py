@@ -461,3 +461,42 @@ async def test_a_view_only_viewer_joins_shared_and_its_input_never_reaches_the_d
     assert echoed == expected
     assert bytes(vnc_server.received) == expected
     await connection.disconnect()
+
+
+def viewer_counts() -> dict[str, dict[tuple[str, ...], float]]:
+    from isard.core import metrics
+
+    counters = metrics.read_counters(metrics.metrics_redis())
+    return {
+        name: {sample.labels: sample.value for sample in counters[name]}
+        for name in (metrics.VIEWER_CONNECTIONS_OPENED.name, metrics.VIEWER_CONNECTIONS_CLOSED.name)
+    }
+
+
+async def test_an_open_and_closed_viewer_is_counted_and_a_refused_one_is_not(
+    vnc_server: StandInVnc, ports_asked: list[str]
+) -> None:
+    from isard.core import metrics
+
+    await asyncio.to_thread(metrics.reset_all)
+    owner, desktop = await student_with_desktop()
+    refused = communicator(owner, "not-a-token")
+    await closed_with(refused)
+    await refused.disconnect()
+    assert await asyncio.to_thread(viewer_counts) == {
+        "isard_viewer_connections_opened": {},
+        "isard_viewer_connections_closed": {},
+    }
+    connection = communicator(owner, await issue(owner, desktop))
+    assert (await connection.connect())[0]
+    await browser_opening(connection)
+    assert (await asyncio.to_thread(viewer_counts))["isard_viewer_connections_opened"] == {
+        ("browser",): 1
+    }
+    await connection.disconnect()
+    counts = await asyncio.to_thread(viewer_counts)
+    await asyncio.to_thread(metrics.reset_all)
+    assert counts == {
+        "isard_viewer_connections_opened": {("browser",): 1},
+        "isard_viewer_connections_closed": {("browser",): 1},
+    }

@@ -41,6 +41,7 @@ from desktops.viewer.rfb import (
 )
 from desktops.viewer.services import ViewerTarget, viewer_token_consume
 from hypervisors import tls
+from isard.core import metrics
 from isard.core.errors import (
     ApplicationError,
     ConflictError,
@@ -88,6 +89,7 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
     target: ViewerTarget | None = None
     greeting: BrowserGreeting | None = None
     client_messages: ClientMessages | None = None
+    counted_open = False
 
     def _subprotocol(self) -> str | None:
         # Old noVNC versions ask for "binary"; a browser drops a connection whose accepted
@@ -167,6 +169,9 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
             return
         self.reader = upstream.reader
         await self.accept(subprotocol=self._subprotocol())
+        self.counted_open = True
+        # Off the event loop: a slow Redis must not stall the other viewers of this process.
+        await asyncio.to_thread(metrics.count, metrics.VIEWER_CONNECTIONS_OPENED, kind="browser")
         logger.info(
             "viewer of %s (user %s%s) connected to %s:%s (%s)",
             target.domain_name,
@@ -237,6 +242,11 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
         await self.writer.drain()
 
     async def disconnect(self, code: Any) -> None:
+        if self.counted_open:
+            self.counted_open = False
+            await asyncio.to_thread(
+                metrics.count, metrics.VIEWER_CONNECTIONS_CLOSED, kind="browser"
+            )
         if self.pump is not None:
             self.pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

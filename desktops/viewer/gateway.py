@@ -33,6 +33,7 @@ from desktops.viewer.gateway_access import (
     TunnelGrant,
     gateway_tunnel_authorize,
 )
+from isard.core import metrics
 from isard.core.handoff import handoff_listen, handoff_receive
 
 logger = logging.getLogger(__name__)
@@ -271,22 +272,27 @@ class Gateway:
             )
             await _answer(writer, 502)
             return
-        await _answer(writer, 200)
-        for side in (writer, display[1]):
-            side.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        logger.info(
-            "gateway tunnel opened: desktop=%s user=%s credential=%s target=%s:%s client=%s",
-            grant.desktop_id,
-            grant.user_id,
-            grant.credential_id,
-            grant.host,
-            grant.port,
-            client,
-        )
+        # Counted before the answer, so a scrape after the client's 200 sees it.
+        await asyncio.to_thread(metrics.count, metrics.VIEWER_CONNECTIONS_OPENED, kind="gateway")
         try:
+            await _answer(writer, 200)
+            for side in (writer, display[1]):
+                side.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+            logger.info(
+                "gateway tunnel opened: desktop=%s user=%s credential=%s target=%s:%s client=%s",
+                grant.desktop_id,
+                grant.user_id,
+                grant.credential_id,
+                grant.host,
+                grant.port,
+                client,
+            )
             up, down = await splice((reader, writer), display, idle_seconds=self.idle_seconds)
         finally:
             display[1].close()
+            await asyncio.to_thread(
+                metrics.count, metrics.VIEWER_CONNECTIONS_CLOSED, kind="gateway"
+            )
         logger.info(
             "gateway tunnel closed: desktop=%s client=%s up=%d down=%d bytes",
             grant.desktop_id,

@@ -33,6 +33,9 @@ class Change(Generic[M]):
     to_status: str
     reason: str
     changed_at: datetime
+    #: When it had entered `from_status` (the machine's `changed_at_field` as loaded):
+    #: how long it stayed there, for the metrics; None without that field.
+    previous_changed_at: datetime | None = None
 
 
 #: Builds the event row of one change (not saved: the machine saves them in bulk).
@@ -105,6 +108,9 @@ class StateMachine(Generic[M]):
         with transaction.atomic():
             for instance, fields in changes:
                 current = self.statuses(getattr(instance, self.status_field))
+                entered = (
+                    getattr(instance, self.changed_at_field) if self.changed_at_field else None
+                )
                 name = getattr(instance, "name", instance.pk)
                 if target not in self.table[current]:
                     conflicts.append(
@@ -129,7 +135,7 @@ class StateMachine(Generic[M]):
                         )
                     )
                     continue
-                written.append(Change(instance, current.value, target.value, reason, now))
+                written.append(Change(instance, current.value, target.value, reason, now, entered))
                 changed.append(instance)
                 setattr(instance, self.status_field, target)
                 for field_name, value in {**stamp, **fields}.items():

@@ -437,3 +437,35 @@ def test_the_api_keeps_its_contract_over_the_real_web_tier(web_platform: WebPlat
     assert not failures, "\n\n".join(failures)
     assert len(seen) > 40
     assert any(200 <= code < 300 for codes in seen.values() for code in codes), seen
+
+
+def test_every_workers_sign_ins_show_in_each_scrape_of_metrics(web_platform: WebPlatform) -> None:
+    """Counted in Redis, not in a worker's memory: any worker's scrape has them all."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from isard.core import metrics
+
+    metrics.reset_all()
+    body = json.dumps({"username": "web-student", "password": "password"})
+    for _ in range(6):  # each on its own connection: the kernel spreads them over the workers
+        connection = http.client.HTTPConnection("127.0.0.1", web_platform.http_port, timeout=30)
+        try:
+            connection.request(
+                "POST", "/api/v1/auth/login/", body, {"Content-Type": "application/json"}
+            )
+            assert connection.getresponse().status == 201
+        finally:
+            connection.close()
+    for _ in range(4):
+        status, text = web_platform.get("/metrics", secure=False)
+        assert status == 200
+        families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        [sign_ins] = families["isard_sign_ins"].samples
+        assert sign_ins.value == 6
+        desktops = {
+            sample.labels["status"]: sample.value for sample in families["isard_desktops"].samples
+        }
+        assert desktops == {"stopped": 2}
+    # HTTPS from loopback is the same connection address: allowed too.
+    assert web_platform.get("/metrics", secure=True)[0] == 200
+    metrics.reset_all()
