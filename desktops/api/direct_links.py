@@ -23,6 +23,7 @@ from desktops.viewer.direct_links import (
     direct_links_visible_to,
 )
 from isard.core.api.filters import FilterSet
+from isard.core.api.serializers import MAX_ID
 
 
 def issued_body(request: Request, issued: IssuedDirectLink) -> dict[str, Any]:
@@ -49,7 +50,9 @@ def row_body(request: Request, row: DirectLinkRow) -> dict[str, Any]:
 
 
 class DirectLinkFilter(FilterSet):
-    deployment = django_filters.NumberFilter(field_name="desktop__deployment")
+    deployment = django_filters.NumberFilter(
+        field_name="desktop__deployment", min_value=1, max_value=MAX_ID
+    )
 
     class Meta:
         model = DirectLink

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -68,8 +69,14 @@ class HypervisorSerializer(serializers.ModelSerializer[Hypervisor]):
 
 class HypervisorRegisterSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(validators=[validate_name], max_length=100)
+    # Printable ASCII without spaces, none trimmed: the schema's pattern and the check are
+    # the same rule in JSON Schema's regexes and Python's (whose \s also takes \x1c-\x1f);
+    # a blank-looking " " passed the schema's length and failed as blank after trimming.
     uri = serializers.CharField(
-        max_length=500, help_text="libvirt URI, e.g. qemu+ssh://host/system"
+        max_length=500,
+        trim_whitespace=False,
+        validators=[RegexValidator(r"^[!-~]+$", "A libvirt URI is printable ASCII, no spaces.")],
+        help_text="libvirt URI, e.g. qemu+ssh://host/system",
     )
 
 
