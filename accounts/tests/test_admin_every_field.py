@@ -292,7 +292,9 @@ def test_no_choice_field_offers_or_takes_the_other_schools_rows(
                         forged = client.post(address, data)
                         if not row_id and forged.status_code != 403:  # 403: a view-only page
                             assert forged.status_code == 200, (role, address, name, other)
-                            assert "Select a valid choice" in errors_of(forged), (address, name)
+                            refusal = errors_of(forged)
+                            assert "Select a valid choice" in refusal, (address, name)
+                            assert name in refusal, (address, name)  # on that very field
                         assert (snapshot(mine), snapshot(theirs)) == before
                         assert model._default_manager.count() == count
                         probed += 1
@@ -406,3 +408,36 @@ def test_a_manager_cannot_put_a_desktop_in_another_schools_deployment(
     assert "Select a valid choice" in errors_of(refused)
     north.desktop.refresh_from_db()
     assert north.desktop.deployment == north.deployment
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_no_autocomplete_offers_the_other_schools_rows(
+    schools: tuple[Campus, Campus], role: str
+) -> None:
+    """The search boxes of `autocomplete_fields` ask the admin for choices over JSON."""
+    asked = 0
+    for mine, theirs in (schools, schools[::-1]):
+        client = signed_in(getattr(mine, role))
+        for model, model_admin in admin.site._registry.items():
+            holders = [(model, model_admin), *((i.model, i) for i in model_admin.inlines)]
+            for holder, options in holders:
+                for name in getattr(options, "autocomplete_fields", ()):
+                    related = holder._meta.get_field(name).related_model
+                    response = client.get(
+                        reverse("admin:autocomplete"),
+                        {
+                            "app_label": holder._meta.app_label,
+                            "model_name": holder._meta.model_name,
+                            "field_name": name,
+                            "term": "",
+                        },
+                    )
+                    if response.status_code == 403:
+                        continue
+                    assert response.status_code == 200, (role, holder, name)
+                    found = {int(row["id"]) for row in response.json()["results"]}
+                    assert found, (role, holder, name)  # their own rows come back
+                    for other in others_of(related, theirs):
+                        assert other.pk not in found, (role, holder, name, other)
+                    asked += 1
+    assert asked > 0
