@@ -441,3 +441,22 @@ def test_no_autocomplete_offers_the_other_schools_rows(
                         assert other.pk not in found, (role, holder, name, other)
                     asked += 1
     assert asked > 0
+
+
+def test_the_probe_posts_what_a_browser_would(schools: tuple[Campus, Campus]) -> None:
+    """The forged POSTs above start from the GET's data: sent back unchanged, it saves."""
+    north, _ = schools
+    client = signed_in(north.manager)
+    saved = 0
+    for model in registered():
+        for obj in north.rows.get(model, []):
+            address = url(model, "change", obj.pk)
+            response = client.get(address)
+            if response.status_code != 200 or not response.context.get("has_change_permission"):
+                continue
+            if "adminform" not in response.context:
+                continue
+            sent = client.post(address, page_data(response))
+            assert sent.status_code == 302, (address, errors_of(sent))
+            saved += 1
+    assert saved > 0
