@@ -228,6 +228,7 @@ class CourseAdmin(ScopedModelAdmin):
     list_display = ("name", "school", "student_count", "student_code")
     list_filter = (("school", admin.RelatedOnlyFieldListFilter),)
     search_fields = ("name",)
+    ordering = ("school__name", "name")  # the quota form's course search pages through them
     inlines = [MembershipInline, EnrolmentCodeInline]
     readonly_fields = ("members_usage",)
     actions = ["new_student_codes", "new_teacher_codes", "disable_codes"]
