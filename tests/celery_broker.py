@@ -38,3 +38,43 @@ def celery_broker(url: str) -> Iterator[None]:
     finally:
         app.conf["broker_url"] = previous
         _drop_pooled_connections(app)
+
+
+@contextmanager
+def celery_worker_process(name: str, *, queues: str | None = None) -> Iterator[None]:
+    """A real Celery worker (solo pool) in another process, named `name@<host>`, on the
+    configured broker (and `queues`, else the default one); yields once it answers a ping."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import pytest
+
+    from isard.celery import app
+
+    command = [sys.executable, "-m", "celery", "-A", "isard", "worker", "--pool=solo"]
+    command += ["--loglevel=WARNING", f"--hostname={name}@%h"]
+    if queues:
+        command.append(f"--queues={queues}")
+    process = subprocess.Popen(
+        command,
+        cwd=Path(__file__).resolve().parents[1],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        destination = [f"{name}@{os.uname().nodename}"]
+        while time.monotonic() < deadline:
+            if app.control.ping(destination=destination, timeout=0.5):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the Celery worker did not answer within 60 s")
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,7 @@ from accounts.tests.factories import UserFactory
 from accounts.tokens import api_token_create
 from hypervisors.choices import Accelerator, HypervisorState
 from hypervisors.tests.factories import HypervisorFactory
+from tests.celery_broker import celery_worker_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,37 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def celery_worker() -> Iterator[None]:
     """A real worker process on the test broker; health must see it answer a ping."""
-    from isard.celery import app
-
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "isard",
-            "worker",
-            "--pool=solo",
-            "--loglevel=WARNING",
-            "--hostname=health-test@%h",
-        ],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if app.control.ping(timeout=0.5):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the Celery worker did not answer within 60 s")
+    with celery_worker_process("health-test"):
         yield
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from hypervisors.choices import HypervisorState
 from hypervisors.tests.factories import HypervisorFactory
 from isard.core import metrics
 from templates_app.tests.factories import HardwareProfileFactory
+from tests.celery_broker import celery_worker_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -263,38 +264,8 @@ def test_counters_from_another_process_show_in_this_processes_scrape() -> None:
 @pytest.fixture
 def metrics_worker() -> Iterator[None]:
     """A real Celery worker on a queue of its own, in another process."""
-    from isard.celery import app
-
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "isard",
-            "worker",
-            "--pool=solo",
-            "--loglevel=WARNING",
-            "--queues=metrics-test",
-            "--hostname=metrics-test@%h",
-        ],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if app.control.ping(destination=[f"metrics-test@{os.uname().nodename}"], timeout=0.5):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the Celery worker did not answer within 60 s")
+    with celery_worker_process("metrics-test", queues="metrics-test"):
         yield
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.django_db
