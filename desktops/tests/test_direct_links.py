@@ -46,26 +46,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 S = DesktopStatus
 
 
-@pytest.fixture
-def exam(run: Any, north: Campus, test_hypervisor: Any, base_template: Any) -> Deployment:
-    """A deployment to north's first class: one real (stopped) desktop per student."""
-    deployment, _ = run(
-        deployment_create,
-        actor=north.teacher,
-        course=north.course,
-        template=base_template,
-        name="Exam",
-    )
-    return deployment
-
-
-@pytest.fixture
-def exam_desktop(exam: Deployment, north: Campus) -> Desktop:
-    desktop = Desktop.objects.get(deployment=exam, owner=north.student)
-    assert desktop.status == S.STOPPED
-    return desktop
-
-
 def token_of(path: str) -> str:
     assert path.startswith("/v/") and path.endswith("/")
     return path.removeprefix("/v/").removesuffix("/")

@@ -12,30 +12,12 @@ from django.test import Client
 
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DirectLink
-from desktops.services.deployments import deployment_create
 from desktops.viewer.direct_links import direct_link_create
 from tests.campus import Campus, assert_error, client_for, ids
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("clean_throttles")]
 
 S = DesktopStatus
-
-
-@pytest.fixture
-def exam(run: Any, north: Campus, test_hypervisor: Any, base_template: Any) -> Deployment:
-    deployment, _ = run(
-        deployment_create,
-        actor=north.teacher,
-        course=north.course,
-        template=base_template,
-        name="Exam",
-    )
-    return deployment
-
-
-@pytest.fixture
-def exam_desktop(exam: Deployment, north: Campus) -> Desktop:
-    return Desktop.objects.get(deployment=exam, owner=north.student)
 
 
 def links_url(desktop: Desktop) -> str:
