@@ -343,19 +343,35 @@ class ViewerTokenAdmin(ScopedModelAdmin):
         return False
 
 
+def _revoke_each(
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    rows: QuerySet[Any],
+    revoke: Callable[[User, Any], int],
+    noun: str,
+) -> None:
+    """Revoke each selected row through its service (which checks the actor may), saying
+    which ones could not be and how many were."""
+    revoked = 0
+    for row in rows:
+        try:
+            revoked += revoke(cast(User, request.user), row)
+        except ApplicationError as error:
+            modeladmin.message_user(request, f"{row}: {error.message}", messages.ERROR)
+    modeladmin.message_user(request, f"Revoked {revoked} {noun}.", messages.SUCCESS)
+
+
 @admin.action(description="Revoke the selected gateway credentials (no new tunnels)")
 def revoke_gateway_credentials(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[GatewayCredential]
 ) -> None:
-    revoked = 0
-    for credential in queryset.select_related("desktop", "user"):
-        try:
-            revoked += gateway_credential_revoke(
-                actor=cast(User, request.user), credential=credential
-            )
-        except ApplicationError as error:
-            modeladmin.message_user(request, f"{credential}: {error.message}", messages.ERROR)
-    modeladmin.message_user(request, f"Revoked {revoked} gateway credentials.", messages.SUCCESS)
+    _revoke_each(
+        modeladmin,
+        request,
+        queryset.select_related("desktop", "user"),
+        lambda actor, row: gateway_credential_revoke(actor=actor, credential=row),
+        "gateway credentials",
+    )
 
 
 @admin.register(GatewayCredential)
@@ -395,13 +411,13 @@ class GatewayCredentialAdmin(ScopedModelAdmin):
 def revoke_direct_links(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[DirectLink]
 ) -> None:
-    revoked = 0
-    for link in queryset.select_related("desktop", "created_by"):
-        try:
-            revoked += direct_link_revoke(actor=cast(User, request.user), link=link)
-        except ApplicationError as error:
-            modeladmin.message_user(request, f"{link}: {error.message}", messages.ERROR)
-    modeladmin.message_user(request, f"Revoked {revoked} direct links.", messages.SUCCESS)
+    _revoke_each(
+        modeladmin,
+        request,
+        queryset.select_related("desktop", "created_by"),
+        lambda actor, row: direct_link_revoke(actor=actor, link=row),
+        "direct links",
+    )
 
 
 @admin.register(DirectLink)
