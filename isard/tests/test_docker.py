@@ -76,6 +76,7 @@ def test_the_compose_environment_passes_the_deploy_check(tmp_path: Path) -> None
     assert {p.name for p in secrets.iterdir()} == {
         "secret_key",
         "health_token",
+        "metrics_token",
         "postgres_password",
         "database_url",
     }
