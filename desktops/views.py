@@ -52,6 +52,7 @@ from desktops.viewer.direct_links import (
     max_link_hours,
 )
 from isard.core.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from isard.core.text import csv_cell
 from templates_app.models import HardwareProfile
 from templates_app.selectors import media_owned_by, templates_visible_to
 
@@ -431,13 +432,6 @@ def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> 
 
 # --- direct links of a deployment: a CSV to hand out, and revoking them all ------------------
 
-#: A spreadsheet runs a cell that starts with one of these as a formula.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _csv_cell(value: str) -> str:
-    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
-
 
 def _direct_links_csv(request: HttpRequest, rows: list[DirectLinkRow]) -> str:
     out = io.StringIO()
@@ -446,8 +440,8 @@ def _direct_links_csv(request: HttpRequest, rows: list[DirectLinkRow]) -> str:
     for row in rows:
         writer.writerow(
             [
-                _csv_cell(row.username),
-                _csv_cell(row.desktop_name),
+                csv_cell(row.username),
+                csv_cell(row.desktop_name),
                 request.build_absolute_uri(row.path),
                 row.expires_at.isoformat(),
             ]

@@ -92,3 +92,13 @@ def text_check(text: str, *, field: str = "description") -> str:
         message = _message(found, "This text")
         raise ApplicationError(message, extra={"fields": {field: [message]}})
     return text
+
+
+#: A spreadsheet runs a cell that starts with one of these as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str) -> str:
+    """A cell of a CSV people open in a spreadsheet: text that would run as a formula
+    (`=HYPERLINK(...)` as a name) is kept as text."""
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
