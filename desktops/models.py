@@ -265,3 +265,60 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.course})"
+
+
+class UsageHour(models.Model):
+    """The seconds one desktop ran in one hour (UTC), kept after the desktop is purged.
+
+    Written by `desktops.reports.rollup` from the desktops' event rows, once the hour is
+    over; the hours since are read from the event rows as they are asked for. The owner,
+    course, template and school are the desktop's at that time, so a purged desktop (its
+    events go with it) still counts towards its student, course, template and school.
+    """
+
+    hour = models.DateTimeField(db_index=True, help_text="The start of the hour, in UTC.")
+    desktop = models.ForeignKey(
+        Desktop, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    desktop_name = models.CharField(max_length=200)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    course = models.ForeignKey(
+        "accounts.Course", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    template = models.ForeignKey(
+        "templates_app.Template",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    school = models.ForeignKey(
+        "accounts.School", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    seconds = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["hour", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(seconds__lte=3600), name="usagehour_at_most_an_hour"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.desktop_name} {self.hour:%Y-%m-%d %H}:00 {self.seconds} s"
+
+
+class UsageRollup(models.Model):
+    """How far the event rows have been summed into `UsageHour` rows: one row."""
+
+    until = models.DateTimeField(help_text="Every hour before this is in the usage rows.")
+
+    def __str__(self) -> str:
+        return f"usage summed until {self.until}"

@@ -10,11 +10,13 @@ from typing import Any
 
 from celery import shared_task
 from django.db import OperationalError
+from django.utils import timezone
 
 from desktops import task_calls
 from desktops.fleet.drain import hypervisor_drain_continue
 from desktops.fleet.monitoring import fleet_reconcile_all, hypervisor_reconcile
 from desktops.fleet.rebalancing import hypervisors_rebalance_scheduled
+from desktops.reports.rollup import usage_rollup
 from desktops.services.lifecycle import (
     desktop_boot,
     desktop_force_off,
@@ -26,6 +28,7 @@ from desktops.services.reconciliation import desktops_recover_stuck
 from desktops.services.recycle_bin import desktop_recycle, desktops_purge_expired
 from desktops.services.templating import template_finish_from_desktop
 from desktops.viewer.services import viewer_tokens_purge
+from hypervisors.services.load import host_load_prune
 from templates_app.services.templates import templates_purge_expired
 
 # A database that is briefly locked or unreachable is worth a few retries: every service
@@ -115,6 +118,14 @@ def purge_recycle_bin() -> int:
 @shared_task(name=task_calls.RECOVER_STUCK_DESKTOPS)
 def recover_stuck_desktops() -> int:
     return desktops_recover_stuck()
+
+
+@shared_task(name=task_calls.SUM_USAGE, **_RETRIES)
+def sum_usage() -> int:
+    """The hours that are over into the usage rows; the hosts' old load samples out."""
+    now = timezone.now()
+    host_load_prune(now=now)
+    return usage_rollup(now=now)
 
 
 @shared_task(name=task_calls.PURGE_VIEWER_TOKENS)

@@ -187,6 +187,28 @@ class HypervisorEvent(models.Model):
         }
 
 
+class HostLoadSample(models.Model):
+    """A host's load every few minutes, for the usage page's chart of hosts over time.
+
+    Taken from the samples the fleet monitor already makes (at most one per
+    `ISARD_HOST_LOAD_SAMPLE_SECONDS`), kept `ISARD_HOST_LOAD_KEEP_DAYS`.
+    """
+
+    hypervisor = models.ForeignKey(Hypervisor, on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField(db_index=True)
+    cpu_load = models.FloatField(help_text="Share of CPU time busy (1.0 = every CPU).")
+    memory_mib = models.PositiveIntegerField()
+    free_memory_mib = models.PositiveIntegerField()
+    running_domains = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["at", "pk"]
+        indexes = [models.Index(fields=["hypervisor", "at"], name="hostload_host_at")]
+
+    def __str__(self) -> str:
+        return f"{self.hypervisor_id} at {self.at}: {self.cpu_load:.0%}"
+
+
 class PlacementRule(models.Model):
     """How the desktops of one course, or one desktop, are placed, instead of the defaults.
 

@@ -49,6 +49,10 @@ app.conf.beat_schedule = {
         "task": templates_tasks.EXPIRE_MEDIA_UPLOADS,
         "schedule": 3600.0,
     },
+    "sum-usage": {
+        "task": desktops_tasks.SUM_USAGE,
+        "schedule": 900.0,
+    },
     "purge-viewer-tokens": {
         "task": desktops_tasks.PURGE_VIEWER_TOKENS,
         "schedule": 600.0,

@@ -360,6 +360,11 @@ ISARD_HYPERVISOR_OFFLINE_GRACE_SECONDS = env.int(
 ISARD_HYPERVISOR_SAMPLE_TIMEOUT_SECONDS = env.int(
     "ISARD_HYPERVISOR_SAMPLE_TIMEOUT_SECONDS", default=10
 )
+# Usage (the admin's usage page): a host's load is kept every this many seconds, for
+# this many days; a usage report covers at most this many days.
+ISARD_HOST_LOAD_SAMPLE_SECONDS = env.int("ISARD_HOST_LOAD_SAMPLE_SECONDS", default=300)
+ISARD_HOST_LOAD_KEEP_DAYS = env.int("ISARD_HOST_LOAD_KEEP_DAYS", default=90)
+ISARD_USAGE_MAX_DAYS = env.int("ISARD_USAGE_MAX_DAYS", default=400)
 ISARD_DRAIN_POLICY = env.str("ISARD_DRAIN_POLICY", default="migrate_or_stop")
 ISARD_REBALANCE_ENABLED = env.bool("ISARD_REBALANCE_ENABLED", default=True)
 ISARD_REBALANCE_MAX_MOVES = env.int("ISARD_REBALANCE_MAX_MOVES", default=4)

@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from desktops import views as desktop_views
+from desktops.reports import views as usage_views
 from isard.health import health_view
 from isard.metrics_view import metrics_view
 from templates_app import views as template_views
@@ -66,6 +67,13 @@ urlpatterns = [
     ),
     path("health/", health_view, name="health"),
     path("metrics", metrics_view, name="metrics"),
+    # The usage page lives in the admin: its sign-in, its header, its users.
+    path("admin/usage/", admin.site.admin_view(usage_views.usage_page), name="admin-usage"),
+    path(
+        "admin/usage/usage.csv",
+        admin.site.admin_view(usage_views.usage_csv),
+        name="admin-usage-csv",
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("isard.api.urls")),
     path("accounts/", include("accounts.urls")),

@@ -30,6 +30,7 @@ from hypervisors.models import (
     HypervisorEvent,
 )
 from hypervisors.routing import default_queue, hypervisor_queue
+from hypervisors.services.load import host_load_keep
 from isard.core.errors import InfrastructureError
 from isard.core.tasks import send_after_commit
 
@@ -97,6 +98,7 @@ def hypervisor_record_sample(
         )
         logger.info("hypervisor %s answers again", hypervisor.name)
     hypervisor.refresh_from_db()
+    host_load_keep(hypervisor=hypervisor, now=now)
     return hypervisor
 
 

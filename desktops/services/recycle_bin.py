@@ -16,6 +16,7 @@ from accounts.models import User
 from desktops import task_calls
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop
+from desktops.reports.rollup import usage_keep_purged
 from desktops.services.transitions import (
     check_can_act,
     desktop_fail,
@@ -87,6 +88,8 @@ def desktop_purge(*, desktop: Desktop) -> None:
         raise ConflictError(f"The desktop “{desktop.name}” is not in the recycle bin.")
     disk = desktop.disk
     with transaction.atomic():
+        # Its hours outlive it: the usage rows keep them once its events are gone.
+        usage_keep_purged(desktop=desktop)
         desktop.delete()
         if disk is not None:
             try:

@@ -44,6 +44,7 @@ urlpatterns = [
     path("", include("templates_app.api.urls")),
     path("", include("desktops.api.urls")),
     path("", include("desktops.fleet.api.urls")),
+    path("", include("desktops.reports.urls")),
     # Not ".": it stops at a newline, and `/api/v1/desktops/1%0A/` fell through to Django.
     re_path(r"^(?P<unmatched>[\s\S]*)$", api_not_found),
 ]
