@@ -35,6 +35,7 @@ from desktops.models import (
     ViewerToken,
 )
 from desktops.permissions import desktops_visible_to
+from desktops.pools import admin as pools_admin  # noqa: F401  (registers the pools' page)
 from desktops.services.deployments import (
     BulkOutcome,
     deployment_create_missing,

@@ -11,11 +11,13 @@ class DesktopsConfig(AppConfig):
         # People sit below desktops: their quotas and admin forms learn of desktops here.
         from accounts.admin_scope import choices_register
         from accounts.quotas import usage_source_register
-        from desktops.models import Deployment, Desktop
+        from desktops.models import Deployment, Desktop, Pool
         from desktops.permissions import desktops_visible_to
+        from desktops.pools.selectors import pools_managed_by
         from desktops.services.deployments import deployments_visible_to
         from desktops.usage import desktop_usage
 
         usage_source_register(desktop_usage)
         choices_register(Desktop, desktops_visible_to)
         choices_register(Deployment, deployments_visible_to)
+        choices_register(Pool, pools_managed_by)

@@ -68,9 +68,27 @@ class Desktop(models.Model):
         related_name="desktops",
         help_text="The deployment that made it for its owner, if any.",
     )
+    pool = models.ForeignKey(
+        "desktops.Pool",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="desktops",
+        help_text="The pool it was made for: free (its teacher's) until a student takes it.",
+    )
+    #: When a student took it from its pool (it is theirs since); None: still free.
+    pool_taken_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name", "pk"]
+        constraints = [
+            # However many requests race, a student holds one desktop of a pool.
+            models.UniqueConstraint(
+                fields=["pool", "owner"],
+                condition=models.Q(pool_taken_at__isnull=False),
+                name="desktop_one_per_student_and_pool",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -322,3 +340,41 @@ class UsageRollup(models.Model):
 
     def __str__(self) -> str:
         return f"usage summed until {self.until}"
+
+
+class Pool(models.Model):
+    """Desktops of a course kept ready from a template: a student who opens it gets one
+    at once (`desktops.pools.services.pool_take`).
+
+    `started` desktops are kept running and `spare` more defined (stopped); the free
+    ones belong to the pool's owner until taken. A taken desktop is its student's, as
+    if made for them. `problem` says why the last refill fell short (a quota, no host).
+    """
+
+    name = models.CharField(validators=[validate_name], max_length=200)
+    course = models.ForeignKey("accounts.Course", on_delete=models.PROTECT, related_name="pools")
+    template = models.ForeignKey(
+        "templates_app.Template", on_delete=models.PROTECT, related_name="pools"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="pools"
+    )
+    started = models.PositiveSmallIntegerField(
+        default=0, help_text="Free desktops kept running, for a hand-out at once."
+    )
+    spare = models.PositiveSmallIntegerField(
+        default=0, help_text="Free desktops kept defined besides (started when taken)."
+    )
+    problem = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(started__lte=200, spare__lte=200), name="pool_sizes_bounded"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.course})"

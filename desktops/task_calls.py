@@ -35,6 +35,8 @@ RECOVER_STUCK_DESKTOPS = "desktops.tasks.recover_stuck_desktops"
 PURGE_RECYCLE_BIN = "desktops.tasks.purge_recycle_bin"
 PURGE_VIEWER_TOKENS = "desktops.tasks.purge_viewer_tokens"
 SUM_USAGE = "desktops.tasks.sum_usage"
+REFILL_POOL = "desktops.tasks.refill_pool"
+REFILL_POOLS = "desktops.tasks.refill_pools"
 RECONCILE_ALL_HYPERVISORS = "desktops.tasks.reconcile_all_hypervisors"
 RECONCILE_HYPERVISOR = "desktops.tasks.reconcile_hypervisor"
 DRAIN_HYPERVISOR = "desktops.tasks.drain_hypervisor"
@@ -142,3 +144,8 @@ def drain_hypervisor(
         {"hypervisor_id": hypervisor_id, "actor_id": actor_id},
         {"countdown": countdown} if countdown else {},
     )
+
+
+def refill_pool(*, pool_id: int) -> TaskCall:
+    """Make and start a pool's free desktops up to its sizes, on the central worker."""
+    return TaskCall(REFILL_POOL, {"pool_id": pool_id})

@@ -16,6 +16,7 @@ from desktops import task_calls
 from desktops.fleet.drain import hypervisor_drain_continue
 from desktops.fleet.monitoring import fleet_reconcile_all, hypervisor_reconcile
 from desktops.fleet.rebalancing import hypervisors_rebalance_scheduled
+from desktops.pools.services import pool_refill, pools_refill_all
 from desktops.reports.rollup import usage_rollup
 from desktops.services.lifecycle import (
     desktop_boot,
@@ -126,6 +127,16 @@ def sum_usage() -> int:
     now = timezone.now()
     host_load_prune(now=now)
     return usage_rollup(now=now)
+
+
+@shared_task(name=task_calls.REFILL_POOL, **_RETRIES)
+def refill_pool(pool_id: int) -> dict[str, int]:
+    return pool_refill(pool_id=pool_id)
+
+
+@shared_task(name=task_calls.REFILL_POOLS)
+def refill_pools() -> int:
+    return pools_refill_all()
 
 
 @shared_task(name=task_calls.PURGE_VIEWER_TOKENS)

@@ -28,6 +28,8 @@ from accounts.permissions import courses_taught_by
 from desktops.choices import WORKING_STATUSES, DesktopAction, DesktopStatus, actions_allowed
 from desktops.models import Desktop
 from desktops.permissions import desktops_visible_to
+from desktops.pools.selectors import POOL_FREE, pool_counts, pools_to_take
+from desktops.pools.services import MAX_SIZE, pool_create, pool_get, pool_take
 from desktops.services.deployments import (
     BulkOutcome,
     deployment_create,
@@ -158,6 +160,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     desktops = (
         desktops_visible_to(user)
         .filter(owner=user)
+        .exclude(POOL_FREE)  # a teacher's pools' free desktops are for the students
         .select_related("template", "owner")
         .order_by("name", "pk")
     )
@@ -166,6 +169,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "active": [c for c in cards if c["status"] != S.DELETED],
         "recycled": [c for c in cards if c["status"] == S.DELETED],
         "templates": templates_visible_to(user).order_by("name"),
+        "pools": pools_to_take(user),
         **_card_tables(),
     }
     if request.GET.get("fragment") == "cards":
@@ -190,6 +194,25 @@ def _answer(
         return JsonResponse(body, status=status)
     (messages.success if ok else messages.error)(request, message)
     return redirect("dashboard")
+
+
+@login_required
+@require_POST
+def pool_take_view(request: HttpRequest, pool_id: int) -> HttpResponse:
+    """A student opens a pool: a desktop of theirs at once, its viewer if it runs."""
+    user = _user(request)
+    try:
+        pool = pool_get(actor=user, pool_id=pool_id)
+        desktop = pool_take(actor=user, pool=pool)
+    except NotFoundError:
+        return render(request, "desktops/not_found.html", {"what": "pool"}, status=404)
+    except ApplicationError as error:
+        return _answer(request, message=error.message, ok=False, status=error.status_code)
+    if desktop.status == S.STARTED and not _wants_json(request):
+        return redirect("desktop-viewer", desktop_id=desktop.pk)
+    return _answer(
+        request, message=f"“{desktop.name}” is yours: it is starting.", ok=True, desktop=desktop
+    )
 
 
 @login_required
@@ -264,6 +287,7 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
         return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
     desktops = (
         Desktop.objects.filter(course=course)
+        .exclude(POOL_FREE)
         .select_related("template", "owner")
         .order_by("owner__username", "name", "pk")
     )
@@ -301,6 +325,7 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
             ("delete", "Delete all"),
         ],
         "socket_path": f"/ws/desktops/?course={course.pk}",
+        "pools": [(pool, pool_counts(pool)) for pool in course.pools.order_by("name", "pk")],
         "direct_link_hours": default_link_hours(),
         "direct_link_max_hours": max_link_hours(),
         **_card_tables(),
@@ -383,6 +408,44 @@ def _outcome_message(name: str, action: str, outcome: BulkOutcome) -> str:
         more = f" (and {len(outcome.refused) - 5} more)" if len(outcome.refused) > 5 else ""
         message += f" Left alone: {reasons}{more}."
     return message
+
+
+def _size(request: HttpRequest, field: str) -> int:
+    value = request.POST.get(field, "").strip()
+    if not value.isdigit():
+        raise ApplicationError(f"“{field}”: give a number of desktops (0 to {MAX_SIZE}).")
+    return int(value)
+
+
+@login_required
+@require_POST
+def course_pool_new(request: HttpRequest, course_id: int) -> HttpResponse:
+    """Keep desktops of a template ready for the class: a pool (see `desktops.pools`)."""
+    user = _user(request)
+    course = courses_taught_by(user).filter(pk=course_id).first()
+    if course is None:
+        return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
+    template = templates_visible_to(user).filter(pk=request.POST.get("template") or 0).first()
+    try:
+        if template is None:
+            raise ApplicationError("Choose one of the templates you may use.")
+        pool = pool_create(
+            actor=user,
+            course=course,
+            template=template,
+            name=request.POST.get("name", "").strip() or template.name,
+            started=_size(request, "started"),
+            spare=_size(request, "spare"),
+        )
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(
+            request,
+            f"“{pool.name}”: {pool.started} desktop(s) will be kept running and {pool.spare} "
+            "more ready; students get one from their page at once.",
+        )
+    return redirect("course-page", course_id=course.pk)
 
 
 @login_required

@@ -49,6 +49,10 @@ app.conf.beat_schedule = {
         "task": templates_tasks.EXPIRE_MEDIA_UPLOADS,
         "schedule": 3600.0,
     },
+    "refill-pools": {
+        "task": desktops_tasks.REFILL_POOLS,
+        "schedule": 30.0,
+    },
     "sum-usage": {
         "task": desktops_tasks.SUM_USAGE,
         "schedule": 900.0,

@@ -22,6 +22,7 @@ urlpatterns = [
         desktop_views.desktop_make_template,
         name="desktop-make-template",
     ),
+    path("pools/<int:pool_id>/take/", desktop_views.pool_take_view, name="pool-take-page"),
     path("media/", template_views.media_page, name="media-page"),
     path("media/uploads/", template_views.media_upload_begin, name="media-upload-begin"),
     path("media/<int:media_id>/upload/", template_views.media_upload, name="media-upload"),
@@ -45,6 +46,7 @@ urlpatterns = [
     path("courses/", desktop_views.course_list, name="course-page-list"),
     path("courses/<int:course_id>/", desktop_views.course_detail, name="course-page"),
     path("courses/<int:course_id>/deploy/", desktop_views.course_deploy, name="course-deploy"),
+    path("courses/<int:course_id>/pools/", desktop_views.course_pool_new, name="course-pool-new"),
     path(
         "deployments/<int:deployment_id>/direct-links.csv",
         desktop_views.deployment_direct_links_csv,

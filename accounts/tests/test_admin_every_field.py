@@ -23,7 +23,7 @@ from accounts.choices import CourseRole, Role
 from accounts.models import Course, CourseMembership, EnrolmentCode, Quota, School, User
 from accounts.tests.factories import CourseFactory, MembershipFactory, SchoolFactory, UserFactory
 from desktops.choices import DesktopStatus
-from desktops.models import Deployment, Desktop, DesktopEvent
+from desktops.models import Deployment, Desktop, DesktopEvent, Pool
 from hypervisors.models import PlacementRule
 from hypervisors.tests.factories import HypervisorFactory
 from templates_app.models import HardwareProfile, Media, Template
@@ -88,6 +88,7 @@ def campus(slug: str, hardware: HardwareProfile) -> Campus:
     )
     quota = Quota.objects.create(school=school, max_running=1)
     rule = PlacementRule.objects.create(course=course)
+    pool = Pool.objects.create(name=f"{slug}-pool", course=course, template=template, owner=teacher)
     rows: dict[type[Model], list[Model]] = {
         School: [school],
         User: [manager, teacher, student],
@@ -100,6 +101,7 @@ def campus(slug: str, hardware: HardwareProfile) -> Campus:
         DesktopEvent: [event],
         Quota: [quota],
         PlacementRule: [rule],
+        Pool: [pool],
     }
     return Campus(
         school, manager, teacher, student, course, template, media, desktop, deployment, quota, rows

@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from accounts.tokens import api_token_create
 from desktops.choices import DesktopStatus
-from desktops.models import Deployment, Desktop
+from desktops.models import Deployment, Desktop, Pool
 from desktops.services.deployments import deployment_create
 from hypervisors.tests.factories import HypervisorFactory
 from templates_app.choices import TemplateStatus
@@ -64,6 +64,7 @@ NAMES_OTHER_OBJECTS = frozenset(
         "PUT /api/v1/deployments/{id}/co-teachers/",
         "POST /api/v1/deployments/{id}/recreate/",
         "PUT /api/v1/templates/{id}/sharing/",
+        "POST /api/v1/pools/",
     }
 )
 #: Operations with a rule across their parameters, which a schema cannot say: the days of
@@ -106,6 +107,9 @@ def pinned_ids(north: Campus, base_template: Any, spare_token_id: int) -> dict[s
         actor=north.teacher, course=north.course, template=base_template, name="Lab"
     )
     media = Media.objects.create(name="install.iso", owner=None, path="/nonexistent/install.iso")
+    pool = Pool.objects.create(
+        name="Lab", course=north.course, template=base_template, owner=north.teacher
+    )
     return {
         "/api/v1/desktops/": north.student_desktop.pk,
         "/api/v1/templates/": north.teacher_template.pk,
@@ -115,6 +119,7 @@ def pinned_ids(north: Campus, base_template: Any, spare_token_id: int) -> dict[s
         "/api/v1/hypervisors/": HypervisorFactory.create().pk,
         "/api/v1/media/": media.pk,
         "/api/v1/hardware-profiles/": north.hardware.pk,
+        "/api/v1/pools/": pool.pk,
     }
 
 

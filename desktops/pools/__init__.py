@@ -1,0 +1,1 @@
+"""Pools: a course's desktops kept ready from a template, handed out at once."""

@@ -1,0 +1,84 @@
+"""Pools in the admin: what each holds, live (the list refreshes itself), and a refill.
+
+Read-only forms: a pool is made on the course page or through the API, and its sizes
+set there, through `desktops.pools.services`, which checks the person."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts.admin_scope import ManagerAccess, ScopedModelAdmin
+from accounts.models import User
+from desktops.models import Pool
+from desktops.pools.selectors import pool_counts, pools_managed_by
+from desktops.pools.services import pool_refill
+
+
+@admin.register(Pool)
+class PoolAdmin(ScopedModelAdmin):
+    manager_access: ClassVar[ManagerAccess] = "act"
+    teacher_access: ClassVar[ManagerAccess] = "act"
+    list_display = (
+        "name",
+        "course",
+        "template",
+        "started_now",
+        "ready_now",
+        "taken_now",
+        "problem",
+    )
+    list_filter = (("course", admin.RelatedOnlyFieldListFilter),)
+    search_fields = ("name", "course__name")
+    fields = ("name", "course", "template", "owner", "started", "spare", "problem", "created_at")
+    readonly_fields = fields
+    actions = ["refill"]
+
+    class Media:
+        js = ("isard/admin_live.js",)
+
+    def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(pk__in=pools_managed_by(actor).values("pk"))
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        if not self.has_view_permission(request):
+            return {}
+        return admin.ModelAdmin.get_actions(self, request)
+
+    @admin.display(description="started (free)")
+    def started_now(self, pool: Pool) -> str:
+        return f"{pool_counts(pool).started} of {pool.started}"
+
+    @admin.display(description="ready (free, stopped)")
+    def ready_now(self, pool: Pool) -> str:
+        counts = pool_counts(pool)
+        making = f", {counts.making} on the way" if counts.making else ""
+        return f"{counts.ready}{making}"
+
+    @admin.display(description="taken")
+    def taken_now(self, pool: Pool) -> int:
+        return pool_counts(pool).taken
+
+    @admin.action(description="Refill now (make and start up to the sizes)")
+    def refill(self, request: HttpRequest, queryset: QuerySet[Pool]) -> None:
+        for pool in queryset:
+            done = pool_refill(pool_id=pool.pk)
+            pool.refresh_from_db()
+            level = messages.WARNING if pool.problem else messages.SUCCESS
+            problem = f" {pool.problem}" if pool.problem else ""
+            made, started = done.get("made", 0), done.get("started", 0)
+            self.message_user(
+                request, f"{pool.name}: {made} made, {started} started.{problem}", level
+            )
