@@ -229,6 +229,26 @@ class ScopedModelAdmin(RoleScopedMixin, admin.ModelAdmin):
     """A ModelAdmin scoped by role; set `manager_access` and `scope_queryset`."""
 
 
+class ActionsOnlyAdmin(ScopedModelAdmin):
+    """Read-only forms for everyone, administrators included; the list's actions are the
+    way to act (they call services that check the person again), for every role that
+    sees the rows. For what is made elsewhere (a course page, the API)."""
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        if not self.has_view_permission(request):
+            return {}
+        return admin.ModelAdmin.get_actions(self, request)
+
+
 class ReadOnlyForManagersAdmin(RoleScopedMixin, admin.ModelAdmin):
     """Shared infrastructure (hypervisors, pools, profiles): managers look, admins act."""
 

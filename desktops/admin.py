@@ -22,7 +22,12 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from accounts.admin_scope import ManagerAccess, RoleScopedMixin, ScopedModelAdmin
+from accounts.admin_scope import (
+    ActionsOnlyAdmin,
+    ManagerAccess,
+    RoleScopedMixin,
+    ScopedModelAdmin,
+)
 from accounts.models import User
 from desktops.choices import DesktopStatus
 from desktops.fleet import admin as fleet_admin  # noqa: F401  (registers the hosts' pages)
@@ -192,7 +197,7 @@ def _deployment_action(description: str, act: Callable[[User, Deployment], BulkO
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(ScopedModelAdmin):
+class DeploymentAdmin(ActionsOnlyAdmin):
     """A course's deployments with each student's desktop and its status.
 
     Read-only for everyone, administrators included: deployments are made on the course
@@ -256,21 +261,6 @@ class DeploymentAdmin(ScopedModelAdmin):
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(pk__in=deployments_visible_to(actor).values("pk"))
-
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        # Read-only forms, but the actions are the way to act, for every role that sees it.
-        if not self.has_view_permission(request):
-            return {}
-        return admin.ModelAdmin.get_actions(self, request)
 
     @admin.display(description="desktops")
     def desktop_statuses(self, deployment: Deployment) -> str:

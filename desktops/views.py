@@ -55,7 +55,7 @@ from desktops.viewer.direct_links import (
 )
 from isard.core.errors import ApplicationError, NotFoundError, PermissionDeniedError
 from isard.core.text import csv_cell
-from templates_app.models import HardwareProfile
+from templates_app.models import HardwareProfile, Template
 from templates_app.selectors import media_owned_by, templates_visible_to
 
 S = DesktopStatus
@@ -410,6 +410,13 @@ def _outcome_message(name: str, action: str, outcome: BulkOutcome) -> str:
     return message
 
 
+def _chosen_template(request: HttpRequest, user: User) -> Template:
+    template = templates_visible_to(user).filter(pk=request.POST.get("template") or 0).first()
+    if template is None:
+        raise ApplicationError("Choose one of the templates you may use.")
+    return template
+
+
 def _size(request: HttpRequest, field: str) -> int:
     value = request.POST.get(field, "").strip()
     if not value.isdigit():
@@ -425,10 +432,8 @@ def course_pool_new(request: HttpRequest, course_id: int) -> HttpResponse:
     course = courses_taught_by(user).filter(pk=course_id).first()
     if course is None:
         return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
-    template = templates_visible_to(user).filter(pk=request.POST.get("template") or 0).first()
     try:
-        if template is None:
-            raise ApplicationError("Choose one of the templates you may use.")
+        template = _chosen_template(request, user)
         pool = pool_create(
             actor=user,
             course=course,
@@ -456,10 +461,8 @@ def course_deploy(request: HttpRequest, course_id: int) -> HttpResponse:
     course = courses_taught_by(user).filter(pk=course_id).first()
     if course is None:
         return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
-    template = templates_visible_to(user).filter(pk=request.POST.get("template") or 0).first()
     try:
-        if template is None:
-            raise ApplicationError("Choose one of the templates you may use.")
+        template = _chosen_template(request, user)
         deployment, created = deployment_create(
             actor=user,
             course=course,

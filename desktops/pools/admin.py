@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.admin_scope import ManagerAccess, ScopedModelAdmin
+from accounts.admin_scope import ActionsOnlyAdmin, ManagerAccess
 from accounts.models import User
 from desktops.models import Pool
 from desktops.pools.selectors import pool_counts, pools_managed_by
@@ -19,7 +19,7 @@ from desktops.pools.services import pool_refill
 
 
 @admin.register(Pool)
-class PoolAdmin(ScopedModelAdmin):
+class PoolAdmin(ActionsOnlyAdmin):
     manager_access: ClassVar[ManagerAccess] = "act"
     teacher_access: ClassVar[ManagerAccess] = "act"
     list_display = (
@@ -42,20 +42,6 @@ class PoolAdmin(ScopedModelAdmin):
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(pk__in=pools_managed_by(actor).values("pk"))
-
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        if not self.has_view_permission(request):
-            return {}
-        return admin.ModelAdmin.get_actions(self, request)
 
     @admin.display(description="started (free)")
     def started_now(self, pool: Pool) -> str:
