@@ -25,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 
 from accounts.api.views import request_user
-from accounts.models import User
+from accounts.models import Course, User
 from accounts.permissions import courses_visible_to, sees_own_desktops_only, users_visible_to
 from desktops.api.direct_links import issued_body, row_body
 from desktops.api.serializers import (
@@ -78,7 +78,7 @@ from isard.core.api.serializers import ErrorSerializer
 from isard.core.api.throttling import DesktopActionThrottle
 from isard.core.errors import ApplicationError, NotFoundError
 from templates_app.api.views import media_listed_for
-from templates_app.models import HardwareProfile
+from templates_app.models import HardwareProfile, Template
 from templates_app.selectors import templates_visible_to
 
 #: Actions that make a hypervisor or a worker do something: rate-limited per person.
@@ -314,6 +314,17 @@ class DesktopViewSet(
 # --- deployments ------------------------------------------------------------------------------
 
 
+def course_and_template(actor: User, data: dict[str, Any]) -> tuple[Course, Template]:
+    """The course and template a create names by id, as the person sees them (else 404)."""
+    course = courses_visible_to(actor).filter(pk=data["course"]).first()
+    if course is None:
+        raise NotFoundError("No such course.", extra={"course": data["course"]})
+    template = templates_visible_to(actor).filter(pk=data["template"]).first()
+    if template is None:
+        raise NotFoundError("No such template.", extra={"template": data["template"]})
+    return course, template
+
+
 def _users(actor: User, ids: list[int]) -> list[User]:
     """The people these ids name, among those the actor may see: another school's people
     are "no such people", like free ids, and never named back."""
@@ -378,12 +389,7 @@ class DeploymentViewSet(
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         actor = request_user(request)
-        course = courses_visible_to(actor).filter(pk=data["course"]).first()
-        if course is None:
-            raise NotFoundError("No such course.", extra={"course": data["course"]})
-        template = templates_visible_to(actor).filter(pk=data["template"]).first()
-        if template is None:
-            raise NotFoundError("No such template.", extra={"template": data["template"]})
+        course, template = course_and_template(actor, data)
         students = None if data["students"] is None else _users(actor, data["students"])
         deployment, desktops = deployment_create(
             actor=actor,

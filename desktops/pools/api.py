@@ -13,16 +13,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api.views import request_user
-from accounts.permissions import courses_visible_to
 from desktops.api.serializers import DesktopSerializer
+from desktops.api.views import course_and_template
 from desktops.choices import DesktopStatus
 from desktops.models import Pool
 from desktops.pools.selectors import pool_counts, pools_visible_to
 from desktops.pools.services import MAX_SIZE, pool_create, pool_resize, pool_take
 from isard.core.api.serializers import id_field
-from isard.core.errors import NotFoundError
 from isard.core.text import validate_name
-from templates_app.selectors import templates_visible_to
 
 
 class PoolCountsSerializer(serializers.Serializer[Any]):
@@ -96,12 +94,7 @@ class PoolViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         actor = request_user(request)
-        course = courses_visible_to(actor).filter(pk=data["course"]).first()
-        if course is None:
-            raise NotFoundError("No such course.", extra={"course": data["course"]})
-        template = templates_visible_to(actor).filter(pk=data["template"]).first()
-        if template is None:
-            raise NotFoundError("No such template.", extra={"template": data["template"]})
+        course, template = course_and_template(actor, data)
         pool = pool_create(
             actor=actor,
             course=course,
