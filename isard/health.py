@@ -44,8 +44,18 @@ def check_redis() -> dict[str, Any]:
     return {"ok": True}
 
 
+#: Seconds each of the two pings waits; both together stay inside CHECK_TIMEOUT_SECONDS.
+CELERY_PING_TIMEOUTS = (1.0, 1.5)
+
+
 def check_celery() -> dict[str, Any]:
-    replies = app.control.ping(timeout=1.5) or []
+    # A worker finishing a task may miss one broadcast ping; a second ask tells that
+    # apart from a worker that is gone.
+    replies: list[Any] = []
+    for timeout in CELERY_PING_TIMEOUTS:
+        replies = app.control.ping(timeout=timeout) or []
+        if replies:
+            break
     workers = sorted(name for reply in replies for name in reply)
     return {"ok": bool(workers), "workers": workers}
 

@@ -54,6 +54,9 @@ def celery_worker_process(name: str, *, queues: str | None = None) -> Iterator[N
 
     from isard.celery import app
 
+    # Tasks earlier tests left on the broker would keep a new solo worker busy (and deaf
+    # to pings) for as long as they run; this worker is for the test that starts it.
+    app.control.purge()
     command = [sys.executable, "-m", "celery", "-A", "isard", "worker", "--pool=solo"]
     command += ["--loglevel=WARNING", f"--hostname={name}@%h"]
     if queues:
