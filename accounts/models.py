@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from accounts.choices import CourseRole, MembershipSource, Role
@@ -65,6 +66,31 @@ class Course(models.Model):
     name = models.CharField(validators=[validate_name], max_length=200)
     members: models.ManyToManyField[User, CourseMembership] = models.ManyToManyField(
         User, through="CourseMembership", related_name="courses"
+    )
+    students_may_reset = models.BooleanField(
+        default=False,
+        help_text="Students may put their own desktops of this course back to the template "
+        "(the earlier disk waits in the recycle bin).",
+    )
+    session_limit_minutes = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(24 * 60)],
+        help_text="A desktop of the course shuts down this long after it started (0: never).",
+    )
+    session_warning_minutes = models.PositiveIntegerField(
+        default=5,
+        validators=[MaxValueValidator(120)],
+        help_text="How long before the end the student is warned.",
+    )
+    session_extensions = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MaxValueValidator(20)],
+        help_text="How many times a student may extend a session.",
+    )
+    session_extension_minutes = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 60)],
+        help_text="How much longer each extension gives.",
     )
 
     class Meta:

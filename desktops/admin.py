@@ -54,6 +54,7 @@ from desktops.services.deployments import (
 )
 from desktops.services.lifecycle import desktop_shutdown, desktop_start, desktop_stop
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
+from desktops.services.renewal import desktop_put_back, desktop_reset_to_template
 from desktops.services.templating import template_from_desktop
 from desktops.viewer.direct_links import direct_link_revoke
 from desktops.viewer.gateway_access import gateway_credential_revoke
@@ -82,6 +83,12 @@ _DESKTOP_ACTIONS: dict[str, Callable[..., Desktop]] = {
     "stop": desktop_stop,
     "delete": desktop_delete,
     "restore": desktop_restore,
+    "reset_to_template": desktop_reset_to_template,
+    "put_back": desktop_put_back,
+}
+_DESCRIPTIONS = {
+    "reset_to_template": "Reset selected desktops to the template (earlier disk to the bin)",
+    "put_back": "Put back the newest earlier disk of selected desktops",
 }
 
 
@@ -102,7 +109,9 @@ def _run(action: str) -> Any:
             modeladmin.message_user(request, f"{action}: {done} desktop(s).", messages.SUCCESS)
 
     run.__name__ = f"action_{action}"
-    run.short_description = f"{action.capitalize()} selected desktops"  # type: ignore[attr-defined]
+    run.short_description = _DESCRIPTIONS.get(  # type: ignore[attr-defined]
+        action, f"{action.capitalize()} selected desktops"
+    )
     return run
 
 
@@ -145,11 +154,16 @@ class DesktopAdmin(ScopedModelAdmin):
         "disk",
         "hypervisor",
         "deleted_at",
+        "session_ends_at",
+        "session_warn_at",
+        "session_extensions_used",
         "screen",
     )
     inlines = [DesktopEventInline]
     actions = [
         *(_run(a) for a in ("start", "shutdown", "stop", "delete", "restore")),
+        _run("reset_to_template"),
+        _run("put_back"),
         make_template,
     ]
 

@@ -18,6 +18,7 @@ class DesktopStatus(models.TextChoices):
     STOPPING = "stopping", "Stopping"
     FAILED = "failed", "Failed"
     CREATING_TEMPLATE = "creating_template", "Creating template"
+    RESETTING = "resetting", "Going back to the template"
     UNKNOWN = "unknown", "Unknown (host unreachable)"
     DELETING = "deleting", "Deleting"
     DELETED = "deleted", "In the recycle bin"
@@ -28,13 +29,17 @@ S = DesktopStatus
 TRANSITIONS: dict[DesktopStatus, frozenset[DesktopStatus]] = {
     S.CREATING: frozenset({S.STOPPED, S.FAILED}),
     # STOPPED -> STARTED: the guest was started outside isard (seen by the reconciler).
-    S.STOPPED: frozenset({S.STARTING, S.STARTED, S.CREATING_TEMPLATE, S.DELETING, S.FAILED}),
+    S.STOPPED: frozenset(
+        {S.STARTING, S.STARTED, S.CREATING_TEMPLATE, S.RESETTING, S.DELETING, S.FAILED}
+    ),
     S.STARTING: frozenset({S.STARTED, S.STOPPED, S.FAILED}),
     S.STARTED: frozenset({S.SHUTTING_DOWN, S.STOPPING, S.STOPPED, S.FAILED, S.UNKNOWN}),
     S.SHUTTING_DOWN: frozenset({S.STOPPED, S.STOPPING, S.STARTED, S.FAILED, S.UNKNOWN}),
     S.STOPPING: frozenset({S.STOPPED, S.FAILED, S.UNKNOWN}),
-    S.FAILED: frozenset({S.STARTING, S.STOPPED, S.STARTED, S.DELETING}),
+    # FAILED -> RESETTING: a desktop whose disk is broken can start over from its template.
+    S.FAILED: frozenset({S.STARTING, S.STOPPED, S.STARTED, S.RESETTING, S.DELETING}),
     S.CREATING_TEMPLATE: frozenset({S.STOPPED, S.FAILED}),
+    S.RESETTING: frozenset({S.STOPPED, S.FAILED}),
     S.UNKNOWN: frozenset({S.STARTED, S.STOPPED, S.FAILED, S.DELETING}),
     S.DELETING: frozenset({S.DELETED, S.FAILED}),
     S.DELETED: frozenset({S.STOPPED}),
@@ -43,7 +48,9 @@ TRANSITIONS: dict[DesktopStatus, frozenset[DesktopStatus]] = {
 #: Statuses in which the guest may be running on its hypervisor.
 ACTIVE_STATUSES = frozenset({S.STARTING, S.STARTED, S.SHUTTING_DOWN, S.STOPPING})
 #: Statuses where a Celery task owns the desktop; user actions wait for it to finish.
-BUSY_STATUSES = frozenset({S.CREATING, S.CREATING_TEMPLATE, S.DELETING, S.STARTING, S.STOPPING})
+BUSY_STATUSES = frozenset(
+    {S.CREATING, S.CREATING_TEMPLATE, S.RESETTING, S.DELETING, S.STARTING, S.STOPPING}
+)
 #: Statuses during which something is under way: the cards show a progress bar. A
 #: shutdown waits for the guest rather than a task, but a person sees it working all the same.
 WORKING_STATUSES = BUSY_STATUSES | {S.SHUTTING_DOWN}

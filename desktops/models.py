@@ -78,6 +78,16 @@ class Desktop(models.Model):
     )
     #: When a student took it from its pool (it is theirs since); None: still free.
     pool_taken_at = models.DateTimeField(null=True, blank=True)
+    volatile = models.BooleanField(
+        default=False,
+        help_text="Back to its template (a fresh disk) whenever it stops or its owner signs "
+        "out; set from its pool or deployment.",
+    )
+    #: When the running session ends (its course's time limit), and when its student is
+    #: warned (None once warned, or without a limit); `desktops.services.time_limits`.
+    session_ends_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    session_warn_at = models.DateTimeField(null=True, blank=True)
+    session_extensions_used = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["name", "pk"]
@@ -275,6 +285,11 @@ class Deployment(models.Model):
     whole_course = models.BooleanField(default=True)
     students = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
     visible = models.BooleanField(default=True)
+    volatile = models.BooleanField(
+        default=False,
+        help_text="Each desktop goes back to the template when it stops or its student "
+        "signs out: nothing a student does is kept.",
+    )
     deleted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -365,6 +380,11 @@ class Pool(models.Model):
     spare = models.PositiveSmallIntegerField(
         default=0, help_text="Free desktops kept defined besides (started when taken)."
     )
+    volatile = models.BooleanField(
+        default=False,
+        help_text="A taken desktop goes back to the template and to the pool when its "
+        "student shuts it down or signs out.",
+    )
     problem = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -378,3 +398,18 @@ class Pool(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.course})"
+
+
+class EarlierDisk(models.Model):
+    """A desktop's disk put aside by a reset to its template: in the recycle bin, so the
+    work on it can be put back (`desktops.services.renewal`) until the retention ends."""
+
+    desktop = models.ForeignKey(Desktop, on_delete=models.PROTECT, related_name="earlier_disks")
+    disk = models.OneToOneField("hypervisors.Disk", on_delete=models.PROTECT, related_name="+")
+    put_aside_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-put_aside_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.desktop}: disk of {self.put_aside_at:%Y-%m-%d %H:%M}"

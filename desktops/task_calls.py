@@ -31,6 +31,9 @@ SHUTDOWN_TIMEOUT = "desktops.tasks.shutdown_timeout"
 FORCE_OFF_DESKTOP = "desktops.tasks.force_off_desktop"
 DELETE_DESKTOP = "desktops.tasks.delete_desktop"
 MAKE_TEMPLATE = "desktops.tasks.make_template"
+RENEW_DESKTOP = "desktops.tasks.renew_desktop"
+RENEW_VOLATILE = "desktops.tasks.renew_volatile"
+ENFORCE_TIME_LIMITS = "desktops.tasks.enforce_time_limits"
 RECOVER_STUCK_DESKTOPS = "desktops.tasks.recover_stuck_desktops"
 PURGE_RECYCLE_BIN = "desktops.tasks.purge_recycle_bin"
 PURGE_VIEWER_TOKENS = "desktops.tasks.purge_viewer_tokens"
@@ -126,6 +129,21 @@ def delete_desktop(*, desktop_id: int, hypervisor: Hypervisor | None) -> TaskCal
 
 def make_template(*, template_id: int, desktop_id: int) -> TaskCall:
     return TaskCall(MAKE_TEMPLATE, {"template_id": template_id, "desktop_id": desktop_id})
+
+
+def renew_desktop(
+    *, desktop_id: int, hypervisor: Hypervisor | None, put_back: int | None = None
+) -> TaskCall:
+    """Give a RESETTING desktop a fresh disk on its template (or put back an earlier one),
+    on its host's worker (it asks libvirt that the guest is off first)."""
+    return TaskCall(
+        RENEW_DESKTOP, {"desktop_id": desktop_id, "put_back": put_back}, _on(hypervisor)
+    )
+
+
+def renew_volatile(*, desktop_ids: Sequence[int]) -> TaskCall:
+    """Volatile desktops that just stopped go back to their template (central worker)."""
+    return TaskCall(RENEW_VOLATILE, {"desktop_ids": list(desktop_ids)})
 
 
 def reconcile_hypervisor(*, hypervisor: Hypervisor, expires: float) -> TaskCall:

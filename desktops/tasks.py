@@ -27,7 +27,9 @@ from desktops.services.lifecycle import (
 from desktops.services.provisioning import desktop_provision, desktops_provision_bulk
 from desktops.services.reconciliation import desktops_recover_stuck
 from desktops.services.recycle_bin import desktop_recycle, desktops_purge_expired
+from desktops.services.renewal import desktop_renew, desktops_renew_volatile
 from desktops.services.templating import template_finish_from_desktop
+from desktops.services.time_limits import desktops_enforce_time_limits
 from desktops.viewer.services import viewer_tokens_purge
 from hypervisors.services.load import host_load_prune
 from templates_app.services.templates import templates_purge_expired
@@ -107,6 +109,16 @@ def make_template(template_id: int, desktop_id: int) -> str:
     return template_finish_from_desktop(template_id=template_id, desktop_id=desktop_id).status
 
 
+@shared_task(name=task_calls.RENEW_DESKTOP, **_RETRIES)
+def renew_desktop(desktop_id: int, put_back: int | None = None) -> str:
+    return desktop_renew(desktop_id=desktop_id, put_back=put_back).status
+
+
+@shared_task(name=task_calls.RENEW_VOLATILE, **_RETRIES)
+def renew_volatile(desktop_ids: list[int]) -> int:
+    return desktops_renew_volatile(desktop_ids=desktop_ids)
+
+
 # --- periodic (beat) ---------------------------------------------------------------------------
 
 
@@ -114,6 +126,11 @@ def make_template(template_id: int, desktop_id: int) -> str:
 def purge_recycle_bin() -> int:
     """Desktops first: a template can only go once nothing is built on it."""
     return desktops_purge_expired() + templates_purge_expired()
+
+
+@shared_task(name=task_calls.ENFORCE_TIME_LIMITS)
+def enforce_time_limits() -> dict[str, int]:
+    return desktops_enforce_time_limits()
 
 
 @shared_task(name=task_calls.RECOVER_STUCK_DESKTOPS)

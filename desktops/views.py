@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -25,8 +26,9 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.choices import CourseRole
 from accounts.models import User
 from accounts.permissions import courses_taught_by
+from accounts.services.courses import SESSION_BOUNDS, course_update_settings
 from desktops.choices import WORKING_STATUSES, DesktopAction, DesktopStatus, actions_allowed
-from desktops.models import Desktop
+from desktops.models import Desktop, EarlierDisk
 from desktops.permissions import desktops_visible_to
 from desktops.pools.selectors import POOL_FREE, pool_counts, pools_to_take
 from desktops.pools.services import MAX_SIZE, pool_create, pool_get, pool_take
@@ -44,7 +46,10 @@ from desktops.services.deployments import (
 from desktops.services.lifecycle import desktop_get, desktop_shutdown, desktop_start, desktop_stop
 from desktops.services.provisioning import desktop_create, desktop_create_from_media
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
+from desktops.services.renewal import desktop_put_back, desktop_reset_to_template, may_reset
+from desktops.services.sessions import extensions_left
 from desktops.services.templating import template_from_desktop
+from desktops.services.time_limits import desktop_extend
 from desktops.services.transitions import desktop_status_payload
 from desktops.viewer.direct_links import (
     DirectLinkRow,
@@ -74,12 +79,15 @@ OWNER_ONLY_ACTIONS = frozenset({DesktopAction.OPEN.value, DesktopAction.VV.value
 
 ACTION_LABELS = {action.value: action.label for action in DesktopAction}
 
-SERVICES = {
+SERVICES: dict[str, Callable[..., Desktop]] = {
     "start": desktop_start,
     "shutdown": desktop_shutdown,
     "stop": desktop_stop,
     "delete": desktop_delete,
     "restore": desktop_restore,
+    "reset-to-template": desktop_reset_to_template,
+    "put-back": desktop_put_back,
+    "extend": desktop_extend,
 }
 
 DONE_MESSAGES = {
@@ -88,7 +96,21 @@ DONE_MESSAGES = {
     "stop": "“{name}” is being forced off.",
     "delete": "“{name}” went to the recycle bin.",
     "restore": "“{name}” is back from the recycle bin.",
+    "reset-to-template": "“{name}” is going back to its template.",
+    "put-back": "“{name}” gets its earlier disk back.",
+    "extend": "“{name}” has more time.",
 }
+
+#: The statuses in which a card offers the reset to the template (the services check it).
+RESET_STATUSES = frozenset({S.STOPPED, S.FAILED})
+
+
+def with_card_details(desktops: QuerySet[Desktop]) -> QuerySet[Desktop]:
+    """What `desktop_card` reads besides the desktop: in the same query, not one per card."""
+    newest_earlier = EarlierDisk.objects.filter(desktop=OuterRef("pk")).order_by("-put_aside_at")
+    return desktops.select_related("template", "owner", "course").annotate(
+        earlier_at=Subquery(newest_earlier.values("put_aside_at")[:1])
+    )
 
 
 def _card_tables() -> dict[str, Any]:
@@ -98,6 +120,7 @@ def _card_tables() -> dict[str, Any]:
         "action_labels": ACTION_LABELS,
         "working_statuses": sorted(WORKING_STATUSES),
         "retention_days": settings.ISARD_RECYCLE_RETENTION_DAYS,
+        "reset_statuses": sorted(RESET_STATUSES),
     }
 
 
@@ -128,7 +151,15 @@ def desktop_card(desktop: Desktop, viewer: User | None = None) -> dict[str, Any]
     purge_at = None
     if desktop.deleted_at is not None:
         purge_at = desktop.deleted_at + timedelta(days=settings.ISARD_RECYCLE_RETENTION_DAYS)
+    resettable = (
+        viewer is not None and desktop.template_id is not None and may_reset(viewer, desktop)
+    )
+    running_session = desktop.status == S.STARTED and desktop.session_ends_at is not None
     payload.update(
+        session_ends=desktop.session_ends_at if running_session else None,
+        extensions_left=extensions_left(desktop) if running_session else 0,
+        reset=resettable,
+        earlier_at=getattr(desktop, "earlier_at", None) if resettable else None,
         template=desktop.template.name if desktop.template else "",
         owner_name=desktop.owner.get_full_name() or desktop.owner.get_username(),
         actions=actions,
@@ -161,9 +192,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         desktops_visible_to(user)
         .filter(owner=user)
         .exclude(POOL_FREE)  # a teacher's pools' free desktops are for the students
-        .select_related("template", "owner")
         .order_by("name", "pk")
     )
+    desktops = with_card_details(desktops)
     cards = [desktop_card(d, user) for d in desktops]
     context = {
         "active": [c for c in cards if c["status"] != S.DELETED],
@@ -285,10 +316,9 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
     course = courses_taught_by(_user(request)).filter(pk=course_id).first()
     if course is None:
         return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
-    desktops = (
+    desktops = with_card_details(
         Desktop.objects.filter(course=course)
         .exclude(POOL_FREE)
-        .select_related("template", "owner")
         .order_by("owner__username", "name", "pk")
     )
     cards = [desktop_card(d, _user(request)) for d in desktops]
@@ -441,6 +471,7 @@ def course_pool_new(request: HttpRequest, course_id: int) -> HttpResponse:
             name=request.POST.get("name", "").strip() or template.name,
             started=_size(request, "started"),
             spare=_size(request, "spare"),
+            volatile=request.POST.get("volatile") == "on",
         )
     except ApplicationError as error:
         messages.error(request, error.message)
@@ -450,6 +481,35 @@ def course_pool_new(request: HttpRequest, course_id: int) -> HttpResponse:
             f"“{pool.name}”: {pool.started} desktop(s) will be kept running and {pool.spare} "
             "more ready; students get one from their page at once.",
         )
+    return redirect("course-page", course_id=course.pk)
+
+
+@login_required
+@require_POST
+def course_settings(request: HttpRequest, course_id: int) -> HttpResponse:
+    """The course's teachers choose whether students may reset their own desktops."""
+    user = _user(request)
+    course = courses_taught_by(user).filter(pk=course_id).first()
+    if course is None:
+        return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
+    numbers: dict[str, int] = {}
+    try:
+        for name in SESSION_BOUNDS:
+            raw = request.POST.get(name, "").strip()
+            if raw:
+                if not raw.isdigit():
+                    raise ApplicationError(f"“{name}”: give a whole number of minutes.")
+                numbers[name] = int(raw)
+        course_update_settings(
+            actor=user,
+            course=course,
+            students_may_reset=request.POST.get("students_may_reset") == "on",
+            **numbers,
+        )
+    except ApplicationError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, "The course's settings are saved.")
     return redirect("course-page", course_id=course.pk)
 
 
@@ -469,6 +529,7 @@ def course_deploy(request: HttpRequest, course_id: int) -> HttpResponse:
             template=template,
             name=request.POST.get("name", "").strip() or template.name,
             visible=request.POST.get("visible") == "on",
+            volatile=request.POST.get("volatile") == "on",
         )
     except ApplicationError as error:
         messages.error(request, error.message)

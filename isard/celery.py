@@ -49,6 +49,10 @@ app.conf.beat_schedule = {
         "task": templates_tasks.EXPIRE_MEDIA_UPLOADS,
         "schedule": 3600.0,
     },
+    "enforce-time-limits": {
+        "task": desktops_tasks.ENFORCE_TIME_LIMITS,
+        "schedule": 60.0,
+    },
     "refill-pools": {
         "task": desktops_tasks.REFILL_POOLS,
         "schedule": 30.0,

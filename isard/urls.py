@@ -48,6 +48,11 @@ urlpatterns = [
     path("courses/<int:course_id>/deploy/", desktop_views.course_deploy, name="course-deploy"),
     path("courses/<int:course_id>/pools/", desktop_views.course_pool_new, name="course-pool-new"),
     path(
+        "courses/<int:course_id>/settings/",
+        desktop_views.course_settings,
+        name="course-settings",
+    ),
+    path(
         "deployments/<int:deployment_id>/direct-links.csv",
         desktop_views.deployment_direct_links_csv,
         name="deployment-direct-links-csv",
@@ -63,7 +68,8 @@ urlpatterns = [
         name="deployment-action",
     ),
     re_path(
-        r"^desktops/(?P<desktop_id>[0-9]+)/(?P<action>start|shutdown|stop|delete|restore)/$",
+        r"^desktops/(?P<desktop_id>[0-9]+)/(?P<action>start|shutdown|stop|delete|restore"
+        r"|reset-to-template|put-back|extend)/$",
         desktop_views.desktop_action,
         name="desktop-action",
     ),

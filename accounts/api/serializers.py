@@ -66,6 +66,8 @@ class CourseSerializer(serializers.ModelSerializer[Course]):
     class Meta:
         model = Course
         fields = ["id", "name", "school", "school_name", "my_role", "can_manage"]
+        fields += ["students_may_reset", "session_limit_minutes", "session_warning_minutes"]
+        fields += ["session_extensions", "session_extension_minutes"]
         read_only_fields = fields
 
     def _managed_ids(self) -> set[int]:
@@ -126,3 +128,17 @@ class QuotaSerializer(serializers.ModelSerializer[Quota]):
             "max_media",
         ]
         read_only_fields = fields
+
+
+class CourseSettingsSerializer(serializers.Serializer[Any]):
+    """What a course's teachers set; each field optional (left out: unchanged)."""
+
+    students_may_reset = serializers.BooleanField(required=False)
+    session_limit_minutes = serializers.IntegerField(
+        required=False, min_value=0, max_value=24 * 60, help_text="0: no time limit."
+    )
+    session_warning_minutes = serializers.IntegerField(required=False, min_value=0, max_value=120)
+    session_extensions = serializers.IntegerField(required=False, min_value=0, max_value=20)
+    session_extension_minutes = serializers.IntegerField(
+        required=False, min_value=1, max_value=24 * 60
+    )

@@ -23,6 +23,7 @@ from accounts.api.authentication import ApiTokenAuthentication
 from accounts.api.serializers import (
     ApiTokenSerializer,
     CourseSerializer,
+    CourseSettingsSerializer,
     LoginResponseSerializer,
     LoginSerializer,
     MemberSerializer,
@@ -45,6 +46,7 @@ from accounts.permissions import (
 )
 from accounts.quotas import quota_report
 from accounts.rate_limits import sign_in_attempt_start, sign_in_name
+from accounts.services.courses import course_update_settings
 from accounts.tokens import api_token_create, api_token_revoke
 from isard.core.api.parameters import id_parameter, query_id
 from isard.core.api.throttling import LoginRateThrottle
@@ -244,6 +246,20 @@ class CourseViewSet(viewsets.ReadOnlyModelViewSet):
         if self.action == "members":
             return MemberSerializer
         return CourseSerializer
+
+    @extend_schema(request=CourseSettingsSerializer, responses={200: CourseSerializer})
+    @action(detail=True, methods=["patch"], url_path="settings")
+    def change_settings(self, request: Request, pk: str | None = None) -> Response:
+        """The course's settings (its teachers and managers): whether students may reset
+        their desktops, and the time limit of a session with its warning and extensions."""
+        course = self.get_object()
+        actor = request_user(request)
+        if not can_manage_course(actor, course):
+            raise PermissionDeniedError("Only the course's teachers and managers change it.")
+        serializer = CourseSettingsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        course = course_update_settings(actor=actor, course=course, **serializer.validated_data)
+        return Response(CourseSerializer(course, context=self.get_serializer_context()).data)
 
     @extend_schema(responses=MemberSerializer(many=True), filters=False)
     @action(detail=True, methods=["get"])

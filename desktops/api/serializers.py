@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -9,7 +10,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from desktops.choices import DesktopStatus
-from desktops.models import Deployment, Desktop, DesktopEvent, DirectLink
+from desktops.models import Deployment, Desktop, DesktopEvent, DirectLink, EarlierDisk
 from desktops.services.deployments import deployment_desktops
 from isard.core.api.serializers import FieldsBuiltOnce, id_field
 from isard.core.text import validate_name, validate_text
@@ -32,6 +33,8 @@ class DesktopSerializer(FieldsBuiltOnce, serializers.ModelSerializer[Desktop]):
             "template",
             "deployment",
             "hardware",
+            "volatile",
+            "session_ends_at",
             "status",
             "status_label",
             "status_reason",
@@ -111,6 +114,7 @@ class DeploymentSerializer(serializers.ModelSerializer[Deployment]):
             "whole_course",
             "students",
             "visible",
+            "volatile",
             "desktop_count",
             "deleted_at",
             "created_at",
@@ -138,6 +142,11 @@ class DeploymentCreateSerializer(serializers.Serializer[Any]):
     )
     co_teachers = serializers.ListField(child=id_field(), required=False, default=list)
     visible = serializers.BooleanField(required=False, default=True)
+    volatile = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Each desktop goes back to the template when it stops or its student signs out.",
+    )
 
 
 class DeploymentUpdateSerializer(serializers.Serializer[Any]):
@@ -145,6 +154,24 @@ class DeploymentUpdateSerializer(serializers.Serializer[Any]):
     description = serializers.CharField(
         validators=[validate_text], required=False, allow_blank=True
     )
+    volatile = serializers.BooleanField(required=False)
+
+
+class EarlierDiskSerializer(serializers.ModelSerializer[EarlierDisk]):
+    size_bytes = serializers.IntegerField(source="disk.actual_size_bytes", read_only=True)
+    purge_at = serializers.SerializerMethodField()
+
+    class Meta:
+        model = EarlierDisk
+        fields = ["id", "put_aside_at", "size_bytes", "purge_at"]
+        read_only_fields = fields
+
+    def get_purge_at(self, earlier: EarlierDisk) -> datetime:
+        return earlier.put_aside_at + timedelta(days=settings.ISARD_RECYCLE_RETENTION_DAYS)
+
+
+class PutBackSerializer(serializers.Serializer[Any]):
+    earlier_disk = id_field(help_text="One of the desktop's earlier disks (`earlier_disks`).")
 
 
 class DeploymentCoTeachersSerializer(serializers.Serializer[Any]):

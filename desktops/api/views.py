@@ -43,10 +43,12 @@ from desktops.api.serializers import (
     DirectLinkCreateSerializer,
     DirectLinkIssuedSerializer,
     DirectLinksRevokedSerializer,
+    EarlierDiskSerializer,
+    PutBackSerializer,
     ViewerAccessSerializer,
 )
 from desktops.choices import DesktopStatus
-from desktops.models import Deployment, Desktop, DesktopEvent
+from desktops.models import Deployment, Desktop, DesktopEvent, EarlierDisk
 from desktops.permissions import desktops_visible_to
 from desktops.services.deployments import (
     BulkOutcome,
@@ -66,6 +68,8 @@ from desktops.services.deployments import (
 from desktops.services.lifecycle import desktop_reset, desktop_shutdown, desktop_start, desktop_stop
 from desktops.services.provisioning import desktop_create, desktop_create_from_media
 from desktops.services.recycle_bin import desktop_delete, desktop_restore
+from desktops.services.renewal import desktop_put_back, desktop_reset_to_template
+from desktops.services.time_limits import desktop_extend
 from desktops.viewer import services as viewers
 from desktops.viewer.direct_links import (
     direct_link_create,
@@ -83,7 +87,20 @@ from templates_app.selectors import templates_visible_to
 
 #: Actions that make a hypervisor or a worker do something: rate-limited per person.
 THROTTLED_ACTIONS = frozenset(
-    {"create", "destroy", "restore", "start", "stop", "shutdown", "reset", "viewer", "vv"}
+    {
+        "create",
+        "destroy",
+        "restore",
+        "start",
+        "stop",
+        "shutdown",
+        "reset",
+        "reset_to_template",
+        "put_back",
+        "extend",
+        "viewer",
+        "vv",
+    }
 )
 
 
@@ -232,6 +249,46 @@ class DesktopViewSet(
     def reset(self, request: Request, pk: str | None = None) -> Response:
         """Hard-reset the running guest (the reset button)."""
         desktop = desktop_reset(actor=request_user(request), desktop=self.get_object())
+        return self._answer(desktop)
+
+    @extend_schema(request=None, responses={202: DesktopSerializer})
+    @action(detail=True, methods=["post"], url_path="reset-to-template")
+    def reset_to_template(self, request: Request, pk: str | None = None) -> Response:
+        """Give the stopped desktop a fresh disk on its template; the disk it had goes to
+        the recycle bin (`earlier_disks`, `put-back`). A student may reset their own
+        desktop when their course allows it (403 otherwise)."""
+        actor = request_user(request)
+        desktop = desktop_reset_to_template(actor=actor, desktop=self.get_object())
+        return self._answer(desktop)
+
+    @extend_schema(request=None, responses={200: DesktopSerializer})
+    @action(detail=True, methods=["post"])
+    def extend(self, request: Request, pk: str | None = None) -> Response:
+        """More time for the running session, as often as its course allows (409 when no
+        extension is left or there is no time limit)."""
+        desktop = desktop_extend(actor=request_user(request), desktop=self.get_object())
+        return self._answer(desktop, status.HTTP_200_OK)
+
+    @extend_schema(responses={200: EarlierDiskSerializer(many=True)}, filters=False)
+    @action(detail=True, methods=["get"], url_path="earlier-disks")
+    def earlier_disks(self, request: Request, pk: str | None = None) -> Response:
+        """The disks resets put aside, newest first; each can be put back until purged."""
+        earlier = EarlierDisk.objects.filter(desktop=self.get_object()).select_related("disk")
+        page = self.paginate_queryset(earlier.order_by("-put_aside_at", "-pk"))
+        assert page is not None  # the API always paginates
+        return self.get_paginated_response(EarlierDiskSerializer(page, many=True).data)
+
+    @extend_schema(request=PutBackSerializer, responses={202: DesktopSerializer})
+    @action(detail=True, methods=["post"], url_path="put-back")
+    def put_back(self, request: Request, pk: str | None = None) -> Response:
+        """Put an earlier disk back (the desktop stopped); the current one goes to the bin."""
+        serializer = PutBackSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        desktop = desktop_put_back(
+            actor=request_user(request),
+            desktop=self.get_object(),
+            earlier_id=serializer.validated_data["earlier_disk"],
+        )
         return self._answer(desktop)
 
     @extend_schema(responses={200: DesktopEventSerializer(many=True)}, filters=False)
@@ -400,6 +457,7 @@ class DeploymentViewSet(
             students=students,
             co_teachers=_users(actor, data["co_teachers"]),
             visible=data["visible"],
+            volatile=data["volatile"],
         )
         return _outcome(BulkOutcome(deployment=deployment, changed=desktops))
 

@@ -43,6 +43,7 @@ class PoolSerializer(serializers.ModelSerializer[Pool]):
             "owner",
             "started",
             "spare",
+            "volatile",
             "problem",
             "counts",
             "created_at",
@@ -69,6 +70,11 @@ class PoolCreateSerializer(PoolSizesSerializer):
     name = serializers.CharField(validators=[validate_name], max_length=200)
     course = id_field()
     template = id_field()
+    volatile = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="A taken desktop goes back to the template and the pool when it stops.",
+    )
 
 
 @extend_schema(tags=["pools"])
@@ -102,6 +108,7 @@ class PoolViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             name=data["name"],
             started=data["started"],
             spare=data["spare"],
+            volatile=data["volatile"],
         )
         return Response(PoolSerializer(pool).data, status=status.HTTP_201_CREATED)
 

@@ -31,6 +31,7 @@ from desktops.pools.selectors import (
 )
 from desktops.services.lifecycle import desktop_start
 from desktops.services.provisioning import desktops_create_bulk
+from desktops.services.sessions import session_fields
 from desktops.services.transitions import desktop_event_record
 from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from isard.core.tasks import send_after_commit
@@ -57,9 +58,19 @@ def _check_sizes(started: int, spare: int) -> None:
 
 
 def pool_create(
-    *, actor: User, course: Course, template: Template, name: str, started: int, spare: int
+    *,
+    actor: User,
+    course: Course,
+    template: Template,
+    name: str,
+    started: int,
+    spare: int,
+    volatile: bool = False,
 ) -> Pool:
-    """A pool for a course the person teaches; it fills in the background."""
+    """A pool for a course the person teaches; it fills in the background.
+
+    A volatile pool takes its desktops back: once a student's desktop stops (or they sign
+    out) it goes back to the template and to the pool for the next student."""
     if not can_manage_course(actor, course):
         raise PermissionDeniedError("You can only make a pool for a course you teach.")
     if not template_is_visible_to(template, actor):
@@ -73,7 +84,13 @@ def pool_create(
     _check_sizes(started, spare)
     with transaction.atomic():
         pool = Pool.objects.create(
-            name=name, course=course, template=template, owner=actor, started=started, spare=spare
+            name=name,
+            course=course,
+            template=template,
+            owner=actor,
+            started=started,
+            spare=spare,
+            volatile=volatile,
         )
         send_after_commit(task_calls.refill_pool(pool_id=pool.pk))
     return pool
@@ -93,7 +110,12 @@ def pool_resize(*, actor: User, pool: Pool, started: int, spare: int) -> Pool:
 
 
 def pool_get(*, actor: User, pool_id: int) -> Pool:
-    pool = pools_visible_to(actor).select_related("template__hardware").filter(pk=pool_id).first()
+    pool = (
+        pools_visible_to(actor)
+        .select_related("template__hardware", "course")
+        .filter(pk=pool_id)
+        .first()
+    )
     if pool is None:
         raise NotFoundError("No such pool.")
     return pool
@@ -157,12 +179,14 @@ def pool_take(*, actor: User, pool: Pool) -> Desktop:
         random.shuffle(started)
         random.shuffle(stopped)
         now = timezone.now()
+        # The student's session (its course's time limit) begins with the take.
+        session = session_fields(Desktop(course=pool.course), now=now)
         for pk in [*started, *stopped][:CANDIDATES]:
             try:
                 with transaction.atomic():
                     won = Desktop.objects.filter(
                         pk=pk, pool=pool, pool_taken_at__isnull=True
-                    ).update(owner=actor, pool_taken_at=now)
+                    ).update(owner=actor, pool_taken_at=now, **session)
             except IntegrityError:
                 won = 0  # this student won another one meanwhile (a second request)
                 break
@@ -208,7 +232,9 @@ def pool_refill(*, pool_id: int) -> dict[str, int]:
                     name=pool.name,
                     course=pool.course,
                 )
-                Desktop.objects.filter(pk__in=[d.pk for d in desktops]).update(pool=pool)
+                Desktop.objects.filter(pk__in=[d.pk for d in desktops]).update(
+                    pool=pool, volatile=pool.volatile
+                )
                 made = len(desktops)
         except ApplicationError as error:
             problems.append(f"Could not make {missing} more: {error.message}")

@@ -163,9 +163,12 @@ def _create_desktops(
         name=deployment.name,
         course=deployment.course,
     )
-    Desktop.objects.filter(pk__in=[d.pk for d in desktops]).update(deployment=deployment)
+    Desktop.objects.filter(pk__in=[d.pk for d in desktops]).update(
+        deployment=deployment, volatile=deployment.volatile
+    )
     for desktop in desktops:
         desktop.deployment = deployment
+        desktop.volatile = deployment.volatile
     return desktops
 
 
@@ -179,6 +182,7 @@ def deployment_create(
     students: Sequence[User] | None = None,
     co_teachers: Sequence[User] = (),
     visible: bool = True,
+    volatile: bool = False,
 ) -> tuple[Deployment, list[Desktop]]:
     """Give `template` to every student of `course` (or to `students`): one request.
 
@@ -199,6 +203,7 @@ def deployment_create(
             owner=actor,
             whole_course=chosen is None,
             visible=visible,
+            volatile=volatile,
         )
         if chosen is not None:
             deployment.students.set(chosen)
@@ -323,16 +328,23 @@ def deployment_update(
     deployment: Deployment,
     name: str | None = None,
     description: str | None = None,
+    volatile: bool | None = None,
 ) -> Deployment:
-    """Rename or describe the deployment (its desktops keep their names until recreated)."""
+    """Rename or describe the deployment (its desktops keep their names until recreated),
+    or make it volatile or persistent (its desktops follow from their next stop)."""
     _check_can_manage(actor, deployment)
-    fields: dict[str, str] = {}
+    fields: dict[str, str | bool] = {}
     if name is not None:
         fields["name"] = _check_name(name)
     if description is not None:
         fields["description"] = text_check(description)
+    if volatile is not None:
+        fields["volatile"] = volatile
     if fields:
-        Deployment.objects.filter(pk=deployment.pk).update(**fields)
+        with transaction.atomic():
+            Deployment.objects.filter(pk=deployment.pk).update(**fields)
+            if volatile is not None:
+                Desktop.objects.filter(deployment=deployment).update(volatile=volatile)
         for key, value in fields.items():
             setattr(deployment, key, value)
     return deployment

@@ -23,6 +23,7 @@ from desktops.models import Desktop
 from desktops.permissions import can_act_on_desktop
 from desktops.services.domains import desktop_define, new_graphics_password
 from desktops.services.reconciliation import desktop_sync_state
+from desktops.services.sessions import session_fields
 from desktops.services.transitions import (
     check_can_act,
     desktop_event_record,
@@ -103,6 +104,7 @@ def desktop_start(*, actor: User, desktop: Desktop) -> Desktop:
                 to=S.STARTING,
                 actor=actor,
                 graphics_password=new_graphics_password(),
+                **session_fields(desktop),
             )
             send_after_commit(
                 task_calls.start_desktop(desktop_id=desktop.pk),
@@ -183,9 +185,17 @@ def desktop_boot(*, desktop_id: int, hypervisor_id: int | None = None) -> Deskto
 def desktop_shutdown(*, actor: User, desktop: Desktop) -> Desktop:
     """Ask the guest to power off; it is forced off after the configured timeout."""
     check_can_act(actor, desktop)
+    return desktop_begin_shutdown(desktop=desktop, actor=actor)
+
+
+def desktop_begin_shutdown(
+    *, desktop: Desktop, actor: User | None = None, reason: str = ""
+) -> Desktop:
+    """The shutdown itself, for a person (checked above) or the platform (a time limit,
+    with the `reason` the event row and the student's card say)."""
     previous = DesktopStatus(desktop.status)
     with transaction.atomic():
-        desktop_transition(desktop=desktop, to=S.SHUTTING_DOWN, actor=actor)
+        desktop_transition(desktop=desktop, to=S.SHUTTING_DOWN, actor=actor, reason=reason)
         undo = undo_transition(desktop, previous)
         host = desktop.hypervisor
         send_after_commit(

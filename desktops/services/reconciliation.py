@@ -199,7 +199,14 @@ def desktops_recover_stuck(*, now: datetime | None = None) -> int:
     """
     limit = (now or timezone.now()) - STUCK_AFTER
     stuck = Desktop.objects.filter(
-        status__in=[S.CREATING, S.STARTING, S.STOPPING, S.DELETING, S.CREATING_TEMPLATE],
+        status__in=[
+            S.CREATING,
+            S.STARTING,
+            S.STOPPING,
+            S.DELETING,
+            S.CREATING_TEMPLATE,
+            S.RESETTING,
+        ],
         status_changed_at__lt=limit,
     ).select_related("hypervisor")
     settled = 0

@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.models import User
 from desktops import task_calls
 from desktops.choices import DesktopStatus
-from desktops.models import Desktop
+from desktops.models import Desktop, EarlierDisk
 from desktops.reports.rollup import usage_keep_purged
 from desktops.services.transitions import (
     check_can_act,
@@ -87,17 +87,37 @@ def desktop_purge(*, desktop: Desktop) -> None:
     if desktop.status != S.DELETED:
         raise ConflictError(f"The desktop “{desktop.name}” is not in the recycle bin.")
     disk = desktop.disk
+    earlier = list(EarlierDisk.objects.filter(desktop=desktop).select_related("disk"))
+    disks = [entry.disk for entry in earlier] + ([disk] if disk is not None else [])
     with transaction.atomic():
         # Its hours outlive it: the usage rows keep them once its events are gone.
         usage_keep_purged(desktop=desktop)
+        EarlierDisk.objects.filter(pk__in=[entry.pk for entry in earlier]).delete()
         desktop.delete()
-        if disk is not None:
-            try:
-                disk.delete()
-            except ProtectedError as error:
-                raise ConflictError("Its disk is still used by another disk.") from error
-    if disk is not None:
-        Path(disk.path).unlink(missing_ok=True)
+        try:
+            Disk.objects.filter(pk__in=[d.pk for d in disks]).delete()
+        except ProtectedError as error:
+            raise ConflictError("Its disk is still used by another disk.") from error
+    for gone in disks:
+        Path(gone.path).unlink(missing_ok=True)
+
+
+def earlier_disks_purge_expired(*, now: Any = None) -> int:
+    """Remove the disks resets put aside longer than the retention ago."""
+    now = now or timezone.now()
+    limit = now - timedelta(days=settings.ISARD_RECYCLE_RETENTION_DAYS)
+    purged = 0
+    for entry in EarlierDisk.objects.filter(put_aside_at__lt=limit).select_related("disk"):
+        try:
+            with transaction.atomic():
+                entry.delete()
+                entry.disk.delete()
+        except ProtectedError:
+            logger.warning("earlier disk %s has disks on it; kept", entry.disk.path)
+            continue
+        Path(entry.disk.path).unlink(missing_ok=True)
+        purged += 1
+    return purged
 
 
 def desktops_purge_expired(*, now: Any = None) -> int:
@@ -113,4 +133,4 @@ def desktops_purge_expired(*, now: Any = None) -> int:
             purged += 1
         except ConflictError as error:
             logger.warning("cannot purge desktop %s: %s", desktop.pk, error.message)
-    return purged
+    return purged + earlier_disks_purge_expired(now=now)

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from accounts.models import User
+from desktops import task_calls
 from desktops.choices import TRANSITIONS, DesktopStatus
 from desktops.models import Desktop, DesktopEvent
 from desktops.permissions import can_act_on_desktop
@@ -18,6 +19,7 @@ from isard.core.errors import (
     ConflictError,
     PermissionDeniedError,
 )
+from isard.core.tasks import send_after_commit
 from isard.core.transitions import Change, StateMachine
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,13 @@ def desktops_transition(
     alone and reported as a conflict. Writes the audit rows and, after commit, sends each
     owner's websocket the new status. Returns the desktops changed and the conflicts.
     """
-    return DESKTOP_STATES.transition_many(changes=changes, to=to, reason=reason, actor=actor)
+    before = {desktop.pk: desktop.status for desktop, _ in changes} if to == S.STOPPED else {}
+    changed, conflicts = DESKTOP_STATES.transition_many(
+        changes=changes, to=to, reason=reason, actor=actor
+    )
+    if before:
+        _renew_volatile([d for d in changed if before[d.pk] in _RAN and d.volatile])
+    return changed, conflicts
 
 
 def _event_of(change: Change[Desktop], actor: User | None) -> DesktopEvent:
@@ -122,6 +130,21 @@ def _record_metrics(changes: Sequence[Change[Desktop]]) -> None:
 def _after_commit(changes: Sequence[Change[Desktop]]) -> None:
     _broadcast_changes(changes)
     _record_metrics(changes)
+
+
+#: A volatile desktop stopping from one of these has run; it starts over from its template.
+_RAN = frozenset({S.STARTED, S.SHUTTING_DOWN, S.STOPPING, S.UNKNOWN})
+
+
+def _renew_volatile(desktops: Sequence[Desktop]) -> None:
+    """Volatile desktops that stopped, however they stopped (a shutdown, the guest powering
+    off, a force-off, the reconciler), go back to their template: caught here, where every
+    status change passes (`desktops.services.renewal`). Sent once committed; a broker that
+    cannot take it leaves them stopped on their last disk (logged), it does not undo a stop.
+    """
+    ids = [desktop.pk for desktop in desktops]
+    if ids:
+        send_after_commit(task_calls.renew_volatile(desktop_ids=ids), quiet=True)
 
 
 def _broadcast_changes(changes: Sequence[Change[Desktop]]) -> None:
@@ -190,6 +213,11 @@ def desktop_status_payload(
         "status_label": status.label,
         "status_reason": desktop.status_reason if reason is None else reason,
         "status_changed_at": (changed_at or desktop.status_changed_at).isoformat(),
+        "session_ends_at": (
+            desktop.session_ends_at.isoformat()
+            if desktop.session_ends_at is not None and status == S.STARTED
+            else None
+        ),
     }
 
 

@@ -80,6 +80,7 @@ def test_the_cards_offer_what_the_transition_table_allows() -> None:
         S.STOPPING: [],
         S.FAILED: ["start", "delete"],
         S.CREATING_TEMPLATE: [],
+        S.RESETTING: [],
         S.UNKNOWN: ["delete"],
         S.DELETING: [],
         S.DELETED: ["restore"],

@@ -37,8 +37,11 @@ def task_queue_unreachable_message(error: BaseException) -> str:
     return f"The task queue is unreachable ({error}); nothing was done, try again in a moment."
 
 
-def send_task(call: TaskCall, on_failure: Callable[[str], None] | None = None) -> None:
-    """Send a Celery task now; if the broker cannot take it, undo and raise a 503 error.
+def send_task(
+    call: TaskCall, on_failure: Callable[[str], None] | None = None, *, quiet: bool = False
+) -> None:
+    """Send a Celery task now; if the broker cannot take it, undo and raise a 503 error
+    (`quiet`: log it only, for follow-up work whose cause is already committed).
 
     The result is ignored: the services record every outcome in the database, and
     subscribing to a result in Redis is what made a send wait ~20 s on a dead broker.
@@ -52,13 +55,17 @@ def send_task(call: TaskCall, on_failure: Callable[[str], None] | None = None) -
         logger.error("could not send %s%s: %s", call.name, dict(call.kwargs), error)
         if on_failure is not None:
             on_failure(message)
+        if quiet:
+            return
         raise TaskQueueUnavailableError(message, extra={"task": call.name}) from error
 
 
-def send_after_commit(call: TaskCall, *, undo: Callable[[str], None] | None = None) -> None:
+def send_after_commit(
+    call: TaskCall, *, undo: Callable[[str], None] | None = None, quiet: bool = False
+) -> None:
     """Send `call` once the current transaction has committed.
 
     A `partial` of `send_task` (not a lambda) so tests can see what was scheduled. `undo`
     is called with the reason if the task could not be sent (see above).
     """
-    transaction.on_commit(partial(send_task, call, on_failure=undo))
+    transaction.on_commit(partial(send_task, call, on_failure=undo, quiet=quiet))

@@ -11,6 +11,8 @@
   const cards = document.getElementById("cards");
   // Only a desktop's owner opens its screen; a teacher's view of a student's card lacks them.
   const OWNER_ONLY = new Set(["open", "vv"]);
+  // Where a card may offer "Reset to the template" (desktops.views.RESET_STATUSES).
+  const RESETTABLE = new Set(["stopped", "failed"]);
   const csrf = () => document.querySelector("input[name=csrfmiddlewaretoken]").value;
 
   const announcer = document.getElementById("announce");
@@ -76,6 +78,11 @@
       reloadCards(); // a new desktop, or one moving in or out of the recycle bin
       return;
     }
+    if (desktop.warning) say(desktop.warning, false, desktop.id); // a time limit is near
+    if (card.dataset.sessionEnds !== (desktop.session_ends_at || "")) {
+      reloadCards(); // a session began, ended or was extended: the server draws it
+      return;
+    }
     if (card.dataset.status === desktop.status) return;
     const previous = card.dataset.status;
     card.dataset.status = desktop.status;
@@ -99,6 +106,11 @@
     const allowed = (actionsByStatus[desktop.status] || []).filter(
       (action) => !("foreign" in card.dataset && OWNER_ONLY.has(action)));
     actions.replaceChildren(...allowed.map((a) => button(card, a)));
+    // The reset and put-back buttons depend on the earlier disks too: the server draws them.
+    if ("reset" in card.dataset && (RESETTABLE.has(desktop.status) || previous === "resetting")) {
+      reloadCards();
+      return;
+    }
     if (desktop.status === "stopped" && card.dataset.templateUrl) {
       const link = document.createElement("a");
       link.className = "button";

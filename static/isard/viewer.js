@@ -187,3 +187,27 @@ import(document.body.dataset.rfbUrl).then((module) => {
 }).catch((error) => {
   setState("failed", `The viewer could not load noVNC (${error}).`);
 });
+
+// A time limit near its end: the owner's desktops channel says so, and the page shows it
+// over the screen (a direct link's guest has no such channel: it is not signed in).
+(() => {
+  const banner = document.getElementById("time-warning");
+  if (!banner || !access || viewOnly || "direct" in document.body.dataset) return;
+  const listen = (delay) => {
+    const socket = new WebSocket(websocketUrl("/ws/desktops/"));
+    socket.addEventListener("message", (event) => {
+      let message = null;
+      try { message = JSON.parse(event.data); } catch (error) { return; }
+      const desktop = message && message.type === "status" ? message.desktop : null;
+      if (!desktop || desktop.id !== access.desktop) return;
+      if (desktop.warning) {
+        banner.textContent = desktop.warning;
+        banner.hidden = false;
+      } else if (desktop.status !== "started") {
+        banner.hidden = true;
+      }
+    });
+    socket.addEventListener("close", () => setTimeout(() => listen(Math.min(delay * 2, 60000)), delay));
+  };
+  listen(2000);
+})();
