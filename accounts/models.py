@@ -87,6 +87,12 @@ class Course(models.Model):
         validators=[MaxValueValidator(20)],
         help_text="How many times a student may extend a session.",
     )
+    idle_shutdown_minutes = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(24 * 60)],
+        help_text="A running desktop nobody has had on screen for this long is shut down "
+        "(0: never).",
+    )
     session_extension_minutes = models.PositiveIntegerField(
         default=30,
         validators=[MinValueValidator(1), MaxValueValidator(24 * 60)],

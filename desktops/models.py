@@ -387,6 +387,8 @@ class Pool(models.Model):
     )
     problem = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    #: Deleted by its teacher: its free desktops go, its students keep the ones they took.
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name", "pk"]

@@ -18,6 +18,7 @@ from desktops.fleet.monitoring import fleet_reconcile_all, hypervisor_reconcile
 from desktops.fleet.rebalancing import hypervisors_rebalance_scheduled
 from desktops.pools.services import pool_refill, pools_refill_all
 from desktops.reports.rollup import usage_rollup
+from desktops.services.idle import desktops_shut_down_idle
 from desktops.services.lifecycle import (
     desktop_boot,
     desktop_force_off,
@@ -131,6 +132,11 @@ def purge_recycle_bin() -> int:
 @shared_task(name=task_calls.ENFORCE_TIME_LIMITS)
 def enforce_time_limits() -> dict[str, int]:
     return desktops_enforce_time_limits()
+
+
+@shared_task(name=task_calls.SHUT_DOWN_IDLE)
+def shut_down_idle() -> int:
+    return desktops_shut_down_idle()
 
 
 @shared_task(name=task_calls.RECOVER_STUCK_DESKTOPS)

@@ -30,8 +30,8 @@ from accounts.services.courses import SESSION_BOUNDS, course_update_settings
 from desktops.choices import WORKING_STATUSES, DesktopAction, DesktopStatus, actions_allowed
 from desktops.models import Desktop, EarlierDisk
 from desktops.permissions import desktops_visible_to
-from desktops.pools.selectors import POOL_FREE, pool_counts, pools_to_take
-from desktops.pools.services import MAX_SIZE, pool_create, pool_get, pool_take
+from desktops.pools.selectors import POOL_FREE, pool_counts, pools_managed_by, pools_to_take
+from desktops.pools.services import MAX_SIZE, pool_create, pool_delete, pool_get, pool_take
 from desktops.services.deployments import (
     BulkOutcome,
     deployment_create,
@@ -355,7 +355,10 @@ def course_detail(request: HttpRequest, course_id: int) -> HttpResponse:
             ("delete", "Delete all"),
         ],
         "socket_path": f"/ws/desktops/?course={course.pk}",
-        "pools": [(pool, pool_counts(pool)) for pool in course.pools.order_by("name", "pk")],
+        "pools": [
+            (pool, pool_counts(pool))
+            for pool in course.pools.filter(deleted_at__isnull=True).order_by("name", "pk")
+        ],
         "direct_link_hours": default_link_hours(),
         "direct_link_max_hours": max_link_hours(),
         **_card_tables(),
@@ -482,6 +485,21 @@ def course_pool_new(request: HttpRequest, course_id: int) -> HttpResponse:
             "more ready; students get one from their page at once.",
         )
     return redirect("course-page", course_id=course.pk)
+
+
+@login_required
+@require_POST
+def pool_delete_view(request: HttpRequest, pool_id: int) -> HttpResponse:
+    """The course page's "Delete the pool"."""
+    user = _user(request)
+    pool = pools_managed_by(user).filter(pk=pool_id).first()
+    if pool is None:
+        return render(request, "desktops/not_found.html", {"what": "pool"}, status=404)
+    pool_delete(actor=user, pool=pool)
+    messages.success(
+        request, f"“{pool.name}” is deleted: its free desktops go, students keep theirs."
+    )
+    return redirect("course-page", course_id=pool.course_id)
 
 
 @login_required

@@ -53,6 +53,10 @@ app.conf.beat_schedule = {
         "task": desktops_tasks.ENFORCE_TIME_LIMITS,
         "schedule": 60.0,
     },
+    "shut-down-idle": {
+        "task": desktops_tasks.SHUT_DOWN_IDLE,
+        "schedule": 60.0,
+    },
     "refill-pools": {
         "task": desktops_tasks.REFILL_POOLS,
         "schedule": 30.0,

@@ -47,6 +47,7 @@ urlpatterns = [
     path("courses/<int:course_id>/", desktop_views.course_detail, name="course-page"),
     path("courses/<int:course_id>/deploy/", desktop_views.course_deploy, name="course-deploy"),
     path("courses/<int:course_id>/pools/", desktop_views.course_pool_new, name="course-pool-new"),
+    path("pools/<int:pool_id>/delete/", desktop_views.pool_delete_view, name="pool-delete"),
     path(
         "courses/<int:course_id>/settings/",
         desktop_views.course_settings,

@@ -67,7 +67,7 @@ class CourseSerializer(serializers.ModelSerializer[Course]):
         model = Course
         fields = ["id", "name", "school", "school_name", "my_role", "can_manage"]
         fields += ["students_may_reset", "session_limit_minutes", "session_warning_minutes"]
-        fields += ["session_extensions", "session_extension_minutes"]
+        fields += ["session_extensions", "session_extension_minutes", "idle_shutdown_minutes"]
         read_only_fields = fields
 
     def _managed_ids(self) -> set[int]:
@@ -141,4 +141,10 @@ class CourseSettingsSerializer(serializers.Serializer[Any]):
     session_extensions = serializers.IntegerField(required=False, min_value=0, max_value=20)
     session_extension_minutes = serializers.IntegerField(
         required=False, min_value=1, max_value=24 * 60
+    )
+    idle_shutdown_minutes = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=24 * 60,
+        help_text="Shut down a running desktop nobody has had on screen this long; 0: never.",
     )

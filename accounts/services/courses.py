@@ -12,6 +12,7 @@ SESSION_BOUNDS: dict[str, tuple[int, int]] = {
     "session_warning_minutes": (0, 120),
     "session_extensions": (0, 20),
     "session_extension_minutes": (1, 24 * 60),
+    "idle_shutdown_minutes": (0, 24 * 60),
 }
 
 

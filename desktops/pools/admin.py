@@ -5,7 +5,7 @@ set there, through `desktops.pools.services`, which checks the person."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -15,7 +15,8 @@ from accounts.admin_scope import ActionsOnlyAdmin, ManagerAccess
 from accounts.models import User
 from desktops.models import Pool
 from desktops.pools.selectors import pool_counts, pools_managed_by
-from desktops.pools.services import pool_refill
+from desktops.pools.services import pool_delete, pool_refill
+from isard.core.errors import ApplicationError
 
 
 @admin.register(Pool)
@@ -33,15 +34,25 @@ class PoolAdmin(ActionsOnlyAdmin):
     )
     list_filter = (("course", admin.RelatedOnlyFieldListFilter),)
     search_fields = ("name", "course__name")
-    fields = ("name", "course", "template", "owner", "started", "spare", "problem", "created_at")
+    fields = (
+        "name",
+        "course",
+        "template",
+        "owner",
+        "started",
+        "spare",
+        "volatile",
+        "problem",
+        "created_at",
+    )
     readonly_fields = fields
-    actions = ["refill"]
+    actions = ["refill", "delete_pools"]
 
     class Media:
         js = ("isard/admin_live.js",)
 
     def scope_queryset(self, actor: User, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(pk__in=pools_managed_by(actor).values("pk"))
+        return queryset.filter(pk__in=pools_managed_by(actor).values("pk"))  # not deleted
 
     @admin.display(description="started (free)")
     def started_now(self, pool: Pool) -> str:
@@ -56,6 +67,17 @@ class PoolAdmin(ActionsOnlyAdmin):
     @admin.display(description="taken")
     def taken_now(self, pool: Pool) -> int:
         return pool_counts(pool).taken
+
+    @admin.action(description="Delete selected pools (free desktops go; taken ones stay)")
+    def delete_pools(self, request: HttpRequest, queryset: QuerySet[Pool]) -> None:
+        actor = cast(User, request.user)
+        for pool in queryset:
+            try:
+                pool_delete(actor=actor, pool=pool)
+            except ApplicationError as error:
+                self.message_user(request, f"{pool.name}: {error.message}", messages.ERROR)
+                continue
+            self.message_user(request, f"{pool.name}: deleted.", messages.SUCCESS)
 
     @admin.action(description="Refill now (make and start up to the sizes)")
     def refill(self, request: HttpRequest, queryset: QuerySet[Pool]) -> None:

@@ -18,7 +18,7 @@ from desktops.api.views import course_and_template
 from desktops.choices import DesktopStatus
 from desktops.models import Pool
 from desktops.pools.selectors import pool_counts, pools_visible_to
-from desktops.pools.services import MAX_SIZE, pool_create, pool_resize, pool_take
+from desktops.pools.services import MAX_SIZE, pool_create, pool_delete, pool_resize, pool_take
 from isard.core.api.serializers import id_field
 from isard.core.text import validate_name
 
@@ -47,6 +47,7 @@ class PoolSerializer(serializers.ModelSerializer[Pool]):
             "problem",
             "counts",
             "created_at",
+            "deleted_at",
         ]
         read_only_fields = fields
 
@@ -111,6 +112,13 @@ class PoolViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             volatile=data["volatile"],
         )
         return Response(PoolSerializer(pool).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={202: PoolSerializer})
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        """Delete the pool (its teachers): its free desktops go (running ones forced off,
+        then to the recycle bin); students keep the desktops they took."""
+        pool = pool_delete(actor=request_user(request), pool=self.get_object())
+        return Response(PoolSerializer(pool).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=PoolSizesSerializer, responses={200: PoolSerializer})
     @action(detail=True, methods=["put"])

@@ -26,16 +26,17 @@ POOL_FREE = Q(pool__isnull=False, pool_taken_at__isnull=True)
 
 def pools_managed_by(actor: User) -> QuerySet[Pool]:
     """Pools of the courses the person teaches (or manages, or every pool: admins)."""
+    live = Pool.objects.filter(deleted_at__isnull=True)
     if actor.is_admin:
-        return Pool.objects.all()
-    return Pool.objects.filter(course__in=courses_taught_by(actor).values("pk"))
+        return live
+    return live.filter(course__in=courses_taught_by(actor).values("pk"))
 
 
 def pools_visible_to(actor: User) -> QuerySet[Pool]:
     """Pools a person may open (a student of the course) or manage."""
     studying = Q(course__memberships__user=actor, course__memberships__role=CourseRole.STUDENT)
     managed = Q(pk__in=pools_managed_by(actor).values("pk"))
-    return Pool.objects.filter(studying | managed).distinct()
+    return Pool.objects.filter(studying | managed, deleted_at__isnull=True).distinct()
 
 
 def free_desktops(pool: Pool) -> QuerySet[Desktop]:
@@ -76,7 +77,9 @@ def pools_to_take(actor: User) -> list[Pool]:
     held = Desktop.objects.filter(owner=actor, pool__isnull=False, pool_taken_at__isnull=False)
     return list(
         Pool.objects.filter(
-            course__memberships__user=actor, course__memberships__role=CourseRole.STUDENT
+            course__memberships__user=actor,
+            course__memberships__role=CourseRole.STUDENT,
+            deleted_at__isnull=True,
         )
         .exclude(pk__in=held.exclude(status=S.DELETED).values("pool_id"))
         .select_related("course")

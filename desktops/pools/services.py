@@ -29,8 +29,9 @@ from desktops.pools.selectors import (
     pools_managed_by,
     pools_visible_to,
 )
-from desktops.services.lifecycle import desktop_start
+from desktops.services.lifecycle import desktop_start, desktop_stop
 from desktops.services.provisioning import desktops_create_bulk
+from desktops.services.recycle_bin import desktop_delete
 from desktops.services.sessions import session_fields
 from desktops.services.transitions import desktop_event_record
 from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
@@ -209,10 +210,49 @@ def pool_take(*, actor: User, pool: Pool) -> Desktop:
     return taken
 
 
+def pool_delete(*, actor: User, pool: Pool) -> Pool:
+    """Delete the pool: nobody takes from it any more, its free desktops go (running ones
+    forced off first: nobody's work is on them; then to its teacher's recycle bin), and
+    the students keep the desktops they took."""
+    if not pools_managed_by(actor).filter(pk=pool.pk).exists():
+        raise NotFoundError("No such pool.")
+    Pool.objects.filter(pk=pool.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
+    pool.refresh_from_db()
+    pool_sweep_deleted(pool_id=pool.pk)
+    return pool
+
+
+def pool_sweep_deleted(*, pool_id: int) -> int:
+    """One pass over a deleted pool's free desktops; returns how many are still to go
+    (busy now, or being forced off): the beat passes again until none is left."""
+    pool = Pool.objects.select_related("owner").get(pk=pool_id)
+    left = 0
+    free = Desktop.objects.filter(pool=pool, pool_taken_at__isnull=True).exclude(
+        status__in=(S.DELETING, S.DELETED)
+    )
+    for desktop in free.select_related("owner", "hypervisor"):
+        try:
+            if desktop.status in (S.STARTED, S.SHUTTING_DOWN):
+                desktop_stop(actor=pool.owner, desktop=desktop)
+                left += 1
+            elif desktop.status in (S.STOPPED, S.FAILED, S.UNKNOWN):
+                desktop_delete(actor=pool.owner, desktop=desktop)
+            else:
+                left += 1  # creating, starting, stopping: the next pass
+        except ApplicationError as error:
+            logger.warning("deleted pool %s, desktop %s: %s", pool.pk, desktop.pk, error.message)
+            left += 1
+    return left
+
+
 def pool_refill(*, pool_id: int) -> dict[str, int]:
     """Make and start free desktops up to the pool's sizes, within the owner's quotas
     and the hosts' capacity; what falls short is said in `pool.problem`."""
-    pool = Pool.objects.select_related("template", "course", "owner").filter(pk=pool_id).first()
+    pool = (
+        Pool.objects.select_related("template", "course", "owner")
+        .filter(pk=pool_id, deleted_at__isnull=True)
+        .first()
+    )
     if pool is None:
         return {}
     counts = pool_counts(pool)
@@ -261,9 +301,15 @@ def _starting(pool: Pool) -> int:
 
 
 def pools_refill_all() -> int:
-    """Every pool, now and then (beat): new desktops become ready, taken ones are replaced."""
+    """Every pool, now and then (beat): new desktops become ready, taken ones are replaced;
+    deleted pools' free desktops that are left go."""
     refilled = 0
-    for pool_id in Pool.objects.values_list("pk", flat=True):
+    for pool_id in Pool.objects.filter(deleted_at__isnull=True).values_list("pk", flat=True):
         if pool_refill(pool_id=pool_id):
             refilled += 1
+    leftovers = Desktop.objects.filter(
+        pool__deleted_at__isnull=False, pool_taken_at__isnull=True
+    ).exclude(status__in=(S.DELETING, S.DELETED))
+    for pool_id in set(leftovers.values_list("pool_id", flat=True)):
+        pool_sweep_deleted(pool_id=pool_id)
     return refilled

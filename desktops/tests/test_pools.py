@@ -20,7 +20,7 @@ from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent, Pool
 from desktops.pools import services
 from desktops.pools.selectors import pool_counts
-from desktops.pools.services import pool_create, pool_refill, pool_take
+from desktops.pools.services import pool_create, pool_delete, pool_get, pool_refill, pool_take
 from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from tests.campus import Campus, assert_error, client_for
 
@@ -236,6 +236,49 @@ def race(pool: Pool, students: list[User]) -> tuple[list[int], list[str]]:
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="the race needs a database with real concurrency"
 )
+
+
+def test_deleting_a_pool_removes_its_free_desktops_and_leaves_the_taken_ones(
+    run: Any, lab: Pool, north: Campus
+) -> None:
+    taken = run(pool_take, actor=north.student, pool=lab)
+    free_before = set(Desktop.objects.filter(pool=lab, pool_taken_at__isnull=True))
+    assert {d.status for d in free_before} == {S.STARTED, S.STOPPED}
+    with pytest.raises(NotFoundError):
+        pool_delete(actor=north.other_teacher, pool=lab)  # not their course
+    run(pool_delete, actor=north.teacher, pool=lab)
+    # Stopped free ones went to the teacher's recycle bin; running ones were forced off
+    # first, and the next pass (the beat) bins them too.
+    run(services.pools_refill_all)
+    free = Desktop.objects.filter(pool=lab, pool_taken_at__isnull=True)
+    assert {d.status for d in free} == {S.DELETED} and {d.owner for d in free} == {north.teacher}
+    taken.refresh_from_db()
+    assert taken.status == S.STARTED and taken.owner == north.student
+    # Gone for everyone else: no hand-out, no refill, not listed, 404 in the API.
+    with pytest.raises(NotFoundError):
+        pool_get(actor=north.student, pool_id=lab.pk)
+    assert run(pool_refill, pool_id=lab.pk) == {}
+    assert Desktop.objects.filter(pool=lab).count() == len(free_before) + 1
+    api = client_for(north.teacher)
+    assert_error(api.get(f"/api/v1/pools/{lab.pk}/"), 404)
+    assert lab.pk not in {p["id"] for p in api.get("/api/v1/pools/").json()["results"]}
+    assert_error(api.delete(f"/api/v1/pools/{lab.pk}/"), 404)
+
+
+def test_the_api_and_the_course_page_delete_a_pool(run: Any, lab: Pool, north: Campus) -> None:
+    course_page = reverse("course-page", args=[north.course.pk])
+    assert "Delete the pool" in browser(north.teacher).get(course_page).content.decode()
+    assert_error(client_for(north.student).delete(f"/api/v1/pools/{lab.pk}/"), 404)
+    with run.capture(execute=False) as callbacks:
+        response = client_for(north.teacher).delete(f"/api/v1/pools/{lab.pk}/")
+    assert response.status_code == 202 and response.json()["deleted_at"]
+    run.process(callbacks)
+    page = browser(north.teacher)
+    assert (
+        "Delete the pool"
+        not in page.get(reverse("course-page", args=[north.course.pk])).content.decode()
+    )
+    assert page.post(reverse("pool-delete", args=[lab.pk])).status_code == 404
 
 
 @postgresql_only

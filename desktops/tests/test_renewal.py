@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.services.courses import course_set_students_may_reset
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent, EarlierDisk, Pool
-from desktops.pools.services import pool_create, pool_refill, pool_take
+from desktops.pools.services import pool_take
 from desktops.services.deployments import deployment_create, deployment_update
 from desktops.services.lifecycle import desktop_start, desktop_stop
 from desktops.services.reconciliation import desktops_recover_stuck
@@ -165,19 +165,9 @@ def test_a_volatile_deployment_starts_over_at_every_stop(
 
 
 def test_a_volatile_pool_takes_its_desktop_back_for_the_next_student(
-    run: Any, north: Campus, test_hypervisor: Any, base_template: Any
+    run: Any, north: Campus, one_running_pool: Any
 ) -> None:
-    pool = run(
-        pool_create,
-        actor=north.teacher,
-        course=north.course,
-        template=base_template,
-        name="Drop-in",
-        started=1,
-        spare=0,
-        volatile=True,
-    )
-    run(pool_refill, pool_id=pool.pk)
+    pool = one_running_pool(volatile=True)
     desktop = run(pool_take, actor=north.student, pool=pool)
     desktop.refresh_from_db()
     assert desktop.status == S.STARTED and desktop.owner == north.student

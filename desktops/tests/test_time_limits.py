@@ -14,7 +14,7 @@ from accounts.models import Course
 from accounts.services.courses import course_update_settings
 from desktops.choices import DesktopStatus
 from desktops.models import Desktop, DesktopEvent
-from desktops.pools.services import pool_create, pool_refill, pool_take
+from desktops.pools.services import pool_take
 from desktops.services import time_limits
 from desktops.services.lifecycle import desktop_start
 from desktops.services.time_limits import desktop_extend, desktops_enforce_time_limits
@@ -93,18 +93,9 @@ def test_without_a_limit_nothing_is_timed(run: Any, exam_desktop: Desktop, north
 
 
 def test_a_pool_session_begins_when_the_student_takes_the_desktop(
-    run: Any, limited: Course, north: Campus, test_hypervisor: Any, base_template: Any
+    run: Any, limited: Course, north: Campus, one_running_pool: Any
 ) -> None:
-    pool = run(
-        pool_create,
-        actor=north.teacher,
-        course=north.course,
-        template=base_template,
-        name="Lab",
-        started=1,
-        spare=0,
-    )
-    run(pool_refill, pool_id=pool.pk)
+    pool = one_running_pool()
     free = Desktop.objects.get(pool=pool, status=S.STARTED)
     assert free.session_ends_at is None  # running for nobody yet: never timed out
     taken = run(pool_take, actor=north.student, pool=pool)

@@ -32,6 +32,7 @@ from desktops.models import Desktop, DesktopEvent, GatewayCredential
 from desktops.viewer.files import viewer_vv_build
 from desktops.viewer.gateway import MAX_HEADER_BYTES, gateway_start, gateway_take_handoffs
 from desktops.viewer.gateway_access import IssuedCredential, gateway_credential_issue
+from desktops.viewer.presence import presence_of
 from hypervisors import tls
 from hypervisors.drivers import libvirt_driver
 from hypervisors.tests.factories import HypervisorFactory
@@ -175,6 +176,8 @@ async def test_a_valid_credential_tunnels_bytes_both_ways_to_the_desktops_displa
         gateway, credential, f"127.0.0.1:{display.port}"
     )
     assert status == 200 and head.startswith(b"HTTP/1.1 200 ")
+    # An open tunnel is someone looking at the desktop (the idle shutdown asks).
+    assert (await asyncio.to_thread(presence_of, [desktop.pk]))[desktop.pk].open >= 1
     writer.write(b"\x00\x01binary SPICE-ish bytes\xff" * 100)
     await writer.drain()
     echoed = await asyncio.wait_for(reader.readexactly(2500), timeout=5)

@@ -500,3 +500,19 @@ async def test_an_open_and_closed_viewer_is_counted_and_a_refused_one_is_not(
         "isard_viewer_connections_opened": {("browser",): 1},
         "isard_viewer_connections_closed": {("browser",): 1},
     }
+
+
+async def test_an_open_viewer_is_present_until_it_closes(
+    vnc_server: StandInVnc, ports_asked: list[str]
+) -> None:
+    from desktops.viewer.presence import presence_of
+
+    owner, desktop = await student_with_desktop()
+    connection = communicator(owner, await issue(owner, desktop))
+    assert (await connection.connect())[0]
+    await browser_opening(connection)
+    seen = await asyncio.to_thread(presence_of, [desktop.pk])
+    assert seen[desktop.pk].open == 1
+    await connection.disconnect()
+    seen = await asyncio.to_thread(presence_of, [desktop.pk])
+    assert seen[desktop.pk].open == 0 and seen[desktop.pk].last_seen is not None

@@ -30,6 +30,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from desktops.viewer import presence
 from desktops.viewer.rfb import (
     BrowserGreeting,
     ClientMessages,
@@ -90,6 +91,7 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
     greeting: BrowserGreeting | None = None
     client_messages: ClientMessages | None = None
     counted_open = False
+    presence: contextlib.AsyncExitStack | None = None
 
     def _subprotocol(self) -> str | None:
         # Old noVNC versions ask for "binary"; a browser drops a connection whose accepted
@@ -170,6 +172,9 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
         self.reader = upstream.reader
         await self.accept(subprotocol=self._subprotocol())
         self.counted_open = True
+        # Someone has the screen open (the idle shutdown asks), until this closes.
+        self.presence = contextlib.AsyncExitStack()
+        await self.presence.enter_async_context(presence.watching(target.desktop_id))
         # Off the event loop: a slow Redis must not stall the other viewers of this process.
         await asyncio.to_thread(metrics.count, metrics.VIEWER_CONNECTIONS_OPENED, kind="browser")
         logger.info(
@@ -242,6 +247,9 @@ class ViewerProxyConsumer(AsyncWebsocketConsumer):
         await self.writer.drain()
 
     async def disconnect(self, code: Any) -> None:
+        watching, self.presence = self.presence, None
+        if watching is not None:
+            await watching.aclose()
         if self.counted_open:
             self.counted_open = False
             await asyncio.to_thread(

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from channels.db import database_sync_to_async
 
+from desktops.viewer import presence
 from desktops.viewer.gateway_access import (
     GatewayRefusedError,
     TunnelGrant,
@@ -275,19 +276,22 @@ class Gateway:
         # Counted before the answer, so a scrape after the client's 200 sees it.
         await asyncio.to_thread(metrics.count, metrics.VIEWER_CONNECTIONS_OPENED, kind="gateway")
         try:
-            await _answer(writer, 200)
-            for side in (writer, display[1]):
-                side.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-            logger.info(
-                "gateway tunnel opened: desktop=%s user=%s credential=%s target=%s:%s client=%s",
-                grant.desktop_id,
-                grant.user_id,
-                grant.credential_id,
-                grant.host,
-                grant.port,
-                client,
-            )
-            up, down = await splice((reader, writer), display, idle_seconds=self.idle_seconds)
+            # Someone looks at the desktop (the idle shutdown asks) from before the 200 on.
+            async with presence.watching(grant.desktop_id):
+                await _answer(writer, 200)
+                for side in (writer, display[1]):
+                    side.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+                logger.info(
+                    "gateway tunnel opened: desktop=%s user=%s credential=%s "
+                    "target=%s:%s client=%s",
+                    grant.desktop_id,
+                    grant.user_id,
+                    grant.credential_id,
+                    grant.host,
+                    grant.port,
+                    client,
+                )
+                up, down = await splice((reader, writer), display, idle_seconds=self.idle_seconds)
         finally:
             display[1].close()
             await asyncio.to_thread(

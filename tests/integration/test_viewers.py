@@ -91,6 +91,23 @@ def running_guest(
         libvirt_driver.undefine_domain(SYSTEM_URI, desktop.domain_name)
 
 
+def warn_about_time(owner: Any, desktop: Desktop, chromium: Any) -> None:
+    """A time-limit warning sent to the owner's status channel shows on the viewer page
+    (sent again each second until the page's channel, opened after the screen, listens)."""
+    from selenium.webdriver.common.by import By
+
+    from desktops.services.transitions import broadcast_status_payloads, desktop_status_payload
+
+    warning = f"“{desktop.name}” shuts down in 4 min (time limit): save your work."
+    payload = {**desktop_status_payload(desktop), "warning": warning}
+    banner = chromium.find_element(By.ID, "time-warning")
+    deadline = time.monotonic() + 20
+    while not banner.is_displayed() and time.monotonic() < deadline:
+        broadcast_status_payloads([(owner.pk, payload)])
+        time.sleep(1)
+    assert banner.is_displayed() and banner.text == warning
+
+
 def test_chromium_shows_the_guests_console_to_its_owner_only_and_reconnects_after_a_blip(
     running_guest: tuple[Any, Desktop], platform_server: AsgiServer, chromium: Any
 ) -> None:
@@ -110,8 +127,12 @@ def test_chromium_shows_the_guests_console_to_its_owner_only_and_reconnects_afte
 
     assert chromium.find_element(By.ID, "ctrl-alt-del").is_enabled()
 
-    # A network blip: the page gets a new single-use token and connects again by itself.
-    assert platform_server.drop_websockets() == 1
+    # The page's status channel carries a time limit's warning over the screen.
+    warn_about_time(owner, desktop, chromium)
+
+    # A network blip (the screen's websocket and the page's status channel): the page gets
+    # a new single-use token and connects again by itself.
+    assert platform_server.drop_websockets() == 2
     wait_for(lambda: page_state(chromium)[0] != "connected", 10, "the viewer to notice")
     assert wait_for_state(chromium, "connected") == f"Connected to QEMU ({desktop.domain_name})"
     tokens = ViewerToken.objects.filter(desktop=desktop, protocol=ViewerProtocol.BROWSER_VNC)
