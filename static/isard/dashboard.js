@@ -48,6 +48,22 @@
     return form;
   }
 
+  function resetForm(card) {
+    const form = document.createElement("form");
+    form.method = "post";
+    form.className = "inline";
+    form.action = card.dataset.actionUrl.replace("ACTION", "reset-to-template");
+    form.dataset.async = "";
+    form.dataset.role = "reset";
+    form.dataset.confirm = `Put “${card.querySelector("h3").textContent}” back to its template? ` +
+      "What is on its disk now goes to the recycle bin, from where it can be put back.";
+    const submit = document.createElement("button");
+    submit.type = "submit";
+    submit.textContent = "Reset to the template";
+    form.append(submit);
+    return form;
+  }
+
   // One fetch at a time: a snapshot naming thirty new desktops asks for one more, not thirty.
   let reloading = null;
   let reloadAgain = false;
@@ -106,11 +122,11 @@
     const allowed = (actionsByStatus[desktop.status] || []).filter(
       (action) => !("foreign" in card.dataset && OWNER_ONLY.has(action)));
     actions.replaceChildren(...allowed.map((a) => button(card, a)));
-    // The reset and put-back buttons depend on the earlier disks too: the server draws them.
-    if ("reset" in card.dataset && (RESETTABLE.has(desktop.status) || previous === "resetting")) {
-      reloadCards();
+    if ("reset" in card.dataset && previous === "resetting") {
+      reloadCards(); // a reset or put-back finished: the server draws the earlier disks
       return;
     }
+    if ("reset" in card.dataset && RESETTABLE.has(desktop.status)) actions.append(resetForm(card));
     if (desktop.status === "stopped" && card.dataset.templateUrl) {
       const link = document.createElement("a");
       link.className = "button";

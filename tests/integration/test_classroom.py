@@ -157,11 +157,16 @@ def find(driver: Any, css: str) -> Any:
 
 
 def wait_until(driver: Any, condition: Any, what: str, timeout: float = 60) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # A live page replaces what it redraws: an element found a moment ago may be gone by
+    # the time it is read, and the condition is simply asked again.
+    waiting = WebDriverWait(
+        driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    )
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
+        return waiting.until(lambda d: condition(d))
     except TimeoutException:
         keep(driver, "failed")
         page = driver.find_element("tag name", "body").text[:2000]
