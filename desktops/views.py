@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.choices import CourseRole
 from accounts.models import User
 from accounts.permissions import courses_taught_by
-from accounts.services.courses import SESSION_BOUNDS, course_update_settings
+from accounts.services.courses import SESSION_NUMBERS, course_update_settings
 from desktops.choices import WORKING_STATUSES, DesktopAction, DesktopStatus, actions_allowed
 from desktops.models import Desktop, EarlierDisk
 from desktops.permissions import desktops_visible_to
@@ -512,7 +512,7 @@ def course_settings(request: HttpRequest, course_id: int) -> HttpResponse:
         return render(request, "desktops/not_found.html", {"what": "course"}, status=404)
     numbers: dict[str, int] = {}
     try:
-        for name in SESSION_BOUNDS:
+        for name in SESSION_NUMBERS:
             raw = request.POST.get(name, "").strip()
             if raw:
                 if not raw.isdigit():

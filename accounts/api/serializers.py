@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from accounts.models import ApiToken, Course, CourseMembership, Quota, User
+from accounts.services.courses import SESSION_NUMBERS
 from isard.core.text import validate_name
 
 
@@ -130,21 +131,11 @@ class QuotaSerializer(serializers.ModelSerializer[Quota]):
         read_only_fields = fields
 
 
-class CourseSettingsSerializer(serializers.Serializer[Any]):
-    """What a course's teachers set; each field optional (left out: unchanged)."""
+class CourseSettingsSerializer(serializers.ModelSerializer[Course]):
+    """What a course's teachers set; each field optional (left out: unchanged). The bounds
+    are the model's."""
 
-    students_may_reset = serializers.BooleanField(required=False)
-    session_limit_minutes = serializers.IntegerField(
-        required=False, min_value=0, max_value=24 * 60, help_text="0: no time limit."
-    )
-    session_warning_minutes = serializers.IntegerField(required=False, min_value=0, max_value=120)
-    session_extensions = serializers.IntegerField(required=False, min_value=0, max_value=20)
-    session_extension_minutes = serializers.IntegerField(
-        required=False, min_value=1, max_value=24 * 60
-    )
-    idle_shutdown_minutes = serializers.IntegerField(
-        required=False,
-        min_value=0,
-        max_value=24 * 60,
-        help_text="Shut down a running desktop nobody has had on screen this long; 0: never.",
-    )
+    class Meta:
+        model = Course
+        fields = ["students_may_reset", *SESSION_NUMBERS]
+        extra_kwargs = {name: {"required": False} for name in fields}

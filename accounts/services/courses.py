@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
+from django.db import models
+
 from accounts.models import Course, User
 from accounts.permissions import can_manage_course
 from isard.core.errors import ApplicationError, NotFoundError
 
-#: Each number a teacher sets, and its bounds (the model's validators say the same).
-SESSION_BOUNDS: dict[str, tuple[int, int]] = {
-    "session_limit_minutes": (0, 24 * 60),
-    "session_warning_minutes": (0, 120),
-    "session_extensions": (0, 20),
-    "session_extension_minutes": (1, 24 * 60),
-    "idle_shutdown_minutes": (0, 24 * 60),
-}
-
-
-def course_set_students_may_reset(*, actor: User, course: Course, allowed: bool) -> Course:
-    """Whether the course's students may put their own desktops back to the template."""
-    return course_update_settings(actor=actor, course=course, students_may_reset=allowed)
+#: The numbers a teacher sets; their bounds are the model fields' validators.
+SESSION_NUMBERS = (
+    "session_limit_minutes",
+    "session_warning_minutes",
+    "session_extensions",
+    "session_extension_minutes",
+    "idle_shutdown_minutes",
+)
 
 
 def course_update_settings(
@@ -30,10 +28,17 @@ def course_update_settings(
         raise NotFoundError("No such course.")
     fields: dict[str, int | bool] = {}
     for name, value in numbers.items():
-        low, high = SESSION_BOUNDS[name]
-        if not low <= value <= high:
-            message = f"Between {low} and {high}."
-            raise ApplicationError(f"“{name}”: {message}", extra={"fields": {name: [message]}})
+        if name not in SESSION_NUMBERS:
+            raise ApplicationError(f"“{name}” is not a course setting.")
+        try:
+            field = Course._meta.get_field(name)
+            assert isinstance(field, models.Field)
+            field.clean(value, course)
+        except ValidationError as error:
+            messages = list(error.messages)
+            raise ApplicationError(
+                f"“{name}”: {' '.join(messages)}", extra={"fields": {name: messages}}
+            ) from error
         fields[name] = value
     if students_may_reset is not None:
         fields["students_may_reset"] = students_may_reset

@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.services.courses import course_set_students_may_reset
+from accounts.services.courses import course_update_settings
 from desktops.choices import DesktopStatus
 from desktops.models import Deployment, Desktop, DesktopEvent, EarlierDisk, Pool
 from desktops.pools.services import pool_take
@@ -83,8 +83,8 @@ def test_students_reset_only_where_their_course_allows(
         desktop_reset_to_template(actor=north.student, desktop=exam_desktop)
     assert _disk(exam_desktop) and not EarlierDisk.objects.exists()
     with pytest.raises(NotFoundError):
-        course_set_students_may_reset(actor=north.student, course=north.course, allowed=True)
-    course_set_students_may_reset(actor=north.teacher, course=north.course, allowed=True)
+        course_update_settings(actor=north.student, course=north.course, students_may_reset=True)
+    course_update_settings(actor=north.teacher, course=north.course, students_may_reset=True)
     exam_desktop.refresh_from_db()
     run(desktop_reset_to_template, actor=north.student, desktop=exam_desktop)
     assert EarlierDisk.objects.filter(desktop=exam_desktop).count() == 1
