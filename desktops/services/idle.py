@@ -33,7 +33,7 @@ def desktops_shut_down_idle(*, now: datetime | None = None) -> int:
     candidates = list(
         Desktop.objects.filter(status=S.STARTED, course__idle_shutdown_minutes__gt=0)
         .exclude(POOL_FREE)
-        .select_related("course")
+        .select_related("course", "hypervisor")  # the limit; the host the shutdown goes to
     )
     if not candidates:
         return 0

@@ -90,10 +90,6 @@ def desktop_reset_to_template(*, actor: User, desktop: Desktop) -> Desktop:
     return desktop
 
 
-def earlier_disks_of(desktop: Desktop) -> list[EarlierDisk]:
-    return list(EarlierDisk.objects.filter(desktop=desktop).select_related("disk"))
-
-
 def desktop_put_back(*, actor: User, desktop: Desktop, earlier_id: int | None = None) -> Desktop:
     """Put an earlier disk back (the newest without `earlier_id`); the disk the desktop
     has now goes to the bin instead."""

@@ -94,7 +94,8 @@ def desktops_enforce_time_limits(*, now: datetime | None = None) -> dict[str, in
         warned += 1
     broadcast_status_payloads(payloads)
     ended = 0
-    for desktop in running.filter(session_ends_at__lte=now).select_related("course"):
+    # The shutdown sends its tasks to the desktop's host: loaded with it, not one query each.
+    for desktop in running.filter(session_ends_at__lte=now).select_related("hypervisor"):
         try:
             desktop_begin_shutdown(
                 desktop=desktop,
