@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from django.db import transaction
-from django.db.models import ProtectedError
 from django.utils import timezone
 
 from accounts.models import User
@@ -34,7 +32,7 @@ from desktops.services.transitions import (
 from hypervisors.choices import DiskStatus
 from hypervisors.drivers import libvirt_driver
 from hypervisors.models import Disk
-from hypervisors.services.disks import disk_create_overlay
+from hypervisors.services.disks import disk_create_overlay, disk_remove
 from isard.core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from isard.core.tasks import send_after_commit
 
@@ -188,24 +186,15 @@ def desktop_renew(*, desktop_id: int, put_back: int | None = None) -> Desktop:
             desktop = desktop_transition(desktop=desktop, to=S.STOPPED, reason=reason, **fields)
     except ConflictError:
         if earlier is None:
-            _disk_remove(new_disk)
+            disk_remove(new_disk)
         desktop.refresh_from_db()
         return desktop
     if discard and old is not None:
-        _disk_remove(old)
+        disk_remove(old)
     if desktop.pool_id is not None and "pool_taken_at" in fields:
         # The beat refills it anyway within 30 s: a broker hiccup here is only logged.
         send_after_commit(task_calls.refill_pool(pool_id=desktop.pool_id), quiet=True)
     return desktop
-
-
-def _disk_remove(disk: Disk) -> None:
-    try:
-        disk.delete()
-    except ProtectedError:
-        logger.warning("disk %s has disks on it; kept", disk.path)
-        return
-    Path(disk.path).unlink(missing_ok=True)
 
 
 def desktops_renew_volatile(*, desktop_ids: Sequence[int]) -> int:

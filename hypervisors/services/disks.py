@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from django.db.models import ProtectedError
+
 from hypervisors import qemu_img
 from hypervisors.choices import (
     DiskFormat,
@@ -109,6 +111,18 @@ def disk_create_overlay(*, parent: Disk, pool: StoragePool | None = None) -> Dis
         if isinstance(error, qemu_img.QemuImgError):
             raise InfrastructureError(f"could not create the disk: {error}") from error
         raise
+
+
+def disk_remove(disk: Disk) -> bool:
+    """Remove a disk for good, its row then its file; one with disks built on it is kept
+    (False): the chain stays whole."""
+    try:
+        disk.delete()
+    except ProtectedError:
+        logger.warning("disk %s has disks on it; kept", disk.path)
+        return False
+    Path(disk.path).unlink(missing_ok=True)
+    return True
 
 
 def disk_create_empty(*, size_bytes: int, pool: StoragePool | None = None) -> Disk:
